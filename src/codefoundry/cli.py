@@ -1,0 +1,82 @@
+"""The `codefoundry` command: one app, one subcommand per stage; each calls that stage's public function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+def _sandbox_run(args: argparse.Namespace) -> int:
+    from codefoundry.sandbox import Limits, execute
+
+    try:
+        with open(args.file, encoding="utf-8", errors="surrogateescape") as f:
+            source = f.read()
+    except OSError as e:
+        raise UsageError(f"{args.file}: cannot read ({e.strerror})") from None
+    language = args.language or _language_from_name(args.file)
+    stdin = sys.stdin.read() if args.stdin == "-" else None
+    limits = Limits(cpu_seconds=args.timeout, memory_mb=args.memory)
+    result = execute(source, language=language, limits=limits, stdin=stdin)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        sys.stdout.write(result.stdout)
+        sys.stderr.write(result.stderr)
+        print(
+            f"[{result.status.value}] exit={result.exit_code} signal={result.signal} cpu={result.cpu_seconds:.3f}s "
+            f"wall={result.wall_seconds:.3f}s mem={result.peak_memory_mb:.1f}MB isolation={result.isolation.value}"
+            + (f" ({result.message})" if result.message else ""),
+            file=sys.stderr,
+        )
+    return 0 if result.status.value == "ok" else 1
+
+
+def _language_from_name(path: str) -> str:
+    from codefoundry.sandbox.runners import LANGUAGES
+
+    suffix = "." + path.rsplit(".", 1)[-1] if "." in path else ""
+    for name, runner in LANGUAGES.items():
+        if runner.filename.endswith(suffix) and suffix:
+            return name
+    return "python"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="codefoundry", description=__doc__)
+    stages = parser.add_subparsers(dest="stage", required=True)
+
+    sandbox = stages.add_parser("sandbox", help="run programs in the isolated sandbox")
+    sandbox_cmds = sandbox.add_subparsers(dest="command", required=True)
+    run = sandbox_cmds.add_parser("run", help="run one program file and print its result")
+    run.add_argument("file")
+    run.add_argument("--language", "-l", help="python, c, cpp, javascript (default: from the file name)")
+    run.add_argument("--timeout", type=float, default=10.0, help="CPU seconds (default 10)")
+    run.add_argument("--memory", type=int, default=1024, help="memory limit in MB (default 1024)")
+    run.add_argument("--stdin", help="'-' to pass this command's standard input to the program")
+    run.add_argument("--json", action="store_true", help="print the full result as JSON")
+    run.set_defaults(func=_sandbox_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        print(f"codefoundry {args.stage}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"codefoundry {args.stage}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

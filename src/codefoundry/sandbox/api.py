@@ -1,0 +1,178 @@
+"""The public calls: `execute` runs one program, `execute_many` runs many, in order, on warm workers."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import queue
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from codefoundry.sandbox.result import ExecutionResult, Judge, Limits
+from codefoundry.sandbox.worker import Worker, WorkerDied
+
+
+@dataclass(frozen=True)
+class Program:
+    """One program to run. Fields left as None take the defaults of the `execute_many` call."""
+
+    source: str
+    language: str | None = None
+    stdin: str | bytes | None = None
+    files: Mapping[str, str | bytes] | None = None
+    limits: Limits | None = None
+    judge: Judge | None = None
+
+
+class Pool:
+    """Warm workers shared by every call in this process; grows on demand, replaces dead workers."""
+
+    def __init__(self) -> None:
+        self._idle: queue.SimpleQueue[Worker] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._all: list[Worker] = []
+
+    def _take(self) -> Worker:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            worker = Worker()
+            with self._lock:
+                self._all.append(worker)
+            return worker
+
+    def _give_back(self, worker: Worker) -> None:
+        if worker.alive:
+            self._idle.put(worker)
+            return
+        self._discard(worker)
+
+    def _discard(self, worker: Worker) -> None:
+        worker.close()
+        with self._lock:
+            if worker in self._all:
+                self._all.remove(worker)
+
+    def run(self, program: Program, *, language: str, limits: Limits) -> ExecutionResult:
+        if program.judge is not None and (program.language or language) not in ("python", "py"):
+            raise ValueError("a Judge can only check Python programs")
+        try:
+            worker = self._take()
+        except (WorkerDied, OSError) as e:
+            return ExecutionResult.sandbox_error(f"could not start a sandbox worker: {e}")
+        try:
+            result = worker.run(
+                program.source,
+                language=program.language or language,
+                stdin=program.stdin,
+                files=dict(program.files) if program.files else None,
+                limits=program.limits or limits,
+                judge=program.judge,
+            )
+        except WorkerDied as e:
+            self._discard(worker)
+            return ExecutionResult.sandbox_error(str(e), worker.isolation)
+        self._give_back(worker)
+        return result
+
+    def warm(self, n: int) -> None:
+        """Start workers up front so that start-up is not counted in the first runs."""
+        with self._lock:
+            missing = n - len(self._all)
+        for _ in range(max(0, missing)):
+            worker = Worker()
+            with self._lock:
+                self._all.append(worker)
+            self._idle.put(worker)
+
+    def close(self) -> None:
+        with self._lock:
+            workers, self._all = self._all, []
+        for worker in workers:
+            worker.close()
+        self._idle = queue.SimpleQueue()
+
+
+_pool: Pool | None = None
+_pool_lock = threading.Lock()
+
+
+def _default_pool() -> Pool:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = Pool()
+            atexit.register(shutdown)
+        return _pool
+
+
+def shutdown() -> None:
+    """Stop every warm worker of this process (they are restarted on the next call)."""
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.close()
+
+
+def execute(
+    program: str,
+    *,
+    language: str = "python",
+    stdin: str | bytes | None = None,
+    files: Mapping[str, str | bytes] | None = None,
+    limits: Limits | None = None,
+    judge: Judge | None = None,
+) -> ExecutionResult:
+    """Run one program in the sandbox and return its result; never raises for anything the program does."""
+    prog = Program(program, language, stdin, files, limits, judge)
+    return _default_pool().run(prog, language=language, limits=limits or Limits())
+
+
+def execute_many(
+    programs: Sequence[str | Program],
+    *,
+    workers: int | None = None,
+    language: str = "python",
+    limits: Limits | None = None,
+    executor: str = "local",
+    progress: bool = True,
+    description: str = "executing",
+) -> list[ExecutionResult]:
+    """Run many programs, `workers` at a time, and return their results in input order."""
+    items = [p if isinstance(p, Program) else Program(p) for p in programs]
+    limits = limits or Limits()
+    workers = max(1, workers or os.cpu_count() or 1)
+    if executor == "ray":
+        from codefoundry.sandbox.ray_executor import execute_on_ray
+
+        return execute_on_ray(items, workers=workers, language=language, limits=limits, progress=progress)
+    if executor != "local":
+        raise ValueError(f"unknown executor {executor!r}; use 'local' or 'ray'")
+    pool = _default_pool()
+    pool.warm(min(workers, len(items)))
+    results: list[ExecutionResult | None] = [None] * len(items)
+    bar = _progress(len(items), description, progress)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cf-sandbox") as ex:
+        futures = {ex.submit(pool.run, p, language=language, limits=limits): i for i, p in enumerate(items)}
+        for fut in _as_completed(futures):
+            results[futures[fut]] = fut.result()
+            bar.update(1)
+    bar.close()
+    return results  # type: ignore[return-value]
+
+
+def _as_completed(futures: dict):
+    from concurrent.futures import as_completed
+
+    return as_completed(futures)
+
+
+def _progress(total: int, description: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc=description, unit="run", disable=not enabled, leave=False, dynamic_ncols=True
+    )

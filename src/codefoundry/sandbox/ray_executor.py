@@ -1,0 +1,43 @@
+"""Scale-out for `execute_many(..., executor="ray")`: batches go to Ray tasks, each of which runs them on
+the warm local sandbox pool of its Ray worker process. Results are the local executor's, in input order."""
+
+from __future__ import annotations
+
+from codefoundry.sandbox.result import ExecutionResult, Limits
+
+
+def _run_batch(batch: list, language: str, limits: Limits) -> list[dict]:
+    from codefoundry.sandbox.api import execute_many
+
+    results = execute_many(batch, workers=1, language=language, limits=limits, progress=False)
+    return [r.to_dict() for r in results]
+
+
+def execute_on_ray(
+    items: list, *, workers: int, language: str, limits: Limits, progress: bool
+) -> list[ExecutionResult]:
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("executor='ray' needs Ray: pip install 'codefoundry[ray]'") from None
+    from tqdm import tqdm
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    remote = ray.remote(num_cpus=1)(_run_batch)
+    size = max(1, min(64, -(-len(items) // (4 * workers))))
+    batches = [items[i : i + size] for i in range(0, len(items), size)]
+    pending = {
+        remote.remote(batch, language, limits): start
+        for start, batch in zip(range(0, len(items), size), batches, strict=False)
+    }
+    results: list[ExecutionResult | None] = [None] * len(items)
+    with tqdm(total=len(items), desc="executing (ray)", unit="run", disable=not progress, leave=False) as bar:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                start = pending.pop(ref)
+                for offset, d in enumerate(ray.get(ref)):
+                    results[start + offset] = ExecutionResult.from_dict(d)
+                bar.update(len(ray.get(ref)))
+    return results  # type: ignore[return-value]

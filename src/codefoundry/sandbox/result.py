@@ -1,0 +1,128 @@
+"""The sandbox's value types: what a run may use (`Limits`), what a judged run checks (`Judge`), and what
+comes back (`ExecutionResult`). Plain frozen dataclasses, JSON-friendly, shared by every executor."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    OK = "ok"  # exited 0 (and, when judged, every test passed)
+    FAILED = "failed"  # non-zero exit, compile error, or a judged test that did not pass
+    TIMEOUT = "timeout"  # CPU-time limit, or the wall-clock backstop
+    MEMORY_EXCEEDED = "memory_exceeded"
+    OUTPUT_LIMIT = "output_limit"  # stdout + stderr went past Limits.output_bytes
+    KILLED = "killed"  # ended by a signal that is not one of the above (segfault, abort, self-kill)
+    SANDBOX_ERROR = "sandbox_error"  # the sandbox failed, not the program: never a wrong answer
+
+
+class Isolation(StrEnum):
+    NAMESPACES = "namespaces"  # pid/net/mount/ipc/uts namespaces, private root, unprivileged uid, rlimits
+    PROCESS = "process"  # rlimits + own session and process group only (no privileges to do more)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits for one run. `cpu_seconds` is what decides a timeout; `wall_seconds` is a backstop
+    (default: max(3 x CPU, CPU + 2 s)) so that sleeping or blocked programs end too."""
+
+    cpu_seconds: float = 10.0
+    wall_seconds: float | None = None
+    memory_mb: int = 1024  # address space per process (RLIMIT_AS)
+    processes: int = 32  # processes and threads of the run's user (RLIMIT_NPROC)
+    file_size_mb: int = 16  # largest file the program may write (RLIMIT_FSIZE)
+    disk_mb: int = 64  # size of the private work directory (a tmpfs)
+    open_files: int = 64  # RLIMIT_NOFILE
+    output_bytes: int = 1 << 20  # stdout + stderr captured; past this the run stops with output_limit
+    compile_seconds: float = 30.0  # CPU seconds for the compile step of compiled languages
+
+    @property
+    def wall(self) -> float:
+        if self.wall_seconds is not None:
+            return self.wall_seconds
+        return max(3.0 * self.cpu_seconds, self.cpu_seconds + 2.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"wall_seconds": self.wall}
+
+
+@dataclass(frozen=True)
+class Judge:
+    """Trusted tests for a Python program, run in a separate, differently-privileged process.
+
+    The judge executes `setup` (trusted helper code, e.g. a benchmark prompt), binds `entry_point` (and the
+    name `candidate`) to a proxy of the function the program defines, then runs each snippet of `tests` in
+    order in one namespace; a snippet passes when it raises nothing. Values cross between the two processes
+    only as plain data (numbers, strings, bytes, containers of them); anything else stays in the program's
+    process behind a handle whose comparisons with plain values are always false, so an object whose
+    `__eq__` always says yes cannot pass. `stop_on_failure` stops at the first failing snippet."""
+
+    tests: tuple[str, ...]
+    entry_point: str
+    setup: str = ""
+    stop_on_failure: bool = False
+
+
+@dataclass(frozen=True)
+class TestOutcome:
+    passed: bool
+    error: str = ""  # "AssertionError: ..." or similar, capped
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "error": self.error}
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    status: Status
+    exit_code: int | None = None  # None when ended by a signal
+    signal: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    truncated: bool = False  # stdout or stderr was cut at Limits.output_bytes
+    cpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    peak_memory_mb: float = 0.0
+    isolation: Isolation = Isolation.NAMESPACES
+    phase: str = "run"  # "compile" when a compiled language failed to build
+    tests: tuple[TestOutcome, ...] = ()  # judged runs: one outcome per test snippet, in order
+    tests_completed: bool | None = None  # judged runs: the judge reached the end of the tests
+    message: str = ""  # one line on why: the sandbox error, the limit hit, the compile error summary
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """True only for a clean exit that, when judged, passed every test: the one verdict."""
+        if self.status is not Status.OK:
+            return False
+        if self.tests_completed is None:
+            return True
+        return bool(self.tests_completed and self.tests and all(t.passed for t in self.tests))
+
+    @property
+    def tests_passed(self) -> int:
+        return sum(t.passed for t in self.tests)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["status"] = self.status.value
+        d["isolation"] = self.isolation.value
+        d["tests"] = [t.to_dict() for t in self.tests]
+        d["passed"] = self.passed
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExecutionResult:
+        known = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["status"] = Status(kw["status"])
+        kw["isolation"] = Isolation(kw.get("isolation", "namespaces"))
+        kw["tests"] = tuple(TestOutcome(**t) for t in kw.get("tests", ()))
+        return cls(**kw)
+
+    @classmethod
+    def sandbox_error(cls, message: str, isolation: Isolation = Isolation.NAMESPACES) -> ExecutionResult:
+        return cls(status=Status.SANDBOX_ERROR, message=message[:500], isolation=isolation)

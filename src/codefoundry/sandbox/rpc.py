@@ -1,0 +1,421 @@
+"""Plain-data RPC between a judged program and its judge, two processes that do not trust each other.
+
+Loaded by path into the sandbox zygote (standard library only, no package imports). The judge calls
+functions defined by the program; arguments and results cross as plain data (None, bool, int, float,
+complex, str, bytes, list, tuple, dict, set, frozenset), rebuilt on the other side from exact builtin types,
+so a returned object can carry no behaviour of its own into the judge. Subclasses of builtin types are
+converted through the base type's own methods (an `int` subclass whose `__eq__` always says yes arrives as a
+plain int). Anything else stays where it lives and travels as a handle; operations on a handle are
+forwarded to its owner, except comparisons with a value from the other side, which are never forwarded (the
+owner would see the expected answer) and are simply false.
+
+A frame is a 4-byte big-endian length and a UTF-8 JSON body. Messages:
+request  ["q", op, *operands]; reply ["r", encoded value] or ["e", exception type name, message].
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import struct
+
+MAX_FRAME = 16 << 20
+MAX_DEPTH = 100
+MAX_ITEMS = 1_000_000
+_SAFE_EXCEPTIONS = {
+    name
+    for name, value in vars(builtins).items()
+    if isinstance(value, type) and issubclass(value, Exception) and not name.startswith("_")
+}
+
+
+class RemoteError(Exception):
+    """An exception raised on the other side whose type is not a builtin exception."""
+
+
+class PeerGone(Exception):
+    """The other process closed the channel or sent something that is not a valid message."""
+
+
+class Channel:
+    """One end of the conversation: a read fd, a write fd, and this side's table of exported objects."""
+
+    def __init__(self, rfd: int, wfd: int, side: str, namespace: dict | None = None) -> None:
+        self.rfd, self.wfd, self.side = rfd, wfd, side
+        self.namespace = namespace if namespace is not None else {}
+        self.exported: dict[int, object] = {}
+        self._next_id = 1
+
+    # -- framing ---------------------------------------------------------------------------------
+    def _read(self, n: int) -> bytes:
+        chunks, left = [], n
+        while left:
+            chunk = os.read(self.rfd, min(left, 1 << 20))
+            if not chunk:
+                raise PeerGone("the other side closed the channel")
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def recv(self) -> list:
+        (size,) = struct.unpack(">I", self._read(4))
+        if size > MAX_FRAME:
+            raise PeerGone(f"message of {size} bytes is over the {MAX_FRAME} byte limit")
+        try:
+            msg = json.loads(self._read(size))
+        except ValueError as e:
+            raise PeerGone(f"malformed message: {e}") from None
+        if not isinstance(msg, list) or not msg or msg[0] not in ("q", "r", "e"):
+            raise PeerGone("malformed message")
+        return msg
+
+    def send(self, msg: list) -> None:
+        body = json.dumps(msg, separators=(",", ":")).encode()
+        data = struct.pack(">I", len(body)) + body
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.wfd, view) :]
+        except OSError as e:
+            raise PeerGone(f"cannot write to the other side: {e}") from None
+
+    # -- encoding ---------------------------------------------------------------------------------
+    def export(self, obj: object) -> dict:
+        oid = self._next_id
+        self._next_id += 1
+        self.exported[oid] = obj
+        return {"h": oid, "o": self.side}
+
+    def encode(self, obj: object, depth: int = 0) -> object:
+        if depth > MAX_DEPTH:
+            raise ValueError("value nested too deeply to send")
+        t = type(obj)
+        if obj is None or t is bool or t is str:
+            return obj
+        if t is int:
+            return obj if abs(obj) < (1 << 53) else {"i": str(obj)}
+        if t is float:
+            return {"x": float.hex(obj)}
+        if t in (list, tuple, set, frozenset):
+            tag = {list: "l", tuple: "t", set: "s", frozenset: "f"}[t]
+            return {tag: [self.encode(v, depth + 1) for v in obj]}
+        if t is dict:
+            return {"d": [[self.encode(k, depth + 1), self.encode(v, depth + 1)] for k, v in obj.items()]}
+        if t is bytes or t is bytearray:
+            return {"b" if t is bytes else "ba": bytes.hex(bytes(obj))}
+        if t is complex:
+            return {"c": [float.hex(obj.real), float.hex(obj.imag)]}
+        if isinstance(obj, Remote) and obj._channel is self:
+            return {"h": obj._oid, "o": obj._owner}
+        base = _builtin_base(t)
+        if base is not None:
+            return self.encode(_as_base(obj, base), depth)
+        return self.export(obj)
+
+    def decode(self, v: object, depth: int = 0) -> object:
+        if depth > MAX_DEPTH:
+            raise PeerGone("value nested too deeply")
+        if v is None or type(v) in (bool, int, str):
+            return v
+        if type(v) is float:  # only from a malformed peer; floats travel as hex
+            return v
+        if type(v) is not dict or len(v) not in (1, 2):
+            raise PeerGone("malformed value")
+        if "h" in v:
+            oid, owner = v.get("h"), v.get("o")
+            if type(oid) is not int or owner not in ("c", "j"):
+                raise PeerGone("malformed handle")
+            if owner == self.side:
+                if oid not in self.exported:
+                    raise PeerGone("unknown handle")
+                return self.exported[oid]
+            return Remote(self, oid, owner)
+        ((tag, body),) = v.items()
+        try:
+            if tag == "i":
+                return int(body)
+            if tag == "x":
+                return float.fromhex(body)
+            if tag in ("l", "t", "s", "f"):
+                if len(body) > MAX_ITEMS:
+                    raise PeerGone("too many items")
+                items = [self.decode(x, depth + 1) for x in body]
+                return {"l": list, "t": tuple, "s": set, "f": frozenset}[tag](items)
+            if tag == "d":
+                return {self.decode(k, depth + 1): self.decode(x, depth + 1) for k, x in body}
+            if tag == "b":
+                return bytes.fromhex(body)
+            if tag == "ba":
+                return bytearray.fromhex(body)
+            if tag == "c":
+                return complex(float.fromhex(body[0]), float.fromhex(body[1]))
+        except (TypeError, ValueError, AttributeError) as e:
+            raise PeerGone(f"malformed value: {e}") from None
+        raise PeerGone(f"unknown value tag {tag!r}")
+
+    # -- calls ------------------------------------------------------------------------------------
+    def request(self, op: str, *operands: object) -> object:
+        """Send a request and wait for its reply, serving the other side's nested requests meanwhile
+        (a callback the program makes into a function the judge passed it)."""
+        self.send(["q", op, *operands])
+        while True:
+            msg = self.recv()
+            if msg[0] == "q":
+                self.serve_one(msg)
+                continue
+            if msg[0] == "r" and len(msg) == 2:
+                return self.decode(msg[1])
+            if msg[0] == "e" and len(msg) == 3:
+                raise _rebuild_exception(msg[1], msg[2])
+            raise PeerGone("malformed reply")
+
+    def serve_one(self, msg: list) -> None:
+        try:
+            value = self._perform(msg[1], msg[2:])
+            reply = ["r", self.encode(value)]
+        except PeerGone:
+            raise
+        except BaseException as e:  # the program's own exceptions, reported to the caller
+            if isinstance(e, (SystemExit, KeyboardInterrupt)):
+                raise
+            reply = ["e", type(e).__name__, _short(e)]
+        self.send(reply)
+
+    def serve_forever(self) -> None:
+        while True:
+            try:
+                msg = self.recv()
+            except PeerGone:
+                return
+            if msg[0] != "q":
+                return
+            self.serve_one(msg)
+
+    def _target(self, ref: object) -> object:
+        if type(ref) is list and len(ref) == 2 and ref[0] == "name" and type(ref[1]) is str:
+            if ref[1] not in self.namespace:
+                raise NameError(f"name {ref[1]!r} is not defined")
+            return self.namespace[ref[1]]
+        obj = self.decode(ref)
+        if isinstance(obj, Remote):
+            raise PeerGone("request for an object this side does not own")
+        return obj
+
+    def _perform(self, op: object, operands: list) -> object:
+        if not operands:
+            raise PeerGone("request without a target")
+        target = self._target(operands[0])
+        args = [self.decode(x) for x in operands[1:]]
+        if op == "call":
+            pos, kw = args
+            return target(*pos, **kw)
+        if op == "getattr":
+            return getattr(target, args[0])
+        if op == "setattr":
+            setattr(target, args[0], args[1])
+            return None
+        if op == "getitem":
+            return target[args[0]]
+        if op == "setitem":
+            target[args[0]] = args[1]
+            return None
+        if op == "delitem":
+            del target[args[0]]
+            return None
+        if op == "eq":  # only ever between two of this side's own objects
+            return bool(target == args[0])
+        unary = {
+            "len": len, "iter": iter, "next": next, "bool": bool, "str": str, "repr": repr,
+            "hash": hash, "float": float, "int": int, "index": _index,
+        }  # fmt: skip
+        if op in unary:
+            return unary[op](target)
+        if op == "contains":
+            return args[0] in target
+        raise PeerGone(f"unknown operation {op!r}")
+
+
+class Remote:
+    """A handle to an object that lives on the other side."""
+
+    __slots__ = ("_channel", "_oid", "_owner")
+
+    def __init__(self, channel: Channel, oid: int, owner: str) -> None:
+        object.__setattr__(self, "_channel", channel)
+        object.__setattr__(self, "_oid", oid)
+        object.__setattr__(self, "_owner", owner)
+
+    def _ref(self) -> dict:
+        return {"h": self._oid, "o": self._owner}
+
+    def _op(self, op: str, *args: object) -> object:
+        ch = self._channel
+        return ch.request(op, self._ref(), *[ch.encode(a) for a in args])
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        return self._op("call", list(args), kwargs)
+
+    def __getattr__(self, name: str) -> object:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return self._op("getattr", name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        self._op("setattr", name, value)
+
+    def __getitem__(self, key: object) -> object:
+        return self._op("getitem", key)
+
+    def __setitem__(self, key: object, value: object) -> None:
+        self._op("setitem", key, value)
+
+    def __delitem__(self, key: object) -> None:
+        self._op("delitem", key)
+
+    def __len__(self) -> int:
+        n = self._op("len")
+        if type(n) is not int:
+            raise TypeError("len() of a remote object did not return an int")
+        return n
+
+    def __iter__(self) -> Remote:
+        it = self._op("iter")
+        if not isinstance(it, Remote):
+            raise TypeError("iter() of a remote object returned a plain value")
+        return it
+
+    def __next__(self) -> object:
+        return self._op("next")
+
+    def __bool__(self) -> bool:
+        return self._op("bool") is True
+
+    def __str__(self) -> str:
+        return _expect(self._op("str"), str)
+
+    def __repr__(self) -> str:
+        try:
+            return _expect(self._op("repr"), str)
+        except Exception:
+            return f"<remote object {self._oid}>"
+
+    def __hash__(self) -> int:
+        return _expect(self._op("hash"), int)
+
+    def __float__(self) -> float:
+        return _expect(self._op("float"), float)
+
+    def __int__(self) -> int:
+        return _expect(self._op("int"), int)
+
+    def __index__(self) -> int:
+        return _expect(self._op("index"), int)
+
+    def __contains__(self, item: object) -> bool:
+        return self._op("contains", item) is True
+
+    def __eq__(self, other: object) -> bool:
+        # Forwarded only between two handles of the same owner: the owner never sees our values.
+        if isinstance(other, Remote) and other._channel is self._channel and other._owner == self._owner:
+            return self._op("eq", other) is True
+        return other is self
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __lt__(self, other: object) -> bool:
+        return NotImplemented
+
+    __le__ = __gt__ = __ge__ = __lt__
+
+
+def _index(obj: object) -> int:
+    return obj.__index__()  # type: ignore[attr-defined]
+
+
+def _expect(value: object, kind: type) -> object:
+    if type(value) is not kind:
+        raise TypeError(f"remote object returned {type(value).__name__}, expected {kind.__name__}")
+    return value
+
+
+def _builtin_base(t: type) -> type | None:
+    for base in (bool, int, float, complex, str, bytes, bytearray, list, tuple, dict, set, frozenset):
+        if issubclass(t, base):
+            return base
+    return None
+
+
+def _as_base(obj: object, base: type) -> object:
+    """The plain value of a builtin subclass, read through the base type's own slots only."""
+    if base is int or base is bool:
+        return int.__int__(obj)  # type: ignore[arg-type]
+    if base is float:
+        return float.__float__(obj)  # type: ignore[arg-type]
+    if base is complex:
+        return complex(float.__float__(complex.real.__get__(obj)), float.__float__(complex.imag.__get__(obj)))
+    if base is str:
+        return str.__str__(obj)  # type: ignore[arg-type]
+    if base in (bytes, bytearray):
+        return bytes.fromhex(base.hex(obj))  # type: ignore[attr-defined]
+    if base is dict:
+        return {k: v for k, v in dict.items(obj)}  # type: ignore[arg-type]
+    return base(base.__iter__(obj))  # type: ignore[attr-defined]
+
+
+def _rebuild_exception(name: object, message: object) -> BaseException:
+    text = message if type(message) is str else ""
+    if type(name) is str and name in _SAFE_EXCEPTIONS and name != "StopAsyncIteration":
+        return getattr(builtins, name)(text)
+    return RemoteError(f"{name}: {text}")
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    try:
+        text = str(e)
+    except Exception:
+        text = "<unprintable>"
+    return text[:limit]
+
+
+def run_judge(
+    channel: Channel, setup: str, tests: list[str], entry_point: str, stop_on_failure: bool
+) -> dict:
+    """Run trusted test snippets against the program on the other end of `channel`."""
+    ns: dict = {"__name__": "__judge__", "__builtins__": builtins}
+    exec(compile(setup, "setup.py", "exec"), ns)  # trusted: the benchmark's own helper code
+    ns[entry_point] = ns["candidate"] = _NamedRemote(channel, entry_point)
+    outcomes: list[list] = []
+    for i, snippet in enumerate(tests):
+        try:
+            exec(compile(snippet, f"test_{i}.py", "exec"), ns)  # trusted test code
+            outcomes.append([True, ""])
+        except PeerGone as e:
+            outcomes.append([False, f"program stopped answering: {e}"])
+            outcomes.extend([False, "not run: the program stopped answering"] for _ in tests[i + 1 :])
+            break
+        except BaseException as e:
+            outcomes.append([False, f"{type(e).__name__}: {_short(e)}"])
+            if stop_on_failure:
+                break
+    return {"tests": outcomes, "completed": True}
+
+
+class _NamedRemote(Remote):
+    """The program's entry point, looked up by name in its namespace at each use."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, channel: Channel, name: str) -> None:
+        super().__init__(channel, 0, "c")
+        object.__setattr__(self, "_name", name)
+
+    def _ref(self) -> object:
+        return ["name", self._name]
+
+    def __eq__(self, other: object) -> bool:
+        return other is self
+
+    def __hash__(self) -> int:
+        return id(self)

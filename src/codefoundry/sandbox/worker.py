@@ -1,0 +1,135 @@
+"""One warm sandbox worker, seen from the parent: start the zygote, send it runs, read back results.
+
+The zygote is started once (`python -I -S zygote.py`, empty environment) and serves runs until it is
+closed. A worker that dies or stops answering is replaced; the run it was serving becomes a
+`sandbox_error` result, never a wrong answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import select
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from codefoundry.sandbox.result import ExecutionResult, Isolation, Judge, Limits
+from codefoundry.sandbox.runners import runner_for
+
+ZYGOTE = Path(__file__).with_name("zygote.py")
+_GRACE_SECONDS = (
+    30.0  # how long past the run's own wall limit the parent waits before declaring the worker dead
+)
+_warned = threading.Event()
+
+
+class WorkerDied(Exception):
+    pass
+
+
+class Worker:
+    """A zygote process and the two pipes to it. Not thread-safe: one run at a time."""
+
+    def __init__(self, extra_readonly: tuple[str, ...] = ()) -> None:
+        req_r, req_w = os.pipe()
+        resp_r, resp_w = os.pipe()
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+        if os.environ.get("CODEFOUNDRY_SANDBOX_ISOLATION"):
+            env["CODEFOUNDRY_SANDBOX_ISOLATION"] = os.environ["CODEFOUNDRY_SANDBOX_ISOLATION"]
+        debug = os.environ.get("CODEFOUNDRY_SANDBOX_DEBUG")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", str(ZYGOTE), str(req_r), str(resp_w)],
+            pass_fds=(req_r, resp_w),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=None if debug else subprocess.DEVNULL,
+            close_fds=True,
+        )
+        os.close(req_r)
+        os.close(resp_w)
+        self._req, self._resp = req_w, resp_r
+        self.uid = 100_000 + 2 * secrets.randbelow(1 << 29)  # the program's uid; the judge gets uid + 1
+        self._send({"extra_readonly": list(extra_readonly)})
+        hello = json.loads(self._recv(60.0))
+        self.isolation = Isolation(hello["isolation"])
+        if self.isolation is not Isolation.NAMESPACES and not _warned.is_set():
+            _warned.set()
+            print(
+                f"codefoundry.sandbox: weaker isolation ({hello['reason']}); results say so", file=sys.stderr
+            )
+
+    def _send(self, obj: dict) -> None:
+        body = json.dumps(obj).encode()
+        data = memoryview(struct.pack(">I", len(body)) + body)
+        try:
+            while data:
+                data = data[os.write(self._req, data) :]
+        except OSError as e:
+            raise WorkerDied(f"cannot write to the sandbox worker: {e}") from None
+
+    def _recv(self, timeout: float) -> bytes:
+        head = self._read_exact(4, timeout)
+        (n,) = struct.unpack(">I", head)
+        return self._read_exact(n, timeout)
+
+    def _read_exact(self, n: int, timeout: float) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            ready, _, _ = select.select([self._resp], [], [], timeout)
+            if not ready:
+                raise WorkerDied(f"the sandbox worker gave no answer within {timeout:.0f} s")
+            chunk = os.read(self._resp, n - len(buf))
+            if not chunk:
+                raise WorkerDied("the sandbox worker exited")
+            buf += chunk
+        return bytes(buf)
+
+    def run(self, program: str, *, language: str, stdin: str | bytes | None, files: dict | None,
+            limits: Limits, judge: Judge | None) -> ExecutionResult:  # fmt: skip
+        runner = runner_for(language)
+        request = {
+            "program": program,
+            "filename": runner.filename,
+            "compile": list(runner.compile) if runner.compile else None,
+            "run": list(runner.run),
+            "limits": limits.to_dict(),
+            "stdin": _hex(stdin),
+            "files": {name: _hex(content) for name, content in (files or {}).items()},
+            "uid": self.uid,
+            "judged": judge is not None,
+        }
+        self._send(request)
+        if judge is not None:
+            self._send({"setup": judge.setup, "tests": list(judge.tests), "entry_point": judge.entry_point,
+                        "stop_on_failure": judge.stop_on_failure})  # fmt: skip
+        reply = json.loads(self._recv(limits.wall + limits.compile_seconds + _GRACE_SECONDS))
+        return ExecutionResult.from_dict(reply)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        for fd in (self._req, self._resp):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _hex(data: str | bytes | None) -> str:
+    if data is None:
+        return ""
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
+    return bytes(data).hex()

