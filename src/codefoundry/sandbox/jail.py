@@ -171,9 +171,10 @@ def drop_privileges(limits: dict, uid: int, isolated: bool) -> None:
 
 
 def apply_run_limits(cpu: float, memory_mb: int) -> None:
-    """CPU time (SIGXCPU at the limit, SIGKILL a second later) and address space. Only ever lowered, so
-    this works after privileges are gone and the program cannot raise them back."""
-    soft = max(1, int(-(-cpu // 1)))  # whole seconds, rounded up
-    resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 1))
+    """CPU time and address space. Only ever lowered, so this works after privileges are gone and the
+    program cannot raise them back. Soft = hard CPU limit: the kernel sends SIGKILL at the limit, which
+    also ends a namespace's init (SIGXCPU would be ignored by it)."""
+    seconds = max(1, int(-(-cpu // 1)))  # whole seconds, rounded up; the verdict compares the exact use
+    resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds))
     if memory_mb > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20,) * 2)

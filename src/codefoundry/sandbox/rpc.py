@@ -23,6 +23,8 @@ import struct
 MAX_FRAME = 16 << 20
 MAX_DEPTH = 100
 MAX_ITEMS = 1_000_000
+JUDGE_SERVES = frozenset({"call", "iter", "next", "len", "bool", "str", "repr", "hash", "contains", "getitem",
+                          "float", "int", "index"})  # fmt: skip
 _SAFE_EXCEPTIONS = {
     name
     for name, value in vars(builtins).items()
@@ -205,6 +207,10 @@ class Channel:
     def _perform(self, op: object, operands: list) -> object:
         if not operands:
             raise PeerGone("request without a target")
+        if self.side == "j" and op not in JUDGE_SERVES:
+            # The program may only use what a test handed it (call a callback, iterate an iterator); no
+            # attribute access, so no path from a handle to the judge's internals.
+            raise PermissionError(f"operation {op!r} on a judge object is not allowed")
         target = self._target(operands[0])
         args = [self.decode(x) for x in operands[1:]]
         if op == "call":

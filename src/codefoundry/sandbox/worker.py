@@ -21,6 +21,9 @@ from codefoundry.sandbox.result import ExecutionResult, Isolation, Judge, Limits
 from codefoundry.sandbox.runners import runner_for
 
 ZYGOTE = Path(__file__).with_name("zygote.py")
+PRELOAD = ("typing", "re", "math", "collections", "itertools", "functools", "string", "heapq", "bisect",
+           "hashlib", "fractions", "random", "statistics", "decimal", "datetime", "json", "copy",
+           "operator", "dataclasses", "abc", "enum", "traceback")  # fmt: skip
 _GRACE_SECONDS = (
     30.0  # how long past the run's own wall limit the parent waits before declaring the worker dead
 )
@@ -54,7 +57,7 @@ class Worker:
         os.close(resp_w)
         self._req, self._resp = req_w, resp_r
         self.uid = 100_000 + 2 * secrets.randbelow(1 << 29)  # the program's uid; the judge gets uid + 1
-        self._send({"extra_readonly": list(extra_readonly)})
+        self._send({"extra_readonly": list(extra_readonly), "preload": list(PRELOAD)})
         hello = json.loads(self._recv(60.0))
         self.isolation = Isolation(hello["isolation"])
         if self.isolation is not Isolation.NAMESPACES and not _warned.is_set():

@@ -19,7 +19,7 @@ What is isolated (level "namespaces", when the worker may create namespaces: roo
 - Privileges: the program runs as an unprivileged uid/gid chosen at random per worker, with no
   supplementary groups and no_new_privs, so rlimits cannot be raised and root's files (/etc/shadow)
   stay unreadable although the sandbox runs as root. Its environment holds only PATH, HOME, LANG, TMPDIR.
-- Limits: RLIMIT_CPU (the timeout: SIGXCPU, then SIGKILL; a run that used more CPU than allowed is a
+- Limits: RLIMIT_CPU (the timeout: SIGKILL at the limit; a run that used more CPU than allowed is a
   timeout even when the signal came late), RLIMIT_AS, RLIMIT_NPROC (per worker uid, so one run's fork bomb
   does not starve another worker), RLIMIT_FSIZE, RLIMIT_NOFILE, no core files. The zygote caps captured
   output (a run that floods stops with `output_limit`) and enforces a wall-clock backstop.
@@ -34,8 +34,8 @@ limited per process, not per run (a run's CPU use is bounded by processes x CPU 
 backstop); memory is limited per process by address space, not by a cgroup (so at most processes x
 memory); timing side channels are open. Because the program is its namespace's init, signals it sends to
 itself with the default action (e.g. `kill(getpid(), SIGTERM)`) are ignored by the kernel; for Python
-programs the common fatal signals are re-armed so that they end the program as they would elsewhere, but
-SIGKILL and SIGSTOP sent to itself are ignored. Programs in languages other than Python run under the same
+programs the fatal signals and os.kill/killpg/abort aimed at itself are re-armed so that they end the
+program as they would elsewhere (a program that bypasses this through ctypes merely survives itself). Programs in languages other than Python run under the same
 OS isolation but have no judge process: their verdict is their exit status, which they control.
 
 Without namespace privileges the level is "process": rlimits, an own process group that is killed at the
@@ -67,8 +67,8 @@ jail = _load("jail")
 rpc = _load("rpc")
 REQ_FD, RESP_FD = 3, 4  # replaced from argv at start-up
 NOTE_FD = 5  # in the program's process: trusted notes to the zygote, closed before untrusted code runs
-FATAL_SIGNALS = ("SIGTERM", "SIGHUP", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGABRT",
-                 "SIGVTALRM", "SIGPROF")  # fmt: skip
+FATAL_SIGNALS = ("SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGABRT", "SIGVTALRM",
+                 "SIGPROF", "SIGTRAP", "SIGSYS", "SIGIO", "SIGPWR", "SIGSTKFLT")  # fmt: skip
 
 
 # -- framing ------------------------------------------------------------------------------------------
@@ -408,13 +408,46 @@ def _on_fatal_signal(signum: int, frame: object) -> None:
     os._exit(128 + signum)
 
 
+def _self_signal_semantics() -> None:
+    """The program is its PID namespace's init, and the kernel drops signals that init sends itself with
+    their default action. Re-arm the usual meaning for Python programs: fatal signals end the program, and
+    signalling itself, its group, pid 1 or its (invisible) parent with a signal it does not handle ends it.
+    This is about faithful behaviour, not security: bypassing it only lets a program survive itself."""
+    for name in FATAL_SIGNALS:
+        signal.signal(getattr(signal, name), _on_fatal_signal)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    real_kill, real_killpg = os.kill, os.killpg
+
+    def _ends_self(sig: int) -> bool:
+        if sig == 0:
+            return False
+        handler = signal.getsignal(sig) if sig not in (signal.SIGKILL, signal.SIGSTOP) else signal.SIG_DFL
+        return handler == signal.SIG_DFL and sig not in (signal.SIGCHLD, signal.SIGURG, signal.SIGWINCH, signal.SIGCONT)
+
+    def kill(pid: int, sig: int) -> None:
+        if pid in (0, 1, os.getpid()) and _ends_self(int(sig)):
+            _on_fatal_signal(int(sig), None)
+        real_kill(pid, sig)
+
+    def killpg(pgid: int, sig: int) -> None:
+        if pgid in (0, 1, os.getpgid(0)) and _ends_self(int(sig)):
+            _on_fatal_signal(int(sig), None)
+        real_killpg(pgid, sig)
+
+    def raise_signal(sig: int) -> None:
+        kill(os.getpid(), sig)
+
+    def abort() -> None:
+        _on_fatal_signal(int(signal.SIGABRT), None)
+
+    os.kill, os.killpg, signal.raise_signal, os.abort = kill, killpg, raise_signal, abort
+
+
 def run_python(program: str, filename: str, env: dict[str, str], judged: bool) -> int:
     """Run the program as `__main__` in this freshly cloned interpreter: no start-up cost per run."""
     os.environ.clear()
     os.environ.update(env)
-    for name in FATAL_SIGNALS:
-        signal.signal(getattr(signal, name), _on_fatal_signal)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _self_signal_semantics()
     main = types.ModuleType("__main__")
     main.__file__ = filename
     sys.modules["__main__"] = main
@@ -486,11 +519,26 @@ def judge_main(run: Run, payload: dict, keep: dict[int, int]) -> None:
 
 
 # -- the server loop ---------------------------------------------------------------------------------------
+def _preload(modules: list[str]) -> None:
+    """Import the modules programs commonly use once, in the zygote, so that runs find them warm; then
+    freeze the heap so that collections in a run's process do not touch (and copy) the shared pages."""
+    import gc
+
+    for name in modules:
+        try:
+            __import__(name)
+        except Exception:
+            pass
+    gc.collect()
+    gc.freeze()
+
+
 def main() -> None:
     global REQ_FD, RESP_FD
     REQ_FD, RESP_FD = int(sys.argv[1]), int(sys.argv[2])
     hello = json.loads(read_frame(REQ_FD))
     isolation, why = jail.setup_worker(hello.get("extra_readonly", []))
+    _preload(hello.get("preload", []))
     write_frame(RESP_FD, json.dumps({"isolation": isolation, "reason": why, "pid": os.getpid()}).encode())
     worker = Worker(isolation)
     while True:
