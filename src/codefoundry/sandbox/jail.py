@@ -172,9 +172,9 @@ def drop_privileges(limits: dict, uid: int, isolated: bool) -> None:
 
 def apply_run_limits(cpu: float, memory_mb: int) -> None:
     """CPU time and address space. Only ever lowered, so this works after privileges are gone and the
-    program cannot raise them back. Soft = hard CPU limit: the kernel sends SIGKILL at the limit, which
-    also ends a namespace's init (SIGXCPU would be ignored by it)."""
+    program cannot raise them back. The kernel sends SIGXCPU at the soft CPU limit and SIGKILL one CPU
+    second later, for programs that ignore SIGXCPU."""
     seconds = max(1, int(-(-cpu // 1)))  # whole seconds, rounded up; the verdict compares the exact use
-    resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds))
+    resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
     if memory_mb > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20,) * 2)

@@ -57,7 +57,7 @@ class Worker:
         os.close(resp_w)
         self._req, self._resp = req_w, resp_r
         self.uid = 100_000 + 2 * secrets.randbelow(1 << 29)  # the program's uid; the judge gets uid + 1
-        self._send({"extra_readonly": list(extra_readonly), "preload": list(PRELOAD)})
+        self._send({"extra_readonly": list(extra_readonly), "preload": list(PRELOAD), "uid": self.uid})
         hello = json.loads(self._recv(60.0))
         self.isolation = Isolation(hello["isolation"])
         if self.isolation is not Isolation.NAMESPACES and not _warned.is_set():

@@ -13,29 +13,29 @@ What is isolated (level "namespaces", when the worker may create namespaces: roo
   the Python prefix is visible under /root when Python lives there). The program's work directory
   (cwd and HOME) /work and /tmp are size- and inode-limited tmpfs mounts; after any run that wrote to
   them they are replaced by empty ones, so nothing carries over from one run to the next.
-- Processes: the program is pid 1 of a fresh PID namespace, cloned straight from the zygote. When it
-  exits, or is killed, the kernel kills everything left in that namespace (daemons, double forks, setsid
-  children) before the run is reported, so nothing outlives a run. There is no /proc to look at.
+- Processes: each run gets a fresh PID namespace, cloned straight from the zygote; its pid 1 is a tiny
+  trusted init (root) that forks the program, waits for it and reports its status and resource use.
+  When the program ends, init exits and the kernel kills everything left in the namespace (daemons,
+  double forks, setsid children) before the run is reported, so nothing outlives a run. Signals behave
+  as anywhere else (the program is not init). There is no /proc to look at.
 - Privileges: the program runs as an unprivileged uid/gid chosen at random per worker, with no
   supplementary groups and no_new_privs, so rlimits cannot be raised and root's files (/etc/shadow)
   stay unreadable although the sandbox runs as root. Its environment holds only PATH, HOME, LANG, TMPDIR.
-- Limits: RLIMIT_CPU (the timeout: SIGKILL at the limit; a run that used more CPU than allowed is a
-  timeout even when the signal came late), RLIMIT_AS, RLIMIT_NPROC (per worker uid, so one run's fork bomb
+- Limits: RLIMIT_CPU (the timeout: SIGXCPU at the limit, SIGKILL a CPU second later; a run that used
+  more CPU than allowed is a timeout even when the signal came late), RLIMIT_AS, RLIMIT_NPROC (per worker uid, so one run's fork bomb
   does not starve another worker), RLIMIT_FSIZE, RLIMIT_NOFILE, no core files. The zygote caps captured
   output (a run that floods stops with `output_limit`) and enforces a wall-clock backstop.
-- Verdicts: a judged run (`Judge`) runs its tests in a second process, forked by the zygote under the
-  next uid, outside the program's PID namespace: the program can neither see, signal, trace nor read it.
-  The tests are read from the request stream only after the program's process exists, so they are never
-  in its memory. Values cross as plain data (see rpc.py). The judge reports on a pipe the program never
-  holds. A judged program's own exit status does not count.
+- Verdicts: a judged run (`Judge`) runs its tests in the worker's judge server, a long-lived process
+  under the next uid, outside every run's PID namespace: the program can neither see, signal, trace nor
+  read it. The tests are read from the request stream only after the program's process exists, so they
+  are never in its memory, and reach the judge with the channel's fds over a Unix socket. Values cross
+  as plain data (see rpc.py); the judge serves the program only calls of what a test handed it. The judge
+  reports on a pipe the program never holds. A judged program's own exit status does not count.
 
 Not covered: the kernel is shared (no seccomp filter, no gVisor: a kernel exploit escapes); CPU time is
 limited per process, not per run (a run's CPU use is bounded by processes x CPU limit and by the wall
 backstop); memory is limited per process by address space, not by a cgroup (so at most processes x
-memory); timing side channels are open. Because the program is its namespace's init, signals it sends to
-itself with the default action (e.g. `kill(getpid(), SIGTERM)`) are ignored by the kernel; for Python
-programs the fatal signals and os.kill/killpg/abort aimed at itself are re-armed so that they end the
-program as they would elsewhere (a program that bypasses this through ctypes merely survives itself). Programs in languages other than Python run under the same
+memory); timing side channels are open. Programs in languages other than Python run under the same
 OS isolation but have no judge process: their verdict is their exit status, which they control.
 
 Without namespace privileges the level is "process": rlimits, an own process group that is killed at the
@@ -67,9 +67,8 @@ jail = _load("jail")
 rpc = _load("rpc")
 REQ_FD, RESP_FD = 3, 4  # replaced from argv at start-up
 JUDGED_EXIT_GRACE = 0.5  # seconds a judged program has to exit after its judge finished
-NOTE_FD = 5  # in the program's process: trusted notes to the zygote, closed before untrusted code runs
-FATAL_SIGNALS = ("SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGABRT", "SIGVTALRM",
-                 "SIGPROF", "SIGTRAP", "SIGSYS", "SIGIO", "SIGPWR", "SIGSTKFLT")  # fmt: skip
+JUDGE_STUCK_SECONDS = 3.0  # after the program was killed, how long the judge may take to report
+NOTE_FD = 5  # in the program's process: trusted notes (a failed compile), closed before untrusted code runs
 
 
 # -- framing ------------------------------------------------------------------------------------------
@@ -114,10 +113,11 @@ def _temp_dir() -> str:
 
 
 class Worker:
-    def __init__(self, isolation: str) -> None:
+    def __init__(self, isolation: str, uid: int) -> None:
         self.isolation = isolation
         self.disk_mb = -1
         self.dirty = True
+        self.judges = JudgeServer(uid + 1, isolation == "namespaces")
 
     def serve(self, req: dict) -> dict:
         run = Run(req, self.isolation)
@@ -128,7 +128,7 @@ class Worker:
         self.dirty = True
         try:
             _write_files(run)
-            result = start(run)
+            result = start(run, self.judges)
         finally:
             if not run.ns:
                 import shutil
@@ -162,106 +162,110 @@ def _write_files(run: Run) -> None:
             os.chown(path, run.uid, run.uid)
 
 
-def start(run: Run) -> dict:
-    """Clone the program as pid 1 of a new PID namespace, fork the judge if any, and watch both."""
+def start(run: Run, judges: "JudgeServer") -> dict:
+    """Clone the program as pid 1 of a new PID namespace, hand the tests to the judge, watch both."""
     stdin_fd = os.memfd_create("stdin")
     os.write(stdin_fd, bytes.fromhex(run.req.get("stdin") or ""))
     os.lseek(stdin_fd, 0, os.SEEK_SET)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     note_r, note_w = os.pipe()
-    rpc_in, rpc_out = (
-        (os.pipe(), os.pipe()) if run.judged else ((-1, -1), (-1, -1))
-    )  # judge->prog, prog->judge
+    none = (-1, -1)
+    rpc_in, rpc_out = (os.pipe(), os.pipe()) if run.judged else (none, none)  # judge->prog, prog->judge
+    status_r, status_w = os.pipe()
     started = time.monotonic()
     pid = jail.clone_new_pid_namespace() if run.ns else os.fork()
     if pid == 0:
         keep = {0: stdin_fd, 1: out_w, 2: err_w, NOTE_FD: note_w}
         if run.judged:
             keep |= {3: rpc_in[0], 4: rpc_out[1]}
-        program_main(run, keep)  # never returns
-    for fd in (stdin_fd, out_w, err_w, note_w, rpc_in[0], rpc_out[1]):
+        init_main(run, keep, status_w)  # never returns
+    for fd in (stdin_fd, out_w, err_w, note_w, rpc_in[0], rpc_out[1], status_w):
         if fd >= 0:
             os.close(fd)
-    judge_pid, report_r = None, -1
+    report_r = -1
     if run.judged:
-        payload = json.loads(read_frame(REQ_FD))  # read only now: the program's process never held it
+        payload = read_frame(REQ_FD)  # read only now: the program's process never held it
         report_r, report_w = os.pipe()
-        judge_pid = os.fork()
-        if judge_pid == 0:
-            judge_main(run, payload, {3: rpc_out[0], 4: rpc_in[1], 5: report_w})
+        judges.submit(payload, [rpc_out[0], rpc_in[1], report_w])
         for fd in (rpc_out[0], rpc_in[1], report_w):
             os.close(fd)
-    return watch(
-        run, pid, judge_pid, {"out": out_r, "err": err_r, "note": note_r, "report": report_r}, started
-    )
+    fds = {"out": out_r, "err": err_r, "note": note_r, "status": status_r, "report": report_r}
+    return watch(run, pid, judges, fds, started)
 
 
-def watch(run: Run, pid: int, judge_pid: int | None, fds: dict[str, int], started: float) -> dict:
-    """Pump output under a cap, enforce the wall-clock backstop, reap the program and the judge."""
+def watch(run: Run, pid: int, judges: "JudgeServer", fds: dict[str, int], started: float) -> dict:
+    """Pump output under a cap, enforce the wall-clock backstop, reap the program, collect the report."""
     cap = int(run.limits["output_bytes"])
     deadline = started + float(run.limits["wall_seconds"])
     data = {name: bytearray() for name in fds}
     by_fd = {fd: name for name, fd in fds.items() if fd >= 0}
-    procs = {os.pidfd_open(pid): pid}
-    if judge_pid is not None:
-        procs[os.pidfd_open(judge_pid)] = judge_pid
+    pidfd = os.pidfd_open(pid)
     poller = select.poll()
-    for fd in (*by_fd, *procs):
+    for fd in (*by_fd, pidfd):
         poller.register(fd, select.POLLIN)
-    reason, status = "", {}
+    reason, status = "", None
     grace: float | None = None  # once the judge is done, the program gets a moment to exit by itself
-    while by_fd or len(status) < len(procs):
+    killed_at: float | None = None
+    while by_fd or status is None:
         now = time.monotonic()
-        if grace is not None and now >= grace and pid not in status:
+        if grace is not None and now >= grace and status is None:
             grace = None
-            _kill(run, pid, None)  # the verdict is in; the program is stuck (serving, spinning, ...)
-        left = min(deadline, grace or deadline) - now
-        if deadline - now <= 0 and not reason:
-            reason = "wall"
-            _kill(run, pid, judge_pid)
-        for fd, _ in poller.poll(max(0, int(left * 1000)) if not reason else 2000):
-            if fd in procs:
-                poller.unregister(fd)
-                status[procs[fd]] = os.wait4(procs[fd], 0)[1:]
-                os.close(fd)
-                if procs[fd] == judge_pid and pid not in status:
-                    grace = time.monotonic() + JUDGED_EXIT_GRACE
-                elif procs[fd] == pid and not run.ns:
-                    _kill(run, pid, None)  # process level: end stragglers of the program's group
+            _stop_program(pid)  # the verdict is in; the program is stuck (serving, spinning, ...)
+        if now >= deadline and not reason:
+            reason, killed_at = "wall", now
+            _kill(run, pid)
+        if killed_at is not None and now - killed_at > JUDGE_STUCK_SECONDS and "report" in by_fd.values():
+            judges.kill()  # trusted test code that does not end: restart the judge, end the run
+            killed_at = None
+        wake = min(deadline, grace or deadline)
+        timeout_ms = int(max(0.0, wake - now) * 1000) if not reason else 500
+        for fd, _ in poller.poll(timeout_ms):
+            if fd == pidfd:
+                poller.unregister(pidfd)
+                status = os.waitpid(pid, 0)[1]
+                if not run.ns:
+                    _kill(run, pid)  # process level: end stragglers of the program's group
                 continue
             chunk = os.read(fd, 65536)
             name = by_fd[fd]
             if not chunk:
                 poller.unregister(fd)
                 del by_fd[fd]
+                if name == "report" and status is None:
+                    grace = time.monotonic() + JUDGED_EXIT_GRACE
                 continue
             if name in ("out", "err"):
                 room = cap - len(data["out"]) - len(data["err"])
                 data[name] += chunk[: max(room, 0)]
                 if len(chunk) > room and not reason:
-                    reason = "output"
-                    _kill(run, pid, judge_pid)
+                    reason, killed_at = "output", time.monotonic()
+                    _kill(run, pid)
             elif len(data[name]) < (8 << 20):
                 data[name] += chunk
+    os.close(pidfd)
     for fd in fds.values():
         if fd >= 0:
             os.close(fd)
-    wall = time.monotonic() - started
-    return verdict(run, status.get(pid), status.get(judge_pid) if judge_pid else None, data, reason, wall)
+    return verdict(run, _json_lines(bytes(data["status"])), data, reason, time.monotonic() - started)
 
 
-def _kill(run: Run, pid: int, judge_pid: int | None) -> None:
-    for target in (pid, judge_pid):
-        if target is None:
-            continue
-        try:
-            if run.ns or target == judge_pid:
-                os.kill(target, signal.SIGKILL)  # the program is its namespace's init: all of it goes
-            else:
-                os.killpg(target, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+def _stop_program(init_pid: int) -> None:
+    """Ask the run's init to kill the program (init then reports how it ended)."""
+    try:
+        os.kill(init_pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        pass
+
+
+def _kill(run: Run, pid: int) -> None:
+    try:
+        if run.ns:
+            os.kill(pid, signal.SIGKILL)  # the program is its namespace's init: all of it goes
+        else:
+            os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _json_lines(data: bytes) -> dict:
@@ -276,7 +280,7 @@ def _json_lines(data: bytes) -> dict:
     return merged
 
 
-def verdict(run: Run, prog: tuple | None, judge: tuple | None, data: dict, reason: str, wall: float) -> dict:
+def verdict(run: Run, prog: dict, data: dict, reason: str, wall: float) -> dict:
     note = _json_lines(bytes(data["note"]))
     res: dict = {
         "stdout": bytes(data["out"]).decode("utf-8", "replace"),
@@ -285,27 +289,22 @@ def verdict(run: Run, prog: tuple | None, judge: tuple | None, data: dict, reaso
         "wall_seconds": round(wall, 4),
         "isolation": run.isolation,
         "phase": "compile" if note.get("phase") == "compile" else "run",
+        "exit_code": prog.get("exit_code"),
+        "signal": prog.get("signal"),
+        "cpu_seconds": round(float(prog.get("cpu", 0.0)), 4),
+        "peak_memory_mb": round(float(prog.get("maxrss_kb", 0)) / 1024, 2),
     }
-    sig = code = None
-    if prog is not None:
-        st, ru = prog
-        code = os.WEXITSTATUS(st) if os.WIFEXITED(st) else None
-        sig = os.WTERMSIG(st) if os.WIFSIGNALED(st) else note.get("signal")
-        res |= {
-            "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 4),
-            "peak_memory_mb": round(ru.ru_maxrss / 1024, 2),
-        }
-    res |= {"exit_code": code, "signal": sig}
     report = _json_lines(bytes(data["report"])) if run.judged else {}
     if run.judged:
-        res["tests"] = [{"passed": bool(p), "error": str(e)[:300]} for p, e in report.get("tests", [])]
+        tests = report.get("tests") if isinstance(report.get("tests"), list) else []
+        res["tests"] = [{"passed": bool(t[0]), "error": str(t[1])[:300]} for t in tests]
         res["tests_completed"] = bool(report.get("completed"))
-    status, msg = _status(run, res, note, report, reason, prog is not None, judge)
+    status, msg = _status(run, res, report, reason, bool(prog))
     res["status"], res["message"] = status, msg
     return res
 
 
-def _status(run: Run, res: dict, note: dict, report: dict, reason: str, reaped: bool, judge: tuple | None):
+def _status(run: Run, res: dict, report: dict, reason: str, reaped: bool):
     lim = run.limits
     sig, code, cpu = res["signal"], res["exit_code"], res.get("cpu_seconds", 0.0)
     if reason == "output":
@@ -313,19 +312,21 @@ def _status(run: Run, res: dict, note: dict, report: dict, reason: str, reaped: 
     if reason == "wall":
         return "timeout", f"wall-clock backstop of {lim['wall_seconds']:g} s"
     if not reaped:
-        return "sandbox_error", "the program's process was not reaped"
+        return "sandbox_error", "the run's init did not report the program's end"
     if res["phase"] == "compile":
         return "failed", "compile error"
-    if cpu > float(lim["cpu_seconds"]) or sig == signal.SIGXCPU:
+    hard_cpu = max(1, -(-float(lim["cpu_seconds"]) // 1)) + 1  # what apply_run_limits set
+    hit_hard = sig == signal.SIGKILL and cpu >= hard_cpu - 0.5  # rusage lags the kernel's own CPU clock
+    if sig == signal.SIGXCPU or hit_hard or cpu > float(lim["cpu_seconds"]):
         return "timeout", f"CPU-time limit of {lim['cpu_seconds']:g} s"
-    if note.get("memory") or _looks_out_of_memory(res, lim):
+    if _looks_out_of_memory(res, lim):
         return "memory_exceeded", f"memory limit of {lim['memory_mb']} MB"
     if run.judged and report.get("completed") and res["tests"] and all(t["passed"] for t in res["tests"]):
         return "ok", ""
     if sig is not None:
         return "killed", f"killed by signal {sig} ({_signame(sig)})"
     if run.judged:
-        if judge is not None and not report:
+        if not report:
             return "sandbox_error", "the judge ended without a report"
         return "failed", report.get("error") or "not every test passed"
     return ("ok", "") if code == 0 else ("failed", f"exit code {code}")
@@ -346,7 +347,37 @@ def _signame(sig: int) -> str:
         return "?"
 
 
-# -- inside the run: the program's process --------------------------------------------------------------
+# -- inside the run: init and the program's process ---------------------------------------------------------
+def init_main(run: Run, keep: dict[int, int], status_w: int) -> None:
+    """pid 1 of the run (root, trusted, tiny): start the program, wait for it, report how it ended. When
+    init exits the kernel kills whatever the program left behind in the namespace."""
+    code = 1
+    try:
+        if not run.ns:
+            os.setpgid(0, 0)
+        prog = os.fork()
+        if prog == 0:
+            os.close(status_w)
+            program_main(run, keep)  # never returns
+        jail.arrange_fds({3: status_w})  # hold nothing of the program's: its pipes must reach EOF
+        signal.signal(signal.SIGUSR1, lambda *_: os.kill(prog, signal.SIGKILL))  # the zygote's "stop it"
+        while True:
+            pid, st, ru = os.wait4(-1, 0)  # reaps orphans too, until the program itself ends
+            if pid == prog:
+                break
+        report = {
+            "exit_code": os.WEXITSTATUS(st) if os.WIFEXITED(st) else None,
+            "signal": os.WTERMSIG(st) if os.WIFSIGNALED(st) else None,
+            "cpu": ru.ru_utime + ru.ru_stime,
+            "maxrss_kb": ru.ru_maxrss,
+        }
+        os.write(3, json.dumps(report).encode() + b"\n")
+        code = 0
+    except BaseException:
+        pass
+    os._exit(code)
+
+
 def program_main(run: Run, keep: dict[int, int]) -> None:
     """Arrange fds, drop privileges, then compile and exec, or run Python in this warm interpreter."""
     code = 70
@@ -369,8 +400,7 @@ def program_main(run: Run, keep: dict[int, int]) -> None:
         jail.drop_privileges(run.limits, run.uid, run.ns)
         if req.get("compile") and not _compile(req["compile"], env, run.limits):
             os._exit(1)
-        if req.get("run") != ["<python>"]:
-            os.close(NOTE_FD)
+        os.close(NOTE_FD)  # trusted notes end here: untrusted code never holds it
         jail.apply_run_limits(float(run.limits["cpu_seconds"]), int(run.limits["memory_mb"]))
         if req.get("run") == ["<python>"]:
             code = run_python(req["program"], req["filename"], env, run.judged)
@@ -405,60 +435,10 @@ def _compile(cmd: list[str], env: dict[str, str], limits: dict) -> bool:
     return False
 
 
-def _on_fatal_signal(signum: int, frame: object) -> None:
-    """pid 1 ignores signals it sends itself unless handled: end the program as the default action would."""
-    try:
-        os.write(NOTE_FD, json.dumps({"signal": signum}).encode() + b"\n")
-    except OSError:
-        pass
-    os._exit(128 + signum)
-
-
-def _self_signal_semantics() -> None:
-    """The program is its PID namespace's init, and the kernel drops signals that init sends itself with
-    their default action. Re-arm the usual meaning for Python programs: fatal signals end the program, and
-    signalling itself, its group, pid 1 or its (invisible) parent with a signal it does not handle ends it.
-    This is about faithful behaviour, not security: bypassing it only lets a program survive itself."""
-    for name in FATAL_SIGNALS:
-        signal.signal(getattr(signal, name), _on_fatal_signal)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    real_kill, real_killpg = os.kill, os.killpg
-
-    def _ends_self(sig: int) -> bool:
-        if sig == 0:
-            return False
-        handler = signal.getsignal(sig) if sig not in (signal.SIGKILL, signal.SIGSTOP) else signal.SIG_DFL
-        return handler == signal.SIG_DFL and sig not in (
-            signal.SIGCHLD,
-            signal.SIGURG,
-            signal.SIGWINCH,
-            signal.SIGCONT,
-        )
-
-    def kill(pid: int, sig: int) -> None:
-        if pid in (0, 1, os.getpid()) and _ends_self(int(sig)):
-            _on_fatal_signal(int(sig), None)
-        real_kill(pid, sig)
-
-    def killpg(pgid: int, sig: int) -> None:
-        if pgid in (0, 1, os.getpgid(0)) and _ends_self(int(sig)):
-            _on_fatal_signal(int(sig), None)
-        real_killpg(pgid, sig)
-
-    def raise_signal(sig: int) -> None:
-        kill(os.getpid(), sig)
-
-    def abort() -> None:
-        _on_fatal_signal(int(signal.SIGABRT), None)
-
-    os.kill, os.killpg, signal.raise_signal, os.abort = kill, killpg, raise_signal, abort
-
-
 def run_python(program: str, filename: str, env: dict[str, str], judged: bool) -> int:
     """Run the program as `__main__` in this freshly cloned interpreter: no start-up cost per run."""
     os.environ.clear()
     os.environ.update(env)
-    _self_signal_semantics()
     main = types.ModuleType("__main__")
     main.__file__ = filename
     sys.modules["__main__"] = main
@@ -475,9 +455,8 @@ def run_python(program: str, filename: str, env: dict[str, str], judged: bool) -
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except MemoryError:
-        _note({"memory": True})
         code = 1
-        _print_exception()
+        _print_exception()  # "MemoryError" on stderr: the verdict reads it as memory_exceeded
     except BaseException:
         code = 1
         _print_exception()
@@ -489,13 +468,6 @@ def run_python(program: str, filename: str, env: dict[str, str], judged: bool) -
     return code
 
 
-def _note(obj: dict) -> None:
-    try:
-        os.write(NOTE_FD, json.dumps(obj).encode() + b"\n")
-    except OSError:
-        pass
-
-
 def _print_exception() -> None:
     import traceback
 
@@ -505,28 +477,101 @@ def _print_exception() -> None:
         pass
 
 
-# -- the judge's process ------------------------------------------------------------------------------------
-def judge_main(run: Run, payload: dict, keep: dict[int, int]) -> None:
-    """Its own uid, outside the program's PID namespace, no output, the tests, the program over a channel."""
-    code = 1
+# -- the judge server ---------------------------------------------------------------------------------------
+class JudgeServer:
+    """One long-lived judge process per worker, under its own uid, outside every run's PID namespace.
+    Per judged run it receives the tests and three fds (the channel to the program and a report pipe)
+    over a Unix socket, runs the tests in a fresh namespace, reports, and closes the fds. Being warm, it
+    costs a judged run no fork. Imported modules persist between runs (trusted test code only)."""
+
+    def __init__(self, uid: int, isolated: bool) -> None:
+        self.uid, self.isolated = uid, isolated
+        self.pid: int | None = None
+        self.sock = None
+
+    def submit(self, payload: bytes, fds: list[int]) -> None:
+        import socket
+
+        if self.pid is None:
+            self._start()
+        try:
+            socket.send_fds(self.sock, [struct.pack(">Q", len(payload))], fds)
+            self.sock.sendall(payload)
+        except OSError:
+            self.kill()  # the run's report pipe closes with it: the run reports a sandbox error
+
+    def _start(self) -> None:
+        import socket
+
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            _judge_server_main(theirs.detach(), self.uid, self.isolated)
+        theirs.close()
+        self.pid, self.sock = pid, ours
+
+    def kill(self) -> None:
+        if self.pid is None:
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(self.pid, 0)
+        self.sock.close()
+        self.pid, self.sock = None, None
+
+
+JUDGE_LIMITS = {"file_size_mb": 16, "open_files": 64, "processes": 16}
+JUDGE_MEMORY_MB = 2048
+
+
+def _judge_server_main(sock_fd: int, uid: int, isolated: bool) -> None:
+    import socket
+
     try:
         null = os.open("/dev/null", os.O_RDWR)
-        jail.arrange_fds({0: null, 1: null, 2: null} | keep)
+        jail.arrange_fds({0: null, 1: null, 2: null, 3: sock_fd})
         os.chdir("/")
-        jail.drop_privileges(run.limits, run.uid + 1, run.ns)
-        jail.apply_run_limits(float(run.limits["cpu_seconds"]) + 5.0, max(1024, int(run.limits["memory_mb"])))
-        channel = rpc.Channel(3, 4, "j")
+        jail.drop_privileges(JUDGE_LIMITS, uid, isolated)
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (JUDGE_MEMORY_MB << 20,) * 2)  # no CPU limit: it lives on
+        sock = socket.socket(fileno=3)
+        while True:
+            head, fds, _, _ = socket.recv_fds(sock, 8, 3)
+            if not head:
+                break
+            while len(head) < 8:
+                head += sock.recv(8 - len(head))
+            (n,) = struct.unpack(">Q", head)
+            payload = bytearray()
+            while len(payload) < n:
+                chunk = sock.recv(min(n - len(payload), 1 << 20))
+                if not chunk:
+                    os._exit(0)
+                payload += chunk
+            _judge_one(json.loads(payload), *fds)
+    except BaseException:
+        pass
+    os._exit(0)
+
+
+def _judge_one(payload: dict, rfd: int, wfd: int, report_fd: int) -> None:
+    try:
+        channel = rpc.Channel(rfd, wfd, "j")
         report = rpc.run_judge(channel, payload.get("setup", ""), list(payload["tests"]),
                                payload["entry_point"], bool(payload.get("stop_on_failure")))  # fmt: skip
-        os.close(4)  # ends the program's serving loop
-        os.write(5, json.dumps(report).encode() + b"\n")
-        code = 0
     except BaseException as e:
-        try:
-            os.write(5, json.dumps({"error": f"judge: {type(e).__name__}: {e}"[:300]}).encode() + b"\n")
-        except OSError:
-            pass
-    os._exit(code)
+        report = {"error": f"judge: {type(e).__name__}: {e}"[:300]}
+    os.close(wfd)  # ends the program's serving loop
+    os.close(rfd)
+    try:
+        os.write(report_fd, json.dumps(report).encode() + b"\n")
+    except OSError:
+        pass
+    os.close(report_fd)
 
 
 # -- the server loop ---------------------------------------------------------------------------------------
@@ -551,7 +596,7 @@ def main() -> None:
     isolation, why = jail.setup_worker(hello.get("extra_readonly", []))
     _preload(hello.get("preload", []))
     write_frame(RESP_FD, json.dumps({"isolation": isolation, "reason": why, "pid": os.getpid()}).encode())
-    worker = Worker(isolation)
+    worker = Worker(isolation, int(hello["uid"]))
     while True:
         try:
             req = json.loads(read_frame(REQ_FD))
