@@ -54,11 +54,12 @@ def prctl(option: int, value: int) -> None:
 
 
 def clone_new_pid_namespace() -> int:
-    """fork() into a new PID namespace: the child is its pid 1. One clone system call, with CPython's own
+    """fork() into new PID and IPC namespaces: the child is pid 1 of the former. One clone system call, with CPython's own
     before/after-fork handling around it, so the zygote need not fork a helper to call unshare."""
     api = ctypes.pythonapi
     api.PyOS_BeforeFork()
-    pid = _libc_gil.syscall(ctypes.c_long(SYSCALL["clone"]), ctypes.c_ulong(CLONE_NEWPID | signal.SIGCHLD),
+    flags = CLONE_NEWPID | CLONE_NEWIPC | signal.SIGCHLD  # IPC objects (SysV shm, queues) die with the run
+    pid = _libc_gil.syscall(ctypes.c_long(SYSCALL["clone"]), ctypes.c_ulong(flags),
                             ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))  # fmt: skip
     err = ctypes.get_errno()
     if pid == 0:
@@ -70,17 +71,18 @@ def clone_new_pid_namespace() -> int:
     return pid
 
 
-def setup_worker(extra_ro: list[str]) -> tuple[str, str]:
+def setup_worker(extra_ro: list[str]) -> tuple[str, str, "MemoryCgroup | None"]:
     """Enter the worker's own network, mount, IPC and UTS namespaces and pivot into a read-only root.
-    Returns the isolation level reached and, when it is the weaker one, why."""
+    Returns the isolation level reached, why when it is the weaker one, and the worker's memory cgroup."""
     if os.environ.get("CODEFOUNDRY_SANDBOX_ISOLATION") == "process":
-        return "process", "namespaces disabled by CODEFOUNDRY_SANDBOX_ISOLATION=process"
+        return "process", "namespaces disabled by CODEFOUNDRY_SANDBOX_ISOLATION=process", None
     if os.geteuid() != 0 or SYSCALL is None:
-        return "process", "not root (or an unknown architecture): cannot create namespaces"
+        return "process", "not root (or an unknown architecture): cannot create namespaces", None
     try:
         unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
     except OSError as e:
-        return "process", f"namespaces unavailable ({e})"
+        return "process", f"namespaces unavailable ({e})", None
+    cgroup = MemoryCgroup.create(f"codefoundry-worker-{os.getpid()}")
     mount("none", "/", None, MS_REC | MS_PRIVATE)
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=755")
     os.mkdir(NEWROOT, 0o755)
@@ -101,7 +103,7 @@ def setup_worker(extra_ro: list[str]) -> tuple[str, str]:
     umount("/.old")
     os.rmdir("/.old")
     mount("none", "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    return "namespaces", ""
+    return "namespaces", "", cgroup
 
 
 def fresh_run_dirs(uid: int, disk_mb: int) -> None:
@@ -178,3 +180,94 @@ def apply_run_limits(cpu: float, memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
     if memory_mb > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20,) * 2)
+
+
+class MemoryCgroup:
+    """A memory cgroup (v1 or v2) holding one worker's runs, so that a run's memory is bounded as a whole:
+    anonymous memory of all its processes, memfd and SysV shared memory, files it writes to its tmpfs.
+    Created before pivot_root and used through a directory fd afterwards."""
+
+    def __init__(self, path: str, version: int) -> None:
+        self.path, self.version = path, version
+        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        self.limit = -1
+
+    @classmethod
+    def create(cls, name: str) -> "MemoryCgroup | None":
+        for version, base in _memory_cgroup_bases():
+            path = os.path.join(base, name)
+            try:
+                if version == 2:
+                    _write_file(os.path.join(base, "cgroup.subtree_control"), "+memory")
+                os.mkdir(path)
+                return cls(path, version)
+            except OSError:
+                continue
+        return None
+
+    def _write(self, name: str, value: str) -> None:
+        fd = os.open(name, os.O_WRONLY, dir_fd=self.fd)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+
+    def _read(self, name: str) -> str:
+        fd = os.open(name, os.O_RDONLY, dir_fd=self.fd)
+        try:
+            return os.read(fd, 65536).decode()
+        finally:
+            os.close(fd)
+
+    def set_limit(self, limit_bytes: int) -> None:
+        if limit_bytes != self.limit:
+            self._write("memory.limit_in_bytes" if self.version == 1 else "memory.max", str(limit_bytes))
+            self.limit = limit_bytes
+
+    def join(self) -> None:
+        """Move the calling process (and so everything it starts) into the cgroup."""
+        self._write("cgroup.procs", "0")
+
+    def oom_kills(self) -> int:
+        text = self._read("memory.oom_control" if self.version == 1 else "memory.events")
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+
+def _memory_cgroup_bases() -> list[tuple[int, str]]:
+    """Where this process's memory cgroup lives, for cgroup v1 and v2 (from /proc/self/{cgroup,mountinfo})."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            groups = [line.rstrip("\n").split(":", 2) for line in f]
+        with open("/proc/self/mountinfo") as f:
+            mounts = [line.split() for line in f]
+    except OSError:
+        return []
+    bases = []
+    for _, controllers, rel in groups:
+        for m in mounts:
+            sep = m.index("-")
+            fstype, opts, root, point = m[sep + 1], m[sep + 3], m[3], m[4]
+            if (
+                controllers
+                and "memory" in controllers.split(",")
+                and fstype == "cgroup"
+                and "memory" in opts.split(",")
+            ):
+                bases.append((1, point + rel[len(root.rstrip("/")) :]))
+            elif not controllers and fstype == "cgroup2":
+                try:
+                    with open(os.path.join(point, "cgroup.controllers")) as f:
+                        if "memory" in f.read().split():
+                            bases.append((2, point + rel[len(root.rstrip("/")) :]))
+                except OSError:
+                    pass
+    return bases
+
+
+def _write_file(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)

@@ -23,6 +23,7 @@ import struct
 MAX_FRAME = 16 << 20
 MAX_DEPTH = 100
 MAX_ITEMS = 1_000_000
+JUDGE_MODULE = "__judge__"  # the __name__ test code runs under, and so the __module__ of its classes
 JUDGE_SERVES = frozenset({"call", "iter", "next", "len", "bool", "str", "repr", "hash", "contains", "getitem",
                           "float", "int", "index"})  # fmt: skip
 _SAFE_EXCEPTIONS = {
@@ -207,9 +208,10 @@ class Channel:
     def _perform(self, op: object, operands: list) -> object:
         if not operands:
             raise PeerGone("request without a target")
-        if self.side == "j" and op not in JUDGE_SERVES:
-            # The program may only use what a test handed it (call a callback, iterate an iterator); no
-            # attribute access, so no path from a handle to the judge's internals.
+        if self.side == "j" and op not in JUDGE_SERVES and not _plain_judge_attribute(op, operands, self):
+            # The program may only use what a test handed it (call a callback, iterate an iterator, read
+            # public fields of instances of classes the test code defined): no path from a handle to the
+            # judge's internals (a function's globals, a type's subclasses, builtins).
             raise PermissionError(f"operation {op!r} on a judge object is not allowed")
         target = self._target(operands[0])
         args = [self.decode(x) for x in operands[1:]]
@@ -336,6 +338,21 @@ class Remote:
     __le__ = __gt__ = __ge__ = __lt__
 
 
+def _plain_judge_attribute(op: object, operands: list, channel: Channel) -> bool:
+    """getattr/setattr of a public name on an instance of a class defined by the judge's own test code
+    (e.g. a linked-list node the tests build and hand over)."""
+    if op not in ("getattr", "setattr") or len(operands) < 2 or type(operands[1]) is not str:
+        return False
+    if operands[1].startswith("_"):
+        return False
+    try:
+        target = channel._target(operands[0])
+    except Exception:
+        return False
+    cls = type(target)
+    return getattr(cls, "__module__", None) == JUDGE_MODULE and not isinstance(target, type)
+
+
 def _index(obj: object) -> int:
     return obj.__index__()  # type: ignore[attr-defined]
 
@@ -389,7 +406,7 @@ def run_judge(
     channel: Channel, setup: str, tests: list[str], entry_point: str, stop_on_failure: bool
 ) -> dict:
     """Run trusted test snippets against the program on the other end of `channel`."""
-    ns: dict = {"__name__": "__judge__", "__builtins__": builtins}
+    ns: dict = {"__name__": JUDGE_MODULE, "__builtins__": builtins}
     exec(compile(setup, "setup.py", "exec"), ns)  # trusted: the benchmark's own helper code
     ns[entry_point] = ns["candidate"] = _NamedRemote(channel, entry_point)
     outcomes: list[list] = []

@@ -60,6 +60,7 @@ class Worker:
         self._send({"extra_readonly": list(extra_readonly), "preload": list(PRELOAD), "uid": self.uid})
         hello = json.loads(self._recv(60.0))
         self.isolation = Isolation(hello["isolation"])
+        self.cgroup = hello.get("cgroup")
         if self.isolation is not Isolation.NAMESPACES and not _warned.is_set():
             _warned.set()
             print(
@@ -128,6 +129,11 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if self.cgroup:
+            try:
+                os.rmdir(self.cgroup)  # empty once the worker is gone
+            except OSError:
+                pass
 
 
 def _hex(data: str | bytes | None) -> str:

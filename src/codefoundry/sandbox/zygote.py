@@ -13,17 +13,20 @@ What is isolated (level "namespaces", when the worker may create namespaces: roo
   the Python prefix is visible under /root when Python lives there). The program's work directory
   (cwd and HOME) /work and /tmp are size- and inode-limited tmpfs mounts; after any run that wrote to
   them they are replaced by empty ones, so nothing carries over from one run to the next.
-- Processes: each run gets a fresh PID namespace, cloned straight from the zygote; its pid 1 is a tiny
+- Processes: each run gets fresh PID and IPC namespaces, cloned straight from the zygote; its pid 1 is a tiny
   trusted init (root) that forks the program, waits for it and reports its status and resource use.
   When the program ends, init exits and the kernel kills everything left in the namespace (daemons,
-  double forks, setsid children) before the run is reported, so nothing outlives a run. Signals behave
-  as anywhere else (the program is not init). There is no /proc to look at.
+  double forks, setsid children, SysV shared memory and message queues) before the run is reported, so
+  nothing outlives a run. Signals behave as anywhere else (the program is not init). There is no /proc.
 - Privileges: the program runs as an unprivileged uid/gid chosen at random per worker, with no
   supplementary groups and no_new_privs, so rlimits cannot be raised and root's files (/etc/shadow)
   stay unreadable although the sandbox runs as root. Its environment holds only PATH, HOME, LANG, TMPDIR.
 - Limits: RLIMIT_CPU (the timeout: SIGXCPU at the limit, SIGKILL a CPU second later; a run that used
-  more CPU than allowed is a timeout even when the signal came late), RLIMIT_AS, RLIMIT_NPROC (per worker uid, so one run's fork bomb
-  does not starve another worker), RLIMIT_FSIZE, RLIMIT_NOFILE, no core files. The zygote caps captured
+  more CPU than allowed is a timeout even when the signal came late), RLIMIT_AS per process, RLIMIT_NPROC
+  (per worker uid, so one run's fork bomb does not starve another worker), RLIMIT_FSIZE, RLIMIT_NOFILE, no
+  core files. Where a memory cgroup can be created (v1 or v2; `extra["memory_cgroup"]` says), the run as a
+  whole (all its processes, memfd and SysV shared memory, files it writes) is bounded by its memory limit
+  plus room for its disk, and an OOM kill there is reported as `memory_exceeded`. The zygote caps captured
   output (a run that floods stops with `output_limit`) and enforces a wall-clock backstop.
 - Verdicts: a judged run (`Judge`) runs its tests in the worker's judge server, a long-lived process
   under the next uid, outside every run's PID namespace: the program can neither see, signal, trace nor
@@ -32,10 +35,10 @@ What is isolated (level "namespaces", when the worker may create namespaces: roo
   as plain data (see rpc.py); the judge serves the program only calls of what a test handed it. The judge
   reports on a pipe the program never holds. A judged program's own exit status does not count.
 
-Not covered: the kernel is shared (no seccomp filter, no gVisor: a kernel exploit escapes); CPU time is
-limited per process, not per run (a run's CPU use is bounded by processes x CPU limit and by the wall
-backstop); memory is limited per process by address space, not by a cgroup (so at most processes x
-memory); timing side channels are open. Programs in languages other than Python run under the same
+Not covered: the kernel is shared (no seccomp filter, no gVisor: a kernel exploit escapes, and a program
+may create user namespaces of its own); CPU time is limited per process, not per run (a run's CPU use is
+bounded by processes x CPU limit and by the wall backstop); without a memory cgroup, memory is bounded per
+process only; timing side channels are open. Programs in languages other than Python run under the same
 OS isolation but have no judge process: their verdict is their exit status, which they control.
 
 Without namespace privileges the level is "process": rlimits, an own process group that is killed at the
@@ -113,8 +116,9 @@ def _temp_dir() -> str:
 
 
 class Worker:
-    def __init__(self, isolation: str, uid: int) -> None:
+    def __init__(self, isolation: str, uid: int, cgroup) -> None:
         self.isolation = isolation
+        self.cgroup = cgroup
         self.disk_mb = -1
         self.dirty = True
         self.judges = JudgeServer(uid + 1, isolation == "namespaces")
@@ -126,16 +130,30 @@ class Worker:
             jail.fresh_run_dirs(run.uid, disk)
             self.disk_mb = disk
         self.dirty = True
+        oom_before = self._limit_memory(run)
         try:
             _write_files(run)
-            result = start(run, self.judges)
+            result = start(run, self.judges, self.cgroup)
         finally:
             if not run.ns:
                 import shutil
 
                 shutil.rmtree(run.workdir, ignore_errors=True)
         self.dirty = run.ns and not _tidy(run)
+        result["extra"] = {"memory_cgroup": self.cgroup is not None}
+        if self.cgroup is not None and self.cgroup.oom_kills() > oom_before and result["status"] != "ok":
+            result["status"] = "memory_exceeded"
+            result["message"] = f"the run's total memory passed its limit of {run.limits['memory_mb']} MB"
         return result
+
+    def _limit_memory(self, run: Run) -> int:
+        """The run's whole memory (every process, memfd, shared memory, tmpfs files) is bounded by its
+        memory limit plus room for its disk; returns the cgroup's OOM-kill count before the run."""
+        if self.cgroup is None:
+            return 0
+        lim = run.limits
+        self.cgroup.set_limit((int(lim["memory_mb"]) + 2 * int(lim["disk_mb"]) + 64) << 20)
+        return self.cgroup.oom_kills()
 
 
 def _tidy(run: Run) -> bool:
@@ -162,7 +180,7 @@ def _write_files(run: Run) -> None:
             os.chown(path, run.uid, run.uid)
 
 
-def start(run: Run, judges: "JudgeServer") -> dict:
+def start(run: Run, judges: "JudgeServer", cgroup=None) -> dict:
     """Clone the program as pid 1 of a new PID namespace, hand the tests to the judge, watch both."""
     stdin_fd = os.memfd_create("stdin")
     os.write(stdin_fd, bytes.fromhex(run.req.get("stdin") or ""))
@@ -179,7 +197,7 @@ def start(run: Run, judges: "JudgeServer") -> dict:
         keep = {0: stdin_fd, 1: out_w, 2: err_w, NOTE_FD: note_w}
         if run.judged:
             keep |= {3: rpc_in[0], 4: rpc_out[1]}
-        init_main(run, keep, status_w)  # never returns
+        init_main(run, keep, status_w, cgroup)  # never returns
     for fd in (stdin_fd, out_w, err_w, note_w, rpc_in[0], rpc_out[1], status_w):
         if fd >= 0:
             os.close(fd)
@@ -348,13 +366,15 @@ def _signame(sig: int) -> str:
 
 
 # -- inside the run: init and the program's process ---------------------------------------------------------
-def init_main(run: Run, keep: dict[int, int], status_w: int) -> None:
+def init_main(run: Run, keep: dict[int, int], status_w: int, cgroup) -> None:
     """pid 1 of the run (root, trusted, tiny): start the program, wait for it, report how it ended. When
     init exits the kernel kills whatever the program left behind in the namespace."""
     code = 1
     try:
         if not run.ns:
             os.setpgid(0, 0)
+        if cgroup is not None:
+            cgroup.join()
         prog = os.fork()
         if prog == 0:
             os.close(status_w)
@@ -593,10 +613,11 @@ def main() -> None:
     global REQ_FD, RESP_FD
     REQ_FD, RESP_FD = int(sys.argv[1]), int(sys.argv[2])
     hello = json.loads(read_frame(REQ_FD))
-    isolation, why = jail.setup_worker(hello.get("extra_readonly", []))
+    isolation, why, cgroup = jail.setup_worker(hello.get("extra_readonly", []))
     _preload(hello.get("preload", []))
-    write_frame(RESP_FD, json.dumps({"isolation": isolation, "reason": why, "pid": os.getpid()}).encode())
-    worker = Worker(isolation, int(hello["uid"]))
+    cg_path = cgroup.path if cgroup else None
+    write_frame(RESP_FD, json.dumps({"isolation": isolation, "reason": why, "cgroup": cg_path}).encode())
+    worker = Worker(isolation, int(hello["uid"]), cgroup)
     while True:
         try:
             req = json.loads(read_frame(REQ_FD))

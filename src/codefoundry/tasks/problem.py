@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from codefoundry.sandbox import ExecutionResult, Judge, Limits, Program, Status, execute_many
+from codefoundry.sandbox import ExecutionResult, Judge, Limits, Program, Status, execute, execute_many
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,9 @@ def _score(result: ExecutionResult) -> Score:
 
 
 def evaluate(problem: Problem, completion: str, *, limits: Limits | None = None) -> Score:
-    return evaluate_many([(problem, completion)], limits=limits, workers=1, progress=False)[0]
+    """Score one completion (thread-safe: concurrent calls share the process's warm sandbox workers)."""
+    judge = problem.judge() if problem.language == "python" else None
+    return _score(execute(problem.program(completion), language=problem.language, judge=judge, limits=limits))
 
 
 def evaluate_many(

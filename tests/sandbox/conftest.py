@@ -1,0 +1,24 @@
+"""Shared set-up for the sandbox red-team suites (test_redteam.py, test_integrity.py).
+
+Makes `codefoundry` importable from the source tree when the package is not installed, and stops the
+sandbox's warm workers at the end of the session so that no worker outlives pytest."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import pytest
+
+try:
+    import codefoundry.sandbox  # noqa: F401
+except ImportError:  # not installed: use the checkout's src/ layout
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "src"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_sandbox_workers():
+    yield
+    from codefoundry.sandbox import shutdown
+
+    shutdown()
