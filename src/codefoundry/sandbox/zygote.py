@@ -622,6 +622,9 @@ def main() -> None:
         try:
             req = json.loads(read_frame(REQ_FD))
         except EOFError:
+            worker.judges.kill()
+            if cgroup is not None:
+                cgroup.remove()
             return
         try:
             result = worker.serve(req)

