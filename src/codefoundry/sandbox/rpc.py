@@ -402,17 +402,31 @@ def _short(e: BaseException, limit: int = 300) -> str:
     return text[:limit]
 
 
+_CODE_CACHE: dict[tuple[str, str], object] = {}
+
+
+def _compiled(source: str, filename: str):
+    """Test code repeats across the samples of a problem: compile it once per judge process."""
+    key = (source, filename)
+    code = _CODE_CACHE.get(key)
+    if code is None:
+        if len(_CODE_CACHE) > 4096:
+            _CODE_CACHE.clear()
+        code = _CODE_CACHE[key] = compile(source, filename, "exec")
+    return code
+
+
 def run_judge(
     channel: Channel, setup: str, tests: list[str], entry_point: str, stop_on_failure: bool
 ) -> dict:
     """Run trusted test snippets against the program on the other end of `channel`."""
     ns: dict = {"__name__": JUDGE_MODULE, "__builtins__": builtins}
-    exec(compile(setup, "setup.py", "exec"), ns)  # trusted: the benchmark's own helper code
+    exec(_compiled(setup, "setup.py"), ns)  # trusted: the benchmark's own helper code
     ns[entry_point] = ns["candidate"] = _NamedRemote(channel, entry_point)
     outcomes: list[list] = []
     for i, snippet in enumerate(tests):
         try:
-            exec(compile(snippet, f"test_{i}.py", "exec"), ns)  # trusted test code
+            exec(_compiled(snippet, f"test_{i}.py"), ns)  # trusted test code
             outcomes.append([True, ""])
         except PeerGone as e:
             outcomes.append([False, f"program stopped answering: {e}"])

@@ -182,9 +182,13 @@ def _write_files(run: Run) -> None:
 
 def start(run: Run, judges: "JudgeServer", cgroup=None) -> dict:
     """Clone the program as pid 1 of a new PID namespace, hand the tests to the judge, watch both."""
-    stdin_fd = os.memfd_create("stdin")
-    os.write(stdin_fd, bytes.fromhex(run.req.get("stdin") or ""))
-    os.lseek(stdin_fd, 0, os.SEEK_SET)
+    stdin_data = bytes.fromhex(run.req.get("stdin") or "")
+    if stdin_data:
+        stdin_fd = os.memfd_create("stdin")
+        os.write(stdin_fd, stdin_data)
+        os.lseek(stdin_fd, 0, os.SEEK_SET)
+    else:
+        stdin_fd = os.open("/dev/null", os.O_RDONLY)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     note_r, note_w = os.pipe()
