@@ -13,11 +13,11 @@ What is isolated (level "namespaces", when the worker may create namespaces: roo
   the Python prefix is visible under /root when Python lives there). The program's work directory
   (cwd and HOME) /work and /tmp are size- and inode-limited tmpfs mounts; after any run that wrote to
   them they are replaced by empty ones, so nothing carries over from one run to the next.
-- Processes: each run gets fresh PID and IPC namespaces, cloned straight from the zygote; its pid 1 is a tiny
-  trusted init (root) that forks the program, waits for it and reports its status and resource use.
-  When the program ends, init exits and the kernel kills everything left in the namespace (daemons,
-  double forks, setsid children, SysV shared memory and message queues) before the run is reported, so
-  nothing outlives a run. Signals behave as anywhere else (the program is not init). There is no /proc.
+- Processes: each run gets fresh PID and IPC namespaces: the zygote clones an idle init into them
+  (pid 1, root, holding nothing) and forks the program in as pid 2 (via setns), so the program is the
+  zygote's own child and signals behave as anywhere else. When the program ends, the zygote kills init
+  and the kernel kills everything left in the namespace (daemons, double forks, setsid children, SysV
+  shared memory and message queues) before the run is reported: nothing outlives a run. No /proc.
 - Privileges: the program runs as an unprivileged uid/gid chosen at random per worker, with no
   supplementary groups and no_new_privs, so rlimits cannot be raised and root's files (/etc/shadow)
   stay unreadable although the sandbox runs as root. Its environment holds only PATH, HOME, LANG, TMPDIR.
@@ -71,6 +71,7 @@ rpc = _load("rpc")
 REQ_FD, RESP_FD = 3, 4  # replaced from argv at start-up
 JUDGED_EXIT_GRACE = 0.5  # seconds a judged program has to exit after its judge finished
 JUDGE_STUCK_SECONDS = 3.0  # after the program was killed, how long the judge may take to report
+OWN_PIDFD = -1  # the zygote's own PID namespace, to return to after starting a run's program
 NOTE_FD = 5  # in the program's process: trusted notes (a failed compile), closed before untrusted code runs
 
 
@@ -181,7 +182,8 @@ def _write_files(run: Run) -> None:
 
 
 def start(run: Run, judges: "JudgeServer", cgroup=None) -> dict:
-    """Clone the program as pid 1 of a new PID namespace, hand the tests to the judge, watch both."""
+    """Clone an idle init into new PID and IPC namespaces, fork the program into them, hand the tests
+    to the judge, watch."""
     stdin_data = bytes.fromhex(run.req.get("stdin") or "")
     if stdin_data:
         stdin_fd = os.memfd_create("stdin")
@@ -194,15 +196,25 @@ def start(run: Run, judges: "JudgeServer", cgroup=None) -> dict:
     note_r, note_w = os.pipe()
     none = (-1, -1)
     rpc_in, rpc_out = (os.pipe(), os.pipe()) if run.judged else (none, none)  # judge->prog, prog->judge
-    status_r, status_w = os.pipe()
     started = time.monotonic()
-    pid = jail.clone_new_pid_namespace() if run.ns else os.fork()
+    init_pid, ns_fd = -1, -1
+    if run.ns:
+        init_pid = jail.clone_new_pid_namespace()
+        if init_pid == 0:
+            init_idle()  # never returns
+        ns_fd = os.pidfd_open(init_pid)
+        jail.setns(ns_fd, jail.CLONE_NEWPID)  # our next child is born in the run's PID namespace
+    pid = os.fork()
+    if pid != 0 and run.ns:
+        jail.setns(OWN_PIDFD, jail.CLONE_NEWPID)  # back to our own namespace for later children
     if pid == 0:
         keep = {0: stdin_fd, 1: out_w, 2: err_w, NOTE_FD: note_w}
         if run.judged:
             keep |= {3: rpc_in[0], 4: rpc_out[1]}
-        init_main(run, keep, status_w, cgroup)  # never returns
-    for fd in (stdin_fd, out_w, err_w, note_w, rpc_in[0], rpc_out[1], status_w):
+        program_main(run, keep, ns_fd, cgroup)  # never returns
+    if ns_fd >= 0:
+        os.close(ns_fd)
+    for fd in (stdin_fd, out_w, err_w, note_w, rpc_in[0], rpc_out[1]):
         if fd >= 0:
             os.close(fd)
     report_r = -1
@@ -212,11 +224,13 @@ def start(run: Run, judges: "JudgeServer", cgroup=None) -> dict:
         judges.submit(payload, [rpc_out[0], rpc_in[1], report_w])
         for fd in (rpc_out[0], rpc_in[1], report_w):
             os.close(fd)
-    fds = {"out": out_r, "err": err_r, "note": note_r, "status": status_r, "report": report_r}
-    return watch(run, pid, judges, fds, started)
+    fds = {"out": out_r, "err": err_r, "note": note_r, "report": report_r}
+    return watch(run, pid, init_pid, judges, fds, started)
 
 
-def watch(run: Run, pid: int, judges: "JudgeServer", fds: dict[str, int], started: float) -> dict:
+def watch(
+    run: Run, pid: int, init_pid: int, judges: "JudgeServer", fds: dict[str, int], started: float
+) -> dict:
     """Pump output under a cap, enforce the wall-clock backstop, reap the program, collect the report."""
     cap = int(run.limits["output_bytes"])
     deadline = started + float(run.limits["wall_seconds"])
@@ -233,10 +247,10 @@ def watch(run: Run, pid: int, judges: "JudgeServer", fds: dict[str, int], starte
         now = time.monotonic()
         if grace is not None and now >= grace and status is None:
             grace = None
-            _stop_program(pid)  # the verdict is in; the program is stuck (serving, spinning, ...)
+            _kill_pid(pid)  # the verdict is in; the program is stuck (serving, spinning, ...)
         if now >= deadline and not reason:
             reason, killed_at = "wall", now
-            _kill(run, pid)
+            _kill_run(run, pid, init_pid)
         if killed_at is not None and now - killed_at > JUDGE_STUCK_SECONDS and "report" in by_fd.values():
             judges.kill()  # trusted test code that does not end: restart the judge, end the run
             killed_at = None
@@ -245,9 +259,8 @@ def watch(run: Run, pid: int, judges: "JudgeServer", fds: dict[str, int], starte
         for fd, _ in poller.poll(timeout_ms):
             if fd == pidfd:
                 poller.unregister(pidfd)
-                status = os.waitpid(pid, 0)[1]
-                if not run.ns:
-                    _kill(run, pid)  # process level: end stragglers of the program's group
+                status = os.wait4(pid, 0)[1:]
+                _kill_run(run, pid, init_pid)  # init's end takes down what the program left behind
                 continue
             chunk = os.read(fd, 65536)
             name = by_fd[fd]
@@ -262,30 +275,45 @@ def watch(run: Run, pid: int, judges: "JudgeServer", fds: dict[str, int], starte
                 data[name] += chunk[: max(room, 0)]
                 if len(chunk) > room and not reason:
                     reason, killed_at = "output", time.monotonic()
-                    _kill(run, pid)
+                    _kill_run(run, pid, init_pid)
             elif len(data[name]) < (8 << 20):
                 data[name] += chunk
     os.close(pidfd)
+    if init_pid > 0:
+        os.waitpid(init_pid, 0)  # returns once every process of the namespace is gone
     for fd in fds.values():
         if fd >= 0:
             os.close(fd)
-    return verdict(run, _json_lines(bytes(data["status"])), data, reason, time.monotonic() - started)
+    return verdict(run, _program_status(status), data, reason, time.monotonic() - started)
 
 
-def _stop_program(init_pid: int) -> None:
-    """Ask the run's init to kill the program (init then reports how it ended)."""
+def _program_status(status: tuple | None) -> dict:
+    if status is None:
+        return {}
+    st, ru = status
+    return {
+        "exit_code": os.WEXITSTATUS(st) if os.WIFEXITED(st) else None,
+        "signal": os.WTERMSIG(st) if os.WIFSIGNALED(st) else None,
+        "cpu": ru.ru_utime + ru.ru_stime,
+        "maxrss_kb": ru.ru_maxrss,
+    }
+
+
+def _kill_pid(pid: int) -> None:
     try:
-        os.kill(init_pid, signal.SIGUSR1)
+        os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
 
 
-def _kill(run: Run, pid: int) -> None:
+def _kill_run(run: Run, pid: int, init_pid: int) -> None:
+    """End the whole run: its namespace's init (the kernel then kills the rest), or at process level the
+    program's process group."""
+    if init_pid > 0:
+        _kill_pid(init_pid)
+        return
     try:
-        if run.ns:
-            os.kill(pid, signal.SIGKILL)  # the program is its namespace's init: all of it goes
-        else:
-            os.killpg(pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
 
@@ -370,44 +398,29 @@ def _signame(sig: int) -> str:
 
 
 # -- inside the run: init and the program's process ---------------------------------------------------------
-def init_main(run: Run, keep: dict[int, int], status_w: int, cgroup) -> None:
-    """pid 1 of the run (root, trusted, tiny): start the program, wait for it, report how it ended. When
-    init exits the kernel kills whatever the program left behind in the namespace."""
-    code = 1
+def init_idle() -> None:
+    """pid 1 of the run's namespace: holds nothing and does nothing until the zygote kills it, which
+    makes the kernel kill everything else in the namespace."""
     try:
-        if not run.ns:
+        jail.prctl(jail.PR_SET_PDEATHSIG, signal.SIGKILL)  # and if the zygote dies first
+        os.closerange(0, 1 << 16)
+        while True:
+            signal.pause()
+    finally:
+        os._exit(0)
+
+
+def program_main(run: Run, keep: dict[int, int], ns_fd: int, cgroup) -> None:
+    """Join the run's IPC namespace and memory cgroup, arrange fds, drop privileges, then compile and
+    exec, or run Python in this warm interpreter."""
+    code = 70
+    try:
+        if run.ns:
+            jail.setns(ns_fd, jail.CLONE_NEWIPC)
+        else:
             os.setpgid(0, 0)
         if cgroup is not None:
             cgroup.join()
-        prog = os.fork()
-        if prog == 0:
-            os.close(status_w)
-            program_main(run, keep)  # never returns
-        jail.arrange_fds({3: status_w})  # hold nothing of the program's: its pipes must reach EOF
-        signal.signal(signal.SIGUSR1, lambda *_: os.kill(prog, signal.SIGKILL))  # the zygote's "stop it"
-        while True:
-            pid, st, ru = os.wait4(-1, 0)  # reaps orphans too, until the program itself ends
-            if pid == prog:
-                break
-        report = {
-            "exit_code": os.WEXITSTATUS(st) if os.WIFEXITED(st) else None,
-            "signal": os.WTERMSIG(st) if os.WIFSIGNALED(st) else None,
-            "cpu": ru.ru_utime + ru.ru_stime,
-            "maxrss_kb": ru.ru_maxrss,
-        }
-        os.write(3, json.dumps(report).encode() + b"\n")
-        code = 0
-    except BaseException:
-        pass
-    os._exit(code)
-
-
-def program_main(run: Run, keep: dict[int, int]) -> None:
-    """Arrange fds, drop privileges, then compile and exec, or run Python in this warm interpreter."""
-    code = 70
-    try:
-        if not run.ns:
-            os.setpgid(0, 0)
         jail.arrange_fds(keep)
         req = run.req
         env = {
@@ -614,8 +627,9 @@ def _preload(modules: list[str]) -> None:
 
 
 def main() -> None:
-    global REQ_FD, RESP_FD
+    global REQ_FD, RESP_FD, OWN_PIDFD
     REQ_FD, RESP_FD = int(sys.argv[1]), int(sys.argv[2])
+    OWN_PIDFD = os.pidfd_open(os.getpid())
     hello = json.loads(read_frame(REQ_FD))
     isolation, why, cgroup = jail.setup_worker(hello.get("extra_readonly", []))
     _preload(hello.get("preload", []))
