@@ -31,7 +31,6 @@ from codefoundry.tasks.problem import Problem, Score, evaluate
 from codefoundry.tasks.registry import load_problems_file, load_task
 
 MAX_COMPLETION_BYTES = 1 << 20
-DEFAULT_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert")
 
 
 class EvalInputError(ValueError):
@@ -248,8 +247,9 @@ def _generate(config: EvalConfig, problems: list[Problem], run: Run, submit) -> 
     from codefoundry.models.backends import SamplingParams, load_backend
 
     backend = load_backend(config.model)
+    _, stop = generation_prompt(problems[0]) if problems else ("", ())
     params = SamplingParams(n=config.n, temperature=config.temperature, top_p=config.top_p,
-                            max_tokens=config.max_tokens, stop=() if config.chat else DEFAULT_STOP,
+                            max_tokens=config.max_tokens, stop=() if config.chat else stop,
                             seed=config.seed)  # fmt: skip
     samples: list[Sample] = []
     batch = max(1, 32 // max(1, config.n))
@@ -276,11 +276,22 @@ def _generate(config: EvalConfig, problems: list[Problem], run: Run, submit) -> 
     return samples
 
 
+def generation_prompt(problem: Problem) -> tuple[str, tuple[str, ...]]:
+    """What a base model is given, and where its answer ends. Function-completion tasks (HumanEval, the
+    built-in set): the prompt itself, cut at the next top-level statement. Whole-program tasks (MBPP): the
+    benchmark authors' text with its tests, answered between [BEGIN] and [DONE]."""
+    from codefoundry.tasks.prompts import STOP_SEQUENCES
+
+    if "prompt_text" in problem.metadata:
+        return problem.metadata["prompt_text"] + "[BEGIN]\n", ("[DONE]", *STOP_SEQUENCES["mbpp"])
+    return problem.prompt, tuple(STOP_SEQUENCES["humaneval"])
+
+
 def _sample_batch(backend, problems: Sequence[Problem], params, chat: bool) -> list[list[str]]:
     if not problems:
         return []
     if not chat:
-        return backend.complete([p.prompt for p in problems], params)
+        return backend.complete([generation_prompt(p)[0] for p in problems], params)
     from codefoundry.tasks.prompts import chat_messages, completion_from_chat
 
     answers = backend.chat([chat_messages(p) for p in problems], params)
