@@ -58,11 +58,11 @@ def prctl(option: int, value: int) -> None:
 
 
 def clone_new_pid_namespace() -> int:
-    """fork() into new PID and IPC namespaces: the child is pid 1 of the former. One clone system call, with CPython's own
+    """fork() into a new PID namespace: the child is its pid 1. One clone system call, with CPython's own
     before/after-fork handling around it, so the zygote need not fork a helper to call unshare."""
     api = ctypes.pythonapi
     api.PyOS_BeforeFork()
-    flags = CLONE_NEWPID | CLONE_NEWIPC | signal.SIGCHLD  # IPC objects (SysV shm, queues) die with the run
+    flags = CLONE_NEWPID | signal.SIGCHLD
     pid = _libc_gil.syscall(ctypes.c_long(SYSCALL["clone"]), ctypes.c_ulong(flags),
                             ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))  # fmt: skip
     err = ctypes.get_errno()

@@ -13,11 +13,12 @@ What is isolated (level "namespaces", when the worker may create namespaces: roo
   the Python prefix is visible under /root when Python lives there). The program's work directory
   (cwd and HOME) /work and /tmp are size- and inode-limited tmpfs mounts; after any run that wrote to
   them they are replaced by empty ones, so nothing carries over from one run to the next.
-- Processes: each run gets fresh PID and IPC namespaces: the zygote clones an idle init into them
-  (pid 1, root, holding nothing) and forks the program in as pid 2 (via setns), so the program is the
-  zygote's own child and signals behave as anywhere else. When the program ends, the zygote kills init
-  and the kernel kills everything left in the namespace (daemons, double forks, setsid children, SysV
-  shared memory and message queues) before the run is reported: nothing outlives a run. No /proc.
+- Processes: each run gets a fresh PID namespace whose pid 1 is an idle `sleep` spawned by the zygote
+  (posix_spawn: no copy of the zygote's memory); the zygote forks the program into it as pid 2, so the
+  program is the zygote's own child and signals behave as anywhere else; the program takes a fresh IPC
+  namespace too. When the program ends, the zygote kills init and the kernel kills everything left in
+  the namespace (daemons, double forks, setsid children) and drops the run's SysV shared memory and
+  queues, before the run is reported: nothing outlives a run. There is no /proc.
 - Privileges: the program runs as an unprivileged uid/gid chosen at random per worker, with no
   supplementary groups and no_new_privs, so rlimits cannot be raised and root's files (/etc/shadow)
   stay unreadable although the sandbox runs as root. Its environment holds only PATH, HOME, LANG, TMPDIR.
@@ -72,6 +73,7 @@ REQ_FD, RESP_FD = 3, 4  # replaced from argv at start-up
 JUDGED_EXIT_GRACE = 0.5  # seconds a judged program has to exit after its judge finished
 JUDGE_STUCK_SECONDS = 3.0  # after the program was killed, how long the judge may take to report
 OWN_PIDFD = -1  # the zygote's own PID namespace, to return to after starting a run's program
+SLEEP = next((p for p in ("/usr/bin/sleep", "/bin/sleep") if os.access(p, os.X_OK)), "")
 NOTE_FD = 5  # in the program's process: trusted notes (a failed compile), closed before untrusted code runs
 
 
@@ -197,13 +199,7 @@ def start(run: Run, judges: "JudgeServer", cgroup=None) -> dict:
     none = (-1, -1)
     rpc_in, rpc_out = (os.pipe(), os.pipe()) if run.judged else (none, none)  # judge->prog, prog->judge
     started = time.monotonic()
-    init_pid, ns_fd = -1, -1
-    if run.ns:
-        init_pid = jail.clone_new_pid_namespace()
-        if init_pid == 0:
-            init_idle()  # never returns
-        ns_fd = os.pidfd_open(init_pid)
-        jail.setns(ns_fd, jail.CLONE_NEWPID)  # our next child is born in the run's PID namespace
+    init_pid = start_init(run) if run.ns else -1
     pid = os.fork()
     if pid != 0 and run.ns:
         jail.setns(OWN_PIDFD, jail.CLONE_NEWPID)  # back to our own namespace for later children
@@ -211,9 +207,7 @@ def start(run: Run, judges: "JudgeServer", cgroup=None) -> dict:
         keep = {0: stdin_fd, 1: out_w, 2: err_w, NOTE_FD: note_w}
         if run.judged:
             keep |= {3: rpc_in[0], 4: rpc_out[1]}
-        program_main(run, keep, ns_fd, cgroup)  # never returns
-    if ns_fd >= 0:
-        os.close(ns_fd)
+        program_main(run, keep, cgroup)  # never returns
     for fd in (stdin_fd, out_w, err_w, note_w, rpc_in[0], rpc_out[1]):
         if fd >= 0:
             os.close(fd)
@@ -398,11 +392,32 @@ def _signame(sig: int) -> str:
 
 
 # -- inside the run: init and the program's process ---------------------------------------------------------
-def init_idle() -> None:
-    """pid 1 of the run's namespace: holds nothing and does nothing until the zygote kills it, which
-    makes the kernel kill everything else in the namespace."""
+def start_init(run: Run) -> int:
+    """Give the run a fresh PID namespace whose pid 1 is an idle process, and leave our next child to be
+    born in it (as pid 2). The init is `sleep` started with posix_spawn (a vfork: no copy of our memory),
+    sleeping a little past the run's wall limit so that it ends by itself should the zygote die; where
+    there is no sleep binary, a clone of ourselves that pauses."""
+    if SLEEP:
+        jail.unshare(jail.CLONE_NEWPID)
+        try:
+            return os.posix_spawn(SLEEP, ["sleep", str(int(float(run.limits["wall_seconds"])) + 60)], {})
+        except OSError:
+            jail.setns(OWN_PIDFD, jail.CLONE_NEWPID)
+            raise
+    init_pid = jail.clone_new_pid_namespace()
+    if init_pid == 0:
+        _pause_forever()
+    ns_fd = os.pidfd_open(init_pid)
     try:
-        jail.prctl(jail.PR_SET_PDEATHSIG, signal.SIGKILL)  # and if the zygote dies first
+        jail.setns(ns_fd, jail.CLONE_NEWPID)
+    finally:
+        os.close(ns_fd)
+    return init_pid
+
+
+def _pause_forever() -> None:
+    try:
+        jail.prctl(jail.PR_SET_PDEATHSIG, signal.SIGKILL)  # should the zygote die first
         os.closerange(0, 1 << 16)
         while True:
             signal.pause()
@@ -410,13 +425,13 @@ def init_idle() -> None:
         os._exit(0)
 
 
-def program_main(run: Run, keep: dict[int, int], ns_fd: int, cgroup) -> None:
-    """Join the run's IPC namespace and memory cgroup, arrange fds, drop privileges, then compile and
+def program_main(run: Run, keep: dict[int, int], cgroup) -> None:
+    """Take a fresh IPC namespace, join the memory cgroup, arrange fds, drop privileges, then compile and
     exec, or run Python in this warm interpreter."""
     code = 70
     try:
         if run.ns:
-            jail.setns(ns_fd, jail.CLONE_NEWIPC)
+            jail.unshare(jail.CLONE_NEWIPC)  # SysV shared memory and queues die with the program
         else:
             os.setpgid(0, 0)
         if cgroup is not None:
@@ -629,6 +644,8 @@ def _preload(modules: list[str]) -> None:
 def main() -> None:
     global REQ_FD, RESP_FD, OWN_PIDFD
     REQ_FD, RESP_FD = int(sys.argv[1]), int(sys.argv[2])
+    for fd in (REQ_FD, RESP_FD):
+        os.set_inheritable(fd, False)  # nothing we exec (a run's init) may hold the worker's pipes
     OWN_PIDFD = os.pidfd_open(os.getpid())
     hello = json.loads(read_frame(REQ_FD))
     isolation, why, cgroup = jail.setup_worker(hello.get("extra_readonly", []))
