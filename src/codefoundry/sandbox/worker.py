@@ -21,9 +21,10 @@ from codefoundry.sandbox.result import ExecutionResult, Isolation, Judge, Limits
 from codefoundry.sandbox.runners import runner_for
 
 ZYGOTE = Path(__file__).with_name("zygote.py")
-PRELOAD = ("typing", "re", "math", "collections", "itertools", "functools", "string", "heapq", "bisect",
-           "hashlib", "fractions", "random", "statistics", "decimal", "datetime", "json", "copy",
-           "operator", "dataclasses", "abc", "enum", "traceback")  # fmt: skip
+# Imported once in each worker so that runs find them warm (HumanEval-style prompts all import typing,
+# whose cold import costs more than a run). Each extra module makes every fork dearer: measured, a longer
+# list (hashlib, decimal, random, statistics, ...) lowered judged HumanEval throughput by about 10%.
+PRELOAD = ("typing", "re", "math", "collections", "itertools", "functools", "string", "heapq", "bisect")
 _GRACE_SECONDS = (
     30.0  # how long past the run's own wall limit the parent waits before declaring the worker dead
 )
