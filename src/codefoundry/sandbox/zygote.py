@@ -73,6 +73,7 @@ REQ_FD, RESP_FD = 3, 4  # replaced from argv at start-up
 JUDGED_EXIT_GRACE = 0.5  # seconds a judged program has to exit after its judge finished
 JUDGE_STUCK_SECONDS = 3.0  # after the program was killed, how long the judge may take to report
 OWN_PIDFD = -1  # the zygote's own PID namespace, to return to after starting a run's program
+DEV_NULL = -1  # opened once at start-up: a run without stdin reads from a copy of it
 SLEEP = next((p for p in ("/usr/bin/sleep", "/bin/sleep") if os.access(p, os.X_OK)), "")
 NOTE_FD = 5  # in the program's process: trusted notes (a failed compile), closed before untrusted code runs
 
@@ -192,11 +193,11 @@ def start(run: Run, judges: "JudgeServer", cgroup=None) -> dict:
         os.write(stdin_fd, stdin_data)
         os.lseek(stdin_fd, 0, os.SEEK_SET)
     else:
-        stdin_fd = os.open("/dev/null", os.O_RDONLY)
+        stdin_fd = os.dup(DEV_NULL)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
-    note_r, note_w = os.pipe()
     none = (-1, -1)
+    note_r, note_w = os.pipe() if run.req.get("compile") else none  # only a build has trusted notes
     rpc_in, rpc_out = (os.pipe(), os.pipe()) if run.judged else (none, none)  # judge->prog, prog->judge
     started = time.monotonic()
     init_pid = start_init(run) if run.ns else -1
@@ -204,7 +205,7 @@ def start(run: Run, judges: "JudgeServer", cgroup=None) -> dict:
     if pid != 0 and run.ns:
         jail.setns(OWN_PIDFD, jail.CLONE_NEWPID)  # back to our own namespace for later children
     if pid == 0:
-        keep = {0: stdin_fd, 1: out_w, 2: err_w, NOTE_FD: note_w}
+        keep = {0: stdin_fd, 1: out_w, 2: err_w} | ({NOTE_FD: note_w} if note_w >= 0 else {})
         if run.judged:
             keep |= {3: rpc_in[0], 4: rpc_out[1]}
         program_main(run, keep, cgroup)  # never returns
@@ -452,7 +453,8 @@ def program_main(run: Run, keep: dict[int, int], cgroup) -> None:
         jail.drop_privileges(run.limits, run.uid, run.ns)
         if req.get("compile") and not _compile(req["compile"], env, run.limits):
             os._exit(1)
-        os.close(NOTE_FD)  # trusted notes end here: untrusted code never holds it
+        if req.get("compile"):
+            os.close(NOTE_FD)  # trusted notes end here: untrusted code never holds it
         jail.apply_run_limits(float(run.limits["cpu_seconds"]), int(run.limits["memory_mb"]))
         if req.get("run") == ["<python>"]:
             code = run_python(req["program"], req["filename"], env, run.judged)
@@ -642,11 +644,12 @@ def _preload(modules: list[str]) -> None:
 
 
 def main() -> None:
-    global REQ_FD, RESP_FD, OWN_PIDFD
+    global REQ_FD, RESP_FD, OWN_PIDFD, DEV_NULL
     REQ_FD, RESP_FD = int(sys.argv[1]), int(sys.argv[2])
     for fd in (REQ_FD, RESP_FD):
         os.set_inheritable(fd, False)  # nothing we exec (a run's init) may hold the worker's pipes
     OWN_PIDFD = os.pidfd_open(os.getpid())
+    DEV_NULL = os.open("/dev/null", os.O_RDONLY)
     hello = json.loads(read_frame(REQ_FD))
     isolation, why, cgroup = jail.setup_worker(hello.get("extra_readonly", []))
     _preload(hello.get("preload", []))
