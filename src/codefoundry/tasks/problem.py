@@ -8,9 +8,9 @@ another, so exiting early or returning objects that claim equality cannot pass.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from codefoundry.sandbox import ExecutionResult, Judge, Limits, Program, Status, execute, execute_many
 
@@ -80,3 +80,30 @@ def evaluate_many(
     results = execute_many(programs, workers=workers, limits=limits, executor=executor, progress=progress,
                            description="evaluating")  # fmt: skip
     return [_score(r) for r in results]
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A benchmark or problem source: its problems, and the one verdict for a completion of one of them.
+    Benchmarks, RL rewards and agents' test feedback all go through `evaluate`."""
+
+    name: str
+
+    def problems(self) -> list[Problem]: ...
+
+    def evaluate(self, problem: Problem, completion: str) -> Score: ...
+
+
+@dataclass(frozen=True)
+class ExecutionTask:
+    """A `Task` whose verdict is execution in the sandbox under the given limits."""
+
+    name: str
+    loader: Callable[[], list[Problem]]
+    limits: Limits | None = None
+
+    def problems(self) -> list[Problem]:
+        return self.loader()
+
+    def evaluate(self, problem: Problem, completion: str) -> Score:
+        return evaluate(problem, completion, limits=self.limits)

@@ -6,7 +6,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from codefoundry.tasks.problem import Problem
+from codefoundry.sandbox import Limits
+from codefoundry.tasks.problem import ExecutionTask, Problem
 
 
 class ProblemFileError(ValueError):
@@ -62,9 +63,13 @@ TASKS: dict[str, Callable[[], list[Problem]]] = {
 
 
 def load_task(name: str) -> list[Problem]:
+    return get_task(name).problems()
+
+
+def get_task(name: str, *, limits: Limits | None = None) -> ExecutionTask:
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
-    return TASKS[name]()
+    return ExecutionTask(name, TASKS[name], limits)
 
 
 def load_problems_file(path: str | Path) -> list[Problem]:
