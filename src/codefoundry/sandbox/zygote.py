@@ -13,12 +13,14 @@ What is isolated (level "namespaces", when the worker may create namespaces: roo
   the Python prefix is visible under /root when Python lives there). The program's work directory
   (cwd and HOME) /work and /tmp are size- and inode-limited tmpfs mounts; after any run that wrote to
   them they are replaced by empty ones, so nothing carries over from one run to the next.
-- Processes: each run gets a fresh PID namespace whose pid 1 is an idle `sleep` spawned by the zygote
-  (posix_spawn: no copy of the zygote's memory); the zygote forks the program into it as pid 2, so the
-  program is the zygote's own child and signals behave as anywhere else; the program takes a fresh IPC
-  namespace too. When the program ends, the zygote kills init and the kernel kills everything left in
-  the namespace (daemons, double forks, setsid children) and drops the run's SysV shared memory and
-  queues, before the run is reported: nothing outlives a run. There is no /proc.
+- Processes: each run's program is forked by the zygote (via setns) into a PID namespace whose pid 1 is
+  an idle init (`sh -c 'read _'` spawned with posix_spawn: no copy of the zygote's memory), so the
+  program is the zygote's own child and signals behave as anywhere else; it takes a fresh IPC namespace
+  of its own. When the program has been reaped, the zygote looks at init's children: none (no daemon, no
+  orphan, no zombie left) and the namespace is reused by the next run; any, and init is killed, which
+  makes the kernel kill everything in the namespace before the run is reported, and the next run gets a
+  fresh one. Either way nothing outlives a run; SysV shared memory and queues die with the program's
+  IPC namespace. There is no /proc inside.
 - Privileges: the program runs as an unprivileged uid/gid chosen at random per worker, with no
   supplementary groups and no_new_privs, so rlimits cannot be raised and root's files (/etc/shadow)
   stay unreadable although the sandbox runs as root. Its environment holds only PATH, HOME, LANG, TMPDIR.
@@ -74,7 +76,8 @@ JUDGED_EXIT_GRACE = 0.5  # seconds a judged program has to exit after its judge 
 JUDGE_STUCK_SECONDS = 3.0  # after the program was killed, how long the judge may take to report
 OWN_PIDFD = -1  # the zygote's own PID namespace, to return to after starting a run's program
 DEV_NULL = -1  # opened once at start-up: a run without stdin reads from a copy of it
-SLEEP = next((p for p in ("/usr/bin/sleep", "/bin/sleep") if os.access(p, os.X_OK)), "")
+SHELL = next((p for p in ("/bin/sh", "/usr/bin/sh") if os.access(p, os.X_OK)), "")
+PROC_FD = -1  # the host's /proc, kept from before pivot_root: to see whether a run's init has children
 NOTE_FD = 5  # in the program's process: trusted notes (a failed compile), closed before untrusted code runs
 
 
@@ -126,6 +129,7 @@ class Worker:
         self.disk_mb = -1
         self.dirty = True
         self.judges = JudgeServer(uid + 1, isolation == "namespaces")
+        self.space = RunNamespace() if isolation == "namespaces" else None
 
     def serve(self, req: dict) -> dict:
         run = Run(req, self.isolation)
@@ -137,7 +141,7 @@ class Worker:
         oom_before = self._limit_memory(run)
         try:
             _write_files(run)
-            result = start(run, self.judges, self.cgroup)
+            result = start(run, self.judges, self.cgroup, self.space)
         finally:
             if not run.ns:
                 import shutil
@@ -184,7 +188,7 @@ def _write_files(run: Run) -> None:
             os.chown(path, run.uid, run.uid)
 
 
-def start(run: Run, judges: "JudgeServer", cgroup=None) -> dict:
+def start(run: Run, judges: "JudgeServer", cgroup=None, space: "RunNamespace | None" = None) -> dict:
     """Clone an idle init into new PID and IPC namespaces, fork the program into them, hand the tests
     to the judge, watch."""
     stdin_data = bytes.fromhex(run.req.get("stdin") or "")
@@ -200,7 +204,8 @@ def start(run: Run, judges: "JudgeServer", cgroup=None) -> dict:
     note_r, note_w = os.pipe() if run.req.get("compile") else none  # only a build has trusted notes
     rpc_in, rpc_out = (os.pipe(), os.pipe()) if run.judged else (none, none)  # judge->prog, prog->judge
     started = time.monotonic()
-    init_pid = start_init(run) if run.ns else -1
+    if space is not None:
+        space.enter()  # our next child is born in the run's PID namespace
     pid = os.fork()
     if pid != 0 and run.ns:
         jail.setns(OWN_PIDFD, jail.CLONE_NEWPID)  # back to our own namespace for later children
@@ -220,11 +225,16 @@ def start(run: Run, judges: "JudgeServer", cgroup=None) -> dict:
         for fd in (rpc_out[0], rpc_in[1], report_w):
             os.close(fd)
     fds = {"out": out_r, "err": err_r, "note": note_r, "report": report_r}
-    return watch(run, pid, init_pid, judges, fds, started)
+    return watch(run, pid, space, judges, fds, started)
 
 
 def watch(
-    run: Run, pid: int, init_pid: int, judges: "JudgeServer", fds: dict[str, int], started: float
+    run: Run,
+    pid: int,
+    space: "RunNamespace | None",
+    judges: "JudgeServer",
+    fds: dict[str, int],
+    started: float,
 ) -> dict:
     """Pump output under a cap, enforce the wall-clock backstop, reap the program, collect the report."""
     cap = int(run.limits["output_bytes"])
@@ -245,7 +255,7 @@ def watch(
             _kill_pid(pid)  # the verdict is in; the program is stuck (serving, spinning, ...)
         if now >= deadline and not reason:
             reason, killed_at = "wall", now
-            _kill_run(run, pid, init_pid)
+            _kill_run(pid, space)
         if killed_at is not None and now - killed_at > JUDGE_STUCK_SECONDS and "report" in by_fd.values():
             judges.kill()  # trusted test code that does not end: restart the judge, end the run
             killed_at = None
@@ -255,7 +265,8 @@ def watch(
             if fd == pidfd:
                 poller.unregister(pidfd)
                 status = os.wait4(pid, 0)[1:]
-                _kill_run(run, pid, init_pid)  # init's end takes down what the program left behind
+                if space is None or not space.empty():
+                    _kill_run(pid, space)  # leftovers (daemons, zombies): init's end takes them all down
                 continue
             chunk = os.read(fd, 65536)
             name = by_fd[fd]
@@ -270,12 +281,12 @@ def watch(
                 data[name] += chunk[: max(room, 0)]
                 if len(chunk) > room and not reason:
                     reason, killed_at = "output", time.monotonic()
-                    _kill_run(run, pid, init_pid)
+                    _kill_run(pid, space)
             elif len(data[name]) < (8 << 20):
                 data[name] += chunk
     os.close(pidfd)
-    if init_pid > 0:
-        os.waitpid(init_pid, 0)  # returns once every process of the namespace is gone
+    if space is not None and space.killed:
+        space.discard()  # returns once every process of the namespace is gone
     for fd in fds.values():
         if fd >= 0:
             os.close(fd)
@@ -301,11 +312,11 @@ def _kill_pid(pid: int) -> None:
         pass
 
 
-def _kill_run(run: Run, pid: int, init_pid: int) -> None:
+def _kill_run(pid: int, space: "RunNamespace | None") -> None:
     """End the whole run: its namespace's init (the kernel then kills the rest), or at process level the
     program's process group."""
-    if init_pid > 0:
-        _kill_pid(init_pid)
+    if space is not None:
+        space.kill()
         return
     try:
         os.killpg(pid, signal.SIGKILL)
@@ -393,27 +404,72 @@ def _signame(sig: int) -> str:
 
 
 # -- inside the run: init and the program's process ---------------------------------------------------------
-def start_init(run: Run) -> int:
-    """Give the run a fresh PID namespace whose pid 1 is an idle process, and leave our next child to be
-    born in it (as pid 2). The init is `sleep` started with posix_spawn (a vfork: no copy of our memory),
-    sleeping a little past the run's wall limit so that it ends by itself should the zygote die; where
-    there is no sleep binary, a clone of ourselves that pauses."""
-    if SLEEP:
+class RunNamespace:
+    """A PID namespace whose pid 1 is an idle process, reused by consecutive runs as long as each leaves
+    it empty (the program reaped, init without children: no daemon, no zombie); otherwise init is
+    killed, which makes the kernel kill everything in it, and the next run gets a fresh one.
+
+    Init is `sh -c 'read _'` started with posix_spawn (a vfork: no copy of the zygote's memory), reading a
+    pipe only the zygote writes to, so that it ends, with its namespace, should the zygote die. Where
+    there is no shell, init is a clone of the zygote that pauses (and dies with it)."""
+
+    def __init__(self) -> None:
+        self.init_pid, self.pidfd, self.keepalive = -1, -1, -1
+        self.killed = False
+
+    def enter(self) -> None:
+        if self.init_pid < 0:
+            self._spawn()  # leaves our next child to be born in the new namespace
+        else:
+            jail.setns(self.pidfd, jail.CLONE_NEWPID)
+
+    def _spawn(self) -> None:
+        if not SHELL:
+            self.init_pid = jail.clone_new_pid_namespace()
+            if self.init_pid == 0:
+                _pause_forever()
+            self.pidfd = os.pidfd_open(self.init_pid)
+            jail.setns(self.pidfd, jail.CLONE_NEWPID)
+            return
+        read_end, self.keepalive = os.pipe()
         jail.unshare(jail.CLONE_NEWPID)
         try:
-            return os.posix_spawn(SLEEP, ["sleep", str(int(float(run.limits["wall_seconds"])) + 60)], {})
+            self.init_pid = os.posix_spawn(SHELL, [SHELL, "-c", "read _"], {},
+                                           file_actions=[(os.POSIX_SPAWN_DUP2, read_end, 0)])  # fmt: skip
         except OSError:
             jail.setns(OWN_PIDFD, jail.CLONE_NEWPID)
+            os.close(self.keepalive)
             raise
-    init_pid = jail.clone_new_pid_namespace()
-    if init_pid == 0:
-        _pause_forever()
-    ns_fd = os.pidfd_open(init_pid)
-    try:
-        jail.setns(ns_fd, jail.CLONE_NEWPID)
-    finally:
-        os.close(ns_fd)
-    return init_pid
+        finally:
+            os.close(read_end)
+        self.pidfd = os.pidfd_open(self.init_pid)
+
+    def empty(self) -> bool:
+        """Init has no children: every process the program started is gone and reaped."""
+        try:
+            fd = os.open(f"{self.init_pid}/task/{self.init_pid}/children", os.O_RDONLY, dir_fd=PROC_FD)
+        except OSError:
+            return False
+        try:
+            return not os.read(fd, 64).strip()
+        finally:
+            os.close(fd)
+
+    def kill(self) -> None:
+        if self.init_pid > 0 and not self.killed:
+            _kill_pid(self.init_pid)
+            self.killed = True
+
+    def discard(self) -> None:
+        if self.init_pid < 0:
+            return
+        self.kill()
+        os.waitpid(self.init_pid, 0)
+        for fd in (self.pidfd, self.keepalive):
+            if fd >= 0:
+                os.close(fd)
+        self.init_pid, self.pidfd, self.keepalive = -1, -1, -1
+        self.killed = False
 
 
 def _pause_forever() -> None:
@@ -644,12 +700,13 @@ def _preload(modules: list[str]) -> None:
 
 
 def main() -> None:
-    global REQ_FD, RESP_FD, OWN_PIDFD, DEV_NULL
+    global REQ_FD, RESP_FD, OWN_PIDFD, DEV_NULL, PROC_FD
     REQ_FD, RESP_FD = int(sys.argv[1]), int(sys.argv[2])
     for fd in (REQ_FD, RESP_FD):
         os.set_inheritable(fd, False)  # nothing we exec (a run's init) may hold the worker's pipes
     OWN_PIDFD = os.pidfd_open(os.getpid())
     DEV_NULL = os.open("/dev/null", os.O_RDONLY)
+    PROC_FD = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY)
     hello = json.loads(read_frame(REQ_FD))
     isolation, why, cgroup = jail.setup_worker(hello.get("extra_readonly", []))
     _preload(hello.get("preload", []))
@@ -661,6 +718,8 @@ def main() -> None:
             req = json.loads(read_frame(REQ_FD))
         except EOFError:
             worker.judges.kill()
+            if worker.space is not None:
+                worker.space.discard()
             if cgroup is not None:
                 cgroup.remove()
             return
