@@ -145,7 +145,7 @@ def test_malformed_line_names_file_and_line(tmp_path: Path) -> None:
     path = _write(
         tmp_path / "bad.jsonl", ['{"prompt": "a", "completion": "b"}', '{"prompt": "a", "completion": ']
     )
-    with pytest.raises(ValueError, match="^" + re.escape(f"{path}:2: malformed JSON")):
+    with pytest.raises(ValueError, match="^" + re.escape(f"{path}:2: not valid JSON")):
         load_backend(f"replay:{path}")
 
 

@@ -131,7 +131,7 @@ def test_load_infilling_jsonl_errors_name_file_and_line(tmp_path):
     record = json.loads((DATA / "infilling_tiny.jsonl").read_text().splitlines()[0])
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(record) + "\n\n{not json\n")
-    with pytest.raises(ValueError, match=r"bad\.jsonl:3: invalid JSON"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl:3: not valid JSON"):
         load_infilling_jsonl(path)
     del record["suffix"]
     path.write_text(json.dumps(record) + "\n")

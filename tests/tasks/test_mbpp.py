@@ -11,21 +11,11 @@ except FileNotFoundError as e:
     pytest.skip(str(e), allow_module_level=True)
 
 # Reference solutions (the `code` field) that fail, by task id, and why. The upstream data README reports
-# all 974 + 427 passing when code and tests share one interpreter; here the asserts run in the judge, which
-# can hand the program only plain data and reaches only the entry point.
-FULL_FAILING = {
-    # test split: the tests' setup code builds trees from `Node`, a class the *solution* defines; the
-    # judge has no `Node` (and a tree object could not cross to the program as plain data anyway).
-    367: "setup builds Node trees (class from the solution)",
-    # validation split: the asserts pass a type (`int`, `str`, `float`) as an argument; a type is not plain
-    # data, so the program receives a handle, and `isinstance(x, <handle>)` raises TypeError.
-    533: "passes a type as an argument",
-    # train split: the asserts build `Pair(5, 24)` objects, `Pair` being a class the solution defines and
-    # the judge cannot name.
-    601: "asserts construct Pair objects (class from the solution)",
-    # train split: as 367, a tree of `Node`s built in the setup code.
-    927: "setup builds Node trees (class from the solution)",
-}
+# all 974 + 427 passing when code and tests share one interpreter. Here the asserts run in the judge; it
+# reaches names the solution defines (MBPP 367 and 927 build trees of the solution's `Node` class in the
+# setup code, 601 builds its `Pair` objects) as handles, and builtin types (533 passes `int`) cross as
+# plain data, so none fails.
+FULL_FAILING: dict[int, str] = {}
 # None: the ten tasks whose asserts call `math.isclose` without importing math (98, 124, 137, 139, 163,
 # 233, 246, 248, 276, 300; the data README names them) pass, because `setup` carries the variant's
 # `test_imports` into the judge.
@@ -70,11 +60,9 @@ def _split(problems, split):
     return [p for p in problems if p.metadata["mbpp_id"] in mbpp.SPLITS[split]]
 
 
-def test_full_test_split_references_fail_only_where_explained(full):
+def test_full_test_split_references_all_pass(full):
     assert sum(len(p.tests) > 3 for p in full) == 11  # the tasks with challenge asserts
-    expected = {i for i in FULL_FAILING if i in mbpp.SPLITS["test"]}
-    assert expected == {367}
-    assert _failing(_split(full, "test")) == expected
+    assert _failing(_split(full, "test")) == {i for i in FULL_FAILING if i in mbpp.SPLITS["test"]}
 
 
 def test_sanitized_test_split_references_all_pass(sanitized):
@@ -87,7 +75,7 @@ def test_sanitized_test_split_references_all_pass(sanitized):
 def test_other_splits_references_fail_only_where_explained(full, sanitized):
     """The prompt, validation and train splits (about 900 more runs, so opt-in with `-m slow`)."""
     others = [p for p in full + sanitized if p.metadata["mbpp_id"] not in mbpp.SPLITS["test"]]
-    assert _failing([p for p in others if p.metadata["variant"] == "full"]) == set(FULL_FAILING) - {367}
+    assert _failing([p for p in others if p.metadata["variant"] == "full"]) == set(FULL_FAILING)
     assert _failing([p for p in others if p.metadata["variant"] == "sanitized"]) == set(SANITIZED_FAILING)
 
 

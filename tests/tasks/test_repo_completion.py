@@ -209,7 +209,7 @@ def test_invalid_json_and_non_objects(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.jsonl:5: expected a JSON object, got list"):
         load(path)
     path.write_text('{"groundtruth": "x",\n')
-    with pytest.raises(ValueError, match=r"bad\.jsonl:1: invalid JSON"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: not valid JSON"):
         load(path)
 
 

@@ -9,6 +9,10 @@ plain int). Anything else stays where it lives and travels as a handle; operatio
 forwarded to its owner, except comparisons with a value from the other side, which are never forwarded (the
 owner would see the expected answer) and are simply false.
 
+Builtin types themselves (`int`, `str`, ...) travel by name. Top-level test code that uses a name it does
+not define and that is no builtin (a class the solution defines, say) gets the program's object of that
+name as a handle.
+
 A frame is a 4-byte big-endian length and a UTF-8 JSON body. Messages:
 request  ["q", op, *operands]; reply ["r", encoded value] or ["e", exception type name, message].
 """
@@ -23,6 +27,22 @@ import struct
 MAX_FRAME = 16 << 20
 MAX_DEPTH = 100
 MAX_ITEMS = 1_000_000
+_PLAIN_TYPES = (
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    bytearray,
+    list,
+    tuple,
+    dict,
+    set,
+    frozenset,
+    type(None),
+)
+_PLAIN_TYPE_NAMES = {t.__name__: t for t in _PLAIN_TYPES}  # the types themselves travel by name
 JUDGE_MODULE = "__judge__"  # the __name__ test code runs under, and so the __module__ of its classes
 JUDGE_SERVES = frozenset({"call", "iter", "next", "len", "bool", "str", "repr", "hash", "contains", "getitem",
                           "float", "int", "index"})  # fmt: skip
@@ -109,6 +129,8 @@ class Channel:
             return {"b" if t is bytes else "ba": bytes.hex(bytes(obj))}
         if t is complex:
             return {"c": [float.hex(obj.real), float.hex(obj.imag)]}
+        if t is type and obj in _PLAIN_TYPES:
+            return {"y": obj.__name__}
         if isinstance(obj, Remote) and obj._channel is self:
             return {"h": obj._oid, "o": obj._owner}
         base = _builtin_base(t)
@@ -153,6 +175,8 @@ class Channel:
                 return bytearray.fromhex(body)
             if tag == "c":
                 return complex(float.fromhex(body[0]), float.fromhex(body[1]))
+            if tag == "y" and body in _PLAIN_TYPE_NAMES:
+                return _PLAIN_TYPE_NAMES[body]
         except (TypeError, ValueError, AttributeError) as e:
             raise PeerGone(f"malformed value: {e}") from None
         raise PeerGone(f"unknown value tag {tag!r}")
@@ -235,7 +259,7 @@ class Channel:
             return bool(target == args[0])
         unary = {
             "len": len, "iter": iter, "next": next, "bool": bool, "str": str, "repr": repr,
-            "hash": hash, "float": float, "int": int, "index": _index,
+            "hash": hash, "float": float, "int": int, "index": _index, "exists": lambda _: True,
         }  # fmt: skip
         if op in unary:
             return unary[op](target)
@@ -421,12 +445,16 @@ def run_judge(
 ) -> dict:
     """Run trusted test snippets against the program on the other end of `channel`."""
     ns: dict = {"__name__": JUDGE_MODULE, "__builtins__": builtins}
-    exec(_compiled(setup, "setup.py"), ns)  # trusted: the benchmark's own helper code
+    scope = _TestScope(ns, channel)
+    try:
+        exec(_compiled(setup, "setup.py"), ns, scope)  # trusted: the benchmark's own helper code
+    except PeerGone as e:
+        return {"tests": [[False, f"program stopped answering: {e}"] for _ in tests], "completed": True}
     ns[entry_point] = ns["candidate"] = _NamedRemote(channel, entry_point)
     outcomes: list[list] = []
     for i, snippet in enumerate(tests):
         try:
-            exec(_compiled(snippet, f"test_{i}.py"), ns)  # trusted test code
+            exec(_compiled(snippet, f"test_{i}.py"), ns, scope)  # trusted test code
             outcomes.append([True, ""])
         except PeerGone as e:
             outcomes.append([False, f"program stopped answering: {e}"])
@@ -437,6 +465,36 @@ def run_judge(
             if stop_on_failure:
                 break
     return {"tests": outcomes, "completed": True}
+
+
+class _TestScope(dict):
+    """The names top-level test code sees: the judge's own (where its definitions go), then builtins,
+    then, for a name the tests use but never define (a class the solution defines, such as a tree node
+    the setup code builds), the program's object of that name, as a handle."""
+
+    def __init__(self, ns: dict, channel: Channel) -> None:
+        super().__init__()
+        self.ns, self.channel = ns, channel
+
+    def __getitem__(self, name: str) -> object:
+        if name in self.ns:
+            return self.ns[name]
+        if hasattr(builtins, name):
+            raise KeyError(name)  # the interpreter then finds the builtin itself
+        try:
+            self.channel.request("exists", ["name", name])
+        except NameError:
+            raise KeyError(name) from None
+        return _NamedRemote(self.channel, name)
+
+    def __setitem__(self, name: str, value: object) -> None:
+        self.ns[name] = value
+
+    def __delitem__(self, name: str) -> None:
+        del self.ns[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.ns
 
 
 class _NamedRemote(Remote):

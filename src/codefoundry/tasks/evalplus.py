@@ -24,7 +24,6 @@ Inputs are used as the file's JSON gives them, as EvalPlus does.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import inspect
 import json
@@ -32,6 +31,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from codefoundry.jsonl import iter_records
 from codefoundry.sandbox import Limits, Program, execute_many
 from codefoundry.tasks.problem import Problem
 
@@ -164,19 +164,8 @@ def load(
 
 
 def _read(path: Path) -> list[dict]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    records = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            missing = [k for k in ("task_id", "prompt", "entry_point", "canonical_solution", "base_input")
-                       if k not in record]  # fmt: skip
-            if missing:
-                raise ValueError(f"{path}: line {n}: record lacks {', '.join(missing)}")
-            records.append(record)
-    return records
+    required = ("task_id", "prompt", "entry_point", "canonical_solution", "base_input")
+    return [record for _, record in iter_records(path, required=required)]
 
 
 def problem_from_record(record: dict, expected: dict[str, list], *, split: str = "plus") -> Problem:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
+from codefoundry.jsonl import iter_records
 from codefoundry.tasks.problem import Problem
 
 
@@ -34,11 +33,5 @@ def problem_from_record(record: dict) -> Problem:
 
 
 def load(path: str | Path | None = None) -> list[Problem]:
-    path = Path(path) if path is not None else data_path()
-    opener = gzip.open if path.suffix == ".gz" else open
-    problems = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                problems.append(problem_from_record(json.loads(line)))
-    return problems
+    required = ("task_id", "prompt", "entry_point", "test")
+    return [problem_from_record(r) for _, r in iter_records(path or data_path(), required=required)]

@@ -16,14 +16,13 @@ format (`task_id, prompt` (the prefix), `suffix, canonical_solution` (the middle
 
 from __future__ import annotations
 
-import gzip
-import json
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from codefoundry.jsonl import iter_records
 from codefoundry.sandbox import Limits
 from codefoundry.tasks.metrics import exact_match
 from codefoundry.tasks.problem import Problem, Score, evaluate_many
@@ -168,33 +167,20 @@ def load_infilling_jsonl(path: str | Path) -> list[InfillProblem]:
     and its setup (trusted code the judge runs first, for helpers the tests call) is the whole reference
     program, prefix + canonical middle + suffix."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     out = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            missing = [k for k in _FIELDS if k not in record]
-            if missing:
-                raise ValueError(f"{path}:{lineno}: record lacks {', '.join(missing)}")
-            wrong = [k for k in _FIELDS if not isinstance(record[k], str)]
-            if wrong:
-                raise ValueError(f"{path}:{lineno}: {', '.join(wrong)} must be strings")
-            prefix, middle, suffix = record["prompt"], record["canonical_solution"], record["suffix"]
-            entry = record["entry_point"]
-            source = Problem(
-                task_id=record["task_id"],
-                prompt=prefix,
-                entry_point=entry,
-                tests=(record["test"] + f"\n\ncheck({entry})\n",),
-                setup=prefix + middle + suffix,
-                canonical_solution=middle,
-            )
-            out.append(InfillProblem(record["task_id"], prefix, suffix, middle, source))
+    for lineno, record in iter_records(path, required=_FIELDS):
+        wrong = [k for k in _FIELDS if not isinstance(record[k], str)]
+        if wrong:
+            raise ValueError(f"{path}:{lineno}: {', '.join(wrong)} must be strings")
+        prefix, middle, suffix = record["prompt"], record["canonical_solution"], record["suffix"]
+        entry = record["entry_point"]
+        source = Problem(
+            task_id=record["task_id"],
+            prompt=prefix,
+            entry_point=entry,
+            tests=(record["test"] + f"\n\ncheck({entry})\n",),
+            setup=prefix + middle + suffix,
+            canonical_solution=middle,
+        )
+        out.append(InfillProblem(record["task_id"], prefix, suffix, middle, source))
     return out

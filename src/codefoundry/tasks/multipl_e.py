@@ -17,12 +17,11 @@ problems judged out of process.
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from codefoundry.jsonl import iter_records
 from codefoundry.sandbox import LANGUAGES
 from codefoundry.tasks.problem import Problem
 
@@ -55,22 +54,13 @@ def truncate(completion: str, stop_tokens: Sequence[str]) -> str:
 def load(path: str | Path, language: str) -> list[MultiPLEProblem]:
     """The problems of a MultiPL-E JSONL (or .jsonl.gz) file, all of which must be in `language`."""
     sandbox_language = _sandbox_language(language)
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     problems = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            where = f"{path}: line {n} ({record.get('name', '?')})"
-            missing = [k for k in ("name", "prompt", "tests") if k not in record]
-            if missing:
-                raise ValueError(f"{where}: record lacks {', '.join(missing)}")
-            own = record.get("language")
-            if own is not None and _sandbox_language(own) != sandbox_language:
-                raise ValueError(f"{where}: record is in {own!r}, not {language!r}")
-            problems.append(problem_from_record(record, language=sandbox_language))
+    for n, record in iter_records(path, required=("name", "prompt", "tests")):
+        where = f"{path}: line {n} ({record['name']})"
+        own = record.get("language")
+        if own is not None and _sandbox_language(own) != sandbox_language:
+            raise ValueError(f"{where}: record is in {own!r}, not {language!r}")
+        problems.append(problem_from_record(record, language=sandbox_language))
     return problems
 
 

