@@ -37,6 +37,13 @@ def _b(s: str | None) -> bytes | None:
     return s.encode() if s is not None else None
 
 
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the kernel (glibc's malloc_trim; a no-op elsewhere)."""
+    trim = getattr(_libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
 def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
 
