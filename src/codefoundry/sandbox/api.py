@@ -7,7 +7,7 @@ import os
 import queue
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 from codefoundry.sandbox.result import ExecutionResult, Judge, Limits
@@ -157,17 +157,11 @@ def execute_many(
     bar = _progress(len(items), description, progress)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cf-sandbox") as ex:
         futures = {ex.submit(pool.run, p, language=language, limits=limits): i for i, p in enumerate(items)}
-        for fut in _as_completed(futures):
+        for fut in as_completed(futures):
             results[futures[fut]] = fut.result()
             bar.update(1)
     bar.close()
     return results  # type: ignore[return-value]
-
-
-def _as_completed(futures: dict):
-    from concurrent.futures import as_completed
-
-    return as_completed(futures)
 
 
 def _progress(total: int, description: str, enabled: bool):

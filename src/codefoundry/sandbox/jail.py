@@ -290,3 +290,85 @@ def _memory_cgroup_bases() -> list[tuple[int, str]]:
 def _write_file(path: str, value: str) -> None:
     with open(path, "w") as f:
         f.write(value)
+
+
+class RunNamespace:
+    """A PID namespace whose pid 1 is an idle process, reused by consecutive runs as long as each leaves
+    it empty (the program reaped, init without children: no daemon, no zombie); otherwise init is
+    killed, which makes the kernel kill everything in it, and the next run gets a fresh one.
+
+    Init is `sh -c 'read _'` started with posix_spawn (a vfork: no copy of the zygote's memory), reading a
+    pipe only the zygote writes to, so that it ends, with its namespace, should the zygote die. Where
+    there is no shell, init is a clone of the zygote that pauses (and dies with it)."""
+
+    def __init__(self, shell: str, proc_fd: int, own_pidfd: int) -> None:
+        self.shell, self.proc_fd, self.own_pidfd = shell, proc_fd, own_pidfd
+        self.init_pid, self.pidfd, self.keepalive = -1, -1, -1
+        self.killed = False
+
+    def enter(self) -> None:
+        if self.init_pid < 0:
+            self._spawn()  # leaves our next child to be born in the new namespace
+        else:
+            setns(self.pidfd, CLONE_NEWPID)
+
+    def _spawn(self) -> None:
+        if not self.shell:
+            self.init_pid = clone_new_pid_namespace()
+            if self.init_pid == 0:
+                _pause_forever()
+            self.pidfd = os.pidfd_open(self.init_pid)
+            setns(self.pidfd, CLONE_NEWPID)
+            return
+        read_end, self.keepalive = os.pipe()
+        unshare(CLONE_NEWPID)
+        try:
+            self.init_pid = os.posix_spawn(self.shell, [self.shell, "-c", "read _"], {},
+                                           file_actions=[(os.POSIX_SPAWN_DUP2, read_end, 0)])  # fmt: skip
+        except OSError:
+            setns(self.own_pidfd, CLONE_NEWPID)
+            os.close(self.keepalive)
+            raise
+        finally:
+            os.close(read_end)
+        self.pidfd = os.pidfd_open(self.init_pid)
+
+    def empty(self) -> bool:
+        """Init has no children: every process the program started is gone and reaped."""
+        try:
+            fd = os.open(f"{self.init_pid}/task/{self.init_pid}/children", os.O_RDONLY, dir_fd=self.proc_fd)
+        except OSError:
+            return False
+        try:
+            return not os.read(fd, 64).strip()
+        finally:
+            os.close(fd)
+
+    def kill(self) -> None:
+        if self.init_pid > 0 and not self.killed:
+            try:
+                os.kill(self.init_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.killed = True
+
+    def discard(self) -> None:
+        if self.init_pid < 0:
+            return
+        self.kill()
+        os.waitpid(self.init_pid, 0)
+        for fd in (self.pidfd, self.keepalive):
+            if fd >= 0:
+                os.close(fd)
+        self.init_pid, self.pidfd, self.keepalive = -1, -1, -1
+        self.killed = False
+
+
+def _pause_forever() -> None:
+    try:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # should the zygote die first
+        os.closerange(0, 1 << 16)
+        while True:
+            signal.pause()
+    finally:
+        os._exit(0)

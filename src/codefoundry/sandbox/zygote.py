@@ -62,6 +62,7 @@ _here = os.path.dirname(os.path.abspath(__file__))
 
 
 def _load(name: str) -> types.ModuleType:
+    """One of our sibling modules, by path (no package import inside the sandbox)."""
     mod = types.ModuleType(f"codefoundry_{name}")
     path = os.path.join(_here, f"{name}.py")
     with open(path, encoding="utf-8") as f:
@@ -71,6 +72,7 @@ def _load(name: str) -> types.ModuleType:
 
 jail = _load("jail")
 rpc = _load("rpc")
+judge = _load("judge")
 REQ_FD, RESP_FD = 3, 4  # replaced from argv at start-up
 JUDGED_EXIT_GRACE = 0.5  # seconds a judged program has to exit after its judge finished
 JUDGE_STUCK_SECONDS = 3.0  # after the program was killed, how long the judge may take to report
@@ -128,8 +130,8 @@ class Worker:
         self.cgroup = cgroup
         self.disk_mb = -1
         self.dirty = True
-        self.judges = JudgeServer(uid + 1, isolation == "namespaces")
-        self.space = RunNamespace() if isolation == "namespaces" else None
+        self.judges = judge.JudgeServer(uid + 1, isolation == "namespaces", jail=jail, rpc=rpc)
+        self.space = jail.RunNamespace(SHELL, PROC_FD, OWN_PIDFD) if isolation == "namespaces" else None
 
     def serve(self, req: dict) -> dict:
         run = Run(req, self.isolation)
@@ -188,7 +190,7 @@ def _write_files(run: Run) -> None:
             os.chown(path, run.uid, run.uid)
 
 
-def start(run: Run, judges: "JudgeServer", cgroup=None, space: "RunNamespace | None" = None) -> dict:
+def start(run: Run, judges, cgroup=None, space=None) -> dict:
     """Clone an idle init into new PID and IPC namespaces, fork the program into them, hand the tests
     to the judge, watch."""
     stdin_data = bytes.fromhex(run.req.get("stdin") or "")
@@ -231,8 +233,8 @@ def start(run: Run, judges: "JudgeServer", cgroup=None, space: "RunNamespace | N
 def watch(
     run: Run,
     pid: int,
-    space: "RunNamespace | None",
-    judges: "JudgeServer",
+    space: "jail.RunNamespace | None",
+    judges: "judge.JudgeServer",
     fds: dict[str, int],
     started: float,
 ) -> dict:
@@ -312,7 +314,7 @@ def _kill_pid(pid: int) -> None:
         pass
 
 
-def _kill_run(pid: int, space: "RunNamespace | None") -> None:
+def _kill_run(pid: int, space) -> None:
     """End the whole run: its namespace's init (the kernel then kills the rest), or at process level the
     program's process group."""
     if space is not None:
@@ -404,84 +406,6 @@ def _signame(sig: int) -> str:
 
 
 # -- inside the run: init and the program's process ---------------------------------------------------------
-class RunNamespace:
-    """A PID namespace whose pid 1 is an idle process, reused by consecutive runs as long as each leaves
-    it empty (the program reaped, init without children: no daemon, no zombie); otherwise init is
-    killed, which makes the kernel kill everything in it, and the next run gets a fresh one.
-
-    Init is `sh -c 'read _'` started with posix_spawn (a vfork: no copy of the zygote's memory), reading a
-    pipe only the zygote writes to, so that it ends, with its namespace, should the zygote die. Where
-    there is no shell, init is a clone of the zygote that pauses (and dies with it)."""
-
-    def __init__(self) -> None:
-        self.init_pid, self.pidfd, self.keepalive = -1, -1, -1
-        self.killed = False
-
-    def enter(self) -> None:
-        if self.init_pid < 0:
-            self._spawn()  # leaves our next child to be born in the new namespace
-        else:
-            jail.setns(self.pidfd, jail.CLONE_NEWPID)
-
-    def _spawn(self) -> None:
-        if not SHELL:
-            self.init_pid = jail.clone_new_pid_namespace()
-            if self.init_pid == 0:
-                _pause_forever()
-            self.pidfd = os.pidfd_open(self.init_pid)
-            jail.setns(self.pidfd, jail.CLONE_NEWPID)
-            return
-        read_end, self.keepalive = os.pipe()
-        jail.unshare(jail.CLONE_NEWPID)
-        try:
-            self.init_pid = os.posix_spawn(SHELL, [SHELL, "-c", "read _"], {},
-                                           file_actions=[(os.POSIX_SPAWN_DUP2, read_end, 0)])  # fmt: skip
-        except OSError:
-            jail.setns(OWN_PIDFD, jail.CLONE_NEWPID)
-            os.close(self.keepalive)
-            raise
-        finally:
-            os.close(read_end)
-        self.pidfd = os.pidfd_open(self.init_pid)
-
-    def empty(self) -> bool:
-        """Init has no children: every process the program started is gone and reaped."""
-        try:
-            fd = os.open(f"{self.init_pid}/task/{self.init_pid}/children", os.O_RDONLY, dir_fd=PROC_FD)
-        except OSError:
-            return False
-        try:
-            return not os.read(fd, 64).strip()
-        finally:
-            os.close(fd)
-
-    def kill(self) -> None:
-        if self.init_pid > 0 and not self.killed:
-            _kill_pid(self.init_pid)
-            self.killed = True
-
-    def discard(self) -> None:
-        if self.init_pid < 0:
-            return
-        self.kill()
-        os.waitpid(self.init_pid, 0)
-        for fd in (self.pidfd, self.keepalive):
-            if fd >= 0:
-                os.close(fd)
-        self.init_pid, self.pidfd, self.keepalive = -1, -1, -1
-        self.killed = False
-
-
-def _pause_forever() -> None:
-    try:
-        jail.prctl(jail.PR_SET_PDEATHSIG, signal.SIGKILL)  # should the zygote die first
-        os.closerange(0, 1 << 16)
-        while True:
-            signal.pause()
-    finally:
-        os._exit(0)
-
-
 def program_main(run: Run, keep: dict[int, int], cgroup) -> None:
     """Take a fresh IPC namespace, join the memory cgroup, arrange fds, drop privileges, then compile and
     exec, or run Python in this warm interpreter."""
@@ -585,103 +509,6 @@ def _print_exception() -> None:
         traceback.print_exc()
     except BaseException:
         pass
-
-
-# -- the judge server ---------------------------------------------------------------------------------------
-class JudgeServer:
-    """One long-lived judge process per worker, under its own uid, outside every run's PID namespace.
-    Per judged run it receives the tests and three fds (the channel to the program and a report pipe)
-    over a Unix socket, runs the tests in a fresh namespace, reports, and closes the fds. Being warm, it
-    costs a judged run no fork. Imported modules persist between runs (trusted test code only)."""
-
-    def __init__(self, uid: int, isolated: bool) -> None:
-        self.uid, self.isolated = uid, isolated
-        self.pid: int | None = None
-        self.sock = None
-
-    def submit(self, payload: bytes, fds: list[int]) -> None:
-        import socket
-
-        if self.pid is None:
-            self._start()
-        try:
-            socket.send_fds(self.sock, [struct.pack(">Q", len(payload))], fds)
-            self.sock.sendall(payload)
-        except OSError:
-            self.kill()  # the run's report pipe closes with it: the run reports a sandbox error
-
-    def _start(self) -> None:
-        import socket
-
-        ours, theirs = socket.socketpair()
-        pid = os.fork()
-        if pid == 0:
-            ours.close()
-            _judge_server_main(theirs.detach(), self.uid, self.isolated)
-        theirs.close()
-        self.pid, self.sock = pid, ours
-
-    def kill(self) -> None:
-        if self.pid is None:
-            return
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.waitpid(self.pid, 0)
-        self.sock.close()
-        self.pid, self.sock = None, None
-
-
-JUDGE_LIMITS = {"file_size_mb": 16, "open_files": 64, "processes": 16}
-JUDGE_MEMORY_MB = 2048
-
-
-def _judge_server_main(sock_fd: int, uid: int, isolated: bool) -> None:
-    import socket
-
-    try:
-        null = os.open("/dev/null", os.O_RDWR)
-        jail.arrange_fds({0: null, 1: null, 2: null, 3: sock_fd})
-        os.chdir("/")
-        jail.drop_privileges(JUDGE_LIMITS, uid, isolated)
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_AS, (JUDGE_MEMORY_MB << 20,) * 2)  # no CPU limit: it lives on
-        sock = socket.socket(fileno=3)
-        while True:
-            head, fds, _, _ = socket.recv_fds(sock, 8, 3)
-            if not head:
-                break
-            while len(head) < 8:
-                head += sock.recv(8 - len(head))
-            (n,) = struct.unpack(">Q", head)
-            payload = bytearray()
-            while len(payload) < n:
-                chunk = sock.recv(min(n - len(payload), 1 << 20))
-                if not chunk:
-                    os._exit(0)
-                payload += chunk
-            _judge_one(json.loads(payload), *fds)
-    except BaseException:
-        pass
-    os._exit(0)
-
-
-def _judge_one(payload: dict, rfd: int, wfd: int, report_fd: int) -> None:
-    try:
-        channel = rpc.Channel(rfd, wfd, "j")
-        report = rpc.run_judge(channel, payload.get("setup", ""), list(payload["tests"]),
-                               payload["entry_point"], bool(payload.get("stop_on_failure")))  # fmt: skip
-    except BaseException as e:
-        report = {"error": f"judge: {type(e).__name__}: {e}"[:300]}
-    os.close(wfd)  # ends the program's serving loop
-    os.close(rfd)
-    try:
-        os.write(report_fd, json.dumps(report).encode() + b"\n")
-    except OSError:
-        pass
-    os.close(report_fd)
 
 
 # -- the server loop ---------------------------------------------------------------------------------------

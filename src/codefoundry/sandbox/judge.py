@@ -1,0 +1,101 @@
+"""The worker's judge server: one long-lived process that runs the trusted tests of judged runs.
+
+Loaded by path into the zygote (standard library only; the zygote hands it its `jail` and `rpc` modules). It
+lives under its own unprivileged uid, outside every run's PID namespace, so a program can neither see,
+signal, trace nor read it. Per judged run it receives the tests and three fds (the channel to the
+program and a report pipe) over a Unix socket, runs the tests in a fresh namespace, reports, and closes
+the fds. Being warm, it costs a judged run no fork. Modules imported by test code persist between runs
+(trusted code only).
+"""
+
+import json
+import os
+import signal
+import socket
+import struct
+import types
+
+JUDGE_LIMITS = {"file_size_mb": 16, "open_files": 64, "processes": 16}
+JUDGE_MEMORY_MB = 2048
+
+
+class JudgeServer:
+    def __init__(self, uid: int, isolated: bool, *, jail: types.ModuleType, rpc: types.ModuleType) -> None:
+        self.uid, self.isolated = uid, isolated
+        self.jail, self.rpc = jail, rpc
+        self.pid: int | None = None
+        self.sock: socket.socket | None = None
+
+    def submit(self, payload: bytes, fds: list[int]) -> None:
+        if self.pid is None:
+            self._start()
+        try:
+            socket.send_fds(self.sock, [struct.pack(">Q", len(payload))], fds)
+            self.sock.sendall(payload)
+        except OSError:
+            self.kill()  # the run's report pipe closes with it: the run reports a sandbox error
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            _serve(theirs.detach(), self.uid, self.isolated, self.jail, self.rpc)
+        theirs.close()
+        self.pid, self.sock = pid, ours
+
+    def kill(self) -> None:
+        if self.pid is None:
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(self.pid, 0)
+        self.sock.close()
+        self.pid, self.sock = None, None
+
+
+def _serve(sock_fd: int, uid: int, isolated: bool, jail: types.ModuleType, rpc: types.ModuleType) -> None:
+    try:
+        null = os.open("/dev/null", os.O_RDWR)
+        jail.arrange_fds({0: null, 1: null, 2: null, 3: sock_fd})
+        os.chdir("/")
+        jail.drop_privileges(JUDGE_LIMITS, uid, isolated)
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (JUDGE_MEMORY_MB << 20,) * 2)  # no CPU limit: it lives on
+        sock = socket.socket(fileno=3)
+        while True:
+            head, fds, _, _ = socket.recv_fds(sock, 8, 3)
+            if not head:
+                break
+            while len(head) < 8:
+                head += sock.recv(8 - len(head))
+            (n,) = struct.unpack(">Q", head)
+            payload = bytearray()
+            while len(payload) < n:
+                chunk = sock.recv(min(n - len(payload), 1 << 20))
+                if not chunk:
+                    os._exit(0)
+                payload += chunk
+            _judge_one(rpc, json.loads(payload), *fds)
+    except BaseException:
+        pass
+    os._exit(0)
+
+
+def _judge_one(rpc: types.ModuleType, payload: dict, rfd: int, wfd: int, report_fd: int) -> None:
+    try:
+        channel = rpc.Channel(rfd, wfd, "j")
+        report = rpc.run_judge(channel, payload.get("setup", ""), list(payload["tests"]),
+                               payload["entry_point"], bool(payload.get("stop_on_failure")))  # fmt: skip
+    except BaseException as e:
+        report = {"error": f"judge: {type(e).__name__}: {e}"[:300]}
+    os.close(wfd)  # ends the program's serving loop
+    os.close(rfd)
+    try:
+        os.write(report_fd, json.dumps(report).encode() + b"\n")
+    except OSError:
+        pass
+    os.close(report_fd)
