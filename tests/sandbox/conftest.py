@@ -1,4 +1,4 @@
-"""Shared set-up for the sandbox red-team suites (test_redteam.py, test_integrity.py).
+"""Shared set-up for the sandbox suites (test_redteam_*.py, test_integrity_*.py, and the rest).
 
 Makes `codefoundry` importable from the source tree when the package is not installed, and stops the
 sandbox's warm workers at the end of the session so that no worker outlives pytest."""
