@@ -64,6 +64,19 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tokenizer_train(args: argparse.Namespace) -> int:
+    from codefoundry.models.tokenizer import train_command
+
+    try:
+        report = train_command(args.data, args.vocab_size, args.out, args.min_frequency)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    print(
+        f"trained on {report.files} files: vocab {report.vocab_size}, {report.bytes_per_token} bytes/token -> {report.out}"
+    )
+    return 0
+
+
 def _language_from_name(path: str) -> str:
     from codefoundry.sandbox.runners import LANGUAGES
 
@@ -111,6 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, help="only the first N problems")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=_eval)
+
+    tk = stages.add_parser("tokenizer", help="train the byte-level BPE code tokenizer")
+    tk_cmds = tk.add_subparsers(dest="command", required=True)
+    tr = tk_cmds.add_parser(
+        "train", help="train on a directory of source files (default: the standard library)"
+    )
+    tr.add_argument(
+        "--data", help="a directory (its .py files) or one file; default: the Python standard library"
+    )
+    tr.add_argument("--vocab-size", type=int, default=8192)
+    tr.add_argument("--min-frequency", type=int, default=2)
+    tr.add_argument("--out", required=True)
+    tr.set_defaults(func=_tokenizer_train)
     return parser
 
 
