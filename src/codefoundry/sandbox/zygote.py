@@ -534,7 +534,10 @@ def main() -> None:
         os.set_inheritable(fd, False)  # nothing we exec (a run's init) may hold the worker's pipes
     OWN_PIDFD = os.pidfd_open(os.getpid())
     DEV_NULL = os.open("/dev/null", os.O_RDONLY)
-    PROC_FD = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        PROC_FD = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        PROC_FD = -1  # no /proc: run namespaces are never judged empty, so never reused (still correct)
     hello = json.loads(read_frame(REQ_FD))
     isolation, why, cgroup = jail.setup_worker(hello.get("extra_readonly", []))
     _preload(hello.get("preload", []))
