@@ -7,7 +7,7 @@ Each legitimate case is a correct solution written in some less common style, an
 
 from __future__ import annotations
 
-import textwrap
+from redteam_kit import brief, src  # noqa: F401 (re-exported to the integrity suites)
 
 from codefoundry.sandbox import ExecutionResult, Judge, Limits, Status, execute
 
@@ -15,19 +15,6 @@ LIMITS = Limits(cpu_seconds=2, memory_mb=256, processes=16, open_files=64, outpu
 ADD = Judge(tests=("assert add(1, 2) == 3", "assert add(2, 2) == 4"), entry_point="add")
 CORRECT = "def add(a, b):\n    return a + b\n"
 WRONG = "def add(a, b):\n    return a - b\n"
-
-
-def src(text: str) -> str:
-    return textwrap.dedent(text).lstrip("\n")
-
-
-def brief(r: ExecutionResult) -> str:
-    return (
-        f"status={r.status!s} passed={r.passed} exit_code={r.exit_code} signal={r.signal} "
-        f"tests={[(t.passed, t.error[:120]) for t in r.tests]} tests_completed={r.tests_completed} "
-        f"cpu={r.cpu_seconds} wall={r.wall_seconds} message={r.message!r}"
-        f"\n--- stdout (tail) ---\n{r.stdout[-1500:]}\n--- stderr (tail) ---\n{r.stderr[-1500:]}"
-    )
 
 
 def judged(program: str, judge: Judge = ADD, **kw) -> ExecutionResult:

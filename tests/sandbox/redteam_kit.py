@@ -44,11 +44,17 @@ def src(text: str) -> str:
 
 
 def brief(r: ExecutionResult) -> str:
+    """Everything worth seeing when an assertion about a run fails."""
+    judged = (
+        f"tests={[(t.passed, t.error[:120]) for t in r.tests]} tests_completed={r.tests_completed} "
+        if r.tests
+        else ""
+    )
     return (
-        f"status={r.status!s} exit_code={r.exit_code} signal={r.signal} isolation={r.isolation!s} "
-        f"phase={r.phase} cpu={r.cpu_seconds} wall={r.wall_seconds} mem={r.peak_memory_mb} "
-        f"truncated={r.truncated} message={r.message!r}\n--- stdout (tail) ---\n{r.stdout[-1500:]}"
-        f"\n--- stderr (tail) ---\n{r.stderr[-1500:]}"
+        f"status={r.status!s} passed={r.passed} exit_code={r.exit_code} signal={r.signal} {judged}"
+        f"isolation={r.isolation!s} phase={r.phase} cpu={r.cpu_seconds} wall={r.wall_seconds} "
+        f"mem={r.peak_memory_mb} truncated={r.truncated} message={r.message!r}\n--- stdout (tail) ---\n"
+        f"{r.stdout[-1500:]}\n--- stderr (tail) ---\n{r.stderr[-1500:]}"
     )
 
 
