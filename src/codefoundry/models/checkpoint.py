@@ -1,0 +1,126 @@
+"""codefoundry checkpoints: one directory holding `model.safetensors`, `config.json` (our `ModelConfig`)
+and the tokenizer files, so a checkpoint is self-contained.
+
+Tied embeddings are stored once (safetensors refuses shared storage): `lm_head.weight` is omitted when
+`tie_embeddings` is set and re-tied on load. Loading checks every tensor name and shape against the config
+and names the first mismatch.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from codefoundry.models.config import ModelConfig
+from codefoundry.models.transformer import Transformer
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be loaded; the message names the path and the problem."""
+
+
+def state_dict_for_save(model: Transformer) -> dict[str, torch.Tensor]:
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.cfg.tie_embeddings:
+        sd.pop("lm_head.weight", None)
+    return sd
+
+
+def save(model: Transformer, out: str | Path, *, tokenizer: str | Path | None = None) -> Path:
+    """Write the model (and, when given, the tokenizer directory's files) to `out`; returns `out`.
+
+    The weights go to a temporary name first and are renamed into place, so a killed save never leaves a
+    truncated `model.safetensors` behind.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (WEIGHTS + ".tmp")
+    save_file(state_dict_for_save(model), str(tmp), metadata={"format": "pt", "codefoundry": "1"})
+    model.cfg.save(out / CONFIG)
+    tmp.replace(out / WEIGHTS)
+    if tokenizer is not None:
+        copy_tokenizer(tokenizer, out)
+    return out
+
+
+def copy_tokenizer(src: str | Path, out: str | Path) -> None:
+    src, out = Path(src), Path(out)
+    if src.is_file():
+        src = src.parent
+    if not (src / "tokenizer.json").is_file():
+        raise CheckpointError(f"{src}: no tokenizer.json to copy into the checkpoint")
+    if src.resolve() == out.resolve():
+        return
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, out / name)
+
+
+def load_config(path: str | Path) -> ModelConfig:
+    path = Path(path)
+    if not (path / CONFIG).is_file():
+        raise CheckpointError(f"{path}: not a codefoundry checkpoint (no {CONFIG})")
+    try:
+        return ModelConfig.load(path / CONFIG)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def load(
+    path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> Transformer:
+    """The model saved in `path`, in eval mode, on `device` (and cast to `dtype` when given)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg = load_config(path)
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{path}: no {WEIGHTS}")
+    try:
+        sd = load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights}: cannot read the weights ({e})") from None
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    load_state(model, sd, where=str(weights))
+    model.to(device)
+    if dtype is not None:
+        model.to(dtype)
+    return model.eval()
+
+
+def load_state(model: Transformer, sd: dict[str, torch.Tensor], *, where: str) -> None:
+    """Load `sd` into `model` (built on the meta device or not), checking names and shapes first."""
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    if model.cfg.tie_embeddings:
+        expected.pop("lm_head.weight", None)
+        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise CheckpointError(f"{where}: the weights do not match config.json ({what})")
+    for k, shape in expected.items():
+        if sd[k].shape != shape:
+            raise CheckpointError(
+                f"{where}: {k} has shape {tuple(sd[k].shape)}, config.json says {tuple(shape)}"
+            )
+    model.load_state_dict(sd, strict=False, assign=True)
+    if model.cfg.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    # Non-persistent buffers (rotary tables) are not in the file: rebuild them on a real device.
+    from codefoundry.models.transformer import rope_tables
+
+    device = next(iter(sd.values())).device if sd else torch.device("cpu")
+    cos, sin = rope_tables(model.cfg, model.cfg.max_seq_len, device=device)
+    model.rope_cos, model.rope_sin = cos, sin

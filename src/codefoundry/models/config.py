@@ -1,0 +1,137 @@
+"""The model config: one small dataclass (plus one for the mixture-of-experts layer) and named sizes.
+
+A size name fixes the shape (width, depth, heads); the vocabulary comes from the tokenizer. The config
+is saved as `config.json` beside the weights, so a checkpoint describes itself.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    n_experts: int = 8
+    top_k: int = 2
+    expert_dim: int = 256  # hidden width of each routed SwiGLU expert
+    shared_expert_dim: int = 0  # 0 = no shared expert; else the width of one always-on expert
+    norm_topk_prob: bool = True  # renormalise the k selected router probabilities to sum to 1
+    aux_loss_coef: float = 0.01  # weight of the load-balancing loss
+    capacity_factor: float = 0.0  # 0 = dropless; else each expert takes at most cf * tokens * k / E
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.top_k <= self.n_experts:
+            raise ValueError(f"moe.top_k must be in [1, n_experts={self.n_experts}], got {self.top_k}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    dim: int = 256
+    n_layers: int = 4
+    n_heads: int = 8
+    n_kv_heads: int = 4  # grouped-query attention: n_heads // n_kv_heads query heads share a K/V head
+    ffn_dim: int = 0  # SwiGLU hidden width; 0 = 8/3 * dim rounded up to a multiple of 64
+    max_seq_len: int = 1024
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    qkv_bias: bool = False  # Qwen2-style biases on the Q, K, V projections
+    mtp_depth: int = 0  # DeepSeek-V3-style sequential multi-token-prediction modules
+    mtp_weight: float = 0.3  # lambda: the MTP loss is lambda * mean over depths
+    moe: MoEConfig | None = None  # None = dense MLP in every layer
+    init_std: float = 0.02
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # free-form provenance only
+
+    def __post_init__(self) -> None:
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim={self.dim} is not a multiple of n_heads={self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        if self.ffn_dim == 0:
+            object.__setattr__(self, "ffn_dim", _round_up(8 * self.dim // 3, 64))
+        if isinstance(self.moe, dict):
+            object.__setattr__(self, "moe", MoEConfig(**self.moe))
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config fields: {', '.join(unknown)}")
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: cannot read the model config ({e})") from None
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from None
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return (n + multiple - 1) // multiple * multiple
+
+
+# Named shapes: (dim, n_layers, n_heads, n_kv_heads). Parameter counts are at a 32k vocabulary with tied
+# embeddings; with the 8k default tokenizer the small sizes are smaller.
+SIZES: dict[str, tuple[int, int, int, int]] = {
+    "tiny": (64, 2, 4, 2),  # ~0.3M at a 2k vocab: tests
+    "mini": (128, 4, 4, 2),  # ~2M at 8k
+    "10m": (256, 10, 8, 4),  # ~9.5M at 8k: the 10-minute CPU run
+    "small": (512, 8, 8, 4),  # ~40M at 32k
+    "100m": (768, 12, 12, 4),  # ~110M at 32k
+    "300m": (1024, 24, 16, 8),  # ~310M at 32k
+    "1b": (2048, 22, 32, 8),  # ~1.04B at 32k
+}
+
+
+def config_for_size(
+    size: str,
+    vocab_size: int,
+    *,
+    max_seq_len: int = 1024,
+    moe_experts: int = 0,
+    moe_top_k: int = 2,
+    mtp_depth: int = 0,
+    **overrides: Any,
+) -> ModelConfig:
+    """The config of a named size; `moe_experts > 0` turns every MLP into a mixture of that many experts
+    (each a quarter of the dense width, with one shared expert of the same width)."""
+    if size not in SIZES:
+        raise ValueError(f"unknown model size {size!r}; known: {', '.join(SIZES)}")
+    dim, n_layers, n_heads, n_kv_heads = SIZES[size]
+    cfg = ModelConfig(
+        vocab_size=vocab_size, dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
+        max_seq_len=max_seq_len, mtp_depth=mtp_depth,
+    )  # fmt: skip
+    if moe_experts:
+        width = _round_up(cfg.ffn_dim // 4, 16)
+        moe = MoEConfig(
+            n_experts=moe_experts,
+            top_k=min(moe_top_k, moe_experts),
+            expert_dim=width,
+            shared_expert_dim=width,
+        )
+        cfg = replace(cfg, moe=moe)
+    return replace(cfg, **overrides) if overrides else cfg

@@ -1,0 +1,263 @@
+"""The decoder: a Llama/Qwen2-style transformer with optional mixture-of-experts MLPs and
+DeepSeek-V3-style multi-token-prediction (MTP) modules.
+
+Pre-norm blocks: x + Attn(RMSNorm(x)), then x + MLP(RMSNorm(x)). Attention is grouped-query with rotary
+embeddings in the rotate-half convention that Hugging Face Llama/Qwen2 checkpoints use, so weights map
+one to one (the fused Q/K/V and gate/up projections are split on export). Attention runs through
+`scaled_dot_product_attention`.
+
+MTP (DeepSeek-V3, section 2.2): module k (1..D) takes the previous depth's hidden state at position i and
+the embedding of token i+k, normalises both, concatenates, projects back to `dim`, runs one transformer
+block, and predicts token i+k+1 through the shared output head. The MTP loss is
+mtp_weight * mean_k CE_k. At inference the modules draft tokens for self-speculative decoding.
+
+KV cache: `KVCache` holds preallocated K/V per layer; a forward with a cache writes the new positions at
+`cache.length` and attends over everything before them. Rows of a batch may start at different offsets
+(left padding); the caller passes `positions` and the key mask (see `codefoundry.models.generate`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from codefoundry.models.config import ModelConfig
+from codefoundry.models.moe import MoE, SwiGLU
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def rope_tables(cfg: ModelConfig, length: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, each (length, head_dim), in fp32; the two halves of head_dim share frequencies."""
+    inv_freq = 1.0 / (
+        cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, device=device).float() / cfg.head_dim)
+    )
+    angles = torch.outer(torch.arange(length, device=device).float(), inv_freq)  # (T, hd/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (T, hd)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: (B, H, T, hd); cos/sin broadcast as (T, hd) or (B, 1, T, hd)
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys and values for every layer (and every MTP block): (B, n_kv, max_len, hd)."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    length: int = 0  # positions filled so far (the same for every row; padding is masked, not skipped)
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, batch: int, max_len: int, *, layers: int, device, dtype) -> KVCache:
+        shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+        return cls(
+            [torch.empty(shape, device=device, dtype=dtype) for _ in range(layers)],
+            [torch.empty(shape, device=device, dtype=dtype) for _ in range(layers)],
+        )
+
+    @property
+    def capacity(self) -> int:
+        return self.k[0].shape[2]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=cfg.qkv_bias)
+        self.out = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+
+    def forward(self, x, cos, sin, cache: KVCache | None, layer: int, mask: torch.Tensor | None):
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split(
+            [self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], dim=-1
+        )
+        q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin).to(v.dtype), apply_rope(k, cos, sin).to(v.dtype)
+        causal = mask is None
+        if cache is not None:
+            start = cache.length
+            cache.k[layer][:, :, start : start + T] = k
+            cache.v[layer][:, :, start : start + T] = v
+            k, v = cache.k[layer][:, :, : start + T], cache.v[layer][:, :, : start + T]
+            if mask is None and start > 0:
+                # New queries see every cached key and, among themselves, only earlier ones.
+                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
+            causal = mask is None and T > 1
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_kv != self.n_heads
+        )  # (B, H, T, hd)
+        return self.out(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MoE(cfg.dim, cfg.moe) if cfg.moe else SwiGLU(cfg.dim, cfg.ffn_dim)
+
+    def forward(self, x, cos, sin, cache=None, layer=0, mask=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer, mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class MTPModule(nn.Module):
+    """One DeepSeek-V3 MTP depth: proj([norm(h_prev); norm(emb(next token))]) -> block."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.hidden_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.embed_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.proj = nn.Linear(2 * cfg.dim, cfg.dim, bias=False)
+        self.block = Block(cfg)
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)  # before the shared output head
+
+    def forward(self, h_prev, emb_next, cos, sin, cache=None, layer=0, mask=None):
+        x = self.proj(torch.cat([self.hidden_norm(h_prev), self.embed_norm(emb_next)], dim=-1))
+        return self.block(x, cos, sin, cache, layer, mask)
+
+
+@dataclass
+class Output:
+    logits: torch.Tensor | None  # (B, T, V); None when only the loss was asked for
+    hidden: torch.Tensor  # (B, T, dim): the last block's output, before the final norm (MTP's input)
+    loss: torch.Tensor | None = None  # the total training loss
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)  # detached: ntp, mtp, mtp_k, aux, ...
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.mtp = nn.ModuleList(MTPModule(cfg) for _ in range(cfg.mtp_depth))
+        cos, sin = rope_tables(cfg, cfg.max_seq_len)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init)
+        # GPT-2/nanoGPT: residual output projections scaled by 1/sqrt(2 * depth) at init.
+        for name, p in self.named_parameters():
+            if name.endswith(("out.weight", "down.weight")):
+                nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layers))
+
+    def _init(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+
+    def num_params(self, *, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.embed.weight.numel()
+        return n
+
+    def rope(self, positions: torch.Tensor | None, start: int, T: int):
+        """cos/sin for `positions` ((B, T) absolute positions) or for start..start+T."""
+        if positions is None:
+            if start + T > self.rope_cos.shape[0]:
+                raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
+            return self.rope_cos[start : start + T], self.rope_sin[start : start + T]
+        return self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)  # (B, 1, T, hd)
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        logits: bool = True,
+    ) -> Output:
+        """ids: (B, T). With `targets` ((B, T), -100 = ignore) the output carries the training loss.
+
+        `mask` (bool, (B, 1, T, S), True = attend) and `positions` are for padded batches with a cache;
+        without them attention is causal from position `cache.length` (or 0).
+        """
+        B, T = ids.shape
+        start = cache.length if cache is not None else 0
+        cos, sin = self.rope(positions, start, T)
+        x = self.embed(ids)  # (B, T, dim)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, cache, i, mask)
+        h = self.norm(x)
+        if cache is not None:
+            cache.length += T
+        out = Output(logits=self.lm_head(h) if logits or targets is None else None, hidden=x)
+        if targets is not None:
+            self._loss(out, h, x, ids, targets, cos, sin)
+        return out
+
+    def _loss(self, out: Output, h, x, ids, targets, cos, sin) -> None:
+        logits = out.logits if out.logits is not None else self.lm_head(h)
+        ntp = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        total, parts = ntp, {"ntp": ntp.detach()}
+        if self.mtp:
+            mtp = self._mtp_loss(x, ids, targets, cos, sin, parts)
+            total = total + self.cfg.mtp_weight * mtp
+            parts["mtp"] = mtp.detach()
+        if self.cfg.moe:
+            aux = torch.stack([layer.mlp.aux_loss for layer in self.layers]).mean()
+            total = total + self.cfg.moe.aux_loss_coef * aux
+            parts["aux"] = aux.detach()
+        out.loss, out.parts = total, parts
+
+    def _mtp_loss(self, x, ids, targets, cos, sin, parts) -> torch.Tensor:
+        # targets[:, i] is token i+1. Depth k pairs hidden i with the embedding of token i+k (= targets
+        # [:, i+k-1]) and predicts token i+k+1 (= targets[:, i+k]); the last k positions have no target.
+        T = ids.shape[1]
+        h, losses = x, []
+        for k, module in enumerate(self.mtp, start=1):
+            if T - k <= 0:
+                break
+            nxt = targets[:, k - 1 : T - 1].clamp_min(0)  # (B, T-k); ignored targets are masked below anyway
+            # cos/sin are (T, hd) or (B, 1, T, hd): keep the first T-k positions either way.
+            h = module(h[:, : T - k], self.embed(nxt), cos[..., : T - k, :], sin[..., : T - k, :])
+            logits = self.lm_head(module.norm(h))
+            tgt = targets[:, k:]
+            ce = F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten(), ignore_index=-100)
+            parts[f"mtp_{k}"] = ce.detach()
+            losses.append(ce)
+        return torch.stack(losses).mean() if losses else torch.zeros((), device=ids.device)
+
+    def router_stats(self) -> dict[str, float]:
+        """Mean over MoE layers of the last forward's router statistics (empty for a dense model)."""
+        if not self.cfg.moe:
+            return {}
+        loads = torch.stack([layer.mlp.stats["load"] for layer in self.layers])  # (L, E)
+        dropped = torch.stack([layer.mlp.stats["dropped"] for layer in self.layers]).mean()
+        n_exp = loads.shape[1]
+        return {
+            "expert_load_max": float(loads.max(dim=1).values.mean() * n_exp),  # 1.0 = perfectly balanced
+            "expert_load_min": float(loads.min(dim=1).values.mean() * n_exp),
+            "dropped_tokens": float(dropped),
+        }
