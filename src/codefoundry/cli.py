@@ -87,7 +87,9 @@ def _language_from_name(path: str) -> str:
     return "python"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    from codefoundry import cli_model
+
     parser = argparse.ArgumentParser(prog="codefoundry", description=__doc__)
     stages = parser.add_subparsers(dest="stage", required=True)
 
@@ -137,11 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--min-frequency", type=int, default=2)
     tr.add_argument("--out", required=True)
     tr.set_defaults(func=_tokenizer_train)
+    cli_model.register(stages, list(argv))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

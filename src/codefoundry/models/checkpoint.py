@@ -42,10 +42,18 @@ def save(model: Transformer, out: str | Path, *, tokenizer: str | Path | None = 
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (WEIGHTS + ".tmp")
-    save_file(state_dict_for_save(model), str(tmp), metadata={"format": "pt", "codefoundry": "1"})
-    model.cfg.save(out / CONFIG)
-    tmp.replace(out / WEIGHTS)
+    tmp_weights, tmp_config = out / (WEIGHTS + ".tmp"), out / (CONFIG + ".tmp")
+    try:
+        save_file(state_dict_for_save(model), str(tmp_weights), metadata={"format": "pt", "codefoundry": "1"})
+        model.cfg.save(tmp_config)
+    except BaseException:
+        tmp_weights.unlink(missing_ok=True)
+        tmp_config.unlink(missing_ok=True)
+        raise
+    # Weights first, then the config: a kill between the two renames leaves new weights beside an old
+    # config, which loading rejects by shape unless the shapes agree (then the config still describes them).
+    tmp_weights.replace(out / WEIGHTS)
+    tmp_config.replace(out / CONFIG)
     if tokenizer is not None:
         copy_tokenizer(tokenizer, out)
     return out

@@ -32,6 +32,10 @@ CHAT_TEMPLATE = (
 )
 
 
+# Installed third-party code and tool caches are not the corpus a directory names.
+SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", ".git", "node_modules", ".venv"})
+
+
 def default_corpus() -> list[Path]:
     """The .py files of the running interpreter's standard library (site-packages excluded), sorted."""
     root = Path(sysconfig.get_paths()["stdlib"])
@@ -46,7 +50,11 @@ def corpus_files(data: str | Path | None, *, suffixes: Sequence[str] = (".py",))
         return [data]
     if not data.is_dir():
         raise FileNotFoundError(f"{data}: no such file or directory")
-    return sorted(p for p in data.rglob("*") if p.is_file() and p.suffix in suffixes)
+    return sorted(
+        p
+        for p in data.rglob("*")
+        if p.suffix in suffixes and not SKIP_DIRS.intersection(p.relative_to(data).parts[:-1]) and p.is_file()
+    )
 
 
 def read_texts(files: Iterable[Path]) -> Iterator[str]:

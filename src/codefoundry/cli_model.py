@@ -1,0 +1,186 @@
+"""The model-stage subcommands of `codefoundry`: `pretrain`, `export hf`, `import hf`, `generate`.
+
+`pretrain`'s options are the fields of `PretrainConfig` (its typed signature is the config): each field
+`name_x` is `--name-x`, booleans take `--flag/--no-flag`, and the issue's short names (`--mtp`, `--moe`) are
+aliases. Under `torchrun`, `python -m torch.distributed.run --nproc_per_node N -m codefoundry.cli pretrain ...`
+runs data-parallel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from typing import Any
+
+ALIASES = {"mtp_depth": ["--mtp"], "moe_experts": ["--moe"]}
+HELP = {
+    "data": "a directory of source files (tokenized on the fly) or token shards (*.npy)",
+    "tokenizer": "a tokenizer directory (from `codefoundry tokenizer train`)",
+    "out": "output directory: checkpoint/, metrics.jsonl, tb/, loss.png, summary.json",
+    "size": "named model size (tiny, mini, 10m, small, 100m, 300m, 1b)",
+    "fim_rate": "fraction of documents turned into fill-in-the-middle examples",
+    "mtp_depth": "multi-token-prediction depth D (0 = none)",
+    "moe_experts": "experts per mixture-of-experts layer (0 = dense)",
+    "resume": "continue from OUT/checkpoint",
+    "time_limit_s": "stop cleanly (checkpoint + report) after this many seconds",
+}
+
+
+def _usage_error(message: str) -> Exception:
+    from codefoundry.cli import UsageError
+
+    return UsageError(message)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from codefoundry.train.pretrain import PretrainConfig, pretrain
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)}
+    try:
+        cfg = PretrainConfig(**{k: v for k, v in values.items() if v is not None})
+        summary = pretrain(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        raise _usage_error(str(e)) from None
+    if summary:  # only rank 0 returns a summary under torchrun
+        print(_pretrain_line(summary))
+    return 0
+
+
+def _pretrain_line(s: dict[str, Any]) -> str:
+    parts = [
+        f"{s['stopped']} at step {s['step']}/{s['steps']}",
+        f"val_loss {s['val_loss']:.4f} (unigram baseline {s['unigram_loss']:.4f})",
+        f"{s['tokens']:,} tokens in {s['wall_s']:.0f}s ({s['tokens_per_s']:.0f} tok/s)",
+    ]
+    if isinstance(s.get("fim_exact_match"), dict):
+        parts.append(f"FIM exact match {s['fim_exact_match']['exact_match']:.3f}")
+    if isinstance(s.get("syntax_valid"), dict):
+        parts.append(f"syntax-valid bodies {s['syntax_valid']['syntax_valid']:.3f}")
+    return "; ".join(parts) + f" -> {s['checkpoint']} (summary.json beside it)"
+
+
+def _export_hf(args: argparse.Namespace) -> int:
+    from codefoundry.models.hf import export_hf
+
+    try:
+        report = export_hf(args.ckpt, args.out, allow_dropless=args.allow_dropless)
+    except (ValueError, FileNotFoundError) as e:
+        raise _usage_error(str(e)) from None
+    for warning in report.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _import_hf(args: argparse.Namespace) -> int:
+    from codefoundry.models.hf import import_hf
+
+    try:
+        model = import_hf(args.src, args.out, max_seq_len=args.max_seq_len)
+    except (ValueError, FileNotFoundError) as e:
+        raise _usage_error(str(e)) from None
+    print(f"imported {model.num_params():,} parameters ({model.cfg.n_layers} layers) -> {args.out}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from codefoundry.models.generate import generate_command
+
+    try:
+        text = generate_command(
+            args.ckpt, args.prompt, args.suffix, args.max_tokens, args.temperature, args.top_p, args.seed,
+            stream=not args.no_stream,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as e:
+        raise _usage_error(str(e)) from None
+    if args.no_stream:
+        sys.stdout.write(text)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        names = [flag, *ALIASES.get(f.name, [])]
+        kind = hints[f.name]
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default_text = "" if required else f" (default: {_default(f)})"
+        help_text = HELP.get(f.name, f.name.replace("_", " ")) + default_text
+        if kind is bool:
+            parser.add_argument(
+                *names, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+            continue
+        parser.add_argument(
+            *names, dest=f.name, type=_parse_type(kind, flag), required=required, help=help_text
+        )
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def _parse_type(kind: Any, flag: str):
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if typing.get_origin(kind) is tuple:
+        inner = args[0] if args else str
+
+        def parse_tuple(text: str):
+            try:
+                return tuple(inner(x) for x in text.split(",") if x.strip())
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"{flag} takes comma-separated values, got {text!r}"
+                ) from None
+
+        return parse_tuple
+    if args and typing.get_origin(kind) is not None:  # X | None
+        kind = args[0]
+    return kind if kind in (int, float, str) else str
+
+
+def register(stages: argparse._SubParsersAction, argv: list[str]) -> None:
+    """Add the model-stage subcommands. `pretrain`'s options come from `PretrainConfig`, which needs torch:
+    they are built only when `pretrain` is the command, so the other stages never import torch."""
+    pre = stages.add_parser("pretrain", help="pretrain a code model (NTP + FIM + MTP; dense or MoE)")
+    if argv[:1] == ["pretrain"]:
+        from codefoundry.train.pretrain import PretrainConfig
+
+        _add_dataclass_options(pre, PretrainConfig)
+    pre.set_defaults(func=_pretrain)
+
+    ex = stages.add_parser("export", help="export a checkpoint to another format")
+    ex_cmds = ex.add_subparsers(dest="command", required=True)
+    hf = ex_cmds.add_parser("hf", help="write a Hugging Face checkpoint that transformers loads")
+    hf.add_argument("ckpt", help="a codefoundry checkpoint directory")
+    hf.add_argument("out", help="the output directory")
+    hf.add_argument(
+        "--allow-dropless",
+        action="store_true",
+        help="export an MoE trained with a capacity factor as dropless (HF classes never drop tokens)",
+    )
+    hf.set_defaults(func=_export_hf)
+
+    im = stages.add_parser("import", help="import a checkpoint from another format")
+    im_cmds = im.add_subparsers(dest="command", required=True)
+    imhf = im_cmds.add_parser("hf", help="convert a Hugging Face Llama/Qwen2/Qwen2-MoE/Mixtral checkpoint")
+    imhf.add_argument("src", help="a Hugging Face checkpoint directory (safetensors)")
+    imhf.add_argument("out", help="the codefoundry checkpoint directory to write")
+    imhf.add_argument("--max-seq-len", type=int, help="context length (default: the checkpoint's)")
+    imhf.set_defaults(func=_import_hf)
+
+    gen = stages.add_parser("generate", help="complete a prompt (or fill in the middle) with a checkpoint")
+    gen.add_argument("ckpt", help="a codefoundry checkpoint directory")
+    gen.add_argument("--prompt", required=True, help="the text before the completion")
+    gen.add_argument("--suffix", help="the text after it: fill in the middle")
+    gen.add_argument("--max-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--no-stream", action="store_true", help="print the completion at the end only")
+    gen.set_defaults(func=_generate)

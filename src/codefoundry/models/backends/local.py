@@ -1,0 +1,82 @@
+"""A codefoundry checkpoint run in this process: `load_backend("cf:CKPT_DIR")`.
+
+`complete` continues raw prompts (ending at <|endoftext|> or <|file_sep|>); `chat` writes the
+conversation in the tokenizer's chat tokens (`<|im_start|>role\\ncontent<|im_end|>\\n` per message, then
+`<|im_start|>assistant\\n`) and ends the reply at <|im_end|>. The `n` samples of a prompt are rows of the
+same batch; greedy decoding computes one and repeats it `n` times. A seed makes a call reproducible on
+the same machine, batch size and inputs. Stop strings are applied as `truncate_at_stop` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from codefoundry.models.backends.base import BackendError, Conversation, SamplingParams
+from codefoundry.models.tokenizer import EOT, FILE_SEP, IM_END, IM_START
+
+
+class LocalBackend:
+    def __init__(
+        self, path: str, *, device: str = "cpu", dtype: str | Any | None = None, batch_size: int = 16
+    ) -> None:
+        import torch
+
+        from codefoundry.models import checkpoint
+        from codefoundry.models import tokenizer as tokenizer_module
+        from codefoundry.models.generate import special_id
+
+        self.name = f"cf:{path}"
+        if batch_size < 1:
+            raise ValueError(f"{self.name}: batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        root = Path(path)
+        if not root.is_dir():
+            raise BackendError(f"{self.name}: no such checkpoint directory")
+        if not (root / "tokenizer.json").is_file():
+            raise BackendError(f"{self.name}: the checkpoint has no tokenizer.json")
+        if isinstance(dtype, str):
+            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+                raise BackendError(f"{self.name}: unknown dtype {dtype!r}")
+            dtype = getattr(torch, dtype)
+        try:
+            self.model = checkpoint.load(root, device=device, dtype=dtype)
+            self.tokenizer = tokenizer_module.load(root)
+            self._plain_stops = [special_id(self.tokenizer, t) for t in (EOT, FILE_SEP)]
+            self._chat_stops = [special_id(self.tokenizer, t) for t in (IM_END, EOT)]
+        except (checkpoint.CheckpointError, ValueError) as e:
+            raise BackendError(f"{self.name}: {e}") from None
+        except Exception as e:  # the tokenizers library raises a bare Exception for a bad tokenizer.json
+            raise BackendError(f"{self.name}: cannot load the tokenizer ({e})") from None
+
+    def complete(self, prompts: Sequence[str], params: SamplingParams) -> list[list[str]]:
+        if isinstance(prompts, str):
+            raise TypeError("complete takes a sequence of prompts, not one string")
+        ids = [e.ids for e in self.tokenizer.encode_batch(list(prompts), add_special_tokens=False)]
+        return self._generate(ids, params, self._plain_stops)
+
+    def chat(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[list[str]]:
+        texts = [
+            "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in conv)
+            + f"{IM_START}assistant\n"
+            for conv in conversations
+        ]
+        ids = [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+        return self._generate(ids, params, self._chat_stops)
+
+    def _generate(self, ids: list[list[int]], params: SamplingParams, stop_ids: list[int]) -> list[list[str]]:
+        from codefoundry.models.generate import complete_ids
+
+        # The n samples of a prompt are adjacent rows; greedy ones are all the same sequence.
+        per_prompt = 1 if params.greedy else params.n
+        rows = [p for p in ids for _ in range(per_prompt)]
+        texts = complete_ids(
+            self.model, self.tokenizer, rows, max_new_tokens=params.max_tokens, stop_ids=stop_ids,
+            stop=params.stop, temperature=params.temperature, top_p=params.top_p, seed=params.seed,
+            batch_size=self.batch_size,
+        )  # fmt: skip
+        return [
+            texts[i * per_prompt : (i + 1) * per_prompt] * (params.n if params.greedy else 1)
+            for i in range(len(ids))
+        ]

@@ -1,0 +1,627 @@
+"""Generation from a codefoundry `Transformer`: batched KV-cached decoding, greedy or top-k/top-p
+sampling, stop tokens and stop strings, streaming, fill-in-the-middle prompts, and self-speculative
+greedy decoding with the model's own MTP modules.
+
+`generate` works on token ids. A batch is left-padded to its longest prompt: padding keys are masked
+and each row's rotary positions start at 0 where its prompt starts (a batch without padding needs
+neither). One `KVCache` of prompt + max_new positions is allocated up front; the prompt runs in one
+forward (`Transformer`'s blocks, last-position logits only), then each new token in one `_Step`.
+
+Stop strings are matched on the bytes of each row's last tokens, and only when the new token holds the
+last byte of some stop string. The ids a row returns include the token that completed a stop string;
+`complete` and `complete_ids` cut the text before it, as `truncate_at_stop` does.
+
+Speculative decoding (greedy only): MTP module k drafts token i+k+1 from the main model's hidden state
+at i and the tokens in between (DeepSeek-V3's chain), the main model checks all drafts in one forward,
+the longest agreeing prefix plus the main model's own next token are kept, and the caches are rolled
+back past the rest. The output is the greedy output; rows run one at a time.
+
+Limits: prompt + max_new_tokens must fit `max_seq_len` (`complete_ids` trims prompts to fit: the head
+of a plain prompt, the far ends of a FIM prefix and suffix). No repetition penalties, no beam search.
+"""
+
+from __future__ import annotations
+
+import codecs
+import sys
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from codefoundry.models.backends.base import truncate_at_stop
+from codefoundry.models.moe import SwiGLU
+from codefoundry.models.tokenizer import EOT, FILE_SEP, FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX
+from codefoundry.models.transformer import KVCache, Transformer
+
+__all__ = [
+    "SpeculativeResult",
+    "complete",
+    "complete_ids",
+    "decode",
+    "fim_prompt_ids",
+    "generate",
+    "generate_command",
+    "special_id",
+    "speculative_decode",
+    "token_bytes",
+]
+
+# on_token(row, token_id) sees every kept token in order; returning True ends that row (the token stays).
+OnToken = Callable[[int, int], "bool | None"]
+OnText = Callable[[int, str], None]  # on_text(row, piece): the row's text, piece by piece
+
+FIM_STOPS = (EOT, FIM_PAD, FILE_SEP)
+PLAIN_STOPS = (EOT, FILE_SEP)
+
+
+# -- token ids -> bytes -------------------------------------------------------------------------------------
+def _byte_level_alphabet() -> dict[str, int]:
+    """The GPT-2 byte-level mapping, inverted: printable bytes stand for themselves, the other 68 bytes
+    for the characters 256, 257, ... in byte order."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    others = [b for b in range(256) if b not in printable]
+    chars = {b: b for b in printable} | {b: 256 + i for i, b in enumerate(others)}
+    return {chr(c): b for b, c in chars.items()}
+
+
+_TABLES: dict[int, tuple[object, list[bytes]]] = {}  # id(tokenizer) -> (tokenizer kept alive, table)
+
+
+def token_bytes(tokenizer) -> list[bytes]:
+    """The UTF-8 bytes of every token id of a `tokenizers.Tokenizer` (special tokens as their text), so
+    decoding is `b"".join(table[i] for i in ids).decode("utf-8", "replace")`. Cached per tokenizer."""
+    hit = _TABLES.get(id(tokenizer))
+    if hit is not None and hit[0] is tokenizer:
+        return hit[1]
+    alphabet = _byte_level_alphabet()
+    special = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
+    table = []
+    for i in range(tokenizer.get_vocab_size(with_added_tokens=True)):
+        piece = tokenizer.id_to_token(i) or ""
+        if piece in special:
+            table.append(piece.encode())
+        elif all(c in alphabet for c in piece):
+            table.append(bytes(alphabet[c] for c in piece))
+        else:  # not a byte-level vocabulary: ask the decoder
+            table.append(tokenizer.decode([i], skip_special_tokens=False).encode())
+    _TABLES[id(tokenizer)] = (tokenizer, table)
+    return table
+
+
+def decode(table: list[bytes], ids: Sequence[int]) -> str:
+    """The text of `ids` given `token_bytes(tokenizer)` (invalid UTF-8 becomes U+FFFD)."""
+    return b"".join(table[i] for i in ids).decode("utf-8", "replace")
+
+
+# -- per-row bookkeeping ------------------------------------------------------------------------------------
+class _Rows:
+    """What each row has produced, and whether it is finished (stop id, stop string, callback, length)."""
+
+    def __init__(self, n: int, max_new: int, stop_ids, stop_strings, table, on_token) -> None:
+        self.out: list[list[int]] = [[] for _ in range(n)]
+        self.max_new, self.stop_ids, self.on_token = max_new, frozenset(stop_ids), on_token
+        self.stops = [s.encode() for s in stop_strings]
+        self.table = table
+        self.tails = [b"" for _ in range(n)]  # the last bytes of each row, enough to hold any stop string
+        self.last_bytes = frozenset(s[-1] for s in self.stops)
+        self.keep = max((len(s) for s in self.stops), default=0)
+
+    def push(self, row: int, token: int) -> bool:
+        """Record `token` for `row`; True when the row is finished."""
+        if token in self.stop_ids:
+            return True
+        out = self.out[row]
+        out.append(token)
+        if self.on_token is not None and self.on_token(row, token):
+            return True
+        if self.stops:
+            piece = self.table[token]
+            tail = self.tails[row] + piece
+            self.tails[row] = tail[-self.keep :]
+            # A stop string can only have just appeared if this token holds its last byte.
+            if not self.last_bytes.isdisjoint(piece) and any(s in tail for s in self.stops):
+                return True
+        return len(out) >= self.max_new
+
+
+class _Sampler:
+    """Next tokens from last-position logits: argmax at temperature 0, else top-k/top-p sampling."""
+
+    def __init__(self, temperature: float, top_k: int, top_p: float, seed: int | None, device) -> None:
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.gen = None
+        if temperature > 0:
+            self.gen = torch.Generator(device=device)
+            if seed is None:
+                self.gen.seed()  # fresh entropy; a fixed seed would make "unseeded" repeat itself
+            else:
+                self.gen.manual_seed(seed)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        # logits: (B, V) -> tokens (B,)
+        if self.gen is None:
+            return logits.argmax(dim=-1)
+        logits = logits.float() / self.temperature
+        if 0 < self.top_k < logits.shape[-1]:
+            kth = logits.topk(self.top_k, dim=-1).values[:, -1:]  # (B, 1)
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.top_p < 1.0:
+            ordered, order = logits.sort(dim=-1, descending=True)
+            probs = ordered.softmax(dim=-1)
+            # Drop a token when the tokens before it already cover top_p (the first one always stays).
+            drop = probs.cumsum(dim=-1) - probs > self.top_p
+            logits = logits.scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
+        return torch.multinomial(logits.softmax(dim=-1), 1, generator=self.gen).squeeze(1)
+
+
+# -- generation on ids ------------------------------------------------------------------------------------
+def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stop_ids: Sequence[int] = (),
+             stop_strings: Sequence[str] = (), tokenizer=None, on_token: OnToken | None = None,
+             speculative: bool = False) -> list[list[int]]:  # fmt: skip
+    """The new tokens of each prompt. A row ends at a stop id (not returned), at a stop string (matched on
+    the decoded bytes; the token completing it is returned), when `on_token(row, id)` returns True, or
+    after max_new_tokens. temperature 0 is greedy; else top-k (0 = off) and top-p sampling from a
+    generator seeded by `seed`. `speculative` drafts with the MTP modules (greedy, same output)."""
+    _check(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_strings, tokenizer)
+    table = token_bytes(tokenizer) if stop_strings else None
+    rows = _Rows(len(prompts), max_new_tokens, stop_ids, stop_strings, table, on_token)
+    with torch.inference_mode():
+        if speculative:
+            if temperature > 0:
+                raise ValueError("generate: speculative decoding is greedy only; pass temperature=0")
+            for i, prompt in enumerate(prompts):
+                _speculative(model, prompt, rows, i)
+        else:
+            sampler = _Sampler(temperature, top_k, top_p, seed, model.embed.weight.device)
+            _decode(model, prompts, rows, sampler)
+    return rows.out
+
+
+def _check(model, prompts, max_new, temperature, top_k, top_p, stop_strings, tokenizer) -> None:
+    cfg = model.cfg
+    if not isinstance(prompts, list) or not prompts:
+        raise ValueError("generate: prompts must be a non-empty list of token-id lists")
+    if max_new < 1:
+        raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new}")
+    if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
+        raise ValueError(
+            f"generate: need temperature >= 0, top_k >= 0, 0 < top_p <= 1; got {temperature}, {top_k}, "
+            f"{top_p}"
+        )
+    if stop_strings and (tokenizer is None or not all(stop_strings)):
+        raise ValueError("generate: stop_strings must be non-empty and need the tokenizer (pass tokenizer=)")
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"generate: prompt {i} is empty")
+        if len(p) + max_new > cfg.max_seq_len:
+            raise ValueError(
+                f"generate: prompt {i} has {len(p)} tokens; with max_new_tokens={max_new} that exceeds "
+                f"the model's max_seq_len={cfg.max_seq_len}"
+            )
+        if min(p) < 0 or max(p) >= cfg.vocab_size:
+            raise ValueError(f"generate: prompt {i} has a token id outside [0, {cfg.vocab_size})")
+
+
+def _decode(model: Transformer, prompts: list[list[int]], rows: _Rows, sample: _Sampler) -> None:
+    B, lengths = len(prompts), [len(p) for p in prompts]
+    L = max(lengths)
+    S = L + rows.max_new
+    device, dtype = model.embed.weight.device, model.embed.weight.dtype
+    cache = KVCache.empty(model.cfg, B, S, layers=model.cfg.n_layers, device=device, dtype=dtype)
+    pads = [L - n for n in lengths]
+    ids = torch.tensor([[0] * pad + p for pad, p in zip(pads, prompts, strict=True)], device=device)  # (B, L)
+    positions = keys = None
+    if any(pads):
+        pad = torch.tensor(pads, device=device).unsqueeze(1)  # (B, 1)
+        keys = torch.arange(S, device=device) >= pad  # (B, S): False on padding
+        positions = (torch.arange(L, device=device) - pad).clamp_min(0)  # (B, L)
+        causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
+        # Padding queries attend to themselves only, so no softmax row is empty (an empty one is NaN).
+        mask = (causal & keys[:, None, :L]) | torch.eye(L, dtype=torch.bool, device=device)
+        logits = _prefill(model, ids, cache, positions, mask.unsqueeze(1))
+        positions = positions[:, -1:].clone()  # (B, 1): advanced in place every step
+        keys = keys.view(B, 1, 1, S)  # built once; each step takes the first cache.length + 1 keys
+    else:
+        logits = _prefill(model, ids, cache, None, None)
+    step = _Step(model, cache, keys)
+    active = list(range(B))
+    for _ in range(rows.max_new):
+        tokens = sample(logits)  # (B,)
+        values = tokens.tolist()
+        active = [b for b in active if not rows.push(b, values[b])]
+        if not active:
+            break
+        if positions is not None:
+            positions += 1
+        logits = step(tokens.view(B, 1), positions)[0][:, 0]  # (B, V)
+
+
+def _prefill(model: Transformer, ids, cache: KVCache, positions, mask) -> torch.Tensor:
+    """`Transformer.forward` over the prompts (B, L), keeping the logits of the last position only:
+    (B, V) instead of (B, L, V), which for a small model with a 32k vocabulary is half the work."""
+    cos, sin = model.rope(positions, cache.length, ids.shape[1])
+    x = model.embed(ids)  # (B, L, dim)
+    for i, layer in enumerate(model.layers):
+        x = layer(x, cos, sin, cache, i, mask)
+    cache.length += ids.shape[1]
+    return model.lm_head(model.norm(x[:, -1]))  # (B, V)
+
+
+class _Step:
+    """A forward over a few new tokens per row (a decoding step, or a speculative check of drafts): the
+    arithmetic of `Transformer.forward`, in fewer operations (one rotary op for Q and K, no mask for a
+    single unpadded token, weights in the layout CPUs read fastest), because at sampling batch sizes a
+    step costs per operation and per byte of weights read, not per FLOP. Checked token for token against
+    `Transformer.forward` in the tests."""
+
+    def __init__(self, model: Transformer, cache: KVCache, keys: torch.Tensor | None) -> None:
+        cfg = model.cfg
+        self.model, self.cache = model, cache
+        self.heads, self.kv_heads, self.eps = cfg.n_heads, cfg.n_kv_heads, cfg.norm_eps
+        half = cfg.head_dim // 2
+        # rotate_half(x) * sin == roll(x, half) * [-sin[:half], sin[half:]]: fold the sign into the table.
+        self.cos = model.rope_cos  # (max_seq_len, hd), fp32
+        self.sin = torch.cat([-model.rope_sin[:, :half], model.rope_sin[:, half:]], dim=-1)
+        self.half, self.dtype, self.scale = half, model.embed.weight.dtype, cfg.head_dim**-0.5
+        # keys: (B, 1, 1, S), False on padding, or None -> the scores' bias: -inf on padding keys, else 0.
+        self.bias = (
+            None
+            if keys is None
+            else torch.zeros(keys.shape, device=keys.device).masked_fill(~keys, -torch.inf)
+        )
+        self.layers, self.head = _step_weights(model)
+
+    def __call__(
+        self, tokens: torch.Tensor, positions: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (B, T) at `positions` (B, T), or unpadded from cache.length on -> (logits (B, T, V),
+        hidden (B, T, dim): the last block's output, as `Output.hidden`)."""
+        m, cache = self.model, self.cache
+        (B, T), H, Hkv, start = tokens.shape, self.heads, self.kv_heads, cache.length
+        if positions is None:
+            cos, sin = self.cos[start : start + T, None], self.sin[start : start + T, None]  # (T, 1, hd)
+        else:
+            cos, sin = self.cos[positions].unsqueeze(2), self.sin[positions].unsqueeze(2)  # (B, T, 1, hd)
+        x = F.embedding(tokens.reshape(-1), m.embed.weight)  # (B*T, dim)
+        shape = (x.shape[-1],)
+        for i, (block, (w_qkv, w_out, w_gate_up, w_down)) in enumerate(
+            zip(m.layers, self.layers, strict=True)
+        ):
+            h = F.rms_norm(x, shape, block.attn_norm.weight, self.eps)
+            b_qkv = block.attn.qkv.bias
+            qkv = (h @ w_qkv if b_qkv is None else torch.addmm(b_qkv, h, w_qkv)).view(B, T, H + 2 * Hkv, -1)
+            qk = qkv[:, :, : H + Hkv]  # (B, T, H + Hkv, hd): the query heads, then the key heads
+            qk = torch.addcmul(qk * cos, qk.roll(self.half, dims=-1), sin)
+            if qk.dtype != self.dtype:  # the tables are fp32, as in Transformer.forward
+                qk = qk.to(self.dtype)
+            x = x + self._attend(i, qk, qkv[:, :, H + Hkv :], start) @ w_out
+            h = F.rms_norm(x, shape, block.mlp_norm.weight, self.eps)
+            if w_gate_up is None:  # a mixture of experts: its own module
+                x = x + block.mlp(h)
+            else:
+                gate, up = (h @ w_gate_up).chunk(2, dim=-1)
+                x = x + (F.silu(gate) * up) @ w_down
+        cache.length = start + T
+        return (m.norm(x) @ self.head).view(B, T, -1), x.view(B, T, -1)
+
+    def _attend(self, layer: int, qk: torch.Tensor, v_new: torch.Tensor, start: int) -> torch.Tensor:
+        """Write the new keys and values at `start`, attend; qk (B, T, H + Hkv, hd), v_new (B, T, Hkv, hd)
+        -> (B*T, H*hd)."""
+        (B, T), H, Hkv = qk.shape[:2], self.heads, self.kv_heads
+        k, v = self.cache.k[layer], self.cache.v[layer]  # (B, Hkv, capacity, hd)
+        k.narrow(2, start, T).copy_(qk[:, :, H:].transpose(1, 2))
+        v.narrow(2, start, T).copy_(v_new.transpose(1, 2))
+        k, v = k.narrow(2, 0, start + T), v.narrow(2, 0, start + T)
+        if T == 1:
+            # Attention as two batched matmuls, the `rep` query heads that share a key head (h // rep, as
+            # enable_gqa reads them) as that head's rows: on CPU about twice as fast as SDPA's kernel
+            # for one query. The softmax runs in fp32, as SDPA's does.
+            G, S = B * Hkv, start + 1
+            q = qk[:, 0, :H].reshape(G, H // Hkv, -1) * self.scale  # (B*Hkv, rep, hd)
+            scores = torch.bmm(q, k.reshape(G, S, -1).transpose(1, 2)).float()  # (B*Hkv, rep, S)
+            if self.bias is not None:  # -inf on padding keys
+                scores = (scores.view(B, Hkv, -1, S) + self.bias[..., :S]).view(G, -1, S)
+            y = torch.bmm(scores.softmax(dim=-1).to(v.dtype), v.reshape(G, S, -1))  # (B*Hkv, rep, hd)
+            return y.view(B, -1)
+        if self.bias is not None:
+            raise ValueError("_Step: several new tokens per row need an unpadded batch")
+        # New queries see every cached key and, among themselves, only earlier ones.
+        mask = torch.ones(T, start + T, dtype=torch.bool, device=qk.device).tril(start)
+        y = F.scaled_dot_product_attention(
+            qk[:, :, :H].transpose(1, 2), k, v, attn_mask=mask, enable_gqa=self.kv_heads != self.heads
+        )
+        return y.transpose(1, 2).reshape(B * T, -1)  # (B, H, T, hd) -> (B*T, H*hd)
+
+
+# Transposed copies of the step's weight matrices, per CPU model. On CPU, `x @ W_t` with W_t stored
+# (in, out) reads the weights about 25% faster than `F.linear(x, W)` at batch 1 and 10% faster at 16 (a
+# step at small batch is bound by reading the weights). The copies are reused while the model's weights
+# are the same tensors at the same version (an optimizer step or a load makes new copies); models whose
+# matrices exceed TRANSPOSED_COPY_LIMIT bytes, and other devices, use transposed views instead.
+_TRANSPOSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+TRANSPOSED_COPY_LIMIT = 1 << 30
+
+
+def _step_weights(model: Transformer) -> tuple[list[tuple], torch.Tensor]:
+    """Per layer (qkv, out, gate_up, down), the last two None for a mixture-of-experts MLP, then the
+    output head: each the right-hand operand of `x @ W`, shape (in, out)."""
+    mats: list[torch.Tensor | None] = []
+    for block in model.layers:
+        dense = type(block.mlp) is SwiGLU
+        mats += [block.attn.qkv.weight, block.attn.out.weight]
+        mats += [block.mlp.gate_up.weight, block.mlp.down.weight] if dense else [None, None]
+    mats.append(model.lm_head.weight)
+    present = [w for w in mats if w is not None]
+    size = sum(w.numel() * w.element_size() for w in present)
+    if present[0].device.type != "cpu" or size > TRANSPOSED_COPY_LIMIT:
+        out = [None if w is None else w.t() for w in mats]
+    else:
+        versions = [None if w is None else w._version for w in mats]
+        hit = _TRANSPOSED.get(model)
+        if hit and all(a is b for a, b in zip(hit[0], mats, strict=True)) and hit[1] == versions:
+            out = hit[2]
+        else:
+            out = [None if w is None else w.t().contiguous() for w in mats]
+            _TRANSPOSED[model] = (mats, versions, out)
+    return [tuple(out[i : i + 4]) for i in range(0, len(out) - 1, 4)], out[-1]
+
+
+# -- self-speculative decoding ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SpeculativeResult:
+    tokens: list[int]
+    drafted: int  # draft tokens proposed by the MTP modules
+    accepted: int  # of those, the ones the main model agreed with
+    forwards: int  # main-model forwards, the prompt's included
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+
+def speculative_decode(model: Transformer, prompt: list[int], *, max_new_tokens: int,
+                       stop_ids: Sequence[int] = (), stop_strings: Sequence[str] = (), tokenizer=None,
+                       on_token: OnToken | None = None) -> SpeculativeResult:  # fmt: skip
+    """Greedy decoding of one prompt with MTP drafts, and how many drafts were accepted."""
+    _check(model, [prompt], max_new_tokens, 0.0, 0, 1.0, stop_strings, tokenizer)
+    table = token_bytes(tokenizer) if stop_strings else None
+    rows = _Rows(1, max_new_tokens, stop_ids, stop_strings, table, on_token)
+    with torch.inference_mode():
+        drafted, accepted, forwards = _speculative(model, prompt, rows, 0)
+    return SpeculativeResult(rows.out[0], drafted, accepted, forwards)
+
+
+def _speculative(model: Transformer, prompt: list[int], rows: _Rows, row: int) -> tuple[int, int, int]:
+    cfg = model.cfg
+    D = cfg.mtp_depth
+    if D == 0:
+        raise ValueError("generate: speculative decoding needs a model with MTP modules (mtp_depth > 0)")
+    device, dtype = model.embed.weight.device, model.embed.weight.dtype
+    S = len(prompt) + rows.max_new + D + 1
+    cache = KVCache.empty(cfg, 1, S, layers=cfg.n_layers, device=device, dtype=dtype)
+    drafts_cache = KVCache.empty(cfg, 1, S, layers=D, device=device, dtype=dtype)
+    # inputs[k, i]: what MTP module k+1 reads at position i (the main hidden state for k = 0, else
+    # module k's output); valid[k]: module k+1's cache and output are right for positions < valid[k].
+    inputs = torch.empty(D, S, cfg.dim, device=device, dtype=dtype)
+    valid = [0] * D
+    out = model(torch.tensor([prompt], device=device), cache=cache)
+    inputs[0, : len(prompt)] = out.hidden[0]
+    tokens = list(prompt)
+    step = _Step(model, cache, None)
+    pending = int(out.logits[0, -1].argmax())  # the main model's next token, not yet in its cache
+    drafted = accepted = 0
+    forwards = 1
+    while True:
+        tokens.append(pending)
+        if rows.push(row, pending):
+            break
+        n = cache.length  # tokens[n] is `pending`
+        d = min(D, rows.max_new - len(rows.out[row]) - 1)  # drafts beyond the length limit are wasted
+        drafts = _draft(model, step.head, drafts_cache, inputs, valid, tokens, n, d)
+        # The main model on [pending, d_1..d_d]: logits (1, d+1, V), hidden (1, d+1, dim).
+        logits, hidden = step(torch.tensor([[pending, *drafts]], device=device), None)
+        forwards += 1
+        verdict = logits[0].argmax(dim=-1).tolist()  # verdict[j]: the main model's token n+j+1
+        a = 0
+        while a < d and drafts[a] == verdict[a]:
+            a += 1
+        drafted, accepted = drafted + d, accepted + a
+        cache.length = n + a + 1  # forget the keys of rejected drafts
+        inputs[0, n : n + a + 1] = hidden[0, : a + 1]
+        # Module k at position i read token i+k; tokens up to n+a are now confirmed.
+        valid = [max(0, min(v, n + a - k)) for k, v in enumerate(valid, start=1)]
+        finished = False
+        for t in drafts[:a]:
+            tokens.append(t)
+            if rows.push(row, t):
+                finished = True
+                break
+        if finished:
+            break
+        pending = verdict[a]
+    return drafted, accepted, forwards
+
+
+def _draft(
+    model, head, cache: KVCache, inputs, valid: list[int], tokens: list[int], n: int, d: int
+) -> list[int]:
+    """d draft tokens for positions n+1..n+d; each MTP module first catches up on the positions where
+    its cache is stale, reading confirmed tokens where they exist and earlier drafts after them."""
+    drafts: list[int] = []
+    device = inputs.device
+    for k in range(1, d + 1):
+        module, start = model.mtp[k - 1], valid[k - 1]
+        # Module k at position i reads token i+k: tokens[i+k] while i+k <= n, else drafts[i+k-n-1].
+        nxt = tokens[start + k : n + 1] + drafts[max(0, start + k - n - 1) : k - 1]
+        nxt = torch.tensor(nxt, device=device)  # (n - start,)
+        cache.length = start  # the block attends over (and writes after) its own valid positions
+        h = module(
+            inputs[k - 1, start:n].unsqueeze(0), model.embed(nxt).unsqueeze(0),
+            model.rope_cos[start:n], model.rope_sin[start:n], cache, k - 1, None,
+        )[0]  # fmt: skip  # (n - start, dim)
+        valid[k - 1] = n
+        if k < len(valid):
+            inputs[k, start:n] = h
+        drafts.append(int((module.norm(h[-1]) @ head).argmax()))  # head: the output head, (dim, V)
+    return drafts
+
+
+# -- text ---------------------------------------------------------------------------------------------------
+def special_id(tokenizer, token: str) -> int:
+    """The id of a special token, or a ValueError naming it."""
+    i = tokenizer.token_to_id(token)
+    if i is None:
+        raise ValueError(f"the tokenizer has no {token} token (not a codefoundry tokenizer?)")
+    return i
+
+
+def fim_prompt_ids(tokenizer, prefix: str, suffix: str) -> list[int]:
+    """`<|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>` (PSM) as ids; the model writes the middle."""
+    return _fim_ids(tokenizer, prefix, suffix)[0]
+
+
+def _fim_ids(tokenizer, prefix: str, suffix: str) -> tuple[list[int], int]:
+    enc = tokenizer.encode_batch([prefix, suffix], add_special_tokens=False)
+    ids = [
+        special_id(tokenizer, FIM_PREFIX), *enc[0].ids,
+        special_id(tokenizer, FIM_SUFFIX), *enc[1].ids,
+        special_id(tokenizer, FIM_MIDDLE),
+    ]  # fmt: skip
+    return ids, len(enc[0].ids)
+
+
+def _fit(ids: list[int], n_prefix: int | None, budget: int) -> list[int]:
+    """`ids` shortened to `budget` tokens: a plain prompt loses its head; a FIM prompt (n_prefix = the
+    prefix's token count) loses the head of its prefix and the tail of its suffix, about evenly."""
+    if len(ids) <= budget:
+        return ids
+    if n_prefix is None:
+        return ids[len(ids) - budget :]
+    prefix, suffix = ids[1 : 1 + n_prefix], ids[2 + n_prefix : -1]
+    room = max(0, budget - 3)
+    keep_s = min(len(suffix), room // 2)
+    keep_p = min(len(prefix), room - keep_s)
+    keep_s = min(len(suffix), room - keep_p)
+    return [ids[0], *prefix[len(prefix) - keep_p :], ids[1 + n_prefix], *suffix[:keep_s], ids[-1]]
+
+
+def complete_ids(model: Transformer, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
+                 stop_ids: Sequence[int] = (), stop: Sequence[str] = (), temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, seed: int | None = None, batch_size: int = 16,
+                 on_text: OnText | None = None,
+                 fim_prefix_lengths: list[int | None] | None = None) -> list[str]:  # fmt: skip
+    """The text each prompt (as ids) continues with, cut before any stop string. Prompts run in batches
+    of similar length; a prompt too long for the model is trimmed (see `_fit`)."""
+    cap = model.cfg.max_seq_len
+    max_new = min(max_new_tokens, cap - 1)
+    budget = max(cap - max_new, min(cap // 2, max(map(len, prompts), default=1)))
+    max_new = min(max_new, cap - budget)
+    lengths = fim_prefix_lengths or [None] * len(prompts)
+    fitted = [_fit(p, n, budget) for p, n in zip(prompts, lengths, strict=True)]
+    table = token_bytes(tokenizer)
+    order = sorted(range(len(fitted)), key=lambda i: len(fitted[i]))
+    texts: list[str] = [""] * len(fitted)
+    for batch_no, start in enumerate(range(0, len(order), batch_size)):
+        chunk = order[start : start + batch_size]
+        streams = [_TextStream(table, stop, i, on_text) for i in chunk] if on_text else None
+        out = generate(
+            model, [fitted[i] or [special_id(tokenizer, EOT)] for i in chunk], max_new_tokens=max_new,
+            temperature=temperature, top_k=top_k, top_p=top_p,
+            seed=None if seed is None else seed * 1_000_003 + batch_no,  # batches draw different numbers
+            stop_ids=stop_ids, stop_strings=stop, tokenizer=tokenizer,
+            on_token=(lambda row, tok, s=streams: s[row].push(tok)) if streams else None,
+        )  # fmt: skip
+        for j, i in enumerate(chunk):
+            texts[i] = truncate_at_stop(decode(table, out[j]), stop)
+            if streams:
+                streams[j].close()
+    return texts
+
+
+def complete(model: Transformer, tokenizer, prompts: list[str], *, suffixes: list[str | None] | None = None,
+             max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+             seed: int | None = None, stop: Sequence[str] = (), on_text: OnText | None = None,
+             batch_size: int = 16) -> list[str]:  # fmt: skip
+    """Continue each prompt; with a (non-None) suffix, write the middle between prompt and suffix (FIM,
+    PSM). Generation ends at <|endoftext|> or <|file_sep|> (and <|fim_pad|> for FIM), at a stop string,
+    or after max_new_tokens. `on_text(row, piece)` streams each row's text as it is decided."""
+    suffixes = suffixes if suffixes is not None else [None] * len(prompts)
+    if len(suffixes) != len(prompts):
+        raise ValueError(f"complete: {len(prompts)} prompts but {len(suffixes)} suffixes")
+    fim = any(s is not None for s in suffixes)
+    ids, prefix_lengths = [], []
+    for prompt, suffix in zip(prompts, suffixes, strict=True):
+        if suffix is None:
+            ids.append(tokenizer.encode(prompt, add_special_tokens=False).ids)
+            prefix_lengths.append(None)
+        else:
+            fim_ids, n_prefix = _fim_ids(tokenizer, prompt, suffix)
+            ids.append(fim_ids)
+            prefix_lengths.append(n_prefix)
+    stop_ids = [special_id(tokenizer, t) for t in (FIM_STOPS if fim else PLAIN_STOPS)]
+    return complete_ids(
+        model, tokenizer, ids, max_new_tokens=max_new_tokens, stop_ids=stop_ids, stop=stop,
+        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size,
+        on_text=on_text, fim_prefix_lengths=prefix_lengths,
+    )  # fmt: skip
+
+
+class _TextStream:
+    """One row's text as it is generated: bytes are decoded incrementally (a character split across
+    tokens waits for its last byte) and text that may be the start of a stop string is held back, so the
+    pieces add up to exactly the text `complete` returns."""
+
+    def __init__(self, table: list[bytes], stops: Sequence[str], row: int, emit: OnText) -> None:
+        self.table, self.stops, self.row, self.emit = table, tuple(stops), row, emit
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.pending = ""
+        self.done = False
+
+    def push(self, token: int) -> None:
+        if self.done:
+            return
+        self.pending += self.decoder.decode(self.table[token])
+        cut = truncate_at_stop(self.pending, self.stops)
+        if len(cut) < len(self.pending):
+            self._emit(cut)
+            self.done = True
+            return
+        text = self.pending
+        hold = max((n for s in self.stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+        self._emit(text[: len(text) - hold])
+        self.pending = text[len(text) - hold :]
+
+    def close(self) -> None:
+        if not self.done:
+            self.pending += self.decoder.decode(b"", final=True)
+            self._emit(truncate_at_stop(self.pending, self.stops))
+            self.done = True
+
+    def _emit(self, text: str) -> None:
+        if text:
+            self.emit(self.row, text)
+        self.pending = ""
+
+
+def generate_command(ckpt: str, prompt: str, suffix: str | None, max_tokens: int, temperature: float,
+                     top_p: float, seed: int | None, stream: bool) -> str:  # fmt: skip
+    """What `codefoundry generate CKPT --prompt TEXT [--suffix TEXT]` does: the completion (the middle
+    when a suffix is given). With `stream`, the text is also written to stdout as it is generated."""
+    from codefoundry.models import checkpoint
+    from codefoundry.models import tokenizer as tokenizer_module
+
+    model = checkpoint.load(ckpt)
+    tok = tokenizer_module.load(ckpt)
+
+    def write(_row: int, piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    return complete(
+        model, tok, [prompt], suffixes=[suffix], max_new_tokens=max_tokens, temperature=temperature,
+        top_p=top_p, seed=seed, on_text=write if stream else None,
+    )[0]  # fmt: skip

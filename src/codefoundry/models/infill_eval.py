@@ -1,0 +1,253 @@
+"""Two cheap checks of a code model on held-out source files, neither of which runs model output:
+
+- fill-in-the-middle exact match: hide the body of a short function, give the model the text before
+  and after it (FIM, PSM), and compare what it writes with the real body;
+- syntax validity: give the model the text up to the end of a function's header (and docstring), let
+  it write the body left to right until a line comes back to the `def`'s indentation, and count the
+  functions `ast.parse` accepts.
+
+Examples come from `heldout_functions`: function definitions whose body is 1..15 lines, chosen at random
+(with a seed) across the given texts. Prefix and suffix are trimmed to a character budget at line
+boundaries so that prompts fit a small model's context. Exact match is strict: a correct body written
+differently counts as a miss.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import random
+import textwrap
+from dataclasses import dataclass
+
+from codefoundry.models.generate import PLAIN_STOPS, complete, decode, generate, special_id, token_bytes
+
+__all__ = ["InfillExample", "fim_exact_match", "heldout_functions", "syntax_valid_fraction"]
+
+
+@dataclass(frozen=True)
+class InfillExample:
+    prefix: str  # the file before the body, ending with the def line(s) and docstring and a newline
+    middle: str  # the body's lines, each ending with a newline
+    suffix: str  # the rest of the file
+    name: str  # "TEXT_INDEX:QUALNAME:LINE"
+    header: str = ""  # the def line(s) and docstring alone (what the syntax check parses with the body)
+
+
+def heldout_functions(
+    texts: list[str],
+    *,
+    limit: int,
+    seed: int,
+    max_body_lines: int = 15,
+    prefix_chars: int = 2000,
+    suffix_chars: int = 1000,
+) -> list[InfillExample]:
+    """Up to `limit` short functions drawn at random (reproducibly, by `seed`) from `texts`; texts that do
+    not parse are skipped."""
+    candidates = []
+    for index, text in enumerate(texts):
+        lines = _lines(text)
+        try:
+            tree = ast.parse(text)
+        except (SyntaxError, ValueError):
+            continue
+        for qualname, node in _functions(tree):
+            span = _body_span(node, lines)
+            if span is not None and span[1] - span[0] <= max_body_lines:
+                candidates.append((index, qualname, node.lineno, span))
+    random.Random(seed).shuffle(candidates)
+    examples = []
+    for index, qualname, def_line, (start, end) in candidates[:limit]:
+        lines = _lines(texts[index])
+        examples.append(
+            InfillExample(
+                prefix=_tail("".join(lines[:start]), prefix_chars),
+                middle=_ensure_newline("".join(lines[start:end])),
+                suffix=_head("".join(lines[end:]), suffix_chars),
+                name=f"{index}:{qualname}:{def_line}",
+                header="".join(lines[def_line - 1 : start]),
+            )
+        )
+    return examples
+
+
+def _lines(text: str) -> list[str]:
+    # Split where Python's tokenizer does (\n, \r\n, \r), not at str.splitlines' form feeds and
+    # separators, so line i here is ast's line i + 1.
+    return io.StringIO(text, newline="").readlines()
+
+
+def _functions(tree: ast.AST):
+    """(qualified name, node) of every function definition, nested ones included, in source order.
+    A stack, not recursion: deeply nested expressions would hit the recursion limit."""
+    found, stack = [], [(tree, "")]
+    while stack:
+        node, scope = stack.pop()
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                if not isinstance(child, ast.ClassDef):
+                    found.append((f"{scope}{child.name}", child))
+                stack.append((child, f"{scope}{child.name}."))
+            else:
+                stack.append((child, scope))
+    return sorted(found, key=lambda item: (item[1].lineno, item[1].col_offset))
+
+
+def _body_span(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> tuple[int, int] | None:
+    """0-based [start, end) lines of the body after any docstring, or None when the body does not start
+    on a line of its own (a one-line def, a statement after `;`) or is only a docstring."""
+    body = node.body
+    if body and _is_docstring(body[0]):
+        body = body[1:]
+    if not body:
+        return None
+    first, last = body[0], body[-1]
+    start = first.lineno - 1
+    if start <= node.lineno - 1 or lines[start][: first.col_offset].strip():
+        return None
+    if node.body[0] is not first and node.body[0].end_lineno - 1 >= start:
+        return None  # docstring and first statement share a line
+    return start, last.end_lineno
+
+
+def _is_docstring(stmt: ast.stmt) -> bool:
+    return (
+        isinstance(stmt, ast.Expr)
+        and isinstance(stmt.value, ast.Constant)
+        and isinstance(stmt.value.value, str)
+    )
+
+
+def _tail(text: str, budget: int) -> str:
+    """The last whole lines of `text` that fit in `budget` characters."""
+    if len(text) <= budget:
+        return text
+    cut = text.find("\n", len(text) - budget - 1)
+    return text[cut + 1 :] if cut != -1 else ""
+
+
+def _head(text: str, budget: int) -> str:
+    """The first whole lines of `text` that fit in `budget` characters."""
+    if len(text) <= budget:
+        return text
+    cut = text.rfind("\n", 0, budget)
+    return text[: cut + 1]
+
+
+def _ensure_newline(text: str) -> str:
+    return text if text.endswith("\n") else text + "\n"
+
+
+def fim_exact_match(model, tokenizer, examples: list[InfillExample], *, max_new_tokens: int) -> dict:
+    """Greedy FIM on every example: the fraction whose middle is reproduced exactly (trailing whitespace
+    aside), and the fraction whose first line is."""
+    if not examples:
+        raise ValueError("fim_exact_match: no examples")
+    got = complete(
+        model, tokenizer, [e.prefix for e in examples], suffixes=[e.suffix for e in examples],
+        max_new_tokens=max_new_tokens,
+    )  # fmt: skip
+    exact = sum(g.rstrip() == e.middle.rstrip() for g, e in zip(got, examples, strict=True))
+    first = sum(_first_line(g) == _first_line(e.middle) for g, e in zip(got, examples, strict=True))
+    n = len(examples)
+    return {"n": n, "exact_match": exact / n, "first_line_match": first / n}
+
+
+def _first_line(text: str) -> str:
+    return text.split("\n", 1)[0].rstrip()
+
+
+def syntax_valid_fraction(
+    model,
+    tokenizer,
+    examples: list[InfillExample],
+    *,
+    n: int,
+    temperature: float,
+    seed: int,
+    max_new_tokens: int,
+    batch_size: int = 16,
+) -> dict:
+    """Sample `n` bodies per example after its header; the fraction that make a function `ast.parse`
+    accepts. A body ends at the first non-blank line indented no deeper than the `def` (cut there), at
+    <|endoftext|> or <|file_sep|>, or after max_new_tokens."""
+    if not examples:
+        raise ValueError("syntax_valid_fraction: no examples")
+    table = token_bytes(tokenizer)
+    stop_ids = [special_id(tokenizer, t) for t in PLAIN_STOPS]
+    cap = model.cfg.max_seq_len
+    jobs = [(e, tokenizer.encode(e.prefix, add_special_tokens=False).ids) for e in examples for _ in range(n)]
+    valid = 0
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        watchers = [_BodyEnd(table, _indent(_header(e))) for e, _ in chunk]
+        budget = min(cap - 1, max(1, cap - max_new_tokens))
+        prompts = [ids[-budget:] or stop_ids[:1] for _, ids in chunk]
+        new = min(max_new_tokens, cap - max(map(len, prompts)))
+        out = generate(
+            model, prompts, max_new_tokens=new, temperature=temperature,
+            seed=seed * 1_000_003 + start, stop_ids=stop_ids,
+            on_token=lambda row, tok, w=watchers: w[row].push(tok),
+        )  # fmt: skip
+        for (e, _), ids, watcher in zip(chunk, out, watchers, strict=True):
+            body = watcher.cut(decode(table, ids))
+            valid += _parses(_header(e), body)
+    total = len(jobs)
+    return {"n": total, "examples": len(examples), "valid": valid, "syntax_valid": valid / total}
+
+
+def _header(e: InfillExample) -> str:
+    """The example's def line(s) and docstring; for hand-made examples, from the last `def` of the prefix."""
+    if e.header:
+        return e.header
+    lines = e.prefix.splitlines(keepends=True)
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].lstrip().startswith(("def ", "async def ")):
+            return "".join(lines[i:])
+    raise ValueError(f"{e.name}: no def line in the prefix to complete a body after")
+
+
+def _indent(header: str) -> int:
+    first = header.splitlines()[0]
+    return len(first) - len(first.lstrip())
+
+
+def _parses(header: str, body: str) -> bool:
+    try:
+        ast.parse(textwrap.dedent(header + body))
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+class _BodyEnd:
+    """Watches one row's text and ends it at the first non-blank line indented <= the def's indentation."""
+
+    def __init__(self, table: list[bytes], indent: int) -> None:
+        self.table, self.indent = table, indent
+        self.text = b""
+        self.line_start = 0  # where the first line not yet known to be inside the body starts
+
+    def push(self, token: int) -> bool:
+        self.text += self.table[token]
+        return self._end(self.text) is not None
+
+    def _end(self, text: bytes) -> int | None:
+        """Offset of the first line that leaves the body; lines before `line_start` are inside it."""
+        while True:
+            line_end = text.find(b"\n", self.line_start)
+            line = text[self.line_start : len(text) if line_end == -1 else line_end]
+            stripped = line.lstrip(b" \t\r\f")
+            # A line's indentation is known once it has a non-blank character.
+            if stripped and len(line) - len(stripped) <= self.indent:
+                return self.line_start
+            if line_end == -1:
+                return None
+            self.line_start = line_end + 1
+
+    def cut(self, text: str) -> str:
+        """`text` (this row's decoded output) up to the line that leaves the body."""
+        self.line_start = 0
+        end = self._end(text.encode())
+        return text if end is None else text.encode()[:end].decode("utf-8", "replace")

@@ -1,0 +1,1 @@
+"""Training: the pretraining data path and loop, SFT and RL with verifiable rewards."""

@@ -1,0 +1,603 @@
+"""The pretraining loop (`codefoundry pretrain`): AdamW with warmup + cosine, gradient accumulation and
+clipping, bf16 autocast on GPUs, optional `torch.compile`, DDP under torchrun, atomic checkpoints with
+exact resume, metrics (JSONL, TensorBoard, a loss plot) and a final summary.
+
+One process per device. Under torchrun (`WORLD_SIZE` > 1 in the environment) each rank draws its own
+batches (`PretrainData` is seeded by (seed, step, micro, rank)), gradients are averaged by DDP once per
+optimizer step (`no_sync` on the earlier micro-batches), and only rank 0 logs, evaluates and saves.
+`batch_size` is the per-rank micro-batch: one optimizer step sees
+batch_size * grad_accum * world_size * seq_len tokens.
+
+Exact resume: the checkpoint holds the weights (fp32), the optimizer state, the step and the RNG states;
+the data is a pure function of the step and nothing in the loop draws random numbers, so a resumed run
+computes bit-identical losses to an uninterrupted one on the same machine (tested on CPU with a real
+SIGKILL). A checkpoint is written to `OUT/checkpoint.tmp` and renamed into place, so a kill mid-save
+leaves the previous one intact (if the kill lands between the two renames, `OUT/checkpoint.old` is it).
+
+Limits: one model replica per device (no FSDP or tensor parallelism); an MoE under DDP uses
+`find_unused_parameters`, since an expert no token chose on a rank has no gradient there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from codefoundry.models import checkpoint as ckpt
+from codefoundry.models.config import config_for_size
+from codefoundry.models.transformer import Transformer
+from codefoundry.train.metrics import METRICS, MetricsLogger, flops_per_token, peak_flops, plot_curves
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from codefoundry.train.data import PretrainData
+
+CHECKPOINT = "checkpoint"
+TRAINER_STATE = "trainer_state.pt"
+SUMMARY = "summary.json"
+# Fields that change the model's parameters: a resume must keep them.
+SHAPE_FIELDS = ("size", "moe_experts", "moe_top_k", "mtp_depth")
+Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs, targets), each (B, T) int64
+Amp = torch.dtype | None  # the autocast dtype; None = plain fp32
+NoSync = Callable[[], AbstractContextManager] | None  # DDP's no_sync, or None outside DDP
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    data: str  # a directory of source files or of .npy token shards (see codefoundry.train.data)
+    tokenizer: str  # a tokenizer directory (tokenizer.json)
+    out: str  # run directory: checkpoint/, metrics.jsonl, tb/, loss.png, summary.json
+    size: str = "tiny"  # a named size of codefoundry.models.config.SIZES
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 16  # sequences per micro-batch, per rank
+    grad_accum: int = 1  # micro-batches per optimizer step
+    seq_len: int = 512
+    lr: float = 3e-3  # peak; suits the small sizes (tiny..10m), lower it (~6e-4..3e-4) for 100m and up
+    min_lr: float | None = None  # the cosine's floor; None = lr / 10
+    warmup: int | None = None  # linear-warmup steps; None = min(steps // 10, 200)
+    weight_decay: float = 0.1  # on matrices and embeddings only (ndim >= 2)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0  # max global grad norm; 0 = no clipping (the norm is still logged)
+    fim_rate: float = 0.5
+    spm_rate: float = 0.5
+    mtp_depth: int = 0
+    mtp_weight: float = 0.3
+    moe_experts: int = 0  # 0 = dense
+    moe_top_k: int = 2
+    dtype: str = "auto"  # auto: bf16 autocast on CUDA with bf16 support, else fp32 | fp32 | bf16
+    compile: bool = False
+    seed: int = 0
+    eval_every: int = 250  # steps between validations (0 = only at the end)
+    eval_batches: int = 20
+    save_every: int = 1000  # steps between checkpoints (0 = only at the end)
+    log_every: int = 10
+    resume: bool = False  # continue from OUT/checkpoint
+    time_limit_s: float | None = None  # stop cleanly (save, evaluate, report) once exceeded
+    device: str = "auto"  # auto | cpu | cuda
+    progress: bool = True  # a tqdm bar on rank 0
+    peak_tflops: float | None = None  # the device's peak, for MFU; None = table (GPUs) or a timing
+    final_eval: bool = True  # FIM exact match and syntax validity on held-out functions at the end
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(self.betas))
+        checks = {
+            "steps": self.steps >= 1,
+            "batch_size": self.batch_size >= 1,
+            "grad_accum": self.grad_accum >= 1,
+            "seq_len": self.seq_len >= 2,
+            "lr": self.lr > 0,
+            "min_lr": self.min_lr is None or 0 <= self.min_lr <= self.lr,
+            "warmup": self.warmup is None or self.warmup >= 0,
+            "weight_decay": self.weight_decay >= 0,
+            "betas": len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "grad_clip": self.grad_clip >= 0,
+            "dtype": self.dtype in ("auto", "fp32", "bf16"),
+            "device": self.device in ("auto", "cpu", "cuda"),
+            "eval_every": self.eval_every >= 0,
+            "eval_batches": self.eval_batches >= 1,
+            "save_every": self.save_every >= 0,
+            "log_every": self.log_every >= 1,
+            "time_limit_s": self.time_limit_s is None or self.time_limit_s > 0,
+            "moe_experts": self.moe_experts >= 0,
+            "mtp_depth": self.mtp_depth >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"PretrainConfig.{name}: invalid value {getattr(self, name)!r}")
+        object.__setattr__(self, "min_lr", self.lr / 10 if self.min_lr is None else self.min_lr)
+        object.__setattr__(self, "warmup", min(self.steps // 10, 200) if self.warmup is None else self.warmup)
+
+
+def build_model(cfg: PretrainConfig, vocab_size: int) -> Transformer:
+    """The model of `cfg.size` at the tokenizer's vocabulary, initialised from `cfg.seed` (fp32)."""
+    mcfg = config_for_size(
+        cfg.size, vocab_size, max_seq_len=cfg.seq_len, moe_experts=cfg.moe_experts, moe_top_k=cfg.moe_top_k,
+        mtp_depth=cfg.mtp_depth, mtp_weight=cfg.mtp_weight,
+    )  # fmt: skip
+    torch.manual_seed(cfg.seed)
+    return Transformer(mcfg)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups: matrices and embeddings (ndim >= 2) decay; norms' gains and biases do not."""
+    decay, no_decay = [], []
+    for p in model.parameters():  # a tied head is the embedding: parameters() yields it once
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: PretrainConfig, device: torch.device) -> torch.optim.AdamW:
+    impl = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, **impl)
+
+
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    """The learning rate of optimizer step `step` (0-based): linear warmup to `lr` over `warmup` steps,
+    then a cosine that reaches `min_lr` at step `steps` (and stays there past it)."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def amp_dtype(name: str, device: torch.device) -> Amp:
+    """The autocast dtype (None = plain fp32). Weights and optimizer state always stay fp32."""
+    auto = name == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.bfloat16 if name == "bf16" or auto else None
+
+
+def autocast(device: torch.device, dtype: Amp) -> AbstractContextManager:
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def accumulate(
+    model: nn.Module, batches: list[Batch], *, device: torch.device, amp: Amp = None, no_sync: NoSync = None
+) -> dict[str, torch.Tensor]:
+    """Forward and backward over the micro-batches, each loss divided by their number, so the summed
+    gradients are those of the mean loss. `no_sync` (DDP's) skips the all-reduce on all but the last.
+    Returns the mean loss and loss parts, detached (0-d tensors: no device sync here)."""
+    n = len(batches)
+    totals: dict[str, torch.Tensor] = {}
+    for i, (inputs, targets) in enumerate(batches):
+        inputs = inputs.to(device, non_blocking=True)  # (B, T)
+        targets = targets.to(device, non_blocking=True)  # (B, T)
+        sync = no_sync is None or i == n - 1
+        with contextlib.nullcontext() if sync else no_sync():
+            with autocast(device, amp):
+                out = model(inputs, targets, logits=False)
+            (out.loss / n).backward()
+        for key, value in {"loss": out.loss.detach(), **out.parts}.items():
+            totals[key] = totals.get(key, 0) + value.float() / n
+    return totals
+
+
+@torch.no_grad()
+def evaluate(
+    model: Transformer, batches: list[Batch], *, device: torch.device, amp: Amp = None
+) -> float | None:
+    """Next-token loss (the MTP and aux parts left out) over the held-out batches, weighted by the number
+    of targets; None when there are no batches."""
+    if not batches:
+        return None
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    for inputs, targets in batches:
+        with autocast(device, amp):
+            out = model(inputs.to(device), targets.to(device), logits=False)
+        n = int((targets != -100).sum())
+        total += out.parts["ntp"].double() * n
+        count += n
+    model.train(was_training)
+    return float(total) / max(1, count)
+
+
+def param_digest(model: nn.Module) -> str:
+    """sha256 over every parameter's name and bytes: equal digests mean bit-identical weights."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # as plain lists and tuples so the state loads with weights_only=True
+        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    random.setstate(state["python"])
+
+
+def save_checkpoint(
+    out: str | Path, model: Transformer, optimizer: torch.optim.Optimizer, state: dict, *, tokenizer: str
+) -> Path:
+    """Write OUT/checkpoint (a codefoundry checkpoint plus trainer_state.pt) atomically; returns its path."""
+    out = Path(out)
+    final, tmp, old = out / CHECKPOINT, out / f"{CHECKPOINT}.tmp", out / f"{CHECKPOINT}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    ckpt.save(model, tmp, tokenizer=tokenizer)
+    trainer = {**state, "optimizer": optimizer.state_dict(), "rng": rng_state()}
+    torch.save(trainer, tmp / TRAINER_STATE)
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(out: str | Path) -> Path | None:
+    """The newest complete checkpoint under OUT (OUT/checkpoint, else the .old a kill mid-swap left)."""
+    for name in (CHECKPOINT, f"{CHECKPOINT}.old"):
+        path = Path(out) / name
+        if (path / TRAINER_STATE).is_file() and (path / ckpt.WEIGHTS).is_file():
+            return path
+    return None
+
+
+def load_checkpoint(path: Path, model: Transformer, cfg: PretrainConfig) -> dict[str, Any]:
+    """Check that `cfg` can continue the checkpoint, load its weights into `model`, return its state."""
+    from safetensors.torch import load_file
+
+    state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
+    saved = state["config"]
+    for name in SHAPE_FIELDS:
+        if name == "moe_top_k" and not cfg.moe_experts:
+            continue
+        if saved.get(name) != getattr(cfg, name):
+            raise ValueError(
+                f"{path}: cannot resume with {name}={getattr(cfg, name)!r}:"
+                f" the checkpoint was trained with {name}={saved.get(name)!r}"
+            )
+    vocab = ckpt.load_config(path).vocab_size
+    if vocab != model.cfg.vocab_size:
+        raise ValueError(
+            f"{path}: cannot resume: the checkpoint has a {vocab}-token vocabulary,"
+            f" the tokenizer {cfg.tokenizer} has {model.cfg.vocab_size}"
+        )
+    ckpt.load_state(model, load_file(str(path / ckpt.WEIGHTS)), where=str(path / ckpt.WEIGHTS))
+    return state
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(cfg: PretrainConfig) -> tuple[Ranks, torch.device]:
+    """This process's rank and device; joins the process group when torchrun started several."""
+    env = os.environ
+    ranks = Ranks(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+    want = cfg.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ValueError("PretrainConfig.device: 'cuda' asked for, but torch sees no CUDA device")
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device("cuda", ranks.local_rank) if want == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.set_float32_matmul_precision("high")  # TF32 for any fp32 matmul left outside autocast
+    if ranks.world_size > 1:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    return ranks, device
+
+
+def check_inputs(cfg: PretrainConfig) -> None:
+    """Fail fast, with one line, on inputs that would otherwise fail minutes in."""
+    tok = Path(cfg.tokenizer)
+    if not (tok / "tokenizer.json").is_file() and not (tok.is_file() and tok.name == "tokenizer.json"):
+        raise ValueError(f"{tok}: no tokenizer.json (train one with `codefoundry tokenizer train`)")
+    if not Path(cfg.data).exists():
+        raise ValueError(f"{cfg.data}: no such data directory or shard")
+    if cfg.resume and find_checkpoint(cfg.out) is None:
+        raise ValueError(f"{Path(cfg.out) / CHECKPOINT}: nothing to resume (no {TRAINER_STATE})")
+
+
+def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
+    """Train as `cfg` says (under torchrun: on every rank) and return the final summary, which rank 0
+    also writes to OUT/summary.json. Other ranks return a short summary of their own."""
+    check_inputs(cfg)
+    ranks, device = init_distributed(cfg)
+    try:
+        return Run(cfg, ranks, device).train()
+    finally:
+        if ranks.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def wrap_model(
+    model: nn.Module, cfg: PretrainConfig, device: torch.device, *, distributed: bool
+) -> tuple[nn.Module, nn.Module | None]:
+    """(what the loop calls, the DDP wrapper or None): DDP under torchrun, then `torch.compile` if asked."""
+    ddp = None
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # An expert that no token on this rank chose has no gradient here; DDP must be told to look.
+        ddp = model = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=bool(cfg.moe_experts),
+        )
+    return (torch.compile(model) if cfg.compile else model), ddp
+
+
+class Run:
+    """One pretraining run's objects and counters; `train()` is the loop."""
+
+    def __init__(self, cfg: PretrainConfig, ranks: Ranks, device: torch.device) -> None:
+        from codefoundry.models import tokenizer as cft
+        from codefoundry.train.data import DataConfig, PretrainData
+
+        self.t0 = time.perf_counter()  # the time limit and wall time count from here
+        self.cfg, self.ranks, self.device, self.out = cfg, ranks, device, Path(cfg.out)
+        self.tok_dir = str(Path(cfg.tokenizer).parent if Path(cfg.tokenizer).is_file() else cfg.tokenizer)
+        self.tok = cft.load(self.tok_dir)
+        self.amp = amp_dtype(cfg.dtype, device)
+        dcfg = DataConfig(
+            cfg.data, seq_len=cfg.seq_len, fim_rate=cfg.fim_rate, spm_rate=cfg.spm_rate, seed=cfg.seed
+        )
+        self.data = PretrainData(dcfg, self.tok, rank=ranks.rank, world_size=ranks.world_size)
+        self.val = self.data.val_batches(cfg.batch_size, cfg.eval_batches) if ranks.main else []
+
+        self.raw = build_model(cfg, self.tok.get_vocab_size())
+        resumed = load_checkpoint(find_checkpoint(cfg.out), self.raw, cfg) if cfg.resume else {}
+        self.raw.to(device).train()
+        self.model, self.ddp = wrap_model(self.raw, cfg, device, distributed=ranks.world_size > 1)
+        self.optimizer = build_optimizer(self.raw, cfg, device)  # after loading: load_state assigns tensors
+        self.step, self.lr = resumed.get("step", 0), lr_at(resumed.get("step", 0), cfg)
+        self.elapsed_before = resumed.get("elapsed_s", 0.0)
+        if resumed:
+            self.optimizer.load_state_dict(resumed["optimizer"])
+            set_rng_state(resumed["rng"])  # last: building the model drew from the generator
+
+        self.tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len * ranks.world_size
+        self.fpt = flops_per_token(self.raw, cfg.seq_len)
+        self.peak, self.peak_source = (
+            peak_flops(device, self.amp or torch.float32, cfg.peak_tflops) if ranks.main else (0.0, "")
+        )
+        self.logger = MetricsLogger(
+            self.out, total_steps=cfg.steps, resume_step=self.step, enabled=ranks.main, progress=cfg.progress
+        )
+        self.last: dict[str, Any] = {}  # the last train record
+        self.val_loss: float | None = None
+        self.train_s = 0.0  # time inside training steps this session (evals and saves left out)
+
+    def train(self) -> dict[str, Any]:
+        cfg = self.cfg
+        start_step, stopped = self.step, "completed"
+        window_tokens, window_s, mark = 0, 0.0, time.perf_counter()
+        while self.step < cfg.steps:
+            stats = self.train_step()
+            window_tokens += self.tokens_per_step
+            if self.out_of_time():
+                stopped = "time_limit"
+            last = self.step == cfg.steps or stopped != "completed"
+            if self.step % cfg.log_every == 0 or last:
+                window_s += self.stamp(mark)
+                self.log_train(stats, window_tokens / window_s)
+                self.train_s += window_s
+                window_tokens, window_s, mark = 0, 0.0, time.perf_counter()
+            self.logger.progress(self.step)
+            evaluate_now = cfg.eval_every and self.step % cfg.eval_every == 0
+            save_now = cfg.save_every and self.step % cfg.save_every == 0
+            if last or evaluate_now or save_now:
+                window_s += self.stamp(mark)
+                if last or evaluate_now:
+                    self.log_eval()
+                if last or save_now:
+                    self.save()
+                mark = time.perf_counter()
+            if stopped != "completed":
+                break
+        self.train_s += window_s
+        if self.val_loss is None and self.ranks.main:  # resumed at or past `steps`: nothing ran
+            self.val_loss = evaluate(self.raw, self.val, device=self.device, amp=self.amp)
+        return self.finish(stopped, self.step - start_step)
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One optimizer step: micro-batches, clip, AdamW at this step's lr. Advances `self.step`."""
+        cfg, step = self.cfg, self.step
+        micro = [self.data.batch(step, m, cfg.batch_size) for m in range(cfg.grad_accum)]
+        no_sync = self.ddp.no_sync if self.ddp else None
+        stats = accumulate(self.model, micro, device=self.device, amp=self.amp, no_sync=no_sync)
+        # Pre-clip global norm; with grad_clip 0 an infinite bound only measures it.
+        stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), cfg.grad_clip or math.inf)
+        lr = lr_at(step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.lr = lr
+        return stats
+
+    def stamp(self, mark: float) -> float:
+        """Seconds since `mark`, after the device has finished the queued work."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - mark
+
+    def out_of_time(self) -> bool:
+        if self.cfg.time_limit_s is None:
+            return False
+        over = torch.tensor(float(time.perf_counter() - self.t0 > self.cfg.time_limit_s), device=self.device)
+        if self.ranks.world_size > 1:
+            dist.broadcast(over, src=0)  # every rank stops at the same step, as rank 0 decides
+        return bool(over)
+
+    def log_train(self, stats: dict[str, torch.Tensor], tokens_per_s: float) -> None:
+        """Average the loss parts over ranks (every rank calls this) and log them on rank 0."""
+        names = [k for k in stats if k != "grad_norm"]  # the grad norm is global already
+        values = torch.stack([stats[k].float().to(self.device) for k in names])
+        if self.ranks.world_size > 1:
+            dist.all_reduce(values)
+            values /= self.ranks.world_size
+        record: dict[str, Any] = {"step": self.step, "tokens": self.step * self.tokens_per_step}
+        record.update(zip(names, values.tolist(), strict=True))
+        record["lr"] = self.lr
+        record["grad_norm"] = float(stats["grad_norm"])
+        record["tokens_per_s"] = tokens_per_s
+        if self.peak:
+            record["mfu"] = self.fpt * tokens_per_s / (self.peak * self.ranks.world_size)
+        record.update(self.raw.router_stats())
+        record["elapsed_s"] = self.elapsed()
+        self.last = record
+        self.logger.log(record)
+
+    def log_eval(self) -> None:
+        if not self.ranks.main:
+            return
+        self.val_loss = evaluate(self.raw, self.val, device=self.device, amp=self.amp)
+        if self.val_loss is not None:
+            tokens = self.step * self.tokens_per_step
+            record = {
+                "step": self.step,
+                "tokens": tokens,
+                "val_loss": self.val_loss,
+                "elapsed_s": self.elapsed(),
+            }
+            self.logger.log(record, prefix="eval")
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t0
+
+    def save(self) -> None:
+        if not self.ranks.main:
+            return
+        state = {"step": self.step, "elapsed_s": self.elapsed(), "config": asdict(self.cfg)}
+        save_checkpoint(self.out, self.raw, self.optimizer, state, tokenizer=self.tok_dir)
+
+    def finish(self, stopped: str, steps_run: int) -> dict[str, Any]:
+        digest = param_digest(self.raw)
+        digests = [digest]
+        if self.ranks.world_size > 1:
+            digests = [None] * self.ranks.world_size
+            dist.all_gather_object(digests, digest)
+        self.logger.close()
+        if not self.ranks.main:
+            return {"rank": self.ranks.rank, "step": self.step, "param_digest": digest}
+        summary = self.summary(stopped, steps_run, digests)
+        if self.cfg.final_eval:
+            summary.update(final_evaluation(self.raw, self.tok, self.data, self.cfg))
+        plot = plot_curves({self.out.name or "run": self.out / METRICS}, self.out / "loss.png")
+        summary["plot"] = str(plot)
+        (self.out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        return summary
+
+    def summary(self, stopped: str, steps_run: int, digests: list[str]) -> dict[str, Any]:
+        cfg, raw = self.cfg, self.raw
+        tokens_per_s = steps_run * self.tokens_per_step / self.train_s if self.train_s > 0 else None
+        return {
+            "step": self.step,
+            "steps": cfg.steps,
+            "stopped": stopped,
+            "train_loss": self.last.get("loss"),
+            "val_loss": self.val_loss,
+            "unigram_loss": self.data.unigram_loss() if self.data.n_val_tokens else None,
+            "tokens": self.step * self.tokens_per_step,
+            "tokens_per_s": tokens_per_s,
+            "mfu": self.fpt * tokens_per_s / (self.peak * self.ranks.world_size) if tokens_per_s else None,
+            "peak_flops": self.peak,
+            "peak_flops_source": self.peak_source,
+            "flops_per_token": self.fpt,
+            "params": raw.num_params(),
+            "non_embedding_params": raw.num_params(exclude_embeddings=True),
+            "wall_s": time.perf_counter() - self.t0,
+            "elapsed_s": self.elapsed(),
+            "train_tokens_available": self.data.n_train_tokens,
+            "documents": self.data.n_documents,
+            "device": str(self.device),
+            "dtype": str(self.amp or torch.float32).removeprefix("torch."),
+            "world_size": self.ranks.world_size,
+            "model": raw.cfg.to_dict(),
+            "checkpoint": str(self.out / CHECKPOINT),
+            "metrics": str(self.out / METRICS),
+            "param_digest": digests[0],
+            "rank_param_digests": digests,
+        }
+
+
+def final_evaluation(
+    model: Transformer, tokenizer: Tokenizer, data: PretrainData, cfg: PretrainConfig
+) -> dict[str, Any]:
+    """FIM exact match and the syntax-valid fraction of sampled bodies on held-out functions, when
+    `codefoundry.models.infill_eval` is installed (else nothing)."""
+    try:
+        from codefoundry.models import infill_eval
+    except ModuleNotFoundError as e:
+        if e.name != "codefoundry.models.infill_eval":
+            raise
+        return {}
+    examples = infill_eval.heldout_functions(data.val_texts(), limit=50, seed=cfg.seed)
+    if not examples:
+        return {"final_eval": "no held-out functions to infill"}
+    model.eval()
+    new = min(128, cfg.seq_len // 2)  # a body of up to 15 lines; the prompt keeps the other half
+    fim = infill_eval.fim_exact_match(model, tokenizer, examples, max_new_tokens=new)
+    # n samples per example: one each gives up to 50 sampled bodies over 50 different functions.
+    syntax = infill_eval.syntax_valid_fraction(
+        model, tokenizer, examples, n=1, temperature=0.8, seed=cfg.seed, max_new_tokens=new
+    )
+    return {"fim_exact_match": fim, "syntax_valid": syntax}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m codefoundry.train.pretrain --json CONFIG.json` (what torchrun launches in the tests)."""
+    parser = argparse.ArgumentParser(prog="python -m codefoundry.train.pretrain")
+    parser.add_argument("--json", required=True, help="a JSON object of PretrainConfig fields")
+    args = parser.parse_args(argv)
+    try:
+        cfg = PretrainConfig(**json.loads(Path(args.json).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as e:
+        print(f"{args.json}: {e}", file=sys.stderr)
+        return 2
+    summary = pretrain(cfg)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
