@@ -2,9 +2,9 @@
 the same weights, same prompts, same thread count, in the same run; plus self-speculative decoding (MTP
 drafts) vs plain greedy on a model with one MTP module.
 
-The ~10M-parameter model (`config_for_size("10m", vocab)`, random weights) is exported to a Llama with a
-small mapping written here (fused Q/K/V and gate/up split), and the two models' logits must agree to
-1e-4 before anything is timed. Each measurement is prompt (`--prompt` random tokens) + `--new` greedy
+The ~10M-parameter model (`config_for_size("10m", vocab)`, random weights) is exported to a Llama with
+`codefoundry.models.hf.to_transformers`, and the two models' logits must agree to 1e-4 before anything
+is timed. Each measurement is prompt (`--prompt` random tokens) + `--new` greedy
 tokens with no stop token, counted as new tokens per second of the whole call (prefill included); the
 two implementations alternate `--repeat` times and medians are reported.
 
@@ -21,52 +21,17 @@ from pathlib import Path
 
 import torch
 
-from codefoundry.models.config import ModelConfig, config_for_size
+from codefoundry.models.config import config_for_size
 from codefoundry.models.generate import generate, speculative_decode
+from codefoundry.models.hf import to_transformers
 from codefoundry.models.transformer import Transformer
 
 
 def to_llama(model: Transformer):
-    """The same weights as a transformers `LlamaForCausalLM` (dense models without MTP only)."""
-    import transformers
-
-    cfg: ModelConfig = model.cfg
-    if cfg.moe is not None or cfg.qkv_bias:
-        # Llama's attention_bias also puts a bias on o_proj: Q/K/V-only biases are Qwen2's layout.
-        raise ValueError("to_llama: only dense models without Q/K/V biases map onto a Llama")
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.ffn_dim,
-        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
-        head_dim=cfg.head_dim, max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-        tie_word_embeddings=cfg.tie_embeddings, attention_bias=False, mlp_bias=False,
-        bos_token_id=None, eos_token_id=None, pad_token_id=0,
-    )  # fmt: skip
-    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-    sd = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.norm.weight}
-    if not cfg.tie_embeddings:
-        sd["lm_head.weight"] = model.lm_head.weight
-    for i, layer in enumerate(model.layers):
-        pre = f"model.layers.{i}."
-        wq, wk, wv = layer.attn.qkv.weight.split([q, kv, kv])  # fused rows: Q, then K, then V
-        gate, up = layer.mlp.gate_up.weight.split(layer.mlp.hidden)  # fused rows: gate, then up
-        sd |= {
-            pre + "input_layernorm.weight": layer.attn_norm.weight,
-            pre + "self_attn.q_proj.weight": wq, pre + "self_attn.k_proj.weight": wk,
-            pre + "self_attn.v_proj.weight": wv, pre + "self_attn.o_proj.weight": layer.attn.out.weight,
-            pre + "post_attention_layernorm.weight": layer.mlp_norm.weight,
-            pre + "mlp.gate_proj.weight": gate, pre + "mlp.up_proj.weight": up,
-            pre + "mlp.down_proj.weight": layer.mlp.down.weight,
-        }  # fmt: skip
-    hf = transformers.LlamaForCausalLM(hf_cfg)
-    missing, unexpected = hf.load_state_dict({k: v.detach().clone() for k, v in sd.items()}, strict=False)
-    missing = [k for k in missing if not (k == "lm_head.weight" and cfg.tie_embeddings)]
-    if missing or unexpected:
-        raise RuntimeError(f"to_llama: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    if cfg.tie_embeddings:
-        hf.tie_weights()
+    """The same weights as a transformers `LlamaForCausalLM`, through `codefoundry.models.hf`."""
+    hf = to_transformers(model)
     hf.generation_config.eos_token_id = None  # never stop early: every call makes exactly --new tokens
-    return hf.eval()
+    return hf
 
 
 def check_logits(model: Transformer, hf, vocab: int) -> float:

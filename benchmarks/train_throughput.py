@@ -21,41 +21,15 @@ from pathlib import Path
 import torch
 
 from codefoundry.models.config import config_for_size
+from codefoundry.models.hf import to_transformers
 from codefoundry.models.transformer import Transformer
 
 
 def llama_like(model: Transformer):
-    """A LlamaForCausalLM with `model`'s config and weights (fused projections split back apart)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = model.cfg
-    hf = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.ffn_dim,
-            num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
-            max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
-            tie_word_embeddings=cfg.tie_embeddings, attention_bias=False, mlp_bias=False,
-            attn_implementation="sdpa", use_cache=False,
-        )
-    )  # fmt: skip
-    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-    with torch.no_grad():
-        hf.model.embed_tokens.weight.copy_(model.embed.weight)
-        hf.model.norm.weight.copy_(model.norm.weight)
-        for ours, theirs in zip(model.layers, hf.model.layers, strict=True):
-            wq, wk, wv = ours.attn.qkv.weight.split([q, kv, kv])
-            theirs.self_attn.q_proj.weight.copy_(wq)
-            theirs.self_attn.k_proj.weight.copy_(wk)
-            theirs.self_attn.v_proj.weight.copy_(wv)
-            theirs.self_attn.o_proj.weight.copy_(ours.attn.out.weight)
-            gate, up = ours.mlp.gate_up.weight.split(ours.mlp.hidden)
-            theirs.mlp.gate_proj.weight.copy_(gate)
-            theirs.mlp.up_proj.weight.copy_(up)
-            theirs.mlp.down_proj.weight.copy_(ours.mlp.down.weight)
-            theirs.input_layernorm.weight.copy_(ours.attn_norm.weight)
-            theirs.post_attention_layernorm.weight.copy_(ours.mlp_norm.weight)
-        if not cfg.tie_embeddings:
-            hf.lm_head.weight.copy_(model.lm_head.weight)
+    """A LlamaForCausalLM with `model`'s config and weights, through `codefoundry.models.hf`; no KV cache
+    is built during training (transformers would otherwise fill one on every forward)."""
+    hf = to_transformers(model)
+    hf.config.use_cache = False
     return hf
 
 
@@ -72,7 +46,7 @@ def step_ours(model, opt, ids):
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(loss)
+    return float(loss.detach())
 
 
 def step_hf(model, opt, ids):
@@ -82,7 +56,7 @@ def step_hf(model, opt, ids):
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(loss)
+    return float(loss.detach())
 
 
 def timed(step, model, opt, batches) -> float:
@@ -101,6 +75,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--compile", action="store_true", help="torch.compile both models (compile time not timed)"
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_throughput.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -108,6 +85,7 @@ def main() -> None:
     ours = Transformer(config_for_size(args.size, args.vocab, max_seq_len=args.seq_len + 1)).train()
     hf = llama_like(ours).train()
     opt_ours, opt_hf = optimizer(ours), optimizer(hf)
+    run_ours, run_hf = (torch.compile(ours), torch.compile(hf)) if args.compile else (ours, hf)
     gen = torch.Generator().manual_seed(1)
     # Both forward T = seq_len tokens per row: ours gets inputs/targets of T, transformers gets the T
     # inputs as labels too (it predicts T-1 of them; the one-token difference in the loss is noise).
@@ -122,13 +100,13 @@ def main() -> None:
         b = float(hf(input_ids=batches[0], labels=batches[0]).loss)
     print(f"initial loss: codefoundry {a:.5f}  transformers {b:.5f}")
 
-    timed(step_ours, ours, opt_ours, batches[:1])  # warm-up (allocator, kernels)
-    timed(step_hf, hf, opt_hf, hf_batches[:1])
+    timed(step_ours, run_ours, opt_ours, batches[:2])  # warm-up (allocator, kernels, compilation)
+    timed(step_hf, run_hf, opt_hf, hf_batches[:2])
     tokens = args.batch * args.seq_len * args.steps
     ours_tps, hf_tps = [], []
     for r in range(args.repeat):
-        ours_tps.append(tokens / timed(step_ours, ours, opt_ours, batches))
-        hf_tps.append(tokens / timed(step_hf, hf, opt_hf, hf_batches))
+        ours_tps.append(tokens / timed(step_ours, run_ours, opt_ours, batches))
+        hf_tps.append(tokens / timed(step_hf, run_hf, opt_hf, hf_batches))
         print(f"round {r + 1}: codefoundry {ours_tps[-1]:8.0f} tok/s   transformers {hf_tps[-1]:8.0f} tok/s")
     mo, mh = statistics.median(ours_tps), statistics.median(hf_tps)
     print(f"median: codefoundry {mo:.0f} tok/s, transformers {mh:.0f} tok/s, ratio {mo / mh:.2f}x")
@@ -141,6 +119,7 @@ def main() -> None:
         "seq_len": args.seq_len,
         "steps_per_round": args.steps,
         "threads": args.threads,
+        "compile": args.compile,
         "codefoundry_tokens_per_s": ours_tps,
         "transformers_tokens_per_s": hf_tps,
         "ratio_median": mo / mh,

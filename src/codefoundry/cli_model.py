@@ -87,7 +87,7 @@ def _import_hf(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from codefoundry.models.generate import generate_command
+    from codefoundry.models.completion import generate_command
 
     try:
         text = generate_command(

@@ -12,8 +12,8 @@ pytest.importorskip("safetensors")
 from codefoundry.models import checkpoint  # noqa: E402
 from codefoundry.models import tokenizer as tokenizer_module  # noqa: E402
 from codefoundry.models.backends import BackendError, SamplingParams, load_backend  # noqa: E402
+from codefoundry.models.completion import complete  # noqa: E402
 from codefoundry.models.config import config_for_size  # noqa: E402
-from codefoundry.models.generate import complete  # noqa: E402
 from codefoundry.models.transformer import Transformer  # noqa: E402
 
 

@@ -175,17 +175,6 @@ def test_unknown_prefix_names_the_known_ones() -> None:
         load_backend("no-colon-at-all")
 
 
-def test_cf_is_reserved_until_the_local_backend_exists(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(sys.modules, "codefoundry.models.backends.local", raising=False)
-    try:
-        import codefoundry.models.backends.local  # noqa: F401
-    except ModuleNotFoundError:
-        with pytest.raises(NotImplementedError, match="codefoundry checkpoints arrive with the model stage"):
-            load_backend("cf:runs/base/ckpt.pt")
-    else:
-        pytest.skip("the local backend exists now")
-
-
 def test_cf_uses_the_local_backend_when_it_exists(monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[tuple[str, dict]] = []
 

@@ -13,17 +13,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("tokenizers")
 
 from codefoundry.models import tokenizer as tokenizer_module  # noqa: E402
+from codefoundry.models.completion import _fit, complete, fim_prompt_ids, generate_command  # noqa: E402
 from codefoundry.models.config import config_for_size  # noqa: E402
-from codefoundry.models.generate import (  # noqa: E402
-    _fit,
-    complete,
-    decode,
-    fim_prompt_ids,
-    generate,
-    generate_command,
-    speculative_decode,
-    token_bytes,
-)
+from codefoundry.models.generate import decode, generate, speculative_decode, token_bytes  # noqa: E402
 from codefoundry.models.infill_eval import (  # noqa: E402
     InfillExample,
     _BodyEnd,

@@ -352,3 +352,14 @@ def test_import_errors_name_the_path_and_the_problem(llama_dir, tmp_path):
 def test_public_api():
     assert set(hf.__all__) == {"export_hf", "import_hf", "hf_architecture", "hf_state_dict", "config_from_hf"}
     assert all(callable(getattr(hf, name)) for name in hf.__all__)
+
+
+@pytest.mark.parametrize("moe", [None, MoEConfig(n_experts=4, top_k=2, expert_dim=32, shared_expert_dim=32)])
+def test_to_transformers_is_the_same_network_in_memory(moe):
+    model = tiny(seed=3, moe=moe)
+    theirs = hf.to_transformers(model)
+    ids = batch()
+    with torch.no_grad():
+        diff = (theirs(ids).logits - model(ids).logits).abs().max().item()
+    assert diff <= 1e-4
+    assert type(theirs).__name__ == hf.hf_architecture(model.cfg)

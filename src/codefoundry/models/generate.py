@@ -9,7 +9,7 @@ forward (`Transformer`'s blocks, last-position logits only), then each new token
 
 Stop strings are matched on the bytes of each row's last tokens, and only when the new token holds the
 last byte of some stop string. The ids a row returns include the token that completed a stop string;
-`complete` and `complete_ids` cut the text before it, as `truncate_at_stop` does.
+`codefoundry.models.completion` cuts the text before it, as `truncate_at_stop` does.
 
 Speculative decoding (greedy only): MTP module k drafts token i+k+1 from the main model's hidden state
 at i and the tokens in between (DeepSeek-V3's chain), the main model checks all drafts in one forward,
@@ -22,8 +22,6 @@ of a plain prompt, the far ends of a FIM prefix and suffix). No repetition penal
 
 from __future__ import annotations
 
-import codecs
-import sys
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,20 +29,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from codefoundry.models.backends.base import truncate_at_stop
 from codefoundry.models.moe import SwiGLU
-from codefoundry.models.tokenizer import EOT, FILE_SEP, FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX
+from codefoundry.models.tokenizer import EOT, FILE_SEP, FIM_PAD
 from codefoundry.models.transformer import KVCache, Transformer
 
 __all__ = [
     "SpeculativeResult",
-    "complete",
-    "complete_ids",
     "decode",
-    "fim_prompt_ids",
     "generate",
-    "generate_command",
-    "special_id",
     "speculative_decode",
     "token_bytes",
 ]
@@ -468,160 +460,3 @@ def _draft(
             inputs[k, start:n] = h
         drafts.append(int((module.norm(h[-1]) @ head).argmax()))  # head: the output head, (dim, V)
     return drafts
-
-
-# -- text ---------------------------------------------------------------------------------------------------
-def special_id(tokenizer, token: str) -> int:
-    """The id of a special token, or a ValueError naming it."""
-    i = tokenizer.token_to_id(token)
-    if i is None:
-        raise ValueError(f"the tokenizer has no {token} token (not a codefoundry tokenizer?)")
-    return i
-
-
-def fim_prompt_ids(tokenizer, prefix: str, suffix: str) -> list[int]:
-    """`<|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>` (PSM) as ids; the model writes the middle."""
-    return _fim_ids(tokenizer, prefix, suffix)[0]
-
-
-def _fim_ids(tokenizer, prefix: str, suffix: str) -> tuple[list[int], int]:
-    enc = tokenizer.encode_batch([prefix, suffix], add_special_tokens=False)
-    ids = [
-        special_id(tokenizer, FIM_PREFIX), *enc[0].ids,
-        special_id(tokenizer, FIM_SUFFIX), *enc[1].ids,
-        special_id(tokenizer, FIM_MIDDLE),
-    ]  # fmt: skip
-    return ids, len(enc[0].ids)
-
-
-def _fit(ids: list[int], n_prefix: int | None, budget: int) -> list[int]:
-    """`ids` shortened to `budget` tokens: a plain prompt loses its head; a FIM prompt (n_prefix = the
-    prefix's token count) loses the head of its prefix and the tail of its suffix, about evenly."""
-    if len(ids) <= budget:
-        return ids
-    if n_prefix is None:
-        return ids[len(ids) - budget :]
-    prefix, suffix = ids[1 : 1 + n_prefix], ids[2 + n_prefix : -1]
-    room = max(0, budget - 3)
-    keep_s = min(len(suffix), room // 2)
-    keep_p = min(len(prefix), room - keep_s)
-    keep_s = min(len(suffix), room - keep_p)
-    return [ids[0], *prefix[len(prefix) - keep_p :], ids[1 + n_prefix], *suffix[:keep_s], ids[-1]]
-
-
-def complete_ids(model: Transformer, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
-                 stop_ids: Sequence[int] = (), stop: Sequence[str] = (), temperature: float = 0.0,
-                 top_k: int = 0, top_p: float = 1.0, seed: int | None = None, batch_size: int = 16,
-                 on_text: OnText | None = None,
-                 fim_prefix_lengths: list[int | None] | None = None) -> list[str]:  # fmt: skip
-    """The text each prompt (as ids) continues with, cut before any stop string. Prompts run in batches
-    of similar length; a prompt too long for the model is trimmed (see `_fit`)."""
-    cap = model.cfg.max_seq_len
-    max_new = min(max_new_tokens, cap - 1)
-    budget = max(cap - max_new, min(cap // 2, max(map(len, prompts), default=1)))
-    max_new = min(max_new, cap - budget)
-    lengths = fim_prefix_lengths or [None] * len(prompts)
-    fitted = [_fit(p, n, budget) for p, n in zip(prompts, lengths, strict=True)]
-    table = token_bytes(tokenizer)
-    order = sorted(range(len(fitted)), key=lambda i: len(fitted[i]))
-    texts: list[str] = [""] * len(fitted)
-    for batch_no, start in enumerate(range(0, len(order), batch_size)):
-        chunk = order[start : start + batch_size]
-        streams = [_TextStream(table, stop, i, on_text) for i in chunk] if on_text else None
-        out = generate(
-            model, [fitted[i] or [special_id(tokenizer, EOT)] for i in chunk], max_new_tokens=max_new,
-            temperature=temperature, top_k=top_k, top_p=top_p,
-            seed=None if seed is None else seed * 1_000_003 + batch_no,  # batches draw different numbers
-            stop_ids=stop_ids, stop_strings=stop, tokenizer=tokenizer,
-            on_token=(lambda row, tok, s=streams: s[row].push(tok)) if streams else None,
-        )  # fmt: skip
-        for j, i in enumerate(chunk):
-            texts[i] = truncate_at_stop(decode(table, out[j]), stop)
-            if streams:
-                streams[j].close()
-    return texts
-
-
-def complete(model: Transformer, tokenizer, prompts: list[str], *, suffixes: list[str | None] | None = None,
-             max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-             seed: int | None = None, stop: Sequence[str] = (), on_text: OnText | None = None,
-             batch_size: int = 16) -> list[str]:  # fmt: skip
-    """Continue each prompt; with a (non-None) suffix, write the middle between prompt and suffix (FIM,
-    PSM). Generation ends at <|endoftext|> or <|file_sep|> (and <|fim_pad|> for FIM), at a stop string,
-    or after max_new_tokens. `on_text(row, piece)` streams each row's text as it is decided."""
-    suffixes = suffixes if suffixes is not None else [None] * len(prompts)
-    if len(suffixes) != len(prompts):
-        raise ValueError(f"complete: {len(prompts)} prompts but {len(suffixes)} suffixes")
-    fim = any(s is not None for s in suffixes)
-    ids, prefix_lengths = [], []
-    for prompt, suffix in zip(prompts, suffixes, strict=True):
-        if suffix is None:
-            ids.append(tokenizer.encode(prompt, add_special_tokens=False).ids)
-            prefix_lengths.append(None)
-        else:
-            fim_ids, n_prefix = _fim_ids(tokenizer, prompt, suffix)
-            ids.append(fim_ids)
-            prefix_lengths.append(n_prefix)
-    stop_ids = [special_id(tokenizer, t) for t in (FIM_STOPS if fim else PLAIN_STOPS)]
-    return complete_ids(
-        model, tokenizer, ids, max_new_tokens=max_new_tokens, stop_ids=stop_ids, stop=stop,
-        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size,
-        on_text=on_text, fim_prefix_lengths=prefix_lengths,
-    )  # fmt: skip
-
-
-class _TextStream:
-    """One row's text as it is generated: bytes are decoded incrementally (a character split across
-    tokens waits for its last byte) and text that may be the start of a stop string is held back, so the
-    pieces add up to exactly the text `complete` returns."""
-
-    def __init__(self, table: list[bytes], stops: Sequence[str], row: int, emit: OnText) -> None:
-        self.table, self.stops, self.row, self.emit = table, tuple(stops), row, emit
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.pending = ""
-        self.done = False
-
-    def push(self, token: int) -> None:
-        if self.done:
-            return
-        self.pending += self.decoder.decode(self.table[token])
-        cut = truncate_at_stop(self.pending, self.stops)
-        if len(cut) < len(self.pending):
-            self._emit(cut)
-            self.done = True
-            return
-        text = self.pending
-        hold = max((n for s in self.stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
-        self._emit(text[: len(text) - hold])
-        self.pending = text[len(text) - hold :]
-
-    def close(self) -> None:
-        if not self.done:
-            self.pending += self.decoder.decode(b"", final=True)
-            self._emit(truncate_at_stop(self.pending, self.stops))
-            self.done = True
-
-    def _emit(self, text: str) -> None:
-        if text:
-            self.emit(self.row, text)
-        self.pending = ""
-
-
-def generate_command(ckpt: str, prompt: str, suffix: str | None, max_tokens: int, temperature: float,
-                     top_p: float, seed: int | None, stream: bool) -> str:  # fmt: skip
-    """What `codefoundry generate CKPT --prompt TEXT [--suffix TEXT]` does: the completion (the middle
-    when a suffix is given). With `stream`, the text is also written to stdout as it is generated."""
-    from codefoundry.models import checkpoint
-    from codefoundry.models import tokenizer as tokenizer_module
-
-    model = checkpoint.load(ckpt)
-    tok = tokenizer_module.load(ckpt)
-
-    def write(_row: int, piece: str) -> None:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-
-    return complete(
-        model, tok, [prompt], suffixes=[suffix], max_new_tokens=max_tokens, temperature=temperature,
-        top_p=top_p, seed=seed, on_text=write if stream else None,
-    )[0]  # fmt: skip

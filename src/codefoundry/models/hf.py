@@ -130,6 +130,27 @@ def _left_out(cfg: ModelConfig, arch: str, *, where: str, allow_dropless: bool) 
     return notes
 
 
+def to_transformers(model: Transformer, *, attn_implementation: str = "sdpa"):
+    """The same network as a transformers model (Llama, Qwen2, Qwen2-MoE or Mixtral, as
+    `hf_architecture` picks; MTP modules left out), loaded through `from_pretrained` from a temporary
+    export, so transformers' own weight conversion (fused MoE experts in v5) applies. Needs transformers."""
+    import tempfile
+
+    import transformers
+
+    arch = hf_architecture(model.cfg)
+    _left_out(model.cfg, arch, where="to_transformers", allow_dropless=False)
+    dtype = str(model.embed.weight.dtype).removeprefix("torch.")
+    none = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    with tempfile.TemporaryDirectory(prefix="cf-hf-") as tmp:
+        _write_weights(hf_state_dict(model), Path(tmp) / WEIGHTS)
+        _write_json(Path(tmp) / "config.json", hf_config(model.cfg, arch, dtype=dtype, token_ids=none))
+        hf = transformers.AutoModelForCausalLM.from_pretrained(
+            tmp, attn_implementation=attn_implementation, dtype=model.embed.weight.dtype
+        )
+    return hf.eval()
+
+
 def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     """Our weights under the names (and splits) of `hf_architecture(model.cfg)`; MTP modules left out.
 

@@ -20,7 +20,8 @@ import random
 import textwrap
 from dataclasses import dataclass
 
-from codefoundry.models.generate import PLAIN_STOPS, complete, decode, generate, special_id, token_bytes
+from codefoundry.models.completion import complete, special_id
+from codefoundry.models.generate import PLAIN_STOPS, decode, generate, token_bytes
 
 __all__ = ["InfillExample", "fim_exact_match", "heldout_functions", "syntax_valid_fraction"]
 

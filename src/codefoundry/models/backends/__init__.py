@@ -6,7 +6,7 @@
 | `openai-chat:MODEL@BASE_URL` | the same, `complete` sent as one-message chats | the standard library |
 | `hf:PATH_OR_NAME` | a local transformers causal LM | torch, transformers |
 | `replay:FILE` | recorded {"prompt", "completion"} JSONL | nothing |
-| `cf:CKPT` | a codefoundry checkpoint | the model stage |
+| `cf:CKPT` | a codefoundry checkpoint directory | torch, tokenizers, safetensors |
 
 Backend modules are imported only when their spec is loaded, so a missing optional dependency fails
 only for the backend that needs it. `**options` go to the backend's constructor as keyword arguments.
@@ -92,13 +92,5 @@ def _openai(prefix: str, rest: str, options: dict[str, Any]) -> Backend:
 
 
 def _local(path: str, options: dict[str, Any]) -> Backend:
-    try:
-        local = importlib.import_module(_LOCAL_MODULE)
-    except ModuleNotFoundError as e:
-        if e.name != _LOCAL_MODULE:
-            raise  # the module exists but something it imports is missing: say that, not "not yet"
-        raise NotImplementedError(
-            f"cf:{path}: codefoundry checkpoints arrive with the model stage; "
-            "until then use hf:PATH for a transformers checkpoint or openai:MODEL@URL for a server"
-        ) from None
+    local = importlib.import_module(_LOCAL_MODULE)  # needs torch and tokenizers: the `model` extra
     return local.LocalBackend(path, **options)

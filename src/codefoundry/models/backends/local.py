@@ -25,7 +25,7 @@ class LocalBackend:
 
         from codefoundry.models import checkpoint
         from codefoundry.models import tokenizer as tokenizer_module
-        from codefoundry.models.generate import special_id
+        from codefoundry.models.completion import special_id
 
         self.name = f"cf:{path}"
         if batch_size < 1:
@@ -66,7 +66,7 @@ class LocalBackend:
         return self._generate(ids, params, self._chat_stops)
 
     def _generate(self, ids: list[list[int]], params: SamplingParams, stop_ids: list[int]) -> list[list[str]]:
-        from codefoundry.models.generate import complete_ids
+        from codefoundry.models.completion import complete_ids
 
         # The n samples of a prompt are adjacent rows; greedy ones are all the same sequence.
         per_prompt = 1 if params.greedy else params.n
