@@ -340,7 +340,12 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     check_inputs(cfg)
     ranks, device = init_distributed(cfg)
     try:
-        return Run(cfg, ranks, device).train()
+        summary = Run(cfg, ranks, device).train()
+        if ranks.world_size > 1:
+            # Leave together: a rank that tears gloo down while its peer still saves or evaluates can
+            # abort in the transport's threads ("terminate called without an active exception").
+            dist.barrier()
+        return summary
     finally:
         if ranks.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
