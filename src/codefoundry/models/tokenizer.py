@@ -129,6 +129,16 @@ def load(path: str | Path):
     return Tokenizer.from_file(str(path / "tokenizer.json" if path.is_dir() else path))
 
 
+def plain_text_copy(tok):
+    """A copy of `tok` that encodes special-token strings found in text as ordinary text, so data (or a
+    chat message) cannot forge a document boundary or a role marker."""
+    from tokenizers import Tokenizer
+
+    plain = Tokenizer.from_str(tok.to_str())
+    plain.encode_special_tokens = True
+    return plain
+
+
 def bytes_per_token(tok, texts: Iterable[str]) -> float:
     """Compression: UTF-8 bytes of the texts per token (higher is better)."""
     n_bytes = n_tokens = 0

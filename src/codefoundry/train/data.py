@@ -118,11 +118,9 @@ def _bincount(ids: np.ndarray, vocab_size: int, where: str) -> np.ndarray:
 
 def plain_text_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
     """A copy of `tokenizer` that encodes special-token strings found in text as ordinary text."""
-    from tokenizers import Tokenizer
+    from codefoundry.models.tokenizer import plain_text_copy
 
-    plain = Tokenizer.from_str(tokenizer.to_str())
-    plain.encode_special_tokens = True
-    return plain
+    return plain_text_copy(tokenizer)
 
 
 def special_id(tokenizer: Tokenizer, token: str, why: str) -> int:

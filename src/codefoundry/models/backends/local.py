@@ -45,6 +45,8 @@ class LocalBackend:
             self.tokenizer = tokenizer_module.load(root)
             self._plain_stops = [special_id(self.tokenizer, t) for t in (EOT, FILE_SEP)]
             self._chat_stops = [special_id(self.tokenizer, t) for t in (IM_END, EOT)]
+            self._im_start = special_id(self.tokenizer, IM_START)
+            self._plain = tokenizer_module.plain_text_copy(self.tokenizer)
         except (checkpoint.CheckpointError, ValueError) as e:
             raise BackendError(f"{self.name}: {e}") from None
         except Exception as e:  # the tokenizers library raises a bare Exception for a bad tokenizer.json
@@ -57,13 +59,20 @@ class LocalBackend:
         return self._generate(ids, params, self._plain_stops)
 
     def chat(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[list[str]]:
-        texts = [
-            "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in conv)
-            + f"{IM_START}assistant\n"
-            for conv in conversations
-        ]
-        ids = [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
-        return self._generate(ids, params, self._chat_stops)
+        return self._generate([self._chat_ids(conv) for conv in conversations], params, self._chat_stops)
+
+    def _chat_ids(self, conv: Conversation) -> list[int]:
+        """The conversation in chat tokens. Roles and contents are encoded as plain text, so a message
+        that contains "<|im_end|>" or "<|im_start|>" cannot close its turn or open another role's."""
+        im_start, im_end = self._im_start, self._chat_stops[0]
+        texts = [f"{m['role']}\n{m['content']}" for m in conv] + ["\n", "assistant\n"]
+        *messages, newline, assistant = (
+            e.ids for e in self._plain.encode_batch(texts, add_special_tokens=False)
+        )
+        ids: list[int] = []
+        for message in messages:
+            ids += [im_start, *message, im_end, *newline]
+        return ids + [im_start, *assistant]
 
     def _generate(self, ids: list[list[int]], params: SamplingParams, stop_ids: list[int]) -> list[list[str]]:
         from codefoundry.models.completion import complete_ids
