@@ -17,14 +17,6 @@ from codefoundry.models.config import config_for_size  # noqa: E402
 from codefoundry.models.transformer import Transformer  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("cf")

@@ -48,15 +48,6 @@ def _greedy_by_recomputation(model: Transformer, prompt: list[int], n: int) -> l
     return seq[len(prompt) :]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from a second thread, and on a busy machine its spin-waits cost seconds.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
     files = tokenizer_module.default_corpus()[:40]

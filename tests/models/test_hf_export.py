@@ -87,16 +87,6 @@ def load_hf(path, impl: str = "sdpa"):
     ).eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The matrices here are tiny: intra-op threads only add synchronisation, which on a busy machine
-    # costs seconds per test.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tok")
