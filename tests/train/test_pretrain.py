@@ -29,10 +29,10 @@ from codefoundry.train.pretrain import (  # noqa: E402
     build_model,
     build_optimizer,
     lr_at,
-    param_digest,
     param_groups,
     pretrain,
 )
+from codefoundry.train.trainer_state import param_digest  # noqa: E402
 
 CORPUS = ("textwrap", "bisect", "heapq", "functools", "string", "fnmatch", "shlex", "glob", "colorsys")
 # One thread everywhere (this process and the subprocesses): the shared 2-core machine is often busy, and

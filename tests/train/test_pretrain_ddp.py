@@ -18,7 +18,8 @@ pytest.importorskip("tokenizers")
 from codefoundry.models import checkpoint as ckpt  # noqa: E402
 from codefoundry.models import tokenizer as cft  # noqa: E402
 from codefoundry.train import metrics as M  # noqa: E402
-from codefoundry.train.pretrain import PretrainConfig, param_digest  # noqa: E402
+from codefoundry.train.pretrain import PretrainConfig  # noqa: E402
+from codefoundry.train.trainer_state import param_digest  # noqa: E402
 
 CORPUS = ("textwrap", "bisect", "heapq", "functools", "string", "fnmatch")
 

@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import math
 import os
-import random
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -36,26 +33,29 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from codefoundry.models import checkpoint as ckpt
 from codefoundry.models.config import config_for_size
 from codefoundry.models.transformer import Transformer
 from codefoundry.train.metrics import METRICS, MetricsLogger, flops_per_token, peak_flops, plot_curves
+from codefoundry.train.trainer_state import (
+    CHECKPOINT,
+    TRAINER_STATE,
+    find_checkpoint,
+    load_checkpoint,
+    param_digest,
+    save_checkpoint,
+    set_rng_state,
+)
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
     from codefoundry.train.data import PretrainData
 
-CHECKPOINT = "checkpoint"
-TRAINER_STATE = "trainer_state.pt"
 SUMMARY = "summary.json"
-# Fields that change the model's parameters: a resume must keep them.
-SHAPE_FIELDS = ("size", "moe_experts", "moe_top_k", "mtp_depth")
 Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs, targets), each (B, T) int64
 Amp = torch.dtype | None  # the autocast dtype; None = plain fp32
 NoSync = Callable[[], AbstractContextManager] | None  # DDP's no_sync, or None outside DDP
@@ -211,86 +211,6 @@ def evaluate(
         count += n
     model.train(was_training)
     return float(total) / max(1, count)
-
-
-def param_digest(model: nn.Module) -> str:
-    """sha256 over every parameter's name and bytes: equal digests mean bit-identical weights."""
-    h = hashlib.sha256()
-    for name, p in model.named_parameters():
-        h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        # as plain lists and tuples so the state loads with weights_only=True
-        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
-    random.setstate(state["python"])
-
-
-def save_checkpoint(
-    out: str | Path, model: Transformer, optimizer: torch.optim.Optimizer, state: dict, *, tokenizer: str
-) -> Path:
-    """Write OUT/checkpoint (a codefoundry checkpoint plus trainer_state.pt) atomically; returns its path."""
-    out = Path(out)
-    final, tmp, old = out / CHECKPOINT, out / f"{CHECKPOINT}.tmp", out / f"{CHECKPOINT}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    ckpt.save(model, tmp, tokenizer=tokenizer)
-    trainer = {**state, "optimizer": optimizer.state_dict(), "rng": rng_state()}
-    torch.save(trainer, tmp / TRAINER_STATE)
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def find_checkpoint(out: str | Path) -> Path | None:
-    """The newest complete checkpoint under OUT (OUT/checkpoint, else the .old a kill mid-swap left)."""
-    for name in (CHECKPOINT, f"{CHECKPOINT}.old"):
-        path = Path(out) / name
-        if (path / TRAINER_STATE).is_file() and (path / ckpt.WEIGHTS).is_file():
-            return path
-    return None
-
-
-def load_checkpoint(path: Path, model: Transformer, cfg: PretrainConfig) -> dict[str, Any]:
-    """Check that `cfg` can continue the checkpoint, load its weights into `model`, return its state."""
-    from safetensors.torch import load_file
-
-    state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
-    saved = state["config"]
-    for name in SHAPE_FIELDS:
-        if name == "moe_top_k" and not cfg.moe_experts:
-            continue
-        if saved.get(name) != getattr(cfg, name):
-            raise ValueError(
-                f"{path}: cannot resume with {name}={getattr(cfg, name)!r}:"
-                f" the checkpoint was trained with {name}={saved.get(name)!r}"
-            )
-    vocab = ckpt.load_config(path).vocab_size
-    if vocab != model.cfg.vocab_size:
-        raise ValueError(
-            f"{path}: cannot resume: the checkpoint has a {vocab}-token vocabulary,"
-            f" the tokenizer {cfg.tokenizer} has {model.cfg.vocab_size}"
-        )
-    ckpt.load_state(model, load_file(str(path / ckpt.WEIGHTS)), where=str(path / ckpt.WEIGHTS))
-    return state
 
 
 @dataclass(frozen=True)
