@@ -88,7 +88,7 @@ def _language_from_name(path: str) -> str:
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
-    from codefoundry import cli_model
+    from codefoundry import cli_data, cli_model
 
     parser = argparse.ArgumentParser(prog="codefoundry", description=__doc__)
     stages = parser.add_subparsers(dest="stage", required=True)
@@ -139,6 +139,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     tr.add_argument("--min-frequency", type=int, default=2)
     tr.add_argument("--out", required=True)
     tr.set_defaults(func=_tokenizer_train)
+    cli_data.register(stages)
     cli_model.register(stages, list(argv))
     return parser
 

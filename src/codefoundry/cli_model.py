@@ -12,8 +12,9 @@ import argparse
 import dataclasses
 import json
 import sys
-import typing
 from typing import Any
+
+from codefoundry.cli_options import add_dataclass_options
 
 ALIASES = {"mtp_depth": ["--mtp"], "moe_experts": ["--moe"]}
 HELP = {
@@ -102,48 +103,6 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        names = [flag, *ALIASES.get(f.name, [])]
-        kind = hints[f.name]
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        default_text = "" if required else f" (default: {_default(f)})"
-        help_text = HELP.get(f.name, f.name.replace("_", " ")) + default_text
-        if kind is bool:
-            parser.add_argument(
-                *names, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
-            continue
-        parser.add_argument(
-            *names, dest=f.name, type=_parse_type(kind, flag), required=required, help=help_text
-        )
-
-
-def _default(f: dataclasses.Field) -> Any:
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
-
-
-def _parse_type(kind: Any, flag: str):
-    args = [a for a in typing.get_args(kind) if a is not type(None)]
-    if typing.get_origin(kind) is tuple:
-        inner = args[0] if args else str
-
-        def parse_tuple(text: str):
-            try:
-                return tuple(inner(x) for x in text.split(",") if x.strip())
-            except ValueError:
-                raise argparse.ArgumentTypeError(
-                    f"{flag} takes comma-separated values, got {text!r}"
-                ) from None
-
-        return parse_tuple
-    if args and typing.get_origin(kind) is not None:  # X | None
-        kind = args[0]
-    return kind if kind in (int, float, str) else str
-
-
 def register(stages: argparse._SubParsersAction, argv: list[str]) -> None:
     """Add the model-stage subcommands. `pretrain`'s options come from `PretrainConfig`, which needs torch:
     they are built only when `pretrain` is the command, so the other stages never import torch."""
@@ -151,7 +110,7 @@ def register(stages: argparse._SubParsersAction, argv: list[str]) -> None:
     if argv[:1] == ["pretrain"]:
         from codefoundry.train.pretrain import PretrainConfig
 
-        _add_dataclass_options(pre, PretrainConfig)
+        add_dataclass_options(pre, PretrainConfig, help_texts=HELP, aliases=ALIASES)
     pre.set_defaults(func=_pretrain)
 
     ex = stages.add_parser("export", help="export a checkpoint to another format")

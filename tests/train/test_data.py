@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("tokenizers")
 torch = pytest.importorskip("torch")
 
+from codefoundry.data.shards import write_shards  # noqa: E402
 from codefoundry.models import tokenizer as cft  # noqa: E402
 from codefoundry.train import data as D  # noqa: E402
 
@@ -244,7 +245,7 @@ def test_non_utf8_files_are_skipped_and_counted(tmp_path, tok):
 
 def test_shards_give_the_same_stream_and_batches_as_the_directory(tmp_path, corpus, tok):
     root, texts = corpus
-    paths = D.write_shards(texts, tmp_path / "shards", tok, shard_tokens=200)
+    paths = write_shards(texts, tmp_path / "shards", tok, shard_tokens=200)
     assert len(paths) > 2 and (tmp_path / "shards" / "tokenizer.json").exists()
     from_dir = data(root, tok, seq_len=64, holdout=0)
     from_shards = data(tmp_path / "shards", tok, seq_len=64, holdout=0)
@@ -259,7 +260,7 @@ def test_shards_give_the_same_stream_and_batches_as_the_directory(tmp_path, corp
 
 def test_shard_holdout_is_the_last_documents_of_the_last_shard(tmp_path, corpus, tok):
     _, texts = corpus
-    paths = D.write_shards(texts, tmp_path, tok, shard_tokens=len(reference_stream(tok, texts)) // 2)
+    paths = write_shards(texts, tmp_path, tok, shard_tokens=len(reference_stream(tok, texts)) // 2)
     d = data(tmp_path, tok, seq_len=16, holdout=0.25)
     n_last = int((np.load(paths[-1]) == tok.token_to_id(cft.EOT)).sum())
     k = round(0.25 * n_last)
@@ -273,7 +274,7 @@ def test_shard_holdout_is_the_last_documents_of_the_last_shard(tmp_path, corpus,
 
 def test_val_batches_are_fixed_plain_and_rank_independent(tmp_path, corpus, tok):
     root, texts = corpus
-    D.write_shards(texts, tmp_path, tok, shard_tokens=10_000)
+    write_shards(texts, tmp_path, tok, shard_tokens=10_000)
     d0, d1 = (data(tmp_path, tok, seq_len=16, holdout=0.5, fim_rate=1.0, rank=r) for r in (0, 1))
     a, b = d0.val_batches(4, 3), d1.val_batches(4, 3)
     assert len(a) == 3 and all(x.shape == (4, 16) for x, _ in a)
@@ -296,7 +297,7 @@ def test_unigram_loss_matches_the_entropy_of_a_known_distribution(tmp_path, tok)
     ids, p = np.arange(20, 28), np.array([0.3, 0.2, 0.15, 0.1, 0.1, 0.1, 0.03, 0.02])
     doc_len, n_docs = 5000, 40
     docs = [rng.choice(ids, size=doc_len, p=p) for _ in range(n_docs)]
-    D.write_shards(docs, tmp_path, tok, shard_tokens=50_000)
+    write_shards(docs, tmp_path, tok, shard_tokens=50_000)
     d = data(tmp_path, tok, seq_len=64, holdout=0.25, fim_rate=0.0)
     # every document ends with EOT, so the true token distribution is p scaled by L/(L+1) plus EOT at 1/(L+1)
     q = np.append(p * doc_len / (doc_len + 1), 1 / (doc_len + 1))
@@ -349,4 +350,4 @@ def test_bad_arguments_are_refused(corpus, tok):
     with pytest.raises(ValueError, match="PretrainData.batch: need step >= 0"):
         data(root, tok, seq_len=8).batch(-1, 0, 2)
     with pytest.raises(ValueError, match="write_shards: a token-id document has ids outside"):
-        D.write_shards([[1, 2, 10_000]], root.parent / "bad_shards", tok, shard_tokens=10)
+        write_shards([[1, 2, 10_000]], root.parent / "bad_shards", tok, shard_tokens=10)

@@ -15,18 +15,10 @@ from collections.abc import Sequence
 
 from codefoundry.models.backends.base import truncate_at_stop
 from codefoundry.models.generate import FIM_STOPS, PLAIN_STOPS, OnText, decode, generate, token_bytes
-from codefoundry.models.tokenizer import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+from codefoundry.models.tokenizer import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, special_id
 from codefoundry.models.transformer import Transformer
 
 __all__ = ["complete", "complete_ids", "fim_prompt_ids", "generate_command", "special_id"]
-
-
-def special_id(tokenizer, token: str) -> int:
-    """The id of a special token, or a ValueError naming it."""
-    i = tokenizer.token_to_id(token)
-    if i is None:
-        raise ValueError(f"the tokenizer has no {token} token (not a codefoundry tokenizer?)")
-    return i
 
 
 def fim_prompt_ids(tokenizer, prefix: str, suffix: str) -> list[int]:

@@ -77,6 +77,11 @@ class TrainReport:
 
 def train(files: Sequence[Path], *, vocab_size: int, out: str | Path, min_frequency: int = 2):
     """Train a byte-level BPE on `files`, save it to `out`, and return the `tokenizers.Tokenizer`."""
+    return train_texts(read_texts(files), vocab_size=vocab_size, out=out, min_frequency=min_frequency)
+
+
+def train_texts(texts: Iterable[str], *, vocab_size: int, out: str | Path, min_frequency: int = 2):
+    """Train a byte-level BPE on `texts` (any iterable, consumed once), save it to `out`, return it."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 256 + len(SPECIAL_TOKENS):
@@ -91,7 +96,7 @@ def train(files: Sequence[Path], *, vocab_size: int, out: str | Path, min_freque
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(read_texts(files), trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
     save(tok, out)
     return tok
 
@@ -127,6 +132,15 @@ def load(path: str | Path):
 
     path = Path(path)
     return Tokenizer.from_file(str(path / "tokenizer.json" if path.is_dir() else path))
+
+
+def special_id(tokenizer, token: str, why: str = "") -> int:
+    """The id of a special token, or a ValueError naming it (and `why` it is needed)."""
+    i = tokenizer.token_to_id(token)
+    if i is None:
+        need = f", which {why} needs" if why else ""
+        raise ValueError(f"tokenizer: no {token} token{need} (train one with codefoundry tokenizer train)")
+    return i
 
 
 def plain_text_copy(tok):

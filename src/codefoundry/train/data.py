@@ -4,7 +4,8 @@ held-out split and the unigram baseline a model has to beat.
 Two kinds of source:
 
 - a directory of source files, tokenized when the data is opened (read whole into memory: fine for the
-  standard library or a small repository; write large corpora once with `write_shards`);
+  standard library or a small repository; write large corpora once with
+  `codefoundry.data.shards.write_shards` or `codefoundry data build`);
 - token shards: one `.npy` file or a directory of them, 1-D uint16/uint32 token ids with documents ended
   by `<|endoftext|>`, opened memory-mapped and never read whole into memory (opening scans them once in
   chunks to check the ids against the tokenizer and to count tokens for the unigram baseline).
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,13 +32,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from codefoundry.models.tokenizer import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, SPECIAL_TOKENS, corpus_files
+from codefoundry.data.shards import encode_each
+from codefoundry.models.tokenizer import (
+    EOT,
+    FIM_MIDDLE,
+    FIM_PREFIX,
+    FIM_SUFFIX,
+    SPECIAL_TOKENS,
+    corpus_files,
+    special_id,
+)
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 SCAN_CHUNK = 1 << 22  # tokens per chunk when scanning shards (16 MiB of uint32)
-ENCODE_CHUNK = 256  # documents per encode_batch call
 
 
 @dataclass(frozen=True)
@@ -123,15 +132,6 @@ def plain_text_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
     return plain_text_copy(tokenizer)
 
 
-def special_id(tokenizer: Tokenizer, token: str, why: str) -> int:
-    i = tokenizer.token_to_id(token)
-    if i is None:
-        raise ValueError(
-            f"tokenizer: no {token} token, which {why} needs (train it with codefoundry tokenizer)"
-        )
-    return i
-
-
 def fim_split(text: str, rng: np.random.Generator) -> tuple[str, str, str]:
     """(prefix, middle, suffix) at two character positions drawn uniformly in [0, len] and sorted."""
     a, b = sorted(int(x) for x in rng.integers(0, len(text) + 1, size=2))
@@ -169,67 +169,6 @@ def fim_example(text: str, tokenizer: Tokenizer, rng: np.random.Generator, *, sp
     parts = fim_split(text, rng)
     prefix, middle, suffix = (tokenizer.encode(part, add_special_tokens=False).ids for part in parts)
     return fim_layout(prefix, middle, suffix, fim_sentinels(tokenizer), spm=spm)
-
-
-def _encode_each(tokenizer: Tokenizer, texts: Sequence[str], eot: int) -> Iterator[np.ndarray]:
-    """Each text's ids followed by `eot` (int64); `tokenizer` should be a `plain_text_tokenizer`."""
-    for lo in range(0, len(texts), ENCODE_CHUNK):
-        for enc in tokenizer.encode_batch(list(texts[lo : lo + ENCODE_CHUNK]), add_special_tokens=False):
-            yield np.asarray(enc.ids + [eot], dtype=np.int64)
-
-
-def write_shards(
-    documents: Iterable[str | Sequence[int] | np.ndarray],
-    out_dir: str | Path,
-    tokenizer: Tokenizer,
-    *,
-    shard_tokens: int,
-) -> list[Path]:
-    """Write documents (texts, or token-id sequences) as `shard_00000.npy`, ... in `out_dir`, each document
-    followed by `<|endoftext|>`. A shard is closed at the first document end at or past `shard_tokens`
-    tokens, so documents never span shards. uint16 when the vocabulary fits, else uint32. The tokenizer
-    is saved beside them as `tokenizer.json` (for provenance; readers use the tokenizer they are given)."""
-    if shard_tokens < 1:
-        raise ValueError(f"write_shards: shard_tokens must be >= 1, got {shard_tokens}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    vocab, eot = tokenizer.get_vocab_size(), special_id(tokenizer, EOT, "write_shards")
-    dtype = np.uint16 if vocab <= 1 << 16 else np.uint32
-    plain = plain_text_tokenizer(tokenizer)
-    paths: list[Path] = []
-    pending: list[np.ndarray] = []
-    n_pending = 0
-    for batch in _batched(documents, ENCODE_CHUNK):
-        encoded = _encode_each(plain, [d for d in batch if isinstance(d, str)], eot)
-        for doc in batch:
-            ids = next(encoded) if isinstance(doc, str) else np.append(np.asarray(doc, dtype=np.int64), eot)
-            if ids.min() < 0 or ids.max() >= vocab:
-                raise ValueError(f"write_shards: a token-id document has ids outside [0, {vocab})")
-            pending.append(ids)
-            n_pending += len(ids)
-            if n_pending >= shard_tokens:
-                paths.append(_save_shard(out / f"shard_{len(paths):05d}.npy", pending, dtype))
-                pending, n_pending = [], 0
-    if pending:
-        paths.append(_save_shard(out / f"shard_{len(paths):05d}.npy", pending, dtype))
-    tokenizer.save(str(out / "tokenizer.json"))
-    return paths
-
-
-def _save_shard(path: Path, docs: list[np.ndarray], dtype: type) -> Path:
-    np.save(path, np.concatenate(docs).astype(dtype))
-    return path
-
-
-def _batched(items: Iterable, n: int) -> Iterator[list]:
-    batch: list = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 @dataclass
@@ -295,7 +234,7 @@ def _open_directory(
     val_texts = [t for (_, t), h in zip(docs, held, strict=True) if h]
     streams = []
     for texts in ([t for (_, t), h in zip(docs, held, strict=True) if not h], val_texts):
-        arrays = list(_encode_each(plain, texts, eot))
+        arrays = list(encode_each(plain, texts, eot))
         streams.append(np.concatenate(arrays).astype(np.uint32) if arrays else np.zeros(0, np.uint32))
     train, val = streams
     return _Split(
