@@ -88,7 +88,7 @@ def _language_from_name(path: str) -> str:
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
-    from codefoundry import cli_data, cli_model, cli_post
+    from codefoundry import cli_data, cli_model, cli_post, cli_rl
 
     parser = argparse.ArgumentParser(prog="codefoundry", description=__doc__)
     stages = parser.add_subparsers(dest="stage", required=True)
@@ -142,6 +142,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     cli_data.register(stages)
     cli_model.register(stages, list(argv))
     cli_post.register(stages, list(argv))
+    cli_rl.register(stages, list(argv))
     return parser
 
 

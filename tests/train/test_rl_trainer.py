@@ -1,0 +1,238 @@
+"""The RL trainer end to end on CPU: a tiny model the test trains on a few parametric problem families,
+rollouts through the real sandbox, rewards from `evaluate`, GRPO and every other estimator for one step,
+dynamic sampling, exact resume, and the `codefoundry rl` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("tokenizers")
+
+from codefoundry.models import checkpoint as ckpt  # noqa: E402
+from codefoundry.models import tokenizer as cft  # noqa: E402
+from codefoundry.models.config import config_for_size  # noqa: E402
+from codefoundry.models.transformer import Transformer  # noqa: E402
+from codefoundry.sandbox import ExecutionResult, Status  # noqa: E402
+from codefoundry.tasks import parametric  # noqa: E402
+from codefoundry.tasks.problem import Problem, Score  # noqa: E402
+from codefoundry.train.metrics import read_metrics  # noqa: E402
+from codefoundry.train.rl import ESTIMATORS  # noqa: E402
+from codefoundry.train.rl.rollout import (  # noqa: E402
+    PromptCodec,
+    RewardWorker,
+    Rollout,
+    collate,
+    response_forward,
+    shaped_rewards,
+)
+from codefoundry.train.rl.trainer import RLConfig, RLRun, rl  # noqa: E402
+from codefoundry.train.trainer_state import param_digest  # noqa: E402
+
+FAMILIES = ("add_k", "sub_k", "reverse_string", "upper_string")
+TIMING = ("time_", "tokens_per_s", "elapsed_s", "reward_share", "seconds")
+
+
+def _write_problems(path: Path, problems) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for p in problems:
+            rec = {"task_id": p.task_id, "prompt": p.prompt, "entry_point": p.entry_point,
+                   "tests": list(p.tests), "canonical_solution": p.canonical_solution}  # fmt: skip
+            f.write(json.dumps(rec) + "\n")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    """Problem files (train / held-out) and a tiny policy fine-tuned on the training prompts' canonical
+    bodies, so that sampling at temperature 1 passes some of the time and fails some of the time."""
+    root = tmp_path_factory.mktemp("rl")
+    drawn = parametric.generate(60, seed=3, families=FAMILIES)
+    train, held = drawn[:48], drawn[48:]
+    _write_problems(root / "train.jsonl", train)
+    _write_problems(root / "held.jsonl", held)
+    policy = root / "policy"
+    tok = cft.train_texts([p.prompt + p.canonical_solution for p in drawn], vocab_size=300, out=policy)
+    eot = tok.token_to_id(cft.EOT)
+    # Prompt and body tokenized apart, as at sampling time (the prompt's last "\n" stays its own token).
+    seqs = [tok.encode(p.prompt).ids + tok.encode(p.canonical_solution).ids + [eot] for p in train]
+    torch.manual_seed(0)
+    model = Transformer(config_for_size("tiny", tok.get_vocab_size(), max_seq_len=96))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    L = max(map(len, seqs))
+    rng = random.Random(0)
+    for _ in range(150):
+        batch = rng.sample(seqs, 16)
+        ids = torch.zeros(16, L, dtype=torch.long)
+        targets = torch.full((16, L), -100)
+        for i, s in enumerate(batch):
+            ids[i, : len(s)] = torch.tensor(s)
+            targets[i, : len(s) - 1] = torch.tensor(s[1:])
+        model(ids, targets).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    ckpt.save(model, policy, tokenizer=policy)
+    return {"root": root, "policy": policy, "train": root / "train.jsonl", "held": root / "held.jsonl"}
+
+
+def config(setup, out: Path, **overrides) -> RLConfig:
+    base = dict(
+        policy=str(setup["policy"]), out=str(out), task=str(setup["train"]), eval_task=str(setup["held"]),
+        eval_problems=0, steps=1, group_size=4, prompts_per_step=4, max_new_tokens=20, lr=1e-3, seed=0,
+        threads=1, progress=False, tensorboard=False, reward_workers=2, save_every=0,
+    )  # fmt: skip
+    return RLConfig(**{**base, **overrides})
+
+
+def train_records(out: Path) -> list[dict]:
+    return [r for r in read_metrics(out / "metrics.jsonl") if "reward_mean" in r]
+
+
+def test_rewards_come_from_the_sandbox(setup):
+    """A canonical body gets 1, a wrong one 0, both through `evaluate_many`; a syntax error pays the
+    format penalty; a sandbox error is NaN, not 0."""
+    from codefoundry.tasks.registry import load_problems_file
+
+    problem = load_problems_file(setup["train"])[0]
+    codec = PromptCodec(cft.load(setup["policy"]))
+    completions = [problem.canonical_solution, "    return None\n", "    return (\n"]
+    worker = RewardWorker(workers=2)
+    try:
+        scores = worker.submit([problem] * 3, completions).result()
+    finally:
+        worker.close()
+    roll = Rollout([problem] * 3, codec.encode([problem] * 3), [[1, 2]] * 3, completions, [False] * 3, scores)
+    assert shaped_rewards(roll, max_new_tokens=8).tolist() == [1.0, 0.0, 0.0]
+    assert shaped_rewards(roll, max_new_tokens=8, format_penalty=0.1).tolist() == pytest.approx([1, 0, -0.1])
+    broken = Score(False, 0.0, ExecutionResult(Status.SANDBOX_ERROR, message="planted"))
+    roll.scores = [scores[0], broken, scores[1]]
+    assert math.isnan(shaped_rewards(roll, max_new_tokens=8)[1])
+    # Soft overlong punishment: 2 response tokens with max 2 and a buffer of 2 -> (0 - 2) / 2 = -1.
+    roll.scores = scores
+    overlong = shaped_rewards(roll, max_new_tokens=2, overlong_buffer=2, overlong_penalty=0.5)
+    assert overlong.tolist() == pytest.approx([0.5, -0.5, -0.5])
+
+
+def test_response_forward_matches_the_full_forward(setup):
+    """The gathered response log-probs equal those of the model's own forward on each row alone."""
+    model = ckpt.load(setup["policy"])
+    prompts, responses = [[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]]
+    batch = collate(prompts, responses, device="cpu")
+    with torch.no_grad():
+        logp, ent, _ = response_forward(model, batch, temperature=0.7, entropy=True)
+        for b, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+            logits = model(torch.tensor([p + r])).logits[0, len(p) - 1 : len(p) + len(r) - 1] / 0.7
+            want = torch.log_softmax(logits, -1).gather(-1, torch.tensor(r)[:, None]).squeeze(-1)
+            assert torch.allclose(logp[b, : len(r)], want, atol=1e-5)
+    assert batch.mask.tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert torch.isfinite(ent).all()
+
+
+def test_one_grpo_step_end_to_end_changes_the_weights(setup, tmp_path):
+    cfg = config(setup, tmp_path / "grpo", prompts_per_step=8, eval_problems=4)
+    before = param_digest(ckpt.load(cfg.policy))
+    summary = rl(cfg)
+    (rec,) = train_records(tmp_path / "grpo")
+    assert 0 < rec["pass_rate"] < 1, "the planted policy should pass some samples and fail others"
+    assert rec["frac_zero_std"] < 1 and rec["advantage_abs_mean"] > 0
+    assert rec["sandbox_errors"] == 0 and rec["update_skipped"] == 0
+    for key in ("reward_std", "entropy", "clip_frac_high", "response_len_mean", "tokens_per_s",
+                "time_generation_s", "time_reward_s", "time_update_s"):  # fmt: skip
+        assert math.isfinite(rec[key]), key
+    after = param_digest(ckpt.load(tmp_path / "grpo" / "checkpoint"))
+    assert after != before
+    assert summary["eval_first"]["problems"] == 4 and 0 <= summary["eval_last"]["pass@1"] <= 1
+    assert Path(summary["plot"]).is_file()
+
+
+def test_dynamic_sampling_drops_zero_variance_groups(setup, tmp_path):
+    kept = config(setup, tmp_path / "keep", prompts_per_step=8)
+    rl(kept)
+    (plain,) = train_records(tmp_path / "keep")
+    assert plain["groups_dropped"] == 0
+    dyn = replace(kept, out=str(tmp_path / "dyn"), dynamic_sampling=True)
+    rl(dyn)
+    (rec,) = train_records(tmp_path / "dyn")
+    # Same seed, same rollouts: the all-equal groups counted by the plain run are the ones dropped here.
+    assert rec["frac_zero_std"] == plain["frac_zero_std"] > 0
+    assert rec["groups_dropped"] == round(rec["frac_zero_std"] * 8)
+
+
+def test_all_equal_rewards_skip_the_update(setup, tmp_path):
+    """Problems nobody can pass: every group is all-zero, dynamic sampling drops them all, nothing moves."""
+    impossible = tmp_path / "impossible.jsonl"
+    problems = [
+        Problem(f"x/{i}", f"def f{i}(x: int) -> int:\n", f"f{i}", ("assert False",)) for i in range(4)
+    ]
+    _write_problems_plain(impossible, problems)
+    cfg = config(setup, tmp_path / "none", task=str(impossible), dynamic_sampling=True)
+    rl(cfg)
+    (rec,) = train_records(tmp_path / "none")
+    assert rec["frac_zero_std"] == 1.0 and rec["groups_dropped"] == 4 and rec["update_skipped"] == 1
+    assert param_digest(ckpt.load(tmp_path / "none" / "checkpoint")) == param_digest(ckpt.load(cfg.policy))
+
+
+def _write_problems_plain(path: Path, problems: list[Problem]) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for p in problems:
+            f.write(json.dumps({"task_id": p.task_id, "prompt": p.prompt, "entry_point": p.entry_point,
+                                "tests": list(p.tests)}) + "\n")  # fmt: skip
+
+
+def test_resume_reproduces_the_uninterrupted_run(setup, tmp_path):
+    full = config(setup, tmp_path / "full", steps=3, save_every=1, kl_coef=0.05, ppo_epochs=2, mini_batches=2)
+    rl(full)
+    part = replace(full, out=str(tmp_path / "part"), steps=2)
+    rl(part)
+    RLRun(replace(part, steps=3, resume=True)).train()
+
+    def strip(records):
+        return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in records]
+
+    assert strip(train_records(tmp_path / "part")) == strip(train_records(tmp_path / "full"))
+    assert param_digest(ckpt.load(tmp_path / "part" / "checkpoint")) == param_digest(
+        ckpt.load(tmp_path / "full" / "checkpoint")
+    )
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_every_estimator_runs_a_step_without_nan(setup, tmp_path, estimator):
+    extra = {"kl_coef": 0.05, "kl_kind": "k1", "kl_in_reward": True} if estimator == "rloo" else {}
+    if estimator == "reinforce_pp":
+        extra = {"kl_coef": 0.01, "entropy_coef": 0.01, "dual_clip": 3.0, "micro_batch_size": 3}
+    cfg = config(setup, tmp_path / estimator, estimator=estimator, agg="seq-mean-token-mean", **extra)
+    rl(cfg)
+    (rec,) = train_records(tmp_path / estimator)
+    bad = [k for k, v in rec.items() if isinstance(v, float) and not math.isfinite(v)]
+    assert not bad
+    if estimator == "gae":
+        assert "value_loss" in rec
+
+
+def test_cli_rl_smoke(setup, tmp_path, capsys):
+    from codefoundry import cli_rl
+
+    argv = ["rl", "--policy", str(setup["policy"]), "--out", str(tmp_path / "cli"), "--task", str(setup["train"]),
+            "--eval-task", str(setup["held"]), "--eval-problems", "2", "--steps", "1", "--group-size", "2",
+            "--prompts-per-step", "2", "--max-new-tokens", "8", "--threads", "1", "--no-progress",
+            "--no-tensorboard", "--dual-clip", "3"]  # fmt: skip
+    parser = argparse.ArgumentParser(prog="codefoundry")
+    cli_rl.register(parser.add_subparsers(dest="stage", required=True), argv)
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    assert "held-out pass@1" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert summary["config"]["dual_clip"] == 3.0 and summary["step"] == 1
+
+
+def test_bad_config_is_one_line():
+    with pytest.raises(ValueError, match="RLConfig.estimator"):
+        RLConfig(policy="p", out="o", estimator="ppo2")
+    with pytest.raises(ValueError, match="not a codefoundry checkpoint"):
+        rl(RLConfig(policy="/nonexistent", out="o"))
