@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,6 +141,7 @@ def token_shards(config: BuildConfig, out: Path, *, progress: bool = False) -> d
     from codefoundry.data.shards import write_shards
     from codefoundry.models import tokenizer as T
 
+    started = time.time()
     tok_dir = out / "tokenizer"
     if config.tokenizer:
         tok = T.load(config.tokenizer)
@@ -147,6 +149,7 @@ def token_shards(config: BuildConfig, out: Path, *, progress: bool = False) -> d
     else:
         tok = T.train_texts(_sample_texts(out, config.tokenizer_sample_mb << 20), vocab_size=config.vocab_size,
                             out=tok_dir)  # fmt: skip
+    trained = time.time()
     plain = T.plain_text_copy(tok)
 
     def docs() -> Iterator[str | list[int]]:
@@ -165,7 +168,9 @@ def token_shards(config: BuildConfig, out: Path, *, progress: bool = False) -> d
     for p in paths:
         n = int(np.load(p, mmap_mode="r").shape[0])
         shards.append({"path": str(p.relative_to(out)), "tokens": n, "sha256": sha256_file(p)})
+    timings = {"tokenizer": round(trained - started, 2), "tokenize": round(time.time() - trained, 2)}
     return {"tokenizer": str(tok_dir.relative_to(out)), "vocab_size": tok.get_vocab_size(), "tokens": shards,
+            "_timings": timings,
             "total_tokens": sum(s["tokens"] for s in shards)}  # fmt: skip
 
 
@@ -181,8 +186,6 @@ def _sample_texts(out: Path, budget: int) -> Iterator[str]:
 def finish(config: BuildConfig, keys: dict[str, Any], counts: dict[str, StageCounts], work: Path, *,
            drops: list[dict[str, str]], progress: bool) -> dict[str, Any]:  # fmt: skip
     """Dedup, output, tokens; returns the manifest's body."""
-    import time
-
     from tqdm import tqdm
 
     out = work.parent
@@ -201,8 +204,7 @@ def finish(config: BuildConfig, keys: dict[str, Any], counts: dict[str, StageCou
     outputs = write_outputs(config, docs, out, fmt)
     t2 = time.time()
     outputs.update(token_shards(config, out, progress=progress))
-    outputs["timings_s"] = {"dedup": round(t1 - t0, 2), "write": round(t2 - t1, 2),
-                            "tokenize": round(time.time() - t2, 2)}  # fmt: skip
+    outputs["timings_s"] = {"dedup": round(t1 - t0, 2), "write": round(t2 - t1, 2), **outputs.pop("_timings")}
     drops = drops + [
         {"id": keys["ids"][i], "stage": r.split(" ", 1)[0], "reason": r} for i, r in sorted(dropped.items())
     ]

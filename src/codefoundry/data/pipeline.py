@@ -59,7 +59,7 @@ class BuildConfig:
     workers: int = 0  # 0 = one per core
     backend: str = "local"
     chunk_files: int = 256
-    tokenizer_sample_mb: int = 64  # text a trained tokenizer sees (the first MB of the output)
+    tokenizer_sample_mb: int = 16  # text a trained tokenizer sees (the first MB of the output)
     seed: int = 1
 
     def __post_init__(self) -> None:
