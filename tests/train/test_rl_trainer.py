@@ -236,3 +236,22 @@ def test_bad_config_is_one_line():
         RLConfig(policy="p", out="o", estimator="ppo2")
     with pytest.raises(ValueError, match="not a codefoundry checkpoint"):
         rl(RLConfig(policy="/nonexistent", out="o"))
+
+
+def test_reward_stream_scores_rows_as_they_arrive_in_row_order(setup):
+    """Rows added out of order, while earlier ones are being scored, come back in row order with the
+    same verdicts as one batched call."""
+    from codefoundry.tasks.registry import load_problems_file
+
+    problem = load_problems_file(setup["train"])[0]
+    completions = [problem.canonical_solution, "    return None\n", problem.canonical_solution, "    return (\n"]
+    worker = RewardWorker(workers=2)
+    try:
+        stream = worker.stream(len(completions))
+        for row in (2, 0, 3, 1):
+            stream.add(row, problem, completions[row])
+        streamed = [s.passed for s in stream.result()]
+        batched = [s.passed for s in worker.submit([problem] * 4, completions).result()]
+    finally:
+        worker.close()
+    assert streamed == batched == [True, False, True, False]

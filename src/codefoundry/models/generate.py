@@ -43,6 +43,7 @@ __all__ = [
 
 # on_token(row, token_id) sees every kept token in order; returning True ends that row (the token stays).
 OnToken = Callable[[int, int], "bool | None"]
+OnDone = Callable[[int, list[int]], None]
 OnText = Callable[[int, str], None]  # on_text(row, piece): the row's text, piece by piece
 
 FIM_STOPS = (EOT, FIM_PAD, FILE_SEP)
@@ -92,9 +93,14 @@ def decode(table: list[bytes], ids: Sequence[int]) -> str:
 class _Rows:
     """What each row has produced, and whether it is finished (stop id, stop string, callback, length)."""
 
-    def __init__(self, n: int, max_new: int, stop_ids, stop_strings, table, on_token) -> None:
+    def __init__(self, n: int, max_new: int, stop_ids, stop_strings, table, on_token, on_done=None) -> None:
         self.out: list[list[int]] = [[] for _ in range(n)]
-        self.max_new, self.stop_ids, self.on_token = max_new, frozenset(stop_ids), on_token
+        self.max_new, self.stop_ids, self.on_token, self.on_done = (
+            max_new,
+            frozenset(stop_ids),
+            on_token,
+            on_done,
+        )
         self.stops = [s.encode() for s in stop_strings]
         self.table = table
         self.tails = [b"" for _ in range(n)]  # the last bytes of each row, enough to hold any stop string
@@ -102,7 +108,13 @@ class _Rows:
         self.keep = max((len(s) for s in self.stops), default=0)
 
     def push(self, row: int, token: int) -> bool:
-        """Record `token` for `row`; True when the row is finished."""
+        """Record `token` for `row`; True when the row is finished (then `on_done(row, ids)` is called)."""
+        done = self._push(row, token)
+        if done and self.on_done is not None:
+            self.on_done(row, self.out[row])
+        return done
+
+    def _push(self, row: int, token: int) -> bool:
         if token in self.stop_ids:
             return True
         out = self.out[row]
@@ -153,14 +165,15 @@ class _Sampler:
 def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stop_ids: Sequence[int] = (),
              stop_strings: Sequence[str] = (), tokenizer=None, on_token: OnToken | None = None,
-             speculative: bool = False) -> list[list[int]]:  # fmt: skip
+             on_done: OnDone | None = None, speculative: bool = False) -> list[list[int]]:  # fmt: skip
     """The new tokens of each prompt. A row ends at a stop id (not returned), at a stop string (matched on
     the decoded bytes; the token completing it is returned), when `on_token(row, id)` returns True, or
-    after max_new_tokens. temperature 0 is greedy; else top-k (0 = off) and top-p sampling from a
-    generator seeded by `seed`. `speculative` drafts with the MTP modules (greedy, same output)."""
+    after max_new_tokens; `on_done(row, ids)` is then called at once, while other rows still decode (RL
+    scores finished rows meanwhile). temperature 0 is greedy; else top-k (0 = off) and top-p sampling
+    from a generator seeded by `seed`. `speculative` drafts with the MTP modules (greedy, same output)."""
     _check(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_strings, tokenizer)
     table = token_bytes(tokenizer) if stop_strings else None
-    rows = _Rows(len(prompts), max_new_tokens, stop_ids, stop_strings, table, on_token)
+    rows = _Rows(len(prompts), max_new_tokens, stop_ids, stop_strings, table, on_token, on_done)
     with torch.inference_mode():
         if speculative:
             if temperature > 0:

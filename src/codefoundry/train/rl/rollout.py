@@ -26,6 +26,7 @@ reflected in them (as in TRL and verl). One process; no vLLM engine here.
 from __future__ import annotations
 
 import ast
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -46,6 +47,7 @@ __all__ = [
     "Rollout",
     "RolloutTimes",
     "ResponseBatch",
+    "RewardStream",
     "RewardWorker",
     "collate",
     "encode_prompts",
@@ -129,11 +131,15 @@ def encode_prompts(tokenizer, problems: Sequence[Problem], *, chat: bool = False
 
 def sample_completions(
     model: Transformer, codec: PromptCodec, problems: Sequence[Problem], *, max_new_tokens: int,
-    temperature: float, top_p: float, seed: int,
+    temperature: float, top_p: float, seed: int, stream: RewardStream | None = None,
 ) -> Rollout:  # fmt: skip
-    """One completion per problem (repeat a problem G times for a group), in one batched `generate`."""
+    """One completion per problem (repeat a problem G times for a group), in one batched `generate`.
+    With a `stream`, each row goes to the sandbox the moment it finishes, while the others decode."""
     prompts = codec.encode(problems)
     stops = codec.stop_ids
+
+    def on_done(row: int, ids: list[int]) -> None:
+        stream.add(row, problems[row], codec.completion(problems[row], ids))
 
     # Stop ids are detected here rather than passed to `generate`, so the stop token stays in the row
     # and the policy is trained to emit it.
@@ -143,6 +149,7 @@ def sample_completions(
     out = generate(
         model, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
         stop_strings=codec.stop_strings, tokenizer=codec.tokenizer, on_token=on_token,
+        on_done=on_done if stream is not None else None,
     )  # fmt: skip
     completions = [codec.completion(p, ids) for p, ids in zip(problems, out, strict=True)]
     truncated = [
@@ -167,6 +174,10 @@ class RewardWorker:
         pairs = list(zip(problems, completions, strict=True))
         return self._pool.submit(self._score, pairs)
 
+    def stream(self, n: int) -> RewardStream:
+        """A stream of `n` rows scored as they arrive (see `RewardStream`)."""
+        return RewardStream(self, n)
+
     def _score(self, pairs: list[tuple[Problem, str]]) -> list[Score]:
         t0 = time.perf_counter()
         try:
@@ -178,31 +189,73 @@ class RewardWorker:
         self._pool.shutdown(wait=True)
 
 
+class RewardStream:
+    """Rows scored as they finish generating. `add` queues a row; the worker's thread takes every row
+    waiting into one `evaluate_many` call (so the sandbox's workers stay busy) and loops until none is
+    left. Only the rows that finish last wait for the sandbox after generation ends."""
+
+    def __init__(self, worker: RewardWorker, n: int) -> None:
+        self.worker = worker
+        self.scores: list[Score | None] = [None] * n
+        self._lock = threading.Lock()
+        self._pending: list[tuple[int, Problem, str]] = []
+        self._futures: list[Future[None]] = []
+        self._draining = False
+
+    def add(self, row: int, problem: Problem, completion: str) -> None:
+        with self._lock:
+            self._pending.append((row, problem, completion))
+            if not self._draining:
+                self._draining = True
+                self._futures.append(self.worker._pool.submit(self._drain))
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._draining = False
+                    return
+            scores = self.worker._score([(problem, completion) for _, problem, completion in batch])
+            for (row, _, _), score in zip(batch, scores, strict=True):
+                self.scores[row] = score
+
+    def result(self) -> list[Score]:
+        """Every row's score, in row order (call after the last `add`)."""
+        for future in list(self._futures):
+            future.result()
+        missing = [i for i, s in enumerate(self.scores) if s is None]
+        if missing:
+            raise RuntimeError(f"reward stream: rows {missing[:5]} were never scored")
+        return list(self.scores)  # type: ignore[arg-type]
+
+
 def rollout(
     model: Transformer, codec: PromptCodec, problems: Sequence[Problem], rewards: RewardWorker, *,
     group_size: int, max_new_tokens: int, temperature: float, top_p: float = 1.0, seed: int = 0,
     chunk_rows: int = 64,
 ) -> tuple[Rollout, RolloutTimes]:  # fmt: skip
     """G = `group_size` samples of each problem, generated `chunk_rows` rows at a time (whole groups per
-    chunk); each chunk's rewards are computed on the background worker while the next chunk generates.
-    Returns the rollout with its `scores` filled, and the time split."""
+    chunk); each row is scored on the background worker as soon as it finishes, while the rest of its
+    chunk and the next chunks generate. Returns the rollout with its `scores` filled, and the time split."""
     rows = [p for p in problems for _ in range(group_size)]
     per_chunk = max(1, chunk_rows // group_size) * group_size
     times, busy0 = RolloutTimes(), rewards.busy_s
     parts: list[Rollout] = []
-    futures: list[Future[list[Score]]] = []
+    streams: list[RewardStream] = []
     model.eval()
     for n, start in enumerate(range(0, len(rows), per_chunk)):
         t0 = time.perf_counter()
+        chunk = rows[start : start + per_chunk]
+        streams.append(rewards.stream(len(chunk)))
         part = sample_completions(
-            model, codec, rows[start : start + per_chunk], max_new_tokens=max_new_tokens,
-            temperature=temperature, top_p=top_p, seed=seed * 1_000_003 + n,
+            model, codec, chunk, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            seed=seed * 1_000_003 + n, stream=streams[-1],
         )  # fmt: skip
         times.generation_s += time.perf_counter() - t0
-        futures.append(rewards.submit(part.problems, part.completions))
         parts.append(part)
     t0 = time.perf_counter()
-    scores = [s for f in futures for s in f.result()]
+    scores = [s for stream in streams for s in stream.result()]
     times.reward_wait_s = time.perf_counter() - t0
     times.reward_busy_s = rewards.busy_s - busy0
     out = Rollout(
