@@ -88,7 +88,7 @@ def _language_from_name(path: str) -> str:
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
-    from codefoundry import cli_data, cli_model, cli_post, cli_rl
+    from codefoundry import cli_data, cli_model, cli_post, cli_recipes, cli_rl
 
     parser = argparse.ArgumentParser(prog="codefoundry", description=__doc__)
     stages = parser.add_subparsers(dest="stage", required=True)
@@ -143,6 +143,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     cli_model.register(stages, list(argv))
     cli_post.register(stages, list(argv))
     cli_rl.register(stages, list(argv))
+    cli_recipes.register(stages, list(argv))
     return parser
 
 
