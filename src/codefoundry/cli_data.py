@@ -20,6 +20,9 @@ HELP = {
     "decontam_files": "extra files (JSONL of problems, or source files) to decontaminate against",
     "decontam_ngram": "shared n-gram length (tokens) that marks a document as contaminated",
     "dedup_threshold": "MinHash Jaccard threshold for near-duplicates",
+    "dedup_bands": "LSH bands (rows = num-perm / bands; 0 = chosen for the threshold)",
+    "filters": 'a JSON file of quality-filter settings, e.g. {"max_line_length": 2000, '
+    '"per_language": {"markdown": {"min_lines": 1}}}',
     "layout": "file (one document per file) or repo (a repository's files in import order)",
     "tokenizer": "tokenizer for the token shards (default: train a BPE on the curated documents)",
     "workers": "worker processes (0 = one per core)",

@@ -198,3 +198,17 @@ def test_cli_prints_the_stage_table_and_rejects_bad_input(corpus, tmp_path, caps
     assert "no such directory" in capsys.readouterr().err
     assert main(["data", "build", "--layout", "tree", "--out", str(tmp_path / "d")]) == 2
     assert "layout='tree'" in capsys.readouterr().err
+
+
+def test_filter_settings_file_and_lsh_bands_reach_the_stages(corpus, tmp_path):
+    settings = tmp_path / "filters.json"
+    settings.write_text(json.dumps({"per_language": {"python": {"min_lines": 100_000}}}))
+    manifest = build(_config(corpus, tmp_path / "out", filters=str(settings), dedup_bands=16, decontaminate=()),
+                     progress=False)  # fmt: skip
+    quality = _stage(manifest, "quality")
+    kept = [d for p in sorted((tmp_path / "out/documents").glob("*.parquet")) for d in read_documents(p)]
+    assert quality["dropped"]["too_short"] >= len(corpus["kept"])
+    assert all(d.language != "python" for d in kept)
+    settings.write_text(json.dumps({"max_line_lenght": 5}))
+    with pytest.raises(ValueError, match=r"--filters .*filters.json: .*max_line_lenght"):
+        build(_config(corpus, tmp_path / "bad", filters=str(settings)), progress=False)

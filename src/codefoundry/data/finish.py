@@ -30,8 +30,8 @@ def dedup(config: BuildConfig, keys: dict[str, Any], counts: dict[str, StageCoun
     from codefoundry.data.dedup import DedupConfig, deduplicate_keys
 
     ids, sizes = keys["ids"], keys["sizes"]
-    dcfg = DedupConfig(num_perm=config.num_perm, shingle_size=config.shingle_size,
-                       threshold=config.dedup_threshold, seed=config.seed)  # fmt: skip
+    dcfg = DedupConfig(num_perm=config.num_perm, shingle_size=config.shingle_size, threshold=config.dedup_threshold,
+                       bands=config.dedup_bands or None, seed=config.seed)  # fmt: skip
     result = deduplicate_keys(keys["hashes"], keys["signatures"], dcfg)
     dropped = {d.index: f"{d.reason} of {ids[d.kept]}" for d in result.duplicates}
     stage_in = (len(ids), sum(sizes))

@@ -49,8 +49,10 @@ class BuildConfig:
     decontam_files: tuple[str, ...] = ()
     decontam_ngram: int = 13
     dedup_threshold: float = 0.7
+    dedup_bands: int = 0  # LSH bands (rows = num_perm // bands); 0 = chosen for the threshold
     num_perm: int = 128
     shingle_size: int = 5
+    filters: str = ""  # a JSON file of FilterConfig fields, per-language overrides included; "" = defaults
     layout: str = "file"  # "file" documents, or "repo": a repository's files in import order
     tokenizer: str = ""  # tokenizer.json or its directory; "" = train a BPE on the curated documents
     vocab_size: int = 8192
@@ -75,6 +77,7 @@ class BuildConfig:
             "shard_rows": self.shard_rows >= 1,
             "shard_tokens": self.shard_tokens >= 1,
             "max_file_bytes": self.max_file_bytes >= 1,
+            "dedup_bands": 0 <= self.dedup_bands <= self.num_perm,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -113,6 +116,8 @@ def build(config: BuildConfig, *, progress: bool = True) -> dict[str, Any]:
     work = out / "work"
     specs = sources_from(config)
     inputs = [s.describe() for s in specs]
+    if config.filters:  # the file's content decides what is kept, not its name
+        inputs.append(f"filters:{json.dumps(filter_options(config), sort_keys=True)}")
     fingerprint = config.fingerprint(inputs)
     _prepare_work_dir(work, fingerprint)
 
@@ -202,6 +207,27 @@ def _chunk_tasks(
             chunk, index = [], index + 1
     if chunk:
         yield ChunkTask(index, chunk, str(work), config)
+
+
+def filter_options(config: BuildConfig) -> dict[str, Any]:
+    """The FilterConfig fields in `config.filters` (a JSON object), checked by building the config."""
+    from codefoundry.data.filters import FilterConfig
+
+    if not config.filters:
+        return {}
+    try:
+        options = json.loads(Path(config.filters).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"data build: --filters {config.filters}: cannot read a JSON object ({e})") from None
+    if not isinstance(options, dict):
+        raise ValueError(
+            f"data build: --filters {config.filters}: expected a JSON object of FilterConfig fields"
+        )
+    try:
+        FilterConfig(**options)
+    except TypeError as e:
+        raise ValueError(f"data build: --filters {config.filters}: {e}") from None
+    return options
 
 
 def sources_from(config: BuildConfig) -> list:

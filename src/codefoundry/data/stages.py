@@ -52,13 +52,14 @@ class _Stages:
         from codefoundry.data.filters import FilterConfig
         from codefoundry.data.langid import LangConfig
         from codefoundry.data.licenses import LicenseConfig
+        from codefoundry.data.pipeline import filter_options
         from codefoundry.data.secrets import SecretsConfig
 
         self.config = config
         self.lang = LangConfig(languages=config.languages or None)
         license_options = {"allow": config.licenses} if config.licenses else {}
         self.licenses = LicenseConfig(keep_unknown=config.keep_unknown_license, **license_options)
-        self.filters = FilterConfig()
+        self.filters = FilterConfig(**filter_options(config))
         self.secrets = SecretsConfig()
         self.decontam = None
         if config.decontaminate or config.decontam_files:
