@@ -139,7 +139,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     tr.add_argument("--min-frequency", type=int, default=2)
     tr.add_argument("--out", required=True)
     tr.set_defaults(func=_tokenizer_train)
-    cli_data.register(stages)
+    cli_data.register(stages, list(argv))
     cli_model.register(stages, list(argv))
     cli_post.register(stages, list(argv))
     cli_rl.register(stages, list(argv))

@@ -51,7 +51,9 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(stages: argparse._SubParsersAction) -> None:
+def register(stages: argparse._SubParsersAction, argv: list[str]) -> None:
+    """Add `data build`; its options (BuildConfig's fields) are built only when `data` is the command, so
+    other stages start without importing the data package."""
     data = stages.add_parser("data", help="curate code data into Parquet and token shards")
     cmds = data.add_subparsers(dest="command", required=True)
     b = cmds.add_parser("build", help="sources -> filters -> dedup -> decontamination -> shards")
@@ -61,8 +63,9 @@ def register(stages: argparse._SubParsersAction) -> None:
         help="directories, git repositories (DIR or DIR@REVISION), .jsonl/.parquet document files "
         "(default: this Python's standard library and site-packages)",
     )
-    from codefoundry.data.pipeline import BuildConfig
+    if argv[:1] == ["data"]:
+        from codefoundry.data.pipeline import BuildConfig
 
-    add_dataclass_options(b, BuildConfig, help_texts=HELP, aliases={}, skip=("sources",))
+        add_dataclass_options(b, BuildConfig, help_texts=HELP, aliases={}, skip=("sources",))
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=_build)
