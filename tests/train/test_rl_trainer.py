@@ -244,7 +244,12 @@ def test_reward_stream_scores_rows_as_they_arrive_in_row_order(setup):
     from codefoundry.tasks.registry import load_problems_file
 
     problem = load_problems_file(setup["train"])[0]
-    completions = [problem.canonical_solution, "    return None\n", problem.canonical_solution, "    return (\n"]
+    completions = [
+        problem.canonical_solution,
+        "    return None\n",
+        problem.canonical_solution,
+        "    return (\n",
+    ]
     worker = RewardWorker(workers=2)
     try:
         stream = worker.stream(len(completions))

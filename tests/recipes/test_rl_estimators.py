@@ -1,0 +1,191 @@
+"""`codefoundry recipe rl-estimators` on a tiny budget: a planted corpus for the base model, two estimator
+arms of two RL steps, a few held-out problems. It checks the table (Markdown, CSV, PNG) and results, that
+a rerun skips finished arms and a lost arm is redone with the same numbers, that running arms in two
+processes gives the numbers of running them one by one, the YAML loader's errors, and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("tokenizers")
+pytest.importorskip("pyarrow")
+pytest.importorskip("yaml")
+
+from codefoundry.recipes.recipe import RecipeConfigError, load_config, parse_overrides  # noqa: E402
+from codefoundry.recipes.rl_estimators import RLEstimatorsConfig, run_rl_estimators  # noqa: E402
+
+MIT = (
+    "MIT License\n\nCopyright (c) 2025 Planted\n\nPermission is hereby granted, free of charge, to any person "
+    'obtaining a copy of this software and associated documentation files (the "Software"), to deal in the '
+    "Software without restriction, including without limitation the rights to use, copy, modify, merge, "
+    'publish, distribute, sublicense, and/or sell copies of the Software.\n\nTHE SOFTWARE IS PROVIDED "AS '
+    'IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED.\n'
+)
+ARMS = ("grpo", "rloo")
+TIMING = ("wall_s", "rl_wall_s", "eval_s")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _planted_module(rng: random.Random, index: int) -> str:
+    names = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(4, 8))) for _ in range(24)]
+    lines = [f'"""Planted helpers {index}: {names[0]}."""', ""]
+    for i in range(8):
+        f, a, b = rng.sample(names, 3)
+        lines += [f"def {f}_{i}({a}, {b}):", f'    """Combine {a} with {b}."""',
+                  f"    value = {a} - {rng.randint(3, 70)} * {b}", "    return value", ""]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def tiny(out: Path, corpus: Path, **overrides) -> RLEstimatorsConfig:
+    base = dict(
+        sources=[str(corpus)], decontaminate=["builtin"], vocab_size=320, tokenizer_sample_mb=1, seq_len=160,
+        pretrain_batch=4, pretrain_eval_batches=1, sft_batch=4, pretrain_steps=2, sft_steps=3, workers=1,
+    )  # fmt: skip
+    values = dict(
+        out=str(out), estimators=ARMS, base=base, steps=2, group_size=2, prompts_per_step=2, max_new_tokens=8,
+        eval_every=1, curve_problems=2, curve_samples=1, eval_problems=3, eval_samples=5, parallel=1,
+        threads=1, workers=1, base_threads=1, save_every=1, progress=False,
+    )  # fmt: skip
+    return RLEstimatorsConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "LICENSE").write_text(MIT, encoding="utf-8")
+    rng = random.Random(11)
+    for i in range(12):
+        (root / f"planted_{i:02d}.py").write_text(_planted_module(rng, i), encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_a(corpus, tmp_path_factory) -> tuple[RLEstimatorsConfig, dict]:
+    cfg = tiny(tmp_path_factory.mktemp("rle") / "a", corpus)
+    return cfg, run_rl_estimators(cfg, command="test-command")
+
+
+def numbers(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def test_two_arms_end_to_end_write_table_csv_and_plot(run_a):
+    cfg, results = run_a
+    root = Path(cfg.out)
+    assert json.loads((root / "results.json").read_text())["rows"] == results["rows"]
+    assert [r["arm"] for r in results["rows"]] == ["sft", *ARMS]
+    for row in results["rows"]:
+        assert row["problems"] == cfg.eval_problems and row["samples"] == cfg.eval_problems * cfg.eval_samples
+        assert 0 <= row["pass@1_low"] <= row["pass@1"] <= row["pass@1_high"] <= 1
+        assert row["pass@1"] <= row["pass@5"] <= 1  # pass@k grows with k on the same samples
+        assert row["wall_s"] >= 0 and row["response_tokens"] >= 0
+    for row in results["rows"][1:]:
+        # the curve: step 0 (the SFT model) and every eval_every steps up to the last
+        assert [step for step, _ in row["curve"]] == [0, 1, 2]
+        assert row["steps_to_best"] in (0, 1, 2)
+        assert row["curve_best"] == max(value for _, value in row["curve"])
+        assert row["delta_low"] <= row["delta_pass@1"] <= row["delta_high"]
+        assert row["delta_pass@1"] == pytest.approx(row["pass@1"] - results["rows"][0]["pass@1"])
+    md = (root / "rl_estimators.md").read_text()
+    assert md.splitlines()[2] == "Command: `test-command`"
+    header = next(line for line in md.splitlines() if line.startswith("| estimator"))
+    for column in ("pass@1 (95% CI)", "pass@5 (95% CI)", "Δ pass@1 vs SFT", "steps to best",
+                   "mean response length", "wall time"):  # fmt: skip
+        assert column in header
+    assert sum(line.startswith("| ") for line in md.splitlines()) == 1 + 1 + len(ARMS)
+    with (root / "rl_estimators.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [r["estimator"] for r in table] == ["sft", *ARMS]
+    assert float(table[1]["pass@1"]) == results["rows"][1]["pass@1"]
+    assert (root / "rl_estimators.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerun_skips_finished_arms_and_redoes_a_lost_one(run_a):
+    cfg, first = run_a
+    arms = Path(cfg.out) / "arms"
+    stamps = {a: (arms / a / "done.json").stat().st_mtime_ns for a in ("sft", *ARMS)}
+    again = run_rl_estimators(cfg, command="test-command")
+    assert {a: (arms / a / "done.json").stat().st_mtime_ns for a in stamps} == stamps  # nothing recomputed
+    assert again["rows"] == first["rows"]
+    # An arm whose marker is gone (killed during its final evaluation) evaluates again, same numbers.
+    (arms / "rloo" / "done.json").unlink()
+    redone = run_rl_estimators(cfg, command="test-command")
+    assert (arms / "grpo" / "done.json").stat().st_mtime_ns == stamps["grpo"]
+    assert numbers(redone["rows"]) == numbers(first["rows"])
+
+
+def test_other_settings_in_the_same_directory_are_refused(run_a):
+    cfg, _ = run_a
+    changed = RLEstimatorsConfig(**{**cfg.__dict__, "steps": 3})
+    with pytest.raises(ValueError, match=r"other settings \(steps\)"):
+        run_rl_estimators(changed)
+
+
+def test_arms_in_two_processes_give_the_numbers_of_one_by_one(run_a, tmp_path):
+    cfg, first = run_a
+    parallel = RLEstimatorsConfig(**{**cfg.__dict__, "out": str(tmp_path / "b"), "parallel": 2,
+                                     "base_run": str(Path(cfg.out) / "base")})  # fmt: skip
+    # OUT/base of the first run lacks quickstart.json only if it was never a quickstart run: it is one.
+    results = run_rl_estimators(parallel, command="test-command")
+    assert numbers(results["rows"]) == numbers(first["rows"])
+
+
+def test_yaml_fills_the_dataclass_and_rejects_unknown_keys(tmp_path):
+    path = tmp_path / "rl.yaml"
+    path.write_text("# codefoundry recipe rl-estimators\nlaptop:\n  steps: 5\n  estimators: [grpo, gae]\n"
+                    "  lr: 1\ngpu:\n  steps: 50\n  device: cuda\n")  # fmt: skip
+    laptop = load_config(RLEstimatorsConfig, path, "laptop", overrides=parse_overrides(["seed=3"]), out="x")
+    assert (laptop.steps, laptop.estimators, laptop.lr, laptop.seed, laptop.out) == (
+        5,
+        ("grpo", "gae"),
+        1.0,
+        3,
+        "x",
+    )
+    assert load_config(RLEstimatorsConfig, path, "gpu").device == "cuda"
+    path.write_text("laptop:\n  steps: 5\n  stepz: 6\ngpu: {}\n")
+    with pytest.raises(RecipeConfigError) as err:
+        load_config(RLEstimatorsConfig, path, "laptop")
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message and "'stepz'" in message
+    path.write_text("laptop:\n  steps: many\n")
+    with pytest.raises(RecipeConfigError, match=r"rl.yaml \[laptop\]: key 'steps': expected int, got 'many'"):
+        load_config(RLEstimatorsConfig, path, "laptop")
+    path.write_text("laptop: {}\ncloud: {}\n")
+    with pytest.raises(RecipeConfigError, match="unknown section 'cloud'"):
+        load_config(RLEstimatorsConfig, path, "laptop")
+    with pytest.raises(RecipeConfigError, match="override: unknown key 'nope'"):
+        load_config(RLEstimatorsConfig, None, "laptop", overrides={"nope": 1})
+    with pytest.raises(RecipeConfigError, match="invalid estimators"):
+        load_config(RLEstimatorsConfig, None, "laptop", overrides={"estimators": ["grpo", "ppo2"]})
+
+
+def test_committed_config_has_both_variants_and_starts_with_its_command():
+    path = REPO / "configs" / "recipes" / "rl-estimators.yaml"
+    assert path.read_text().splitlines()[0].startswith("# codefoundry recipe rl-estimators")
+    for variant in ("laptop", "gpu"):
+        assert load_config(RLEstimatorsConfig, path, variant).estimators
+
+
+def test_cli_help_and_a_bad_key_in_one_line(tmp_path):
+    cli = [sys.executable, "-c", "import sys; from codefoundry.cli import main; sys.exit(main())"]
+    help_run = subprocess.run([*cli, "recipe", "rl-estimators", "--variant", "laptop", "--help"],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert help_run.returncode == 0, help_run.stderr
+    assert "--variant" in help_run.stdout and "rl-estimators" in help_run.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("laptop:\n  stepz: 1\ngpu: {}\n")
+    run = subprocess.run([*cli, "recipe", "rl-estimators", "--config", str(bad), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode != 0
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(bad) in lines[0] and "'stepz'" in lines[0], run.stderr
