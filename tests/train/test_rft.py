@@ -13,11 +13,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("tokenizers")
 pytest.importorskip("safetensors")
 
+from tiny_kit import tiny_checkpoint  # noqa: E402
+
 from codefoundry.cli import main as cli_main  # noqa: E402
-from codefoundry.models import checkpoint  # noqa: E402
-from codefoundry.models import tokenizer as cft  # noqa: E402
-from codefoundry.models.config import config_for_size  # noqa: E402
-from codefoundry.models.transformer import Transformer  # noqa: E402
 from codefoundry.train.rft import RFTConfig, read_samples, rft  # noqa: E402
 
 PROBLEMS = [
@@ -36,11 +34,7 @@ PASSED = {"t/add": [True, False, True], "t/neg": [False, True, True], "t/up": [F
 
 @pytest.fixture(scope="module")
 def init_ckpt(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("init")
-    tok = cft.train(cft.default_corpus()[:15], vocab_size=400, out=root / "tok")
-    torch.manual_seed(0)
-    model = Transformer(config_for_size("tiny", tok.get_vocab_size(), max_seq_len=128))
-    return checkpoint.save(model, root / "ckpt", tokenizer=root / "tok")
+    return tiny_checkpoint(tmp_path_factory.mktemp("init"))
 
 
 @pytest.fixture(scope="module")

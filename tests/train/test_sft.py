@@ -14,11 +14,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("tokenizers")
 pytest.importorskip("safetensors")
 
+from tiny_kit import tiny_checkpoint  # noqa: E402
+
 from codefoundry.cli import main as cli_main  # noqa: E402
 from codefoundry.models import checkpoint  # noqa: E402
 from codefoundry.models import tokenizer as cft  # noqa: E402
-from codefoundry.models.config import config_for_size  # noqa: E402
-from codefoundry.models.transformer import Transformer  # noqa: E402
 from codefoundry.train import metrics as M  # noqa: E402
 from codefoundry.train import sft_data as D  # noqa: E402
 from codefoundry.train.sft import SFTConfig, SFTRun, accumulate, sft  # noqa: E402
@@ -29,11 +29,7 @@ NAMES = ["ada", "bob", "cy", "dee", "eve", "fay", "gus", "hal", "ivy", "jo", "ki
 
 @pytest.fixture(scope="module")
 def init_ckpt(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("init")
-    tok = cft.train(cft.default_corpus()[:15], vocab_size=400, out=root / "tok")
-    torch.manual_seed(0)
-    model = Transformer(config_for_size("tiny", tok.get_vocab_size(), max_seq_len=128))
-    return checkpoint.save(model, root / "ckpt", tokenizer=root / "tok")
+    return tiny_checkpoint(tmp_path_factory.mktemp("init"))
 
 
 @pytest.fixture(scope="module")
