@@ -125,3 +125,13 @@ def test_cli_run_json(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "codefoundry.cli", "sandbox", "run", str(tmp_path / "nope.py")],
                              capture_output=True, text=True, timeout=120)  # fmt: skip
     assert missing.returncode == 2 and "nope.py" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_the_run_after_an_internal_sandbox_error_gets_a_fresh_worker():
+    """A worker exits after replying `sandbox_error` to a request it cannot serve (a file name leaving the
+    work directory); the very next run must not be handed that dying worker."""
+    for _ in range(5):
+        bad = execute("print('ran')", files={"../../escape.txt": "x"}, limits=Limits(cpu_seconds=2))
+        assert bad.status is Status.SANDBOX_ERROR and "leaves the work directory" in bad.message
+        good = execute("print(6 * 7)", limits=Limits(cpu_seconds=2))
+        assert good.passed and good.stdout == "42\n", good.message

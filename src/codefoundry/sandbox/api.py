@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
-from codefoundry.sandbox.result import ExecutionResult, Judge, Limits
+from codefoundry.sandbox.result import ExecutionResult, Judge, Limits, Status
 from codefoundry.sandbox.worker import Worker, WorkerDied
 
 
@@ -74,7 +74,12 @@ class Pool:
         except WorkerDied as e:
             self._discard(worker)
             return ExecutionResult.sandbox_error(str(e), worker.isolation)
-        self._give_back(worker)
+        if result.status is Status.SANDBOX_ERROR:
+            # The worker exits after an internal error (its request stream may be out of step), possibly
+            # a moment after replying: never hand it to the next run.
+            self._discard(worker)
+        else:
+            self._give_back(worker)
         return result
 
     def warm(self, n: int) -> None:
