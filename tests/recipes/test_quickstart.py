@@ -8,10 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import signal
-import string
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from recipe_kit import write_corpus
 
 pytest.importorskip("torch")
 pytest.importorskip("tokenizers")
@@ -27,25 +26,7 @@ pytest.importorskip("pyarrow")
 from codefoundry.recipes import QuickstartConfig, plan, quickstart  # noqa: E402
 from codefoundry.recipes.quickstart import STAGES  # noqa: E402
 
-MIT = (
-    "MIT License\n\nCopyright (c) 2024 Planted\n\nPermission is hereby granted, free of charge, to any person "
-    'obtaining a copy of this software and associated documentation files (the "Software"), to deal in the '
-    "Software without restriction, including without limitation the rights to use, copy, modify, merge, "
-    'publish, distribute, sublicense, and/or sell copies of the Software.\n\nTHE SOFTWARE IS PROVIDED "AS '
-    'IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED.\n'
-)
 TIMING = ("wall_s", "mean_step_s", "seconds", "elapsed_s")
-
-
-def _module(rng: random.Random, index: int) -> str:
-    """A unique little module of short functions (FIM needs functions with 1..15-line bodies)."""
-    words = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(4, 8))) for _ in range(30)]
-    lines = [f'"""Helpers number {index} for {words[0]}."""', ""]
-    for i in range(8):
-        a, b, c = rng.sample(words, 3)
-        lines += [f"def {a}_{i}({b}, {c}):", f'    """Mix {b} and {c}."""',
-                  f"    total = {b} * {rng.randint(2, 90)} + {c}", "    return total", ""]  # fmt: skip
-    return "\n".join(lines) + "\n"
 
 
 def tiny_config(out: Path, corpus: Path, **overrides) -> QuickstartConfig:
@@ -62,12 +43,7 @@ def tiny_config(out: Path, corpus: Path, **overrides) -> QuickstartConfig:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("corpus")
-    (root / "LICENSE").write_text(MIT, encoding="utf-8")
-    rng = random.Random(7)
-    for i in range(12):
-        (root / f"mod_{i:02d}.py").write_text(_module(rng, i), encoding="utf-8")
-    return root
+    return write_corpus(tmp_path_factory.mktemp("corpus"), seed=7)
 
 
 @pytest.fixture(scope="module")

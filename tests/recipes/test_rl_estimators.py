@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import csv
 import json
-import random
-import string
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from recipe_kit import write_corpus
 
 pytest.importorskip("torch")
 pytest.importorskip("tokenizers")
@@ -23,26 +22,9 @@ pytest.importorskip("yaml")
 from codefoundry.recipes.recipe import RecipeConfigError, load_config, parse_overrides  # noqa: E402
 from codefoundry.recipes.rl_estimators import RLEstimatorsConfig, run_rl_estimators  # noqa: E402
 
-MIT = (
-    "MIT License\n\nCopyright (c) 2025 Planted\n\nPermission is hereby granted, free of charge, to any person "
-    'obtaining a copy of this software and associated documentation files (the "Software"), to deal in the '
-    "Software without restriction, including without limitation the rights to use, copy, modify, merge, "
-    'publish, distribute, sublicense, and/or sell copies of the Software.\n\nTHE SOFTWARE IS PROVIDED "AS '
-    'IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED.\n'
-)
 ARMS = ("grpo", "rloo")
 TIMING = ("wall_s", "rl_wall_s", "eval_s")
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _planted_module(rng: random.Random, index: int) -> str:
-    names = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(4, 8))) for _ in range(24)]
-    lines = [f'"""Planted helpers {index}: {names[0]}."""', ""]
-    for i in range(8):
-        f, a, b = rng.sample(names, 3)
-        lines += [f"def {f}_{i}({a}, {b}):", f'    """Combine {a} with {b}."""',
-                  f"    value = {a} - {rng.randint(3, 70)} * {b}", "    return value", ""]  # fmt: skip
-    return "\n".join(lines) + "\n"
 
 
 def tiny(out: Path, corpus: Path, **overrides) -> RLEstimatorsConfig:
@@ -60,12 +42,7 @@ def tiny(out: Path, corpus: Path, **overrides) -> RLEstimatorsConfig:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("corpus")
-    (root / "LICENSE").write_text(MIT, encoding="utf-8")
-    rng = random.Random(11)
-    for i in range(12):
-        (root / f"planted_{i:02d}.py").write_text(_planted_module(rng, i), encoding="utf-8")
-    return root
+    return write_corpus(tmp_path_factory.mktemp("corpus"), seed=11)
 
 
 @pytest.fixture(scope="module")
