@@ -22,6 +22,7 @@ HELP = {
     "tokenizer": "a tokenizer directory (from `codefoundry tokenizer train`)",
     "out": "output directory: checkpoint/, metrics.jsonl, tb/, loss.png, summary.json",
     "size": "named model size (tiny, mini, 10m, small, 100m, 300m, 1b)",
+    "shape": "a model shape dim,n_layers,n_heads,n_kv_heads instead of a named size",
     "fim_rate": "fraction of documents turned into fill-in-the-middle examples",
     "mtp_depth": "multi-token-prediction depth D (0 = none)",
     "moe_experts": "experts per mixture-of-experts layer (0 = dense)",

@@ -44,6 +44,9 @@ def _default(f: dataclasses.Field) -> Any:
 
 def _parse_type(kind: Any, flag: str):
     args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if args and typing.get_origin(args[0]) is tuple:  # tuple[...] | None: parsed as the tuple
+        kind = args[0]
+        args = list(typing.get_args(kind))
     if typing.get_origin(kind) is tuple:
         inner = args[0] if args else str
 

@@ -22,6 +22,7 @@ SFT_HELP = {
     "overlong": "examples longer than --seq-len: truncate or drop",
     "packing": "pack several examples per sequence",
     "steps": "optimizer steps (default: --epochs passes over the data)",
+    "schedule": "learning rate after the linear warmup: cosine (to --min-lr), linear (to --min-lr) or constant",
     "resume": "continue from OUT/checkpoint",
 }
 RFT_HELP = {

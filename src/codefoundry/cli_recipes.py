@@ -46,7 +46,12 @@ def register(stages: argparse._SubParsersAction, argv: list[str]) -> None:
 # ---------------------------------------------------------------------------------------- recipe NAME
 # name -> (module, config class, run function); imported only when that recipe is the command.
 RECIPES = {
+    "scaling-law": ("codefoundry.recipes.scaling_law", "ScalingLawConfig", "run_scaling_law"),
+    "sft-sensitivity": ("codefoundry.recipes.sft_sensitivity", "SFTSensitivityConfig", "run_sft_sensitivity"),
     "rl-estimators": ("codefoundry.recipes.rl_estimators", "RLEstimatorsConfig", "run_rl_estimators"),
+    "rl-rollouts": ("codefoundry.recipes.rl_estimators", "RLRolloutsConfig", "run_rl_estimators"),
+    "rl-length": ("codefoundry.recipes.rl_estimators", "RLLengthConfig", "run_rl_estimators"),
+    "fim-rate": ("codefoundry.recipes.fim_rate", "FIMRateConfig", "run_fim_rate"),
 }
 
 

@@ -15,7 +15,14 @@ pytest.importorskip("tokenizers")
 from codefoundry.models import tokenizer as tokenizer_module  # noqa: E402
 from codefoundry.models.completion import _fit, complete, fim_prompt_ids, generate_command  # noqa: E402
 from codefoundry.models.config import config_for_size  # noqa: E402
-from codefoundry.models.generate import decode, generate, speculative_decode, token_bytes  # noqa: E402
+from codefoundry.models.generate import (  # noqa: E402
+    decode,
+    decode_after,
+    generate,
+    heal_prompts,
+    speculative_decode,
+    token_bytes,
+)
 from codefoundry.models.infill_eval import (  # noqa: E402
     InfillExample,
     _BodyEnd,
@@ -345,6 +352,36 @@ def test_body_end_is_the_first_line_back_at_the_def_indentation(tok):
     assert "def" in decode(table, ids[: ended_at + 1])[-12:]
     assert _BodyEnd(table, 4).cut(text) == "        x = 1\n\n  \n        return x\n"
     assert _BodyEnd(table, 0).cut("    pass\n# comment\n") == "    pass\n"
+
+
+def test_first_tokens_restrict_only_the_first_new_token():
+    model = _model()
+    prompts = _prompts((3, 5))
+    free = generate(model, prompts, max_new_tokens=6)
+    forced = [t for t in range(VOCAB) if t != free[0][0]][:3]
+    for temperature in (0.0, 1.0):
+        out = generate(model, prompts, max_new_tokens=6, temperature=temperature, seed=0,
+                       first_tokens=[forced, None])  # fmt: skip
+        assert out[0][0] in forced  # the unconstrained choice was excluded
+        if temperature == 0.0:
+            assert out[1] == free[1]  # a row without a constraint decodes as before
+    with pytest.raises(ValueError, match="one entry per prompt"):
+        generate(model, prompts, max_new_tokens=2, first_tokens=[forced])
+    with pytest.raises(ValueError, match="allows no token"):
+        generate(model, prompts, max_new_tokens=2, first_tokens=[[], None])
+
+
+def test_heal_prompts_backs_off_a_trailing_newline_token(tok):
+    table = token_bytes(tok)
+    ends_in_newline = tok.encode("def f(x):\n", add_special_tokens=False).ids
+    plain = tok.encode("def f(x):", add_special_tokens=False).ids
+    assert table[ends_in_newline[-1]] == b"\n"  # the boundary training text rarely has
+    prompts, firsts, skips = heal_prompts([ends_in_newline, plain], table)
+    assert prompts == [ends_in_newline[:-1], plain] and skips == [1, 0] and firsts[1] is None
+    assert firsts[0] and all(table[t].startswith(b"\n") for t in firsts[0])
+    indented = tok.encode("\n    return", add_special_tokens=False).ids
+    assert indented[0] in firsts[0] and table[indented[0]] != b"\n"  # newline + indentation, one token
+    assert decode_after(table, indented, 1) == "    return"
 
 
 def test_fim_exact_match_and_syntax_validity_report_fractions(tok, text_model):

@@ -20,7 +20,12 @@ pytest.importorskip("pyarrow")
 pytest.importorskip("yaml")
 
 from codefoundry.recipes.recipe import RecipeConfigError, load_config, parse_overrides  # noqa: E402
-from codefoundry.recipes.rl_estimators import RLEstimatorsConfig, run_rl_estimators  # noqa: E402
+from codefoundry.recipes.rl_estimators import (  # noqa: E402
+    RLEstimatorsConfig,
+    RLLengthConfig,
+    RLRolloutsConfig,
+    run_rl_estimators,
+)
 
 ARMS = ("grpo", "rloo")
 TIMING = ("wall_s", "rl_wall_s", "eval_s")
@@ -81,7 +86,7 @@ def test_two_arms_end_to_end_write_table_csv_and_plot(run_a):
     assert sum(line.startswith("| ") for line in md.splitlines()) == 1 + 1 + len(ARMS)
     with (root / "rl_estimators.csv").open() as f:
         table = list(csv.DictReader(f))
-    assert [r["estimator"] for r in table] == ["sft", *ARMS]
+    assert [r["arm"] for r in table] == ["sft", *ARMS]
     assert float(table[1]["pass@1"]) == results["rows"][1]["pass@1"]
     assert (root / "rl_estimators.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -116,6 +121,43 @@ def test_arms_in_two_processes_give_the_numbers_of_one_by_one(run_a, tmp_path):
     assert numbers(results["rows"]) == numbers(first["rows"])
 
 
+def _shared(cfg: RLEstimatorsConfig, out: Path) -> dict:
+    """The tiny run's settings without its estimator list, on the first run's base (read only)."""
+    values = {k: v for k, v in cfg.__dict__.items() if k != "estimators"}
+    return {**values, "out": str(out), "base": {}, "base_run": str(Path(cfg.out) / "base")}
+
+
+def test_rollouts_arms_sample_their_own_group_sizes(run_a, tmp_path):
+    cfg, first = run_a
+    rollouts = RLRolloutsConfig(**_shared(cfg, tmp_path / "n"), rollouts=(2, 3))
+    results = run_rl_estimators(rollouts, command="test-command")
+    assert [r["arm"] for r in results["rows"]] == ["sft", "n2", "n3"]
+    assert numbers(results["rows"])[0] == numbers(first["rows"])[0]  # the same SFT model and evaluation
+    for n in (2, 3):
+        records = [
+            json.loads(line) for line in (tmp_path / "n" / "arms" / f"n{n}" / "rl" / "metrics.jsonl").open()
+        ]
+        train = [r for r in records if "reward_mean" in r]
+        # every step graded prompts_per_step groups of n samples
+        assert train and all(r["samples"] == cfg.prompts_per_step * n for r in train), train[0]
+    md = (tmp_path / "n" / "rl_rollouts.md").read_text()
+    assert "| rollouts per prompt |" in md and "| N = 3 |" in md.replace("| N = 3 | ", "| N = 3 |")
+    assert "estimator reinforce_pp_baseline" in md
+
+
+def test_length_arms_train_short_and_evaluate_at_one_budget(run_a, tmp_path):
+    cfg, _ = run_a
+    length = RLLengthConfig(**{**_shared(cfg, tmp_path / "l"), "eval_max_new_tokens": 8}, lengths=(2, 8))
+    results = run_rl_estimators(length, command="test-command")
+    short, full = results["rows"][1:]
+    assert (short["arm"], full["arm"]) == ("len2", "len8")
+    assert short["rl_response_tokens"] <= 2 < 8  # rollouts were cut at 2 tokens...
+    assert short["rl_truncated"] > 0.5
+    # ...but its evaluation had the common 8-token budget, like every other row
+    assert results["config"]["eval_max_new_tokens"] == 8
+    assert "| max response (tokens) |" in (tmp_path / "l" / "rl_length.md").read_text()
+
+
 def test_yaml_fills_the_dataclass_and_rejects_unknown_keys(tmp_path):
     path = tmp_path / "rl.yaml"
     path.write_text("# codefoundry recipe rl-estimators\nlaptop:\n  steps: 5\n  estimators: [grpo, gae]\n"
@@ -146,11 +188,13 @@ def test_yaml_fills_the_dataclass_and_rejects_unknown_keys(tmp_path):
         load_config(RLEstimatorsConfig, None, "laptop", overrides={"estimators": ["grpo", "ppo2"]})
 
 
-def test_committed_config_has_both_variants_and_starts_with_its_command():
-    path = REPO / "configs" / "recipes" / "rl-estimators.yaml"
-    assert path.read_text().splitlines()[0].startswith("# codefoundry recipe rl-estimators")
+@pytest.mark.parametrize("name, cls", [("rl-estimators", RLEstimatorsConfig), ("rl-rollouts", RLRolloutsConfig),
+                                       ("rl-length", RLLengthConfig)])  # fmt: skip
+def test_committed_config_has_both_variants_and_starts_with_its_command(name, cls):
+    path = REPO / "configs" / "recipes" / f"{name}.yaml"
+    assert path.read_text().splitlines()[0].startswith(f"# codefoundry recipe {name}")
     for variant in ("laptop", "gpu"):
-        assert load_config(RLEstimatorsConfig, path, variant).estimators
+        assert len(load_config(cls, path, variant).arms()) >= 3
 
 
 def test_cli_help_and_a_bad_key_in_one_line(tmp_path):

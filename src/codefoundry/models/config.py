@@ -107,7 +107,7 @@ SIZES: dict[str, tuple[int, int, int, int]] = {
 
 
 def config_for_size(
-    size: str,
+    size: str | tuple[int, int, int, int],
     vocab_size: int,
     *,
     max_seq_len: int = 1024,
@@ -116,11 +116,12 @@ def config_for_size(
     mtp_depth: int = 0,
     **overrides: Any,
 ) -> ModelConfig:
-    """The config of a named size; `moe_experts > 0` turns every MLP into a mixture of that many experts
-    (each a quarter of the dense width, with one shared expert of the same width)."""
-    if size not in SIZES:
+    """The config of a named size, or of a shape (dim, n_layers, n_heads, n_kv_heads) given as is;
+    `moe_experts > 0` turns every MLP into a mixture of that many experts (each a quarter of the dense
+    width, with one shared expert of the same width)."""
+    if isinstance(size, str) and size not in SIZES:
         raise ValueError(f"unknown model size {size!r}; known: {', '.join(SIZES)}")
-    dim, n_layers, n_heads, n_kv_heads = SIZES[size]
+    dim, n_layers, n_heads, n_kv_heads = SIZES[size] if isinstance(size, str) else size
     cfg = ModelConfig(
         vocab_size=vocab_size, dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
         max_seq_len=max_seq_len, mtp_depth=mtp_depth,

@@ -36,7 +36,9 @@ from codefoundry.models.transformer import KVCache, Transformer
 __all__ = [
     "SpeculativeResult",
     "decode",
+    "decode_after",
     "generate",
+    "heal_prompts",
     "speculative_decode",
     "token_bytes",
 ]
@@ -165,13 +167,17 @@ class _Sampler:
 def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stop_ids: Sequence[int] = (),
              stop_strings: Sequence[str] = (), tokenizer=None, on_token: OnToken | None = None,
-             on_done: OnDone | None = None, speculative: bool = False) -> list[list[int]]:  # fmt: skip
+             on_done: OnDone | None = None, speculative: bool = False,
+             first_tokens: Sequence[Sequence[int] | None] | None = None) -> list[list[int]]:  # fmt: skip
     """The new tokens of each prompt. A row ends at a stop id (not returned), at a stop string (matched on
     the decoded bytes; the token completing it is returned), when `on_token(row, id)` returns True, or
     after max_new_tokens; `on_done(row, ids)` is then called at once, while other rows still decode (RL
     scores finished rows meanwhile). temperature 0 is greedy; else top-k (0 = off) and top-p sampling
-    from a generator seeded by `seed`. `speculative` drafts with the MTP modules (greedy, same output)."""
+    from a generator seeded by `seed`. `speculative` drafts with the MTP modules (greedy, same output).
+    `first_tokens[row]` (None: any) are the ids the row's first new token is drawn from (`heal_prompts`)."""
     _check(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_strings, tokenizer)
+    if first_tokens is not None and (speculative or len(first_tokens) != len(prompts)):
+        raise ValueError("generate: first_tokens needs one entry per prompt and no speculative decoding")
     table = token_bytes(tokenizer) if stop_strings else None
     rows = _Rows(len(prompts), max_new_tokens, stop_ids, stop_strings, table, on_token, on_done)
     with torch.inference_mode():
@@ -182,7 +188,7 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
                 _speculative(model, prompt, rows, i)
         else:
             sampler = _Sampler(temperature, top_k, top_p, seed, model.embed.weight.device)
-            _decode(model, prompts, rows, sampler)
+            _decode(model, prompts, rows, sampler, _first_mask(first_tokens, model))
     return rows.out
 
 
@@ -211,7 +217,54 @@ def _check(model, prompts, max_new, temperature, top_k, top_p, stop_strings, tok
             raise ValueError(f"generate: prompt {i} has a token id outside [0, {cfg.vocab_size})")
 
 
-def _decode(model: Transformer, prompts: list[list[int]], rows: _Rows, sample: _Sampler) -> None:
+def _first_mask(first_tokens, model: Transformer) -> torch.Tensor | None:
+    """(B, V) True where a row's first new token may be, from `first_tokens` (None when unconstrained)."""
+    if first_tokens is None or all(t is None for t in first_tokens):
+        return None
+    weight = model.embed.weight
+    mask = torch.ones(len(first_tokens), model.cfg.vocab_size, dtype=torch.bool, device=weight.device)
+    for row, allowed in enumerate(first_tokens):
+        if allowed is not None:
+            if not allowed:
+                raise ValueError(f"generate: first_tokens[{row}] allows no token")
+            mask[row] = False
+            mask[row, torch.tensor(list(allowed), device=weight.device)] = True
+    return mask
+
+
+def heal_prompts(prompts: list[list[int]], table: list[bytes]
+                 ) -> tuple[list[list[int]], list[list[int] | None], list[int]]:  # fmt: skip
+    """Token healing for prompts that end in whitespace. A prompt ending with a bare newline token ends at
+    a boundary training text rarely has: BPE merges a newline with the next line's indentation, so after
+    a lone newline the model has mostly seen unindented lines, and a function body prompted that way
+    comes out empty. Each such prompt loses its last token (if that token is whitespace only and the
+    prompt keeps at least one), and its first new token must start with that token's bytes (for `generate(..., first_tokens=)`).
+    Returns the prompts, the allowed first tokens (None: the prompt is unchanged) and how many bytes to
+    drop from the front of each output (`decode_after`), which the prompt already had."""
+    by_bytes: dict[bytes, list[int]] = {}
+    out, firsts, skips = [], [], []
+    for prompt in prompts:
+        last = table[prompt[-1]] if prompt else b""
+        if len(prompt) < 2 or not last or last.strip():
+            out.append(prompt)
+            firsts.append(None)
+            skips.append(0)
+            continue
+        if last not in by_bytes:
+            by_bytes[last] = [i for i, piece in enumerate(table) if piece.startswith(last)]
+        out.append(prompt[:-1])
+        firsts.append(by_bytes[last])
+        skips.append(len(last))
+    return out, firsts, skips
+
+
+def decode_after(table: list[bytes], ids: Sequence[int], skip: int) -> str:
+    """`decode`, without the first `skip` bytes (what `heal_prompts` took off the prompt)."""
+    return b"".join(table[i] for i in ids)[skip:].decode("utf-8", "replace")
+
+
+def _decode(model: Transformer, prompts: list[list[int]], rows: _Rows, sample: _Sampler,
+            first: torch.Tensor | None = None) -> None:  # fmt: skip
     B, lengths = len(prompts), [len(p) for p in prompts]
     L = max(lengths)
     S = L + rows.max_new
@@ -234,6 +287,8 @@ def _decode(model: Transformer, prompts: list[list[int]], rows: _Rows, sample: _
         logits = _prefill(model, ids, cache, None, None)
     step = _Step(model, cache, keys)
     active = list(range(B))
+    if first is not None:
+        logits = logits.masked_fill(~first, float("-inf"))
     for _ in range(rows.max_new):
         tokens = sample(logits)  # (B,)
         values = tokens.tolist()

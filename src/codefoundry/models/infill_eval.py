@@ -21,9 +21,9 @@ import textwrap
 from dataclasses import dataclass
 
 from codefoundry.models.completion import complete, special_id
-from codefoundry.models.generate import PLAIN_STOPS, decode, generate, token_bytes
+from codefoundry.models.generate import PLAIN_STOPS, decode_after, generate, heal_prompts, token_bytes
 
-__all__ = ["InfillExample", "fim_exact_match", "heldout_functions", "syntax_valid_fraction"]
+__all__ = ["InfillExample", "fim_exact_match", "fim_matches", "heldout_functions", "syntax_valid_fraction"]
 
 
 @dataclass(frozen=True)
@@ -140,18 +140,26 @@ def _ensure_newline(text: str) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
-def fim_exact_match(model, tokenizer, examples: list[InfillExample], *, max_new_tokens: int) -> dict:
-    """Greedy FIM on every example: the fraction whose middle is reproduced exactly (trailing whitespace
-    aside), and the fraction whose first line is."""
+def fim_matches(model, tokenizer, examples: list[InfillExample], *, max_new_tokens: int) -> list[dict]:
+    """Greedy FIM on every example, one record each, in order: its name, the middle written, whether it
+    reproduces the real one exactly (trailing whitespace aside) and whether its first line does."""
     if not examples:
         raise ValueError("fim_exact_match: no examples")
     got = complete(
         model, tokenizer, [e.prefix for e in examples], suffixes=[e.suffix for e in examples],
         max_new_tokens=max_new_tokens,
     )  # fmt: skip
-    exact = sum(g.rstrip() == e.middle.rstrip() for g, e in zip(got, examples, strict=True))
-    first = sum(_first_line(g) == _first_line(e.middle) for g, e in zip(got, examples, strict=True))
-    n = len(examples)
+    return [{"name": e.name, "completion": g, "exact": g.rstrip() == e.middle.rstrip(),
+             "first_line": _first_line(g) == _first_line(e.middle)}
+            for g, e in zip(got, examples, strict=True)]  # fmt: skip
+
+
+def fim_exact_match(model, tokenizer, examples: list[InfillExample], *, max_new_tokens: int) -> dict:
+    """Greedy FIM on every example: the fraction whose middle is reproduced exactly (trailing whitespace
+    aside), and the fraction whose first line is."""
+    records = fim_matches(model, tokenizer, examples, max_new_tokens=max_new_tokens)
+    n = len(records)
+    exact, first = sum(r["exact"] for r in records), sum(r["first_line"] for r in records)
     return {"n": n, "exact_match": exact / n, "first_line_match": first / n}
 
 
@@ -182,17 +190,20 @@ def syntax_valid_fraction(
     valid = 0
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
-        watchers = [_BodyEnd(table, _indent(_header(e))) for e, _ in chunk]
         budget = min(cap - 1, max(1, cap - max_new_tokens))
-        prompts = [ids[-budget:] or stop_ids[:1] for _, ids in chunk]
+        # The header ends with a newline: healed, so the body starts as in training text (see heal_prompts).
+        prompts, firsts, skips = heal_prompts([ids[-budget:] or stop_ids[:1] for _, ids in chunk], table)
+        watchers = [
+            _BodyEnd(table, _indent(_header(e)), skip) for (e, _), skip in zip(chunk, skips, strict=True)
+        ]
         new = min(max_new_tokens, cap - max(map(len, prompts)))
         out = generate(
             model, prompts, max_new_tokens=new, temperature=temperature,
             seed=seed * 1_000_003 + start, stop_ids=stop_ids,
-            on_token=lambda row, tok, w=watchers: w[row].push(tok),
+            on_token=lambda row, tok, w=watchers: w[row].push(tok), first_tokens=firsts,
         )  # fmt: skip
-        for (e, _), ids, watcher in zip(chunk, out, watchers, strict=True):
-            body = watcher.cut(decode(table, ids))
+        for (e, _), ids, watcher, skip in zip(chunk, out, watchers, skips, strict=True):
+            body = watcher.cut(decode_after(table, ids, skip))
             valid += _parses(_header(e), body)
     total = len(jobs)
     return {"n": total, "examples": len(examples), "valid": valid, "syntax_valid": valid / total}
@@ -225,13 +236,17 @@ def _parses(header: str, body: str) -> bool:
 class _BodyEnd:
     """Watches one row's text and ends it at the first non-blank line indented <= the def's indentation."""
 
-    def __init__(self, table: list[bytes], indent: int) -> None:
+    def __init__(self, table: list[bytes], indent: int, skip: int = 0) -> None:
         self.table, self.indent = table, indent
+        self.skip = skip  # leading bytes of the output that belong to the (healed) prompt
         self.text = b""
         self.line_start = 0  # where the first line not yet known to be inside the body starts
 
     def push(self, token: int) -> bool:
         self.text += self.table[token]
+        if self.skip:
+            dropped = min(self.skip, len(self.text))
+            self.text, self.skip = self.text[dropped:], self.skip - dropped
         return self._end(self.text) is not None
 
     def _end(self, text: bytes) -> int | None:

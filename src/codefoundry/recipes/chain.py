@@ -254,6 +254,22 @@ def _harness(ctx: StageContext, model: str, bench: Bench) -> dict[str, Any]:
 def _fim(ctx: StageContext, model: str) -> dict[str, Any]:
     """FIM on held-out standard-library functions (exact match) and on the built-in held-out problems
     with one line masked (exact match, and pass rate of the filled program in the sandbox)."""
+    cfg = ctx.config
+    result = fim_evaluation(
+        checkpoint_of(ctx.root, model), ctx.done["data"]["shards"], seq_len=cfg.seq_len, seed=cfg.seed,
+        stdlib_examples=cfg.fim_examples, stdlib_tokens=cfg.long_tokens // 2,
+        builtin_problems=cfg.builtin_problems, builtin_tokens=cfg.max_new_tokens, workers=cfg.workers,
+    )  # fmt: skip
+    return {k: v for k, v in result.items() if k not in ("stdlib", "builtin")}
+
+
+def fim_evaluation(checkpoint: Path, shards: str, *, seq_len: int, seed: int, stdlib_examples: int,
+                   stdlib_tokens: int, builtin_problems: int | None, builtin_tokens: int,
+                   workers: int, device: str = "cpu") -> dict[str, Any]:  # fmt: skip
+    """Greedy FIM by `checkpoint` on up to `stdlib_examples` held-out functions of the data at `shards`
+    (exact match) and on the first `builtin_problems` built-in held-out problems with one line masked
+    (exact match, and pass rate of the filled program in the sandbox), the model on `device`. The summary
+    numbers, and under "stdlib" and "builtin" one record per example (for paired comparisons)."""
     from codefoundry.models import checkpoint as ckpt
     from codefoundry.models import infill_eval
     from codefoundry.models import tokenizer as cft
@@ -262,22 +278,24 @@ def _fim(ctx: StageContext, model: str) -> dict[str, Any]:
     from codefoundry.tasks.registry import TASKS
     from codefoundry.train.data import DataConfig, PretrainData
 
-    cfg = ctx.config
-    path = checkpoint_of(ctx.root, model)
-    net, tok = ckpt.load(path), cft.load(path)
-    data = PretrainData(DataConfig(ctx.done["data"]["shards"], seq_len=cfg.seq_len, seed=cfg.seed), tok)
-    examples = infill_eval.heldout_functions(data.val_texts(), limit=cfg.fim_examples, seed=cfg.seed)
-    result: dict[str, Any] = {}
+    net, tok = ckpt.load(checkpoint, device=device), cft.load(checkpoint)
+    data = PretrainData(DataConfig(shards, seq_len=seq_len, seed=seed), tok)
+    examples = infill_eval.heldout_functions(data.val_texts(), limit=stdlib_examples, seed=seed)
+    result: dict[str, Any] = {"stdlib": []}
     if examples:
-        fim = infill_eval.fim_exact_match(net, tok, examples, max_new_tokens=cfg.long_tokens // 2)
-        result.update({"stdlib_exact_match": fim["exact_match"], "stdlib_examples": fim["n"]})
-    problems = make_builtin_infills(TASKS["builtin"]()[: cfg.builtin_problems], cfg.seed)
+        records = infill_eval.fim_matches(net, tok, examples, max_new_tokens=stdlib_tokens)
+        exact = sum(r["exact"] for r in records)
+        result.update({"stdlib_exact_match": exact / len(records), "stdlib_examples": len(records),
+                       "stdlib": records})  # fmt: skip
+    problems = make_builtin_infills(TASKS["builtin"]()[:builtin_problems], seed)
     middles = complete(net, tok, [p.prefix for p in problems], suffixes=[p.suffix for p in problems],
-                       max_new_tokens=cfg.max_new_tokens)  # fmt: skip
-    scores = infilling.evaluate_infill(list(zip(problems, middles, strict=True)), workers=cfg.workers or None)
+                       max_new_tokens=builtin_tokens)  # fmt: skip
+    scores = infilling.evaluate_infill(list(zip(problems, middles, strict=True)), workers=workers or None)
     summary = infilling.summarize(scores)
     result.update({"builtin_exact_match": summary["exact_match"], "builtin_pass": summary["pass_rate"],
-                   "builtin_examples": summary["n"]})  # fmt: skip
+                   "builtin_examples": summary["n"],
+                   "builtin": [{"name": s.task_id, "completion": m, "exact": s.exact_match, "passed": s.passed}
+                               for s, m in zip(scores, middles, strict=True)]})  # fmt: skip
     return result
 
 

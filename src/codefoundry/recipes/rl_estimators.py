@@ -1,19 +1,26 @@
-"""`codefoundry recipe rl-estimators`: the survey's advantage-estimator comparison at laptop (or GPU) scale.
+"""`codefoundry recipe rl-estimators`, `rl-rollouts` and `rl-length`: the survey's RL comparisons (its
+section 8.4 tables: best step, Pass@1, Pass@5) at laptop (or GPU) scale.
 
-One base model, several RL arms that differ only in the estimator:
+One base model, several RL arms that differ in one setting only:
 
-1. base: the quickstart's data -> pretrain -> SFT stages (`recipes.chain`), run once in `OUT/base/` with
-   `base` as QuickstartConfig overrides, or taken read-only from a finished quickstart run (`base_run`).
-2. one arm per estimator in `estimators`: `codefoundry rl` from the same SFT checkpoint, with the same
-   seed, steps, group size, learning rate, training problems (the parametric half SFT did not see) and
-   held-out curve (pass@1 on the first `curve_problems` parametric held-out problems every `eval_every`
-   steps); then pass@1 and pass@5 on `eval_problems` held-out problems x `eval_samples` samples at
-   `temperature` through the eval harness (unbiased pass@k, percentile-bootstrap 95% CI over problems).
-   The SFT model gets the same final evaluation as the baseline row.
-3. `OUT/rl_estimators.md` / `.csv` / `.png` (held-out pass@1 over RL steps per estimator) and
-   `OUT/results.json`.
+- `rl-estimators`: the advantage estimator (`estimators`);
+- `rl-rollouts`: rollouts per prompt, i.e. the group size (`rollouts`), prompts per step fixed, so an arm
+  with more rollouts samples (and grades) proportionally more per step, as in the survey;
+- `rl-length`: the maximum response length in RL (`lengths`); every arm is evaluated with the same budget
+  (`eval_max_new_tokens`), so an arm trained on short responses is not cut short at test time.
 
-Caching and resume: an arm that finished wrote `OUT/arms/<name>/done.json` and a rerun skips it; an arm
+1. base: the quickstart's data -> pretrain -> SFT stages (`recipes.common.build_base`), run once in
+   `OUT/base/` with `base` as QuickstartConfig overrides, or taken read-only from a finished quickstart
+   run (`base_run`).
+2. one arm per value: `codefoundry rl` from the same SFT checkpoint, with the same seed, steps, learning
+   rate, training problems (the parametric half SFT did not see) and held-out curve (pass@1 on the first
+   `curve_problems` parametric held-out problems every `eval_every` steps); then pass@1 and pass@5 on
+   `eval_problems` held-out problems x `eval_samples` samples at `temperature` through the eval harness
+   (unbiased pass@k, percentile-bootstrap 95% CI over problems). The SFT model gets the same final
+   evaluation as the baseline row.
+3. `OUT/<recipe>.md` / `.csv` / `.png` (held-out pass@1 over RL steps per arm) and `OUT/results.json`.
+
+Caching and resume: an arm that finished wrote `OUT/arms/<arm>/done.json` and a rerun skips it; an arm
 cut short resumes its RL run from the last checkpoint (`save_every`) and restarts its final evaluation.
 `OUT/recipe.json` records the config; a rerun with other result-deciding values stops with a message.
 
@@ -32,31 +39,41 @@ import os
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, NamedTuple
 
-if TYPE_CHECKING:
-    from codefoundry.recipes.quickstart import QuickstartConfig
+from codefoundry.recipes import common
 
-__all__ = ["ESTIMATORS", "RLEstimatorsConfig", "run_rl_estimators"]
+__all__ = ["ESTIMATORS", "RLEstimatorsConfig", "RLLengthConfig", "RLRolloutsConfig", "run_rl_estimators"]
 
 ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "grpo_passk", "gae")
 LABELS = {"gae": "gae (PPO)", "sft": "SFT (no RL)"}
-BASE_STAGES = ("data", "pretrain", "sft")
-NAME = "rl_estimators"
+
+
+class Arm(NamedTuple):
+    """One RL run of a comparison: its directory name, its label in the table, and the RL settings it
+    changes (keys of `ArmSettings`)."""
+
+    key: str
+    label: str
+    changes: dict[str, Any]
 
 
 @dataclass(frozen=True)
-class RLEstimatorsConfig:
-    out: str = "runs/rl-estimators"
-    estimators: tuple[str, ...] = ESTIMATORS
+class RLArmsConfig:
+    """What every RL comparison shares; a subclass names the setting that varies (`arms`)."""
+
+    RECIPE: ClassVar[str] = ""
+    AXIS: ClassVar[str] = ""  # the first column of the table
+
+    out: str = "runs/rl"
     seed: int = 0
     # the base model: QuickstartConfig overrides for OUT/base, or an existing quickstart run to reuse
     base: dict[str, Any] = field(default_factory=dict)
     base_run: str = ""
-    # each RL arm (the quickstart's RL settings unless changed)
+    # each RL arm (the quickstart's RL settings unless changed; an arm overrides the one it varies)
+    estimator: str = "reinforce_pp_baseline"  # the survey's default for its length and rollout studies
     steps: int = 64
     group_size: int = 8
     prompts_per_step: int = 16
@@ -70,6 +87,7 @@ class RLEstimatorsConfig:
     # the final held-out evaluation of every arm and of the SFT model
     eval_problems: int = 200
     eval_samples: int = 8  # n per problem; pass@5 needs n >= 5
+    eval_max_new_tokens: int = 0  # response budget of every evaluation (curve and final); 0 = max_new_tokens
     # how it runs (none of these changes a number)
     parallel: int = 2  # arms at once, each in its own process
     threads: int = 1  # torch threads per arm (fixed: it changes float sums)
@@ -77,23 +95,31 @@ class RLEstimatorsConfig:
     base_threads: int = 2  # torch threads of the base stages (run alone, before the arms)
     save_every: int = 8
     device: str = "cpu"
-    progress: bool = True  # one bar over the arms (each arm's RL also logs OUT/arms/<name>/rl/metrics.jsonl)
+    progress: bool = True  # one bar over the arms (each arm's RL also logs OUT/arms/<arm>/rl/metrics.jsonl)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "estimators", tuple(self.estimators))
         object.__setattr__(self, "base", dict(self.base))
-        unknown = [e for e in self.estimators if e not in ESTIMATORS]
         checks = {
-            "estimators": bool(self.estimators) and not unknown and len(set(self.estimators)) == len(self.estimators),
-            "steps": self.steps >= 1, "group_size": self.group_size >= 2, "eval_every": self.eval_every >= 1,
-            "curve_problems": self.curve_problems >= 1, "eval_problems": self.eval_problems >= 1,
-            "eval_samples": self.eval_samples >= 5, "parallel": self.parallel >= 1, "threads": self.threads >= 1,
-            "workers": self.workers >= 1, "save_every": self.save_every >= 1,
+            "estimator": self.estimator in ESTIMATORS, "steps": self.steps >= 1, "group_size": self.group_size >= 2,
+            "max_new_tokens": self.max_new_tokens >= 1, "eval_max_new_tokens": self.eval_max_new_tokens >= 0,
+            "eval_every": self.eval_every >= 1, "curve_problems": self.curve_problems >= 1,
+            "eval_problems": self.eval_problems >= 1, "eval_samples": self.eval_samples >= 5,
+            "parallel": self.parallel >= 1, "threads": self.threads >= 1, "workers": self.workers >= 1,
+            "save_every": self.save_every >= 1, **self._axis_checks(),
         }  # fmt: skip
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"rl-estimators: invalid {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}"
+            raise ValueError(f"{self.RECIPE}: invalid {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}"
                              " (eval_samples must be >= 5 for pass@5)")  # fmt: skip
+
+    def _axis_checks(self) -> dict[str, bool]:
+        return {}
+
+    def arms(self) -> list[Arm]:
+        raise NotImplementedError  # every recipe class names its arms
+
+    def eval_tokens(self) -> int:
+        return self.eval_max_new_tokens or self.max_new_tokens
 
     def identity(self) -> dict[str, Any]:
         """The values that decide the numbers (where and how it runs left out)."""
@@ -103,107 +129,135 @@ class RLEstimatorsConfig:
         return json.loads(json.dumps(values))
 
 
+def _distinct(values: tuple) -> bool:
+    return bool(values) and len(set(values)) == len(values)
+
+
+@dataclass(frozen=True)
+class RLEstimatorsConfig(RLArmsConfig):
+    """`rl-estimators`: one arm per advantage estimator (`estimator` is unused: each arm sets its own)."""
+
+    RECIPE: ClassVar[str] = "rl-estimators"
+    AXIS: ClassVar[str] = "estimator"
+
+    out: str = "runs/rl-estimators"
+    estimators: tuple[str, ...] = ESTIMATORS
+
+    def _axis_checks(self) -> dict[str, bool]:
+        object.__setattr__(self, "estimators", tuple(self.estimators))
+        return {"estimators": _distinct(self.estimators) and all(e in ESTIMATORS for e in self.estimators)}
+
+    def arms(self) -> list[Arm]:
+        return [Arm(e, LABELS.get(e, e), {"estimator": e}) for e in self.estimators]
+
+
+@dataclass(frozen=True)
+class RLRolloutsConfig(RLArmsConfig):
+    """`rl-rollouts`: one arm per group size (`group_size` is unused: each arm sets its own)."""
+
+    RECIPE: ClassVar[str] = "rl-rollouts"
+    AXIS: ClassVar[str] = "rollouts per prompt"
+
+    out: str = "runs/rl-rollouts"
+    rollouts: tuple[int, ...] = (2, 4, 8, 16)
+
+    def _axis_checks(self) -> dict[str, bool]:
+        object.__setattr__(self, "rollouts", tuple(self.rollouts))
+        return {"rollouts": _distinct(self.rollouts) and all(n >= 2 for n in self.rollouts)}
+
+    def arms(self) -> list[Arm]:
+        return [Arm(f"n{n}", f"N = {n}", {"group_size": n}) for n in self.rollouts]
+
+
+@dataclass(frozen=True)
+class RLLengthConfig(RLArmsConfig):
+    """`rl-length`: one arm per maximum RL response length (`max_new_tokens` is unused except as the
+    evaluation budget when `eval_max_new_tokens` is 0: set that to at least the largest length)."""
+
+    RECIPE: ClassVar[str] = "rl-length"
+    AXIS: ClassVar[str] = "max response (tokens)"
+
+    out: str = "runs/rl-length"
+    lengths: tuple[int, ...] = (8, 16, 32, 64)
+    eval_max_new_tokens: int = 64
+
+    def _axis_checks(self) -> dict[str, bool]:
+        object.__setattr__(self, "lengths", tuple(self.lengths))
+        return {"lengths": _distinct(self.lengths) and all(n >= 1 for n in self.lengths)}
+
+    def arms(self) -> list[Arm]:
+        return [Arm(f"len{n}", str(n), {"max_new_tokens": n}) for n in self.lengths]
+
+
+class ArmSettings(NamedTuple):
+    """The RL settings of one arm: the config's, with the arm's changes."""
+
+    estimator: str
+    group_size: int
+    max_new_tokens: int
+
+    @classmethod
+    def of(cls, cfg: RLArmsConfig, arm: Arm | None) -> ArmSettings:
+        mine = cls(cfg.estimator, cfg.group_size, cfg.max_new_tokens)
+        return mine._replace(**arm.changes) if arm is not None else mine
+
+    def cost(self) -> float:
+        """A rough relative cost, to start the slowest arms first (PPO also trains a value head)."""
+        return self.group_size * self.max_new_tokens * (1.5 if self.estimator == "gae" else 1.0)
+
+
 # ------------------------------------------------------------------------------------------------ base
-def _base_config(cfg: RLEstimatorsConfig) -> QuickstartConfig:
-    """The QuickstartConfig of OUT/base: the recipe's seed and device, then the `base` values."""
-    from codefoundry.recipes.quickstart import QuickstartConfig
-
-    fields = {f.name for f in dataclasses.fields(QuickstartConfig)}
-    unknown = sorted(set(cfg.base) - fields)
-    if unknown:
-        raise ValueError(f"rl-estimators: base: unknown QuickstartConfig key {unknown[0]!r}")
-    values = {"seed": cfg.seed, "threads": cfg.base_threads, "device": cfg.device, **cfg.base}
-    return QuickstartConfig(**{**values, "out": str(Path(cfg.out) / "base"), "progress": False})
+def _base_config(cfg: RLArmsConfig):  # -> QuickstartConfig
+    return common.base_config(cfg.out, cfg.base, seed=cfg.seed, threads=cfg.base_threads, device=cfg.device,
+                              recipe=cfg.RECIPE)  # fmt: skip
 
 
-def build_base(cfg: RLEstimatorsConfig) -> Path:
-    """The quickstart's data, pretrain and SFT stages in OUT/base (each skipped once it has its done
-    marker), or the finished run `base_run`; returns the run directory that holds `sft/checkpoint`."""
-    from codefoundry.recipes import chain
-    from codefoundry.recipes.quickstart import STAGES, plan
-
-    if cfg.base_run:
-        root = Path(cfg.base_run)
-        missing = [s for s in BASE_STAGES if not (root / s / chain.DONE).is_file()]
-        if missing:
-            raise ValueError(
-                f"{root}: base_run has no finished {missing[0]!r} stage ({missing[0]}/{chain.DONE})"
-            )
-        return root
-    import torch
-
-    qcfg = _base_config(cfg)
-    root, the_plan = Path(qcfg.out), plan(qcfg)
-    # The quickstart's own record of its settings: OUT/base is then a quickstart run that another
-    # recipe can reuse as `base_run` (and `codefoundry quickstart --out OUT/base` could finish).
-    stamp = {"config": qcfg.identity(), "plan": dataclasses.asdict(the_plan)}
-    if not (root / "quickstart.json").is_file():
-        _write_json(root / "quickstart.json", json.loads(json.dumps(stamp)))
-    torch.set_num_threads(qcfg.threads)
-    done: dict[str, dict[str, Any]] = {}
-    for name, fn in STAGES:
-        if name not in BASE_STAGES:
-            continue
-        marker = root / name / chain.DONE
-        if not marker.is_file():
-            started = time.perf_counter()
-            ctx = chain.StageContext(qcfg, the_plan, root, name, dict(done))
-            summary = fn(ctx)
-            _write_json(
-                marker, {"stage": name, "summary": summary, "wall_s": round(time.perf_counter() - started, 2)}
-            )
-        done[name] = json.loads(marker.read_text(encoding="utf-8"))["summary"]
-    return root
+def build_base(cfg: RLArmsConfig) -> Path:
+    """The run directory holding the SFT checkpoint: OUT/base built (or finished) now, or `base_run`."""
+    return common.build_base(None if cfg.base_run else _base_config(cfg), cfg.base_run)
 
 
-def _rl_problems(cfg: RLEstimatorsConfig, base: Path) -> Path:
+def _rl_problems(cfg: RLArmsConfig, base: Path) -> Path:
     """The RL training problems (the parametric half the base's SFT did not see) as JSONL, written once."""
     from codefoundry.recipes.chain import parametric_halves
 
     path = Path(cfg.out) / "rl_problems.jsonl"
     if path.is_file():
         return path
-    if cfg.base_run:
-        stamp = base / "quickstart.json"
-        if not stamp.is_file():
-            raise ValueError(
-                f"{stamp}: base_run has no quickstart.json (which SFT problems it used is unknown)"
-            )
-        n_sft = json.loads(stamp.read_text(encoding="utf-8"))["config"]["sft_parametric"]
-    else:
-        n_sft = _base_config(cfg).sft_parametric
+    n_sft = common.sft_problem_count(base, None if cfg.base_run else _base_config(cfg))
     rows = [{"task_id": p.task_id, "prompt": p.prompt, "entry_point": p.entry_point, "tests": list(p.tests),
              "canonical_solution": p.canonical_solution} for p in parametric_halves(n_sft)[1]]  # fmt: skip
-    _write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    common.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
 # ------------------------------------------------------------------------------------------------ arms
-def run_arm(cfg: RLEstimatorsConfig, name: str, policy: str, problems: str) -> dict[str, Any]:
-    """One arm in `OUT/arms/<name>/`: RL with estimator `name` (or none for "sft"), then the final
-    held-out evaluation; returns (and writes to done.json) its row of the table."""
+def run_arm(cfg: RLArmsConfig, arm: Arm | None, policy: str, problems: str) -> dict[str, Any]:
+    """One arm in `OUT/arms/<arm.key>/`: RL with the arm's settings (None: no RL, the SFT model), then the
+    final held-out evaluation; returns (and writes to done.json) its row of the table."""
     import torch
 
     torch.set_num_threads(cfg.threads)
-    arm = Path(cfg.out) / "arms" / name
-    marker = arm / "done.json"
+    key = arm.key if arm is not None else "sft"
+    out = Path(cfg.out) / "arms" / key
+    marker = out / "done.json"
     if marker.is_file():
         return json.loads(marker.read_text(encoding="utf-8"))
-    row: dict[str, Any] = {"arm": name}
+    row: dict[str, Any] = {"arm": key, "label": arm.label if arm is not None else LABELS["sft"]}
     checkpoint = policy
-    if name != "sft":
-        summary = _train(cfg, name, policy, problems, arm / "rl")
+    if arm is not None:
+        summary = _train(cfg, ArmSettings.of(cfg, arm), policy, problems, out / "rl")
         checkpoint = summary["checkpoint"]
-        row.update(_curve_facts(arm / "rl" / "metrics.jsonl"))
+        row.update(_curve_facts(out / "rl" / "metrics.jsonl"))
         row["rl_wall_s"] = round(summary["elapsed_s"], 1)
-    row.update(_final_eval(cfg, checkpoint, arm / "eval"))
+    row.update(_final_eval(cfg, checkpoint, out / "eval"))
     row["wall_s"] = round(row.get("rl_wall_s", 0.0) + row["eval_s"], 1)  # RL time counts its resumed parts
     row = json.loads(json.dumps(row))  # as a rerun reads it back (tuples as lists)
-    _write_json(marker, row)
+    common.write_json(marker, row)
     return row
 
 
-def _train(cfg: RLEstimatorsConfig, estimator: str, policy: str, problems: str, out: Path) -> dict[str, Any]:
+def _train(cfg: RLArmsConfig, arm: ArmSettings, policy: str, problems: str, out: Path) -> dict[str, Any]:
     from codefoundry.train.rl.trainer import RLConfig, rl
     from codefoundry.train.trainer_state import find_checkpoint
 
@@ -215,30 +269,32 @@ def _train(cfg: RLEstimatorsConfig, estimator: str, policy: str, problems: str, 
     rcfg = RLConfig(
         policy=policy, out=str(out), task=problems, eval_task="parametric", eval_problems=cfg.curve_problems,
         eval_every=cfg.eval_every, eval_samples=cfg.curve_samples, eval_temperature=cfg.temperature,
-        estimator=estimator, group_size=cfg.group_size, prompts_per_step=cfg.prompts_per_step,
-        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, lr=cfg.lr, steps=cfg.steps,
-        kl_coef=cfg.kl_coef, seed=cfg.seed, reward_workers=cfg.workers, save_every=cfg.save_every,
-        resume=find_checkpoint(out) is not None, device=cfg.device, threads=cfg.threads, progress=False,
-        tensorboard=False,
+        eval_max_new_tokens=cfg.eval_tokens(), estimator=arm.estimator, group_size=arm.group_size,
+        prompts_per_step=cfg.prompts_per_step, max_new_tokens=arm.max_new_tokens, temperature=cfg.temperature,
+        lr=cfg.lr, steps=cfg.steps, kl_coef=cfg.kl_coef, seed=cfg.seed, reward_workers=cfg.workers,
+        save_every=cfg.save_every, resume=find_checkpoint(out) is not None, device=cfg.device,
+        threads=cfg.threads, progress=False, tensorboard=False,
     )  # fmt: skip
     return rl(rcfg)
 
 
 def _curve_facts(metrics: Path) -> dict[str, Any]:
-    """The held-out curve (step, pass@1), its argmax step ("steps to best", the first one on ties) and
-    the mean response length of the RL rollouts in tokens."""
+    """The held-out curve (step, pass@1), its argmax step ("steps to best", the first one on ties), the
+    mean response length of the RL rollouts in tokens and the fraction of them cut at the length limit."""
     from codefoundry.train.metrics import read_metrics
 
     records = read_metrics(metrics)
     evals = {int(r["step"]): r["pass@1"] for r in records if "pass@1" in r}  # a resumed eval overwrites
     curve = sorted(evals.items())
     best = max(curve, key=lambda point: point[1]) if curve else (None, None)
-    train = [r["response_len_mean"] for r in records if "response_len_mean" in r]
+    train = [r for r in records if "response_len_mean" in r]
+    truncated = [r["truncated_frac"] for r in train if "truncated_frac" in r]
     return {"curve": curve, "steps_to_best": best[0], "curve_best": best[1],
-            "rl_response_tokens": sum(train) / len(train) if train else None}  # fmt: skip
+            "rl_response_tokens": sum(r["response_len_mean"] for r in train) / len(train) if train else None,
+            "rl_truncated": sum(truncated) / len(truncated) if truncated else None}  # fmt: skip
 
 
-def _final_eval(cfg: RLEstimatorsConfig, checkpoint: str, out: Path) -> dict[str, Any]:
+def _final_eval(cfg: RLArmsConfig, checkpoint: str, out: Path) -> dict[str, Any]:
     """pass@1 and pass@5 with 95% CIs on the held-out parametric problems, per-problem pass rates (for
     paired differences) and the mean completion length in tokens of the checkpoint's tokenizer."""
     from codefoundry.eval import EvalConfig, run_eval
@@ -249,7 +305,7 @@ def _final_eval(cfg: RLEstimatorsConfig, checkpoint: str, out: Path) -> dict[str
     shutil.rmtree(out, ignore_errors=True)  # a cut-short evaluation starts over (same samples as unbroken)
     ecfg = EvalConfig(
         out=str(out), task="parametric", model=f"cf:{checkpoint}", n=cfg.eval_samples, ks=(1, 5),
-        temperature=cfg.temperature, max_tokens=cfg.max_new_tokens, seed=cfg.seed, workers=cfg.workers,
+        temperature=cfg.temperature, max_tokens=cfg.eval_tokens(), seed=cfg.seed, workers=cfg.workers,
         limit=cfg.eval_problems, progress=False,
     )  # fmt: skip
     res = run_eval(ecfg)
@@ -270,219 +326,147 @@ def _final_eval(cfg: RLEstimatorsConfig, checkpoint: str, out: Path) -> dict[str
 
 
 # ----------------------------------------------------------------------------------------------- driver
-def run_rl_estimators(cfg: RLEstimatorsConfig, *, command: str = "") -> dict[str, Any]:
-    """Run (or finish) the comparison in `cfg.out`; returns the results (also OUT/results.json) after
-    writing the table (OUT/rl_estimators.md, .csv) and the plot (OUT/rl_estimators.png)."""
+def run_rl_estimators(cfg: RLArmsConfig, *, command: str = "") -> dict[str, Any]:
+    """Run (or finish) the comparison `cfg` describes in `cfg.out`; returns the results (also
+    OUT/results.json) after writing the table (OUT/<recipe>.md, .csv) and the plot (OUT/<recipe>.png)."""
     from codefoundry.recipes import chain
 
     root = Path(cfg.out)
-    _check_run_dir(root, cfg)
+    common.check_run_dir(root, cfg.RECIPE, cfg.identity())
     load_start = os.getloadavg()
     started = time.perf_counter()
     base = build_base(cfg)
     policy = str(chain.checkpoint_of(base, "sft"))
     problems = str(_rl_problems(cfg, base))
-    arms = ["sft", *sorted(cfg.estimators, key=lambda e: e != "gae")]  # PPO is the slowest: start it first
+    arms = cfg.arms()
     rows = _run_arms(cfg, arms, policy, problems)
     results = {
-        "title": "RL advantage estimators on parametric problems (codefoundry recipe rl-estimators)",
+        "recipe": cfg.RECIPE,
+        "axis": cfg.AXIS,
+        "title": f"RL comparison: {cfg.AXIS} on parametric problems (codefoundry recipe {cfg.RECIPE})",
         "command": command or " ".join(sys.argv),
         "config": dataclasses.asdict(cfg),
         "base": str(base),
-        "rows": [rows["sft"], *(rows[e] for e in cfg.estimators)],
+        "base_line": common.base_sentence(base, reused=bool(cfg.base_run), overrides=cfg.base),
+        "rows": [rows["sft"], *(rows[a.key] for a in arms)],
         "wall_s": round(time.perf_counter() - started, 1),
-        "load": {"start": [round(x, 2) for x in load_start], "end": [round(x, 2) for x in os.getloadavg()]},
+        "load": common.load_text(load_start),
         "cpus": os.cpu_count(),
     }
     _add_deltas(results["rows"], seed=cfg.seed)
-    _write_json(root / "results.json", results)
-    results["outputs"] = [str(p) for p in write_outputs(results, root / NAME)]
+    common.write_json(root / "results.json", results)
+    results["outputs"] = [str(p) for p in write_outputs(results, root / cfg.RECIPE.replace("-", "_"))]
     return results
 
 
-def _run_arms(
-    cfg: RLEstimatorsConfig, arms: list[str], policy: str, problems: str
-) -> dict[str, dict[str, Any]]:
-    """Every arm, `cfg.parallel` at a time, each in a fresh process (its torch thread count is its own);
-    a bar counts finished arms (cached ones included)."""
-    import multiprocessing
-
-    from tqdm.auto import tqdm
-
-    rows: dict[str, dict[str, Any]] = {}
-    with tqdm(total=len(arms), desc="rl-estimators arms", unit="arm", disable=not cfg.progress) as bar:
-        if cfg.parallel == 1:
-            for arm in arms:
-                rows[arm] = run_arm(cfg, arm, policy, problems)
-                bar.set_postfix_str(f"{arm} done")
-                bar.update()
-            return rows
-        with ProcessPoolExecutor(cfg.parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(run_arm, cfg, arm, policy, problems): arm for arm in arms}
-            for future in as_completed(futures):
-                rows[futures[future]] = future.result()
-                bar.set_postfix_str(f"{futures[future]} done")
-                bar.update()
-    return rows
+def _run_arms(cfg: RLArmsConfig, arms: list[Arm], policy: str, problems: str) -> dict[str, dict[str, Any]]:
+    """The SFT row and every arm (the costliest first), `cfg.parallel` at a time."""
+    jobs: list[Arm | None] = [None, *sorted(arms, key=lambda a: -ArmSettings.of(cfg, a).cost())]
+    named = [(job.key if job is not None else "sft", (cfg, job, policy, problems)) for job in jobs]
+    return common.run_cells(
+        run_arm, named, parallel=cfg.parallel, desc=f"{cfg.RECIPE} arms", progress=cfg.progress
+    )
 
 
 def _add_deltas(rows: list[dict[str, Any]], *, seed: int) -> None:
-    """Each RL row's pass@1 minus the SFT row's, as the mean of per-problem differences over the same
-    problems with a percentile-bootstrap 95% CI (paired, so tighter than two separate CIs)."""
-    from codefoundry.tasks.metrics import bootstrap_ci
-
-    sft = rows[0]["per_problem"]
+    """Each RL row's pass@1 minus the SFT row's, paired over the same problems (`common.paired_delta`)."""
     for row in rows[1:]:
-        common = sorted(set(sft) & set(row["per_problem"]))
-        diffs = [row["per_problem"][t] - sft[t] for t in common]
-        mean, low, high = bootstrap_ci(diffs, seed=seed) if diffs else (None, None, None)
+        mean, low, high = common.paired_delta(rows[0]["per_problem"], row["per_problem"], seed=seed)
         row.update({"delta_pass@1": mean, "delta_low": low, "delta_high": high})
 
 
-def _check_run_dir(root: Path, cfg: RLEstimatorsConfig) -> None:
-    """Record the config in OUT/recipe.json, or check that a rerun uses the same result-deciding values."""
-    stamp = root / "recipe.json"
-    mine = {"recipe": "rl-estimators", "config": cfg.identity()}
-    if stamp.is_file():
-        theirs = json.loads(stamp.read_text(encoding="utf-8"))
-        if theirs != mine:
-            old = theirs.get("config", {})
-            diff = sorted(k for k in mine["config"] if old.get(k) != mine["config"][k])
-            raise ValueError(f"{root}: holds an rl-estimators run with other settings ({', '.join(diff) or 'recipe'});"
-                             " rerun with the same ones to resume, or pick another --out")  # fmt: skip
-        return
-    _write_json(stamp, mine)
-
-
-def _write_json(path: Path, value: Any) -> None:
-    _write_text(path, json.dumps(value, indent=2) + "\n")
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 # ---------------------------------------------------------------------------------------------- outputs
-COLUMNS = ("estimator", "pass@1 (95% CI)", "pass@5 (95% CI)", "Δ pass@1 vs SFT (95% CI)", "steps to best",
-           "mean response length (tokens)", "wall time")  # fmt: skip
-CSV_COLUMNS = ("estimator", "pass@1", "pass@1_low", "pass@1_high", "pass@5", "pass@5_low", "pass@5_high",
+CSV_COLUMNS = ("arm", "label", "pass@1", "pass@1_low", "pass@1_high", "pass@5", "pass@5_low", "pass@5_high",
                "delta_pass@1", "delta_low", "delta_high", "steps_to_best", "curve_best", "response_tokens",
-               "rl_response_tokens", "wall_s", "problems", "samples")  # fmt: skip
+               "rl_response_tokens", "rl_truncated", "wall_s", "problems", "samples")  # fmt: skip
 
 
 def write_outputs(results: dict[str, Any], stem: Path) -> list[Path]:
     """`stem`.md (the table with the command on top), `stem`.csv (the same numbers, unrounded) and
-    `stem`.png (held-out pass@1 over RL steps, one line per estimator)."""
+    `stem`.png (held-out pass@1 over RL steps, one line per arm)."""
     md, csv_path, png = stem.with_suffix(".md"), stem.with_suffix(".csv"), stem.with_suffix(".png")
-    _write_text(md, markdown(results, plot_name=png.name))
-    _write_text(csv_path, _csv(results["rows"]))
-    plot_curves(results["rows"], png)
+    common.write_text(md, markdown(results, plot_name=png.name))
+    common.write_text(csv_path, common.csv_text(CSV_COLUMNS, results["rows"]))
+    plot_curves(results, png)
     return [md, csv_path, png]
 
 
-def _ci(value: float | None, low: float | None, high: float | None, *, sign: bool = False) -> str:
-    if value is None:
-        return "-"
-    fmt = "+.3f" if sign else ".3f"
-    return f"{value:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
-
-
-def _minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+def _setup(results: dict[str, Any]) -> str:
+    """The paragraph under the table's command: what every arm shares and how each column is measured."""
+    cfg, axis = results["config"], results["axis"]
+    varies = {
+        "estimator": "estimator",
+        "rollouts per prompt": "group_size",
+        "max response (tokens)": "max_new_tokens",
+    }
+    shared = {
+        "estimator": f"estimator {cfg['estimator']}",
+        "group_size": f"{cfg['group_size']} samples per prompt",
+        "max_new_tokens": f"responses up to {cfg['max_new_tokens']} tokens",
+    }
+    shared.pop(varies[axis])
+    eval_tokens = cfg["eval_max_new_tokens"] or cfg["max_new_tokens"]
+    return (
+        f"Every arm starts from that SFT checkpoint with seed {cfg['seed']}, {cfg['steps']} RL steps x "
+        f"{cfg['prompts_per_step']} prompts, {', '.join(shared.values())}, lr {cfg['lr']}, sampling at "
+        f"T={cfg['temperature']}; only the {axis} differs. pass@k: {cfg['eval_problems']} parametric held-out "
+        f"problems x {cfg['eval_samples']} samples, up to {eval_tokens} tokens (unbiased estimator, 95% "
+        "percentile-bootstrap CI over problems; Δ is paired over the same problems). Steps to best: argmax of "
+        f"held-out pass@1 ({cfg['curve_problems']} problems x {cfg['curve_samples']} samples) evaluated every "
+        f"{cfg['eval_every']} steps, step 0 = the SFT model. Response length: tokens per completion in the "
+        "final evaluation; truncated: the fraction of RL rollouts cut at the length limit. Wall time: RL (with "
+        f"its curve evaluations) plus the final evaluation, {cfg['parallel']} arm(s) at a time, "
+        f"{cfg['threads']} torch thread(s) each."
+    )
 
 
 def markdown(results: dict[str, Any], *, plot_name: str = "") -> str:
-    """The Markdown table in the layout of the survey's estimator comparison, with the command, the
-    settings that make it comparable, and the machine load on top."""
+    """The Markdown table in the layout of the survey's RL comparisons, with the command, the settings
+    that make it comparable, and the machine load on top."""
     cfg = results["config"]
+    scale = " (laptop scale)" if cfg["device"] == "cpu" else ""
+    columns = (results["axis"], "pass@1 (95% CI)", "pass@5 (95% CI)", "Δ pass@1 vs SFT (95% CI)", "steps to best",
+               "mean response length (tokens)", "RL rollouts truncated", "wall time")  # fmt: skip
     lines = [
-        "# RL advantage estimators (laptop scale)" if cfg["device"] == "cpu" else "# RL advantage estimators",
-        "", f"Command: `{results['command']}`", "",
-        _base_line(cfg, results["base"]),
-        "",
-        f"Every arm starts from that SFT checkpoint with seed {cfg['seed']}, "
-        f"{cfg['steps']} RL steps x {cfg['prompts_per_step']} prompts x {cfg['group_size']} samples, "
-        f"lr {cfg['lr']}, responses up to {cfg['max_new_tokens']} tokens at T={cfg['temperature']}. "
-        f"pass@k: {cfg['eval_problems']} parametric held-out problems x {cfg['eval_samples']} samples "
-        f"(unbiased estimator, 95% percentile-bootstrap CI over problems; Δ is paired over the same problems). "
-        f"Steps to best: argmax of held-out pass@1 ({cfg['curve_problems']} problems x {cfg['curve_samples']} "
-        f"samples) evaluated every {cfg['eval_every']} steps, step 0 = the SFT model. Response length: "
-        "tokens per completion in the final evaluation. Wall time: RL (with its curve evaluations) plus "
-        f"the final evaluation, {cfg['parallel']} arm(s) at a time, {cfg['threads']} torch thread(s) each.",
-        "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
+        f"# RL comparison: {results['axis']}{scale}", "", f"Command: `{results['command']}`", "",
+        results["base_line"], "", _setup(results), "",
+        "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
     ]  # fmt: skip
     for row in results["rows"]:
-        name = LABELS.get(row["arm"], row["arm"])
-        cells = [name, _ci(row["pass@1"], row["pass@1_low"], row["pass@1_high"]),
-                 _ci(row["pass@5"], row["pass@5_low"], row["pass@5_high"]),
-                 _ci(row.get("delta_pass@1"), row.get("delta_low"), row.get("delta_high"), sign=True),
+        truncated = row.get("rl_truncated")
+        cells = [row["label"], common.ci_text(row["pass@1"], row["pass@1_low"], row["pass@1_high"]),
+                 common.ci_text(row["pass@5"], row["pass@5_low"], row["pass@5_high"]),
+                 common.ci_text(row.get("delta_pass@1"), row.get("delta_low"), row.get("delta_high"), sign=True),
                  "-" if row.get("steps_to_best") is None else str(row["steps_to_best"]),
-                 f"{row['response_tokens']:.1f}", _minutes(row["wall_s"])]  # fmt: skip
+                 f"{row['response_tokens']:.1f}", "-" if truncated is None else f"{truncated:.1%}",
+                 common.minutes_text(row["wall_s"])]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
-    load = results["load"]
-    lines += ["", f"Total wall time {_minutes(results['wall_s'])} on {results['cpus']} CPUs; load average "
-              f"(1, 5, 15 min) {load['start']} at the start, {load['end']} at the end."]  # fmt: skip
+    lines += ["", common.timing_text(results)]
     if plot_name:
         lines += ["", f"![held-out pass@1 over RL steps]({plot_name})"]
     return "\n".join(lines) + "\n"
 
 
-def _base_line(cfg: dict[str, Any], base: str) -> str:
-    """Where the base model came from, in one sentence."""
-    if cfg["base_run"]:
-        stamp = Path(base) / "quickstart.json"
-        settings = json.loads(stamp.read_text(encoding="utf-8"))["config"] if stamp.is_file() else {}
-        keys = ("minutes", "seed", "size", "sft_parametric")
-        shown = ", ".join(f"{k}={settings[k]}" for k in keys if k in settings)
-        return (f"Base model: the SFT checkpoint of the finished quickstart run `{base}` ({shown}; data -> "
-                "pretrain -> SFT of `codefoundry quickstart`).")  # fmt: skip
-    return (f"Base model: built in `{base}` by the quickstart's data -> pretrain -> SFT stages with "
-            f"{cfg['base'] or 'its defaults'}.")  # fmt: skip
-
-
-def _csv(rows: list[dict[str, Any]]) -> str:
-    import csv
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for row in rows:
-        values = {**row, "estimator": row["arm"]}
-        writer.writerow(["" if values.get(c) is None else values[c] for c in CSV_COLUMNS])
-    return buffer.getvalue()
-
-
-def plot_curves(rows: list[dict[str, Any]], png: Path) -> Path:
-    """Held-out pass@1 over RL steps, one line per estimator; the SFT model's final pass@1 as a dashed
-    line (its curve point at step 0 uses fewer problems and samples)."""
+def plot_curves(results: dict[str, Any], png: Path) -> Path:
+    """Held-out pass@1 over RL steps, one line per arm; the SFT model's final pass@1 as a dashed line
+    (its curve point at step 0 uses fewer problems and samples)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for i, row in enumerate(rows):
+    for i, row in enumerate(results["rows"]):
         if row["arm"] == "sft":
             ax.axhline(row["pass@1"], color="black", linestyle="--", label="SFT (final eval)")
             continue
         steps, values = zip(*row["curve"], strict=True) if row.get("curve") else ((), ())
-        ax.plot(
-            steps,
-            values,
-            marker="o",
-            markersize=3,
-            color=f"C{i % 10}",
-            label=LABELS.get(row["arm"], row["arm"]),
-        )
+        ax.plot(steps, values, marker="o", markersize=3, color=f"C{i % 10}", label=row["label"])
     ax.set_xlabel("RL step")
     ax.set_ylabel("held-out pass@1")
-    ax.set_title("Held-out parametric pass@1 during RL, per advantage estimator")
+    ax.set_title(f"Held-out parametric pass@1 during RL, per {results['axis']}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, title=results["axis"])
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -67,6 +67,7 @@ class PretrainConfig:
     tokenizer: str  # a tokenizer directory (tokenizer.json)
     out: str  # run directory: checkpoint/, metrics.jsonl, tb/, loss.png, summary.json
     size: str = "tiny"  # a named size of codefoundry.models.config.SIZES
+    shape: tuple[int, int, int, int] | None = None  # (dim, n_layers, n_heads, n_kv_heads); overrides size
     steps: int = 1000  # optimizer steps
     batch_size: int = 16  # sequences per micro-batch, per rank
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -99,7 +100,12 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
+        if self.shape is not None:
+            object.__setattr__(self, "shape", tuple(self.shape))
+        shape = self.shape
+        shape_ok = shape is None or (len(shape) == 4 and all(type(v) is int and v >= 1 for v in shape))
         checks = {
+            "shape": shape_ok,
             "steps": self.steps >= 1,
             "batch_size": self.batch_size >= 1,
             "grad_accum": self.grad_accum >= 1,
@@ -128,10 +134,11 @@ class PretrainConfig:
 
 
 def build_model(cfg: PretrainConfig, vocab_size: int) -> Transformer:
-    """The model of `cfg.size` at the tokenizer's vocabulary, initialised from `cfg.seed` (fp32)."""
+    """The model of `cfg.shape` (else `cfg.size`) at the tokenizer's vocabulary, initialised from
+    `cfg.seed` (fp32)."""
     mcfg = config_for_size(
-        cfg.size, vocab_size, max_seq_len=cfg.seq_len, moe_experts=cfg.moe_experts, moe_top_k=cfg.moe_top_k,
-        mtp_depth=cfg.mtp_depth, mtp_weight=cfg.mtp_weight,
+        cfg.shape or cfg.size, vocab_size, max_seq_len=cfg.seq_len, moe_experts=cfg.moe_experts,
+        moe_top_k=cfg.moe_top_k, mtp_depth=cfg.mtp_depth, mtp_weight=cfg.mtp_weight,
     )  # fmt: skip
     torch.manual_seed(cfg.seed)
     return Transformer(mcfg)

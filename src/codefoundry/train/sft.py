@@ -52,6 +52,7 @@ from codefoundry.train.trainer_state import (
 )
 
 SUMMARY = "summary.json"
+SCHEDULES = ("cosine", "linear", "constant")  # the learning rate after the warmup
 # Fields that decide which batches a step sees (or the model's shape): a resume must keep them.
 STREAM_FIELDS = ("init", "data", "eval_data", "eval_fraction", "prompt_format", "overlong", "packing",
                  "seq_len", "batch_size", "grad_accum", "seed")  # fmt: skip
@@ -73,8 +74,9 @@ class SFTConfig:
     steps: int | None = None  # optimizer steps; None = `epochs` passes over the packed sequences
     epochs: float = 1.0
     lr: float = 1e-4  # peak; tiny models want ~1e-3, billion-parameter ones ~1e-5
-    min_lr: float | None = None  # cosine floor; None = lr / 10
-    warmup: int | None = None  # None = min(steps // 10, 100)
+    schedule: str = "cosine"  # after the warmup: cosine | linear (both decay to min_lr) | constant
+    min_lr: float | None = None  # floor of the cosine and linear decays; None = lr / 10
+    warmup: int | None = None  # linear warmup steps (every schedule); None = min(steps // 10, 100)
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0  # 0 = no clipping (the norm is still logged)
@@ -99,6 +101,7 @@ class SFTConfig:
             "steps": self.steps is None or self.steps >= 1,
             "epochs": self.epochs > 0,
             "lr": self.lr > 0,
+            "schedule": self.schedule in SCHEDULES,
             "min_lr": self.min_lr is None or 0 <= self.min_lr <= self.lr,
             "warmup": self.warmup is None or self.warmup >= 0,
             "weight_decay": self.weight_decay >= 0,
@@ -115,11 +118,16 @@ class SFTConfig:
                 raise ValueError(f"SFTConfig.{name}: invalid value {getattr(self, name)!r}")
 
 
-def lr_at(step: int, *, lr: float, min_lr: float, warmup: int, steps: int) -> float:
-    """Linear warmup to `lr` over `warmup` steps, then a cosine that reaches `min_lr` at `steps`."""
+def lr_at(step: int, *, lr: float, min_lr: float, warmup: int, steps: int, schedule: str = "cosine") -> float:
+    """Linear warmup to `lr` over `warmup` steps, then `schedule`: a cosine or a straight line that
+    reaches `min_lr` at `steps`, or `lr` held constant."""
     if step < warmup:
         return lr * (step + 1) / warmup
+    if schedule == "constant":
+        return lr
     progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    if schedule == "linear":
+        return lr - (lr - min_lr) * progress
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
@@ -328,8 +336,9 @@ class SFTRun:
         norm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), self.cfg.grad_clip or math.inf)
         stats["grad_norm"] = float(norm)
         stats["lr"] = lr_at(
-            self.step, lr=self.cfg.lr, min_lr=self.min_lr, warmup=self.warmup, steps=self.steps
-        )
+            self.step, lr=self.cfg.lr, min_lr=self.min_lr, warmup=self.warmup, steps=self.steps,
+            schedule=self.cfg.schedule,
+        )  # fmt: skip
         for group in self.optimizer.param_groups:
             group["lr"] = stats["lr"]
         self.optimizer.step()

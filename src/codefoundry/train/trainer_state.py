@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 CHECKPOINT = "checkpoint"
 TRAINER_STATE = "trainer_state.pt"
 # Fields that change the model's parameters: a resume must keep them.
-SHAPE_FIELDS = ("size", "moe_experts", "moe_top_k", "mtp_depth")
+SHAPE_FIELDS = ("size", "shape", "moe_experts", "moe_top_k", "mtp_depth")
 
 
 def param_digest(model: nn.Module) -> str:

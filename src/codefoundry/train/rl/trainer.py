@@ -68,6 +68,7 @@ class RLConfig:
     eval_every: int = 0  # steps between evaluations (0 = before training and at the end only)
     eval_samples: int = 1  # n per problem; with eval_temperature 0 it is greedy pass@1
     eval_temperature: float = 0.0
+    eval_max_new_tokens: int | None = None  # the held-out evaluation's response budget; None = max_new_tokens
     estimator: str = "grpo"  # one of ESTIMATORS
     group_size: int = 8  # G completions per prompt
     prompts_per_step: int = 4
@@ -117,6 +118,7 @@ class RLConfig:
             "group_size": self.group_size >= (2 if self.estimator in ("grpo_passk", "rloo") else 1),
             "prompts_per_step": self.prompts_per_step >= 1,
             "max_new_tokens": self.max_new_tokens >= 1,
+            "eval_max_new_tokens": self.eval_max_new_tokens is None or self.eval_max_new_tokens >= 1,
             "temperature": self.temperature > 0,
             "top_p": 0 < self.top_p <= 1,
             "lr": self.lr > 0,
@@ -294,7 +296,7 @@ class RLRun:
         tokens = sum(len(r) for r in roll.response_ids)
         step_s = t_end - t_step
         record.update({
-            "step": self.step, "response_tokens": tokens, "tokens_per_s": tokens / step_s,
+            "step": self.step, "samples": len(roll.response_ids), "response_tokens": tokens, "tokens_per_s": tokens / step_s,
             "time_generation_s": times.generation_s, "time_reward_s": times.reward_busy_s,
             "time_reward_wait_s": times.reward_wait_s, "time_update_s": t_end - t_update,
             "time_step_s": step_s, "reward_share": times.reward_wait_s / step_s, "lr": cfg.lr,
@@ -333,8 +335,8 @@ class RLRun:
         cfg = self.cfg
         result = evaluate_pass_at_1(
             self.model, self.tok, self.eval_problems, n=cfg.eval_samples, temperature=cfg.eval_temperature,
-            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, chat=cfg.chat, limits=self.limits,
-            workers=cfg.reward_workers or None, batch_rows=cfg.gen_batch_size,
+            max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens, seed=cfg.seed, chat=cfg.chat,
+            limits=self.limits, workers=cfg.reward_workers or None, batch_rows=cfg.gen_batch_size,
         )  # fmt: skip
         self.model.train()
         self.last_eval = {"step": self.step, **result}
