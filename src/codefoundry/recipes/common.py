@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BASE_STAGES", "base_config", "base_sentence", "base_settings", "build_base", "check_run_dir", "ci_text",
-    "csv_text", "load_text", "minutes_text", "paired_delta", "run_cells", "sft_problem_count", "timing_text",
+    "csv_text", "load_text", "minutes_text", "paired_delta", "pass_rates", "run_cells", "sft_problem_count", "timing_text",
     "write_json", "write_text",
 ]  # fmt: skip
 
@@ -94,6 +94,14 @@ def run_cells(fn: Callable[..., Any], jobs: Sequence[tuple[str, tuple]], *, para
                 bar.set_postfix_str(f"{futures[future]} done")
                 bar.update()
     return results
+
+
+def pass_rates(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Per task id, the fraction of its samples that passed, from the rows of an eval run's results.jsonl."""
+    per: dict[str, list[bool]] = {}
+    for r in rows:
+        per.setdefault(r["task_id"], []).append(bool(r["passed"]))
+    return {t: sum(v) / len(v) for t, v in per.items()}
 
 
 def paired_delta(ref: dict[str, float], other: dict[str, float], *, seed: int

@@ -155,23 +155,17 @@ def _safety_table(root: Path) -> dict[str, Any]:
 def paired_gain(root: Path, bench: str, *, seed: int = 0) -> dict[str, Any] | None:
     """RL minus SFT pass@1 on the same problems: the mean of the per-problem differences, with a
     percentile-bootstrap 95% CI over problems (tighter than comparing two unpaired CIs)."""
-    from codefoundry.tasks.metrics import bootstrap_ci
+    from codefoundry.recipes.common import paired_delta, pass_rates
 
-    per: list[dict[str, list[bool]]] = []
-    for model in ("sft", "rl"):
-        rows = _read_jsonl(root / "eval" / f"{model}-{bench}" / "results.jsonl")
-        if not rows:
-            return None
-        tasks: dict[str, list[bool]] = {}
-        for r in rows:
-            tasks.setdefault(r["task_id"], []).append(bool(r["passed"]))
-        per.append(tasks)
-    common = sorted(set(per[0]) & set(per[1]))
-    if not common:
+    rates = [
+        pass_rates(_read_jsonl(root / "eval" / f"{model}-{bench}" / "results.jsonl"))
+        for model in ("sft", "rl")
+    ]
+    shared = set(rates[0]) & set(rates[1])
+    if not shared:  # a missing or empty evaluation, or no problem in common
         return None
-    diffs = [sum(per[1][t]) / len(per[1][t]) - sum(per[0][t]) / len(per[0][t]) for t in common]
-    mean, low, high = bootstrap_ci(diffs, seed=seed)
-    return {"gain": mean, "low": low, "high": high, "problems": len(common)}
+    mean, low, high = paired_delta(rates[0], rates[1], seed=seed)
+    return {"gain": mean, "low": low, "high": high, "problems": len(shared)}
 
 
 def headline(root: Path, config: QuickstartConfig, evals: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

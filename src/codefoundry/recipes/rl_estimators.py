@@ -311,15 +311,13 @@ def _final_eval(cfg: RLArmsConfig, checkpoint: str, out: Path) -> dict[str, Any]
     res = run_eval(ecfg)
     ci = res["pass_at_k_ci95"]
     rows = read_metrics(out / "results.jsonl")
-    per: dict[str, list[bool]] = {}
-    for r in rows:
-        per.setdefault(r["task_id"], []).append(bool(r["passed"]))
+    per = common.pass_rates(rows)
     tok = cft.load(checkpoint)
     lengths = [len(tok.encode(r["completion"]).ids) for r in rows]
     return {
         "pass@1": ci["pass@1"]["mean"], "pass@1_low": ci["pass@1"]["low"], "pass@1_high": ci["pass@1"]["high"],
         "pass@5": ci["pass@5"]["mean"], "pass@5_low": ci["pass@5"]["low"], "pass@5_high": ci["pass@5"]["high"],
-        "per_problem": {t: sum(v) / len(v) for t, v in per.items()}, "problems": len(per),
+        "per_problem": per, "problems": len(per),
         "samples": len(rows), "response_tokens": sum(lengths) / len(lengths) if lengths else None,
         "eval_s": round(time.perf_counter() - started, 1),
     }  # fmt: skip

@@ -303,12 +303,10 @@ def _evaluate(cfg: SFTSensitivityConfig, checkpoint: str, cell: Path) -> dict[st
                 {"builtin_pass@1": ci["mean"], "builtin_problems": result["counts"]["tasks_with_samples"]}
             )
             continue
-        per: dict[str, list[bool]] = {}
-        for r in read_metrics(out / "results.jsonl"):
-            per.setdefault(r["task_id"], []).append(bool(r["passed"]))
+        samples = read_metrics(out / "results.jsonl")
+        per = common.pass_rates(samples)
         row.update({"pass@1": ci["mean"], "pass@1_low": ci["low"], "pass@1_high": ci["high"],
-                    "per_problem": {t: sum(v) / len(v) for t, v in per.items()}, "problems": len(per),
-                    "samples": sum(len(v) for v in per.values())})  # fmt: skip
+                    "per_problem": per, "problems": len(per), "samples": len(samples)})  # fmt: skip
     row["eval_s"] = round(time.perf_counter() - started, 1)
     return row
 
