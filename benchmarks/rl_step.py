@@ -52,11 +52,14 @@ def build_policy(root: Path, size: str, problems) -> Path:
     return policy
 
 
-def run_ours(policy: Path, task_file: Path, root: Path, args) -> dict:
+def run_ours(policy: Path, task_file: Path, root: Path, args, *, async_rollouts: bool = False) -> dict:
+    # An async run's last step generates nothing ahead, so it runs one more step that is not timed.
+    steps = args.steps + (2 if async_rollouts else 1)
     cfg = RLConfig(
-        policy=str(policy), out=str(root / "ours"), task=str(task_file), eval_task="", eval_problems=0,
+        policy=str(policy), out=str(root / ("ours-async" if async_rollouts else "ours")), task=str(task_file),
+        eval_task="", eval_problems=0, async_rollouts=async_rollouts,
         estimator="grpo", group_size=args.group_size, prompts_per_step=args.prompts, max_new_tokens=args.max_new,
-        temperature=1.0, lr=1e-6, steps=args.steps + 1, save_every=0, threads=args.threads, progress=False,
+        temperature=1.0, lr=1e-6, steps=steps, save_every=0, threads=args.threads, progress=False,
         tensorboard=False, reward_workers=args.reward_workers, micro_batch_size=args.prompts * args.group_size,
     )  # fmt: skip
     run = RLRun(cfg)
@@ -67,7 +70,7 @@ def run_ours(policy: Path, task_file: Path, root: Path, args) -> dict:
     finally:
         run.rewards.close()
         run.logger.close()
-    timed = records[1:]  # the first step warms the sandbox workers and the allocator
+    timed = records[1 : 1 + args.steps]  # the first step warms the sandbox workers and the allocator
     step = statistics.median(r["time_step_s"] for r in timed)
     return {
         "step_s": [r["time_step_s"] for r in timed],
@@ -76,6 +79,7 @@ def run_ours(policy: Path, task_file: Path, root: Path, args) -> dict:
         "reward_busy_s_median": statistics.median(r["time_reward_s"] for r in timed),
         "reward_wait_s_median": statistics.median(r["time_reward_wait_s"] for r in timed),
         "update_s_median": statistics.median(r["time_update_s"] for r in timed),
+        "behaviour_s_median": statistics.median(r["time_behaviour_s"] for r in timed),
         "reward_share_median": statistics.median(r["reward_share"] for r in timed),
         "completion_tokens_mean": statistics.mean(r["response_len_mean"] for r in timed),
     }
@@ -184,12 +188,18 @@ def main() -> None:
         policy = build_policy(root, args.size, problems)
         load_before = os.getloadavg()
         ours = run_ours(policy, task_file, root, args)
+        ours_async = run_ours(policy, task_file, root, args, async_rollouts=True)
         theirs = run_trl(policy, problems, root, args)
         load_after = os.getloadavg()
         params = ckpt.load(policy).num_params()
     ratio = theirs["step_s_median"] / ours["step_s_median"]
-    print(f"codefoundry {ours['step_s_median']:.3f} s/step (reward wait {ours['reward_share_median']:.1%}), "
-          f"TRL {theirs['step_s_median']:.3f} s/step -> {ratio:.2f}x")  # fmt: skip
+    ratio_async = theirs["step_s_median"] / ours_async["step_s_median"]
+    for name, side, r in (
+        ("codefoundry", ours, ratio),
+        ("codefoundry --async-rollouts", ours_async, ratio_async),
+    ):
+        print(f"{name}: {side['step_s_median']:.3f} s/step (reward wait {side['reward_share_median']:.1%}), "
+              f"TRL {theirs['step_s_median']:.3f} s/step -> {r:.2f}x")  # fmt: skip
     result = {
         "benchmark": "rl_step",
         "size": args.size,
@@ -201,8 +211,10 @@ def main() -> None:
         "threads": args.threads,
         "reward_workers": args.reward_workers,
         "codefoundry": ours,
+        "codefoundry_async": ours_async,
         "trl": theirs,
         "speedup_median": ratio,
+        "speedup_async_median": ratio_async,
         "load_average_before": load_before,
         "load_average_after": load_after,
         "cpus": os.cpu_count(),

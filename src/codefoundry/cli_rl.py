@@ -22,6 +22,7 @@ HELP = {
     "kl_kind": "KL estimator: k1, k2, k3 (aliases kl, mse, low_var_kl) or abs",
     "kl_in_reward": "put the KL in the reward (k1 recommended) instead of the loss",
     "dynamic_sampling": "drop groups whose rewards are all equal (DAPO)",
+    "async_rollouts": "one-step off-policy: generate the next batch before each update, so rewards overlap it",
     "resume": "continue the run in --out from its checkpoint",
 }
 

@@ -138,6 +138,35 @@ def test_top_k_samples_stay_among_the_k_most_likely():
     assert firsts <= top and len(firsts) > 1
 
 
+def test_the_sampler_draws_each_token_at_its_probability_and_never_a_zero_one():
+    from codefoundry.models.generate import _draw
+
+    probs = torch.tensor([[0.5, 0.0, 0.2, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]]).repeat(50_000, 1)
+    drawn = _draw(probs, torch.Generator().manual_seed(0))
+    first = torch.bincount(drawn[0::2], minlength=5) / 50_000
+    assert torch.allclose(first, probs[0], atol=0.01) and first[1] == first[4] == 0
+    assert (drawn[1::2] == 4).all()
+
+
+def test_logprobs_are_the_sampled_tokens_log_probs_under_a_full_forward():
+    """Padded rows, temperature 0.7, top-k 5 and a stop id: each returned token's recorded log-prob is
+    log softmax(logits / 0.7) of a plain forward over prompt + tokens (the unrestricted distribution),
+    and a stop id, not returned, gets none."""
+    model, prompts = _model(), _prompts()
+    kw = {"max_new_tokens": 12, "temperature": 0.7, "top_k": 5, "seed": 3}
+    stop = generate(model, prompts, **kw)[0][2]  # a token row 0 samples third
+    logprobs: list[list[float]] = []
+    out = generate(model, prompts, stop_ids=[stop], logprobs=logprobs, **kw)
+    assert len(out[0]) <= 2 and [len(r) for r in logprobs] == [len(r) for r in out]
+    with torch.no_grad():
+        for prompt, new, got in zip(prompts, out, logprobs, strict=True):
+            logits = model(torch.tensor([prompt + new])).logits[0, len(prompt) - 1 : -1] / 0.7
+            want = logits.log_softmax(-1).gather(1, torch.tensor(new)[:, None]).squeeze(1)
+            assert torch.allclose(torch.tensor(got), want, atol=1e-4)
+    with pytest.raises(ValueError, match="logprobs"):
+        generate(model, prompts[:1], max_new_tokens=2, speculative=True, logprobs=[])
+
+
 def test_a_stop_id_ends_its_row_and_is_not_returned():
     model = _model()
     prompts = _prompts((3, 8))

@@ -260,3 +260,75 @@ def test_reward_stream_scores_rows_as_they_arrive_in_row_order(setup):
     finally:
         worker.close()
     assert streamed == batched == [True, False, True, False]
+
+
+def test_async_rollouts_generate_the_next_batch_before_the_update(setup, tmp_path):
+    """With `async_rollouts`, step 1's batch is sampled by the weights before step 0's update (the same
+    rows a fresh sampler draws from the initial checkpoint), and its behaviour log-probs, recorded by the
+    sampler, are those weights' log-probs; step 0 trains on the synchronous step 0's batch."""
+    from codefoundry.train.rl.rollout import start_rollout
+
+    cfg = config(setup, tmp_path / "async", steps=3, async_rollouts=True)
+    run = RLRun(cfg)
+    try:
+        first = run.step_once()
+        ahead = run.pending
+        assert ahead is not None and ahead.behaviour is not None
+        initial = ckpt.load(cfg.policy)
+        fresh = start_rollout(
+            initial, run.codec, run.pick_problems(1), run.rewards, group_size=cfg.group_size,
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed * 7919 + 1,
+        )  # fmt: skip
+        fresh_roll, _ = fresh.result()
+        roll, _ = ahead.result()
+        assert roll.response_ids == fresh_roll.response_ids
+        assert [s.passed for s in roll.scores] == [s.passed for s in fresh_roll.scores]
+        batch = collate(roll.prompt_ids, roll.response_ids, device="cpu")
+        with torch.no_grad():
+            want, _, _ = response_forward(initial, batch, temperature=cfg.temperature)
+            now, _, _ = response_forward(run.model, batch, temperature=cfg.temperature)
+        real = batch.mask.bool()  # the sampler's log-probs (decode path) match the training forward's
+        assert torch.allclose(ahead.behaviour[0][real], want[real], atol=1e-5)
+        assert not torch.allclose(ahead.behaviour[0][real], now[real], atol=1e-5), "the update moved it"
+        second = run.step_once()
+        assert run.pending is not None and run.step == 2
+        last = run.step_once()
+        assert run.pending is None, "the last step generates nothing ahead"
+    finally:
+        run.rewards.close()
+        run.logger.close()
+    sync = config(setup, tmp_path / "sync", steps=1)
+    rl(sync)
+    (sync_first,) = train_records(tmp_path / "sync")
+    for key in ("reward_mean", "pass_rate", "response_len_mean", "pg_loss", "grad_norm"):
+        assert first[key] == pytest.approx(sync_first[key], abs=1e-6), key
+    assert first["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert second["ratio_mean"] != pytest.approx(1.0, abs=1e-7), "step 1 trains one update off-policy"
+    assert all(math.isfinite(r[k]) for r in (second, last) for k in ("pg_loss", "approx_kl", "grad_norm"))
+
+
+def test_async_resume_trains_on_the_saved_batch(setup, tmp_path):
+    """A run stopped after a checkpoint that holds a batch generated ahead resumes on exactly that batch:
+    the metrics and final weights equal the uninterrupted run's."""
+    full = config(setup, tmp_path / "full", steps=3, save_every=1, async_rollouts=True)
+    rl(full)
+    part = replace(full, out=str(tmp_path / "part"))
+    run = RLRun(part)
+    try:
+        for _ in range(2):
+            run.logger.log(run.step_once())
+        run.save()  # the batch of step 2 is in it, scored
+    finally:
+        run.rewards.close()
+        run.logger.close()
+    RLRun(replace(part, resume=True)).train()
+
+    def strip(records):
+        return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in records]
+
+    assert strip(train_records(tmp_path / "part")) == strip(train_records(tmp_path / "full"))
+    assert param_digest(ckpt.load(tmp_path / "part" / "checkpoint")) == param_digest(
+        ckpt.load(tmp_path / "full" / "checkpoint")
+    )
+    with pytest.raises(ValueError, match="async_rollouts"):
+        RLRun(replace(part, resume=True, async_rollouts=False))

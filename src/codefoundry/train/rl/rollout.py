@@ -44,6 +44,7 @@ from codefoundry.tasks.prompts import STOP_SEQUENCES, chat_messages, completion_
 from codefoundry.train.rl.losses import entropy_from_logits, logprobs_from_logits
 
 __all__ = [
+    "PendingRollout",
     "Rollout",
     "RolloutTimes",
     "ResponseBatch",
@@ -54,6 +55,7 @@ __all__ = [
     "response_forward",
     "rollout",
     "shaped_rewards",
+    "start_rollout",
 ]
 
 # A base-model completion of a function body ends where a new top-level statement starts.
@@ -70,6 +72,17 @@ class Rollout:
     completions: list[str]  # the text `evaluate` scores
     truncated: list[bool]  # reached max_new_tokens without a stop
     scores: list[Score] = field(default_factory=list)
+    # per row, the sampler's log-prob of each response id (softmax(logits / temperature) of the logits it
+    # was drawn from): the behaviour policy of an asynchronous update
+    logprobs: list[list[float]] = field(default_factory=list)
+
+    def behaviour_logp(self, device) -> torch.Tensor:
+        """`logprobs` as (B, R), laid out as `collate` lays out the response ids (0 on padding)."""
+        width = max(1, max(len(r) for r in self.response_ids))
+        out = torch.zeros(len(self.logprobs), width, dtype=torch.float32)
+        for b, row in enumerate(self.logprobs):
+            out[b, : len(row)] = torch.tensor(row, dtype=torch.float32)
+        return out.to(device)
 
 
 @dataclass
@@ -77,6 +90,7 @@ class RolloutTimes:
     generation_s: float = 0.0  # inside `generate` (main thread)
     reward_busy_s: float = 0.0  # sandbox scoring, on the background thread
     reward_wait_s: float = 0.0  # main thread blocked waiting for rewards (the part not overlapped)
+    behaviour_s: float = 0.0  # async runs: the generating weights' log-prob forward
 
 
 class PromptCodec:
@@ -146,10 +160,11 @@ def sample_completions(
     def on_token(_row: int, token: int) -> bool:
         return token in stops
 
+    logprobs: list[list[float]] = []
     out = generate(
         model, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
         stop_strings=codec.stop_strings, tokenizer=codec.tokenizer, on_token=on_token,
-        on_done=on_done if stream is not None else None,
+        on_done=on_done if stream is not None else None, logprobs=logprobs,
     )  # fmt: skip
     completions = [codec.completion(p, ids) for p, ids in zip(problems, out, strict=True)]
     truncated = [
@@ -158,7 +173,7 @@ def sample_completions(
         and not any(s in decode(codec.table, ids) for s in codec.stop_strings)
         for ids in out
     ]
-    return Rollout(list(problems), prompts, out, completions, truncated)
+    return Rollout(list(problems), prompts, out, completions, truncated, logprobs=logprobs)
 
 
 class RewardWorker:
@@ -168,7 +183,6 @@ class RewardWorker:
     def __init__(self, *, limits: Limits | None = None, workers: int | None = None) -> None:
         self.limits, self.workers = limits, workers
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cf-rl-reward")
-        self.busy_s = 0.0
 
     def submit(self, problems: Sequence[Problem], completions: Sequence[str]) -> Future[list[Score]]:
         pairs = list(zip(problems, completions, strict=True))
@@ -179,11 +193,7 @@ class RewardWorker:
         return RewardStream(self, n)
 
     def _score(self, pairs: list[tuple[Problem, str]]) -> list[Score]:
-        t0 = time.perf_counter()
-        try:
-            return evaluate_many(pairs, limits=self.limits, workers=self.workers, progress=False)
-        finally:
-            self.busy_s += time.perf_counter() - t0
+        return evaluate_many(pairs, limits=self.limits, workers=self.workers, progress=False)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -201,6 +211,7 @@ class RewardStream:
         self._pending: list[tuple[int, Problem, str]] = []
         self._futures: list[Future[None]] = []
         self._draining = False
+        self.busy_s = 0.0  # sandbox time spent on this stream's rows
 
     def add(self, row: int, problem: Problem, completion: str) -> None:
         with self._lock:
@@ -216,7 +227,9 @@ class RewardStream:
                 if not batch:
                     self._draining = False
                     return
+            t0 = time.perf_counter()
             scores = self.worker._score([(problem, completion) for _, problem, completion in batch])
+            self.busy_s += time.perf_counter() - t0
             for (row, _, _), score in zip(batch, scores, strict=True):
                 self.scores[row] = score
 
@@ -230,40 +243,73 @@ class RewardStream:
         return list(self.scores)  # type: ignore[arg-type]
 
 
+class PendingRollout:
+    """A rollout whose rows are generated and whose rewards may still be streaming in the sandbox.
+    `behaviour` holds the generating policy's (logp, values or None) when the trainer computed them
+    (an asynchronous run); `result()` waits for the last scores."""
+
+    def __init__(self, roll: Rollout, streams: list[RewardStream], generation_s: float) -> None:
+        self.roll, self.streams = roll, streams
+        self.times = RolloutTimes(generation_s=generation_s)
+        self.behaviour: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._done = False
+
+    @classmethod
+    def scored(cls, roll: Rollout) -> PendingRollout:
+        """A rollout whose scores are all in (one restored from a checkpoint)."""
+        pending = cls(roll, [], 0.0)
+        pending._done = True
+        return pending
+
+    def result(self) -> tuple[Rollout, RolloutTimes]:
+        if not self._done:
+            t0 = time.perf_counter()
+            self.roll.scores = [s for stream in self.streams for s in stream.result()]
+            self.times.reward_wait_s = time.perf_counter() - t0
+            self.times.reward_busy_s = sum(stream.busy_s for stream in self.streams)
+            self._done = True
+        return self.roll, self.times
+
+
+def start_rollout(
+    model: Transformer, codec: PromptCodec, problems: Sequence[Problem], rewards: RewardWorker, *,
+    group_size: int, max_new_tokens: int, temperature: float, top_p: float = 1.0, seed: int = 0,
+    chunk_rows: int = 64,
+) -> PendingRollout:  # fmt: skip
+    """G = `group_size` samples of each problem, generated `chunk_rows` rows at a time (whole groups per
+    chunk); each row goes to the background worker the moment it finishes, while the rest of its chunk and
+    the next chunks generate. Returns once every row is generated; the scores arrive through `result()`."""
+    rows = [p for p in problems for _ in range(group_size)]
+    per_chunk = max(1, chunk_rows // group_size) * group_size
+    parts: list[Rollout] = []
+    streams: list[RewardStream] = []
+    model.eval()
+    t0 = time.perf_counter()
+    for n, start in enumerate(range(0, len(rows), per_chunk)):
+        chunk = rows[start : start + per_chunk]
+        streams.append(rewards.stream(len(chunk)))
+        parts.append(sample_completions(
+            model, codec, chunk, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            seed=seed * 1_000_003 + n, stream=streams[-1],
+        ))  # fmt: skip
+    out = Rollout(
+        [p for r in parts for p in r.problems], [x for r in parts for x in r.prompt_ids],
+        [x for r in parts for x in r.response_ids], [x for r in parts for x in r.completions],
+        [x for r in parts for x in r.truncated], logprobs=[x for r in parts for x in r.logprobs],
+    )  # fmt: skip
+    return PendingRollout(out, streams, time.perf_counter() - t0)
+
+
 def rollout(
     model: Transformer, codec: PromptCodec, problems: Sequence[Problem], rewards: RewardWorker, *,
     group_size: int, max_new_tokens: int, temperature: float, top_p: float = 1.0, seed: int = 0,
     chunk_rows: int = 64,
 ) -> tuple[Rollout, RolloutTimes]:  # fmt: skip
-    """G = `group_size` samples of each problem, generated `chunk_rows` rows at a time (whole groups per
-    chunk); each row is scored on the background worker as soon as it finishes, while the rest of its
-    chunk and the next chunks generate. Returns the rollout with its `scores` filled, and the time split."""
-    rows = [p for p in problems for _ in range(group_size)]
-    per_chunk = max(1, chunk_rows // group_size) * group_size
-    times, busy0 = RolloutTimes(), rewards.busy_s
-    parts: list[Rollout] = []
-    streams: list[RewardStream] = []
-    model.eval()
-    for n, start in enumerate(range(0, len(rows), per_chunk)):
-        t0 = time.perf_counter()
-        chunk = rows[start : start + per_chunk]
-        streams.append(rewards.stream(len(chunk)))
-        part = sample_completions(
-            model, codec, chunk, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-            seed=seed * 1_000_003 + n, stream=streams[-1],
-        )  # fmt: skip
-        times.generation_s += time.perf_counter() - t0
-        parts.append(part)
-    t0 = time.perf_counter()
-    scores = [s for stream in streams for s in stream.result()]
-    times.reward_wait_s = time.perf_counter() - t0
-    times.reward_busy_s = rewards.busy_s - busy0
-    out = Rollout(
-        [p for r in parts for p in r.problems], [x for r in parts for x in r.prompt_ids],
-        [x for r in parts for x in r.response_ids], [x for r in parts for x in r.completions],
-        [x for r in parts for x in r.truncated], scores,
-    )  # fmt: skip
-    return out, times
+    """`start_rollout`, then wait for its scores: the rollout with `scores` filled, and the time split."""
+    return start_rollout(
+        model, codec, problems, rewards, group_size=group_size, max_new_tokens=max_new_tokens,
+        temperature=temperature, top_p=top_p, seed=seed, chunk_rows=chunk_rows,
+    ).result()  # fmt: skip
 
 
 def shaped_rewards(

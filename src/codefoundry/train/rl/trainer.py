@@ -35,15 +35,23 @@ from torch import nn
 
 from codefoundry.models import checkpoint as ckpt
 from codefoundry.models import tokenizer as cft
-from codefoundry.sandbox import Limits
-from codefoundry.tasks.problem import Problem
+from codefoundry.sandbox import ExecutionResult, Limits
+from codefoundry.tasks.problem import Problem, Score
 from codefoundry.tasks.registry import get_task
 from codefoundry.train.metrics import METRICS, MetricsLogger, read_metrics
 from codefoundry.train.rl.advantages import ESTIMATORS, dynamic_sampling_keep
 from codefoundry.train.rl.evaluate import evaluate_pass_at_1
 from codefoundry.train.rl.losses import AGG_MODES, KL_KINDS
-from codefoundry.train.rl.rollout import PromptCodec, RewardWorker, collate, rollout, shaped_rewards
-from codefoundry.train.rl.update import UpdateInputs, ppo_update
+from codefoundry.train.rl.rollout import (
+    PendingRollout,
+    PromptCodec,
+    RewardWorker,
+    Rollout,
+    collate,
+    shaped_rewards,
+    start_rollout,
+)
+from codefoundry.train.rl.update import UpdateInputs, frozen_forward, ppo_update
 from codefoundry.train.trainer_state import (
     CHECKPOINT,
     TRAINER_STATE,
@@ -93,6 +101,7 @@ class RLConfig:
     mini_batches: int = 1  # optimizer steps per epoch
     micro_batch_size: int = 32  # rows per forward/backward
     gen_batch_size: int = 64  # rows per generate call (whole groups); rewards overlap the next call
+    async_rollouts: bool = False  # one-step off-policy: generate step t+1's batch before step t's update
     vf_coef: float = 0.1  # gae only: value loss weight
     vf_clip: float = 0.5
     gamma: float = 1.0
@@ -145,7 +154,7 @@ class RLConfig:
     @property
     def needs_old_forward(self) -> bool:
         """Whether logp_old must come from a separate forward before the update (else: detached logp)."""
-        off_policy = self.ppo_epochs > 1 or self.mini_batches > 1
+        off_policy = self.ppo_epochs > 1 or self.mini_batches > 1 or self.async_rollouts
         return off_policy or self.estimator == "gae" or (self.kl_coef > 0 and self.kl_in_reward)
 
 
@@ -207,6 +216,7 @@ class RLRun:
             self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999)
         )
         self.step, self.elapsed_before = 0, 0.0
+        self.pending: PendingRollout | None = None  # async_rollouts: the next step's batch, generated ahead
         if cfg.resume:
             self._resume()
         limits = Limits(cpu_seconds=cfg.cpu_seconds)
@@ -226,8 +236,8 @@ class RLRun:
 
         state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
         saved = state["config"]
-        for name in ("policy", "estimator", "group_size", "prompts_per_step"):
-            if saved.get(name) != getattr(self.cfg, name):
+        for name in ("policy", "estimator", "group_size", "prompts_per_step", "async_rollouts"):
+            if saved.get(name, getattr(RLConfig, name, None)) != getattr(self.cfg, name):
                 raise ValueError(f"{path}: cannot resume with {name}={getattr(self.cfg, name)!r}: "
                                  f"the run was started with {name}={saved.get(name)!r}")  # fmt: skip
         ckpt.load_state(
@@ -240,6 +250,8 @@ class RLRun:
         self.optimizer = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.elapsed_before = state["step"], state.get("elapsed_s", 0.0)
+        if state.get("pending") is not None:
+            self.pending = self._restore_pending(state["pending"])
         set_rng_state(state["rng"])
 
     # -- the loop -------------------------------------------------------------------------------------------
@@ -268,14 +280,20 @@ class RLRun:
         return rng.sample(pool, k) if k <= len(pool) else [rng.choice(pool) for _ in range(k)]
 
     def step_once(self) -> dict[str, Any]:
-        """One RL step (rollout, rewards, advantages, update); returns its metrics record."""
+        """One RL step (rollout, rewards, advantages, update); returns its metrics record.
+
+        With `async_rollouts`, the batch this step trains on was generated one step earlier, by the weights
+        before the previous update, and its rewards were scored while that update ran; this step generates
+        the next step's batch (with the weights before this update) and then updates. The PPO ratio is
+        taken against the generating weights' log-probs (`behaviour`), computed right after generation."""
         cfg, G = self.cfg, self.cfg.group_size
         t_step = time.perf_counter()
-        roll, times = rollout(
-            self.model, self.codec, self.pick_problems(self.step), self.rewards, group_size=G,
-            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-            seed=cfg.seed * 7919 + self.step, chunk_rows=cfg.gen_batch_size,
-        )  # fmt: skip
+        current, self.pending = self.pending, None
+        generated = [] if current is not None else [current := self._generate(self.step)]
+        if cfg.async_rollouts and self.step + 1 < cfg.steps:
+            self.pending = self._generate(self.step + 1)
+            generated.append(self.pending)
+        roll, times = current.result()
         self.model.train()
         rewards = shaped_rewards(
             roll, max_new_tokens=cfg.max_new_tokens, format_penalty=cfg.format_penalty,
@@ -287,7 +305,11 @@ class RLRun:
         if rows:
             batch = collate([roll.prompt_ids[i] for i in rows], [roll.response_ids[i] for i in rows],
                             device=self.device)  # fmt: skip
-            inputs = UpdateInputs(batch, rewards[rows].to(self.device), G)
+            behaviour = None
+            if current.behaviour is not None:
+                width = batch.mask.shape[1]
+                behaviour = tuple(None if t is None else t[rows, :width] for t in current.behaviour)
+            inputs = UpdateInputs(batch, rewards[rows].to(self.device), G, behaviour)
             record.update(ppo_update(self.model, self.optimizer, self.params, inputs, cfg, ref=self.ref,
                                      value_head=self.value_head, step=self.step))  # fmt: skip
         record["update_skipped"] = int(not rows)
@@ -297,12 +319,34 @@ class RLRun:
         step_s = t_end - t_step
         record.update({
             "step": self.step, "samples": len(roll.response_ids), "response_tokens": tokens, "tokens_per_s": tokens / step_s,
-            "time_generation_s": times.generation_s, "time_reward_s": times.reward_busy_s,
-            "time_reward_wait_s": times.reward_wait_s, "time_update_s": t_end - t_update,
-            "time_step_s": step_s, "reward_share": times.reward_wait_s / step_s, "lr": cfg.lr,
-            "elapsed_s": self.elapsed(),
+            "time_generation_s": sum(p.times.generation_s for p in generated),
+            "time_behaviour_s": sum(p.times.behaviour_s for p in generated),
+            "time_reward_s": times.reward_busy_s, "time_reward_wait_s": times.reward_wait_s,
+            "time_update_s": t_end - t_update, "time_step_s": step_s,
+            "reward_share": times.reward_wait_s / step_s, "lr": cfg.lr, "elapsed_s": self.elapsed(),
         })  # fmt: skip
         return record
+
+    def _generate(self, step: int) -> PendingRollout:
+        """Step `step`'s batch from the current weights, its rewards streaming to the sandbox; in an async
+        run also the generating weights' log-probs (and values), which the later update needs."""
+        cfg = self.cfg
+        pending = start_rollout(
+            self.model, self.codec, self.pick_problems(step), self.rewards, group_size=cfg.group_size,
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+            seed=cfg.seed * 7919 + step, chunk_rows=cfg.gen_batch_size,
+        )  # fmt: skip
+        if cfg.async_rollouts:
+            # The sampler's own log-probs are the behaviour policy; values need the value head's forward.
+            t0 = time.perf_counter()
+            roll = pending.roll
+            if self.value_head is None:
+                pending.behaviour = (roll.behaviour_logp(self.device), None)
+            else:
+                batch = collate(roll.prompt_ids, roll.response_ids, device=self.device)
+                pending.behaviour = frozen_forward(self.model, batch, cfg, value_head=self.value_head)
+            pending.times.behaviour_s = time.perf_counter() - t0
+        return pending
 
     def _select_groups(self, rewards: torch.Tensor, roll) -> tuple[torch.Tensor, dict[str, Any]]:
         """Groups to train on, and the reward statistics of the step."""
@@ -350,7 +394,37 @@ class RLRun:
         state: dict[str, Any] = {"step": self.step, "elapsed_s": self.elapsed(), "config": asdict(self.cfg)}
         if self.value_head is not None:
             state["value_head"] = self.value_head.state_dict()
+        if self.pending is not None:
+            state["pending"] = self._pending_state()
         save_checkpoint(self.out, self.model, self.optimizer, state, tokenizer=self.cfg.policy)
+
+    def _pending_state(self) -> dict[str, Any]:
+        """The batch generated ahead, scores included, so that a resumed async run trains on exactly it."""
+        roll, _ = self.pending.result()
+        logp, values = self.pending.behaviour
+        fields = {
+            "prompt_ids": roll.prompt_ids, "response_ids": roll.response_ids, "completions": roll.completions,
+            "truncated": roll.truncated,
+            "scores": [{"passed": s.passed, "fraction": s.fraction, "result": s.result.to_dict()} for s in roll.scores],
+        }  # fmt: skip
+        return {"rollout": json.dumps(fields), "logp": logp, "values": values}
+
+    def _restore_pending(self, state: dict[str, Any]) -> PendingRollout:
+        fields = json.loads(state["rollout"])
+        problems = [p for p in self.pick_problems(self.step) for _ in range(self.cfg.group_size)]
+        scores = [
+            Score(s["passed"], s["fraction"], ExecutionResult.from_dict(s["result"]))
+            for s in fields["scores"]
+        ]
+        roll = Rollout(problems, fields["prompt_ids"], fields["response_ids"], fields["completions"],
+                       fields["truncated"], scores)  # fmt: skip
+        pending = PendingRollout.scored(roll)
+        values = state.get("values")
+        pending.behaviour = (
+            state["logp"].to(self.device),
+            None if values is None else values.to(self.device),
+        )
+        return pending
 
     def finish(self, first_eval: dict[str, Any] | None) -> dict[str, Any]:
         records = read_metrics(self.out / METRICS)

@@ -25,7 +25,7 @@ from codefoundry.train.rl.rollout import ResponseBatch, response_forward
 if TYPE_CHECKING:
     from codefoundry.train.rl.trainer import RLConfig
 
-__all__ = ["UpdateInputs", "ppo_update"]
+__all__ = ["UpdateInputs", "frozen_forward", "ppo_update"]
 
 
 @dataclass
@@ -33,10 +33,13 @@ class UpdateInputs:
     batch: ResponseBatch  # rows kept for training, whole groups, contiguous
     rewards: torch.Tensor  # (B,)
     group_size: int
+    # (logp, values or None), (B, R): the generating weights' forward, when the batch was generated
+    # before an earlier update (async rollouts); the old policy of the PPO ratio is then that one.
+    behaviour: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
 
 @torch.no_grad()
-def _frozen_forward(model: Transformer, batch: ResponseBatch, cfg: RLConfig, *, value_head=None):
+def frozen_forward(model: Transformer, batch: ResponseBatch, cfg: RLConfig, *, value_head=None):
     """(logp, values or None), (B, R), micro-batch by micro-batch, without gradients."""
     logps, values = [], []
     B = batch.mask.shape[0]
@@ -70,10 +73,12 @@ def ppo_update(
     batch, B = inputs.batch, inputs.batch.mask.shape[0]
     t0 = time.perf_counter()
     logp_old = values_old = logp_ref = None
-    if cfg.needs_old_forward:
-        logp_old, values_old = _frozen_forward(model, batch, cfg, value_head=value_head)
+    if inputs.behaviour is not None:
+        logp_old, values_old = inputs.behaviour
+    elif cfg.needs_old_forward:
+        logp_old, values_old = frozen_forward(model, batch, cfg, value_head=value_head)
     if ref is not None:
-        logp_ref, _ = _frozen_forward(ref, batch, cfg)
+        logp_ref, _ = frozen_forward(ref, batch, cfg)
     advantages, returns = _advantages(inputs, cfg, logp_old, logp_ref, values_old)
     stats = _Stats()
     stats.add_value("time_logprob_s", time.perf_counter() - t0)
