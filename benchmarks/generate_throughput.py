@@ -9,6 +9,9 @@ tokens with no stop token, counted as new tokens per second of the whole call (p
 two implementations alternate `--repeat` times and medians are reported.
 
     python benchmarks/generate_throughput.py --repeat 5 --json benchmarks/results/generate_throughput.json
+
+`--temperature T --top-p P` times sampling instead (the two draw different tokens, so only the speed is
+compared); `--device cuda --size 100m` runs on a GPU (synchronised before each clock reading).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def to_llama(model: Transformer):
 
 
 def check_logits(model: Transformer, hf, vocab: int) -> float:
-    ids = torch.randint(0, vocab, (2, 48))
+    ids = torch.randint(0, vocab, (2, 48), device=model.embed.weight.device)
     with torch.inference_mode():
         diff = (model(ids).logits - hf(ids).logits).abs().max().item()
     if diff > 1e-4:
@@ -43,32 +46,44 @@ def check_logits(model: Transformer, hf, vocab: int) -> float:
     return diff
 
 
-def time_ours(model: Transformer, prompts: torch.Tensor, new: int) -> tuple[float, list[list[int]]]:
-    t = time.perf_counter()
-    out = generate(model, prompts.tolist(), max_new_tokens=new)
-    return time.perf_counter() - t, out
+def _clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
-def time_hf(hf, prompts: torch.Tensor, new: int) -> tuple[float, list[list[int]]]:
-    t = time.perf_counter()
+def time_ours(model: Transformer, prompts: torch.Tensor, new: int, args) -> tuple[float, list[list[int]]]:
+    t = _clock(prompts.device)
+    out = generate(model, prompts.tolist(), max_new_tokens=new, temperature=args.temperature, top_p=args.top_p,
+                   seed=0)  # fmt: skip
+    return _clock(prompts.device) - t, out
+
+
+def time_hf(hf, prompts: torch.Tensor, new: int, args) -> tuple[float, list[list[int]]]:
+    sampling = {"do_sample": False}
+    if args.temperature > 0:
+        sampling = {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p, "top_k": 0}
+    t = _clock(prompts.device)
     with torch.inference_mode():
         out = hf.generate(
-            input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=False,
-            max_new_tokens=new, min_new_tokens=new, pad_token_id=0,
+            input_ids=prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new,
+            min_new_tokens=new, pad_token_id=0, **sampling,
         )  # fmt: skip
-    return time.perf_counter() - t, out[:, prompts.shape[1] :].tolist()
+    return _clock(prompts.device) - t, out[:, prompts.shape[1] :].tolist()
 
 
 def compare(model: Transformer, hf, batch: int, args) -> dict:
-    prompts = torch.randint(0, model.cfg.vocab_size, (batch, args.prompt))
-    time_ours(model, prompts, 8), time_hf(hf, prompts, 8)  # warm up both
+    prompts = torch.randint(0, model.cfg.vocab_size, (batch, args.prompt), device=model.embed.weight.device)
+    time_ours(model, prompts, 8, args), time_hf(hf, prompts, 8, args)  # warm up both
     ours, theirs = [], []
     for _ in range(args.repeat):
-        t, ours_out = time_ours(model, prompts, args.new)
+        t, ours_out = time_ours(model, prompts, args.new, args)
         ours.append(batch * args.new / t)
-        t, hf_out = time_hf(hf, prompts, args.new)
+        t, hf_out = time_hf(hf, prompts, args.new, args)
         theirs.append(batch * args.new / t)
     same = sum(a == b for a, b in zip(ours_out, hf_out, strict=True))
+    if args.temperature > 0:
+        same = "n/a (sampled)"
     return {
         "batch": batch,
         "codefoundry_tokens_per_s": round(statistics.median(ours), 1),
@@ -76,13 +91,13 @@ def compare(model: Transformer, hf, batch: int, args) -> dict:
         "ratio": round(statistics.median(ours) / statistics.median(theirs), 2),
         "all_codefoundry": [round(x, 1) for x in ours],
         "all_transformers": [round(x, 1) for x in theirs],
-        "rows_with_identical_tokens": f"{same}/{batch}",
+        "rows_with_identical_tokens": same if isinstance(same, str) else f"{same}/{batch}",
     }
 
 
 def speculative(vocab: int, args) -> dict:
     torch.manual_seed(1)
-    model = Transformer(config_for_size("10m", vocab, mtp_depth=1)).eval()
+    model = Transformer(config_for_size(args.size, vocab, mtp_depth=1)).to(args.device).eval()
     prompt = torch.randint(0, vocab, (args.prompt,)).tolist()
     plain_times, spec_times, results = [], [], []
     for _ in range(args.repeat):
@@ -114,15 +129,21 @@ def main() -> None:
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--repeat", type=int, default=3, help="alternate the two this many times; medians")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--size", default="10m", help="a named size of codefoundry.models.config.SIZES")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (both models fp32)")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the default comparison)")
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--no-speculative", action="store_true", help="skip the MTP self-speculation timing")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = Transformer(config_for_size("10m", args.vocab)).eval()
-    hf = to_llama(model)
+    model = Transformer(config_for_size(args.size, args.vocab)).eval()
+    hf = to_llama(model).to(args.device)
+    model.to(args.device)
     diff = check_logits(model, hf, args.vocab)
     rows = [compare(model, hf, int(b), args) for b in args.batches.split(",")]
-    spec = speculative(args.vocab, args)
+    spec = None if args.no_speculative or args.temperature > 0 else speculative(args.vocab, args)
     import transformers
 
     out = {
@@ -130,11 +151,15 @@ def main() -> None:
         "prompt_tokens": args.prompt,
         "new_tokens": args.new,
         "threads": args.threads,
+        "size": args.size,
+        "device": args.device,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
         "repeat": args.repeat,
         "max_abs_logit_diff": diff,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "greedy": rows,
+        "sampled" if args.temperature > 0 else "greedy": rows,
         "speculative": spec,
     }
     print(f"{model.num_params() / 1e6:.1f}M params, prompt {args.prompt}, {args.new} new tokens, "
@@ -143,8 +168,9 @@ def main() -> None:
     for r in rows:
         ours, theirs = r["codefoundry_tokens_per_s"], r["transformers_tokens_per_s"]
         print(f"{r['batch']:>5} | {ours:>17} | {theirs:>18} | {r['ratio']:>5}")
-    print(f"speculative (mtp_depth=1, batch 1): {spec['speculative_tokens_per_s']} tok/s vs plain "
-          f"{spec['plain_tokens_per_s']} ({spec['ratio']}x), acceptance {spec['acceptance']}")  # fmt: skip
+    if spec is not None:
+        print(f"speculative (mtp_depth=1, batch 1): {spec['speculative_tokens_per_s']} tok/s vs plain "
+              f"{spec['plain_tokens_per_s']} ({spec['ratio']}x), acceptance {spec['acceptance']}")  # fmt: skip
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")

@@ -148,6 +148,32 @@ def test_the_sampler_draws_each_token_at_its_probability_and_never_a_zero_one():
     assert (drawn[1::2] == 4).all()
 
 
+def test_nucleus_keeps_exactly_the_tokens_the_sorted_rule_keeps():
+    """Top-p by a threshold on sorted values equals the rule on the sorted order (drop a token once the
+    tokens before it cover top_p), over peaked and flat rows and rows with top-k's -inf; the two may
+    differ only on a token whose preceding mass is top_p to float rounding."""
+    from codefoundry.models.generate import _nucleus
+
+    def by_sorting(logits, top_p):
+        ordered, order = logits.sort(dim=-1, descending=True)
+        probs = ordered.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > top_p
+        return logits.scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(100):
+        logits = torch.randn(6, 300, generator=g) * (0.3 + trial % 7)
+        logits[:, :40] = float("-inf") if trial % 3 == 0 else logits[:, :40]
+        top_p = (0.05, 0.5, 0.9, 0.95, 0.999)[trial % 5]
+        ours, want = _nucleus(logits, top_p).isinf(), by_sorting(logits, top_p).isinf()
+        for row in (ours != want).any(dim=-1).nonzero().flatten().tolist():
+            probs = logits[row].softmax(dim=-1)
+            before = {
+                int(i): float(probs[probs > probs[i]].sum()) for i in (ours[row] != want[row]).nonzero()
+            }
+            assert len(before) == 1 and all(abs(m - top_p) < 1e-5 for m in before.values()), (trial, before)
+
+
 def test_logprobs_are_the_sampled_tokens_log_probs_under_a_full_forward():
     """Padded rows, temperature 0.7, top-k 5 and a stop id: each returned token's recorded log-prob is
     log softmax(logits / 0.7) of a plain forward over prompt + tokens (the unrestricted distribution),

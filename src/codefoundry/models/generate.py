@@ -26,6 +26,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -159,12 +160,23 @@ class _Sampler:
             kth = logits.topk(self.top_k, dim=-1).values[:, -1:]  # (B, 1)
             logits = logits.masked_fill(logits < kth, float("-inf"))
         if self.top_p < 1.0:
-            ordered, order = logits.sort(dim=-1, descending=True)
-            probs = ordered.softmax(dim=-1)
-            # Drop a token when the tokens before it already cover top_p (the first one always stays).
-            drop = probs.cumsum(dim=-1) - probs > self.top_p
-            logits = logits.scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
+            logits = _nucleus(logits, self.top_p)
         return _draw(logits.softmax(dim=-1), self.gen)
+
+
+def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Top-p filtering of (B, V) logits: in order of probability, a token is dropped when the tokens before
+    it already cover `top_p` (the most likely one always stays). The cut is found on the sorted values
+    alone and applied as a probability threshold (a token tied with the last one kept stays too): on CPU
+    numpy sorts values 5x faster than `torch.sort` sorts values with indices."""
+    probs = logits.softmax(dim=-1)
+    if probs.device.type == "cpu":
+        ordered = torch.from_numpy(np.sort(probs.numpy(), axis=-1)).flip(-1)
+    else:
+        ordered = probs.sort(dim=-1, descending=True).values
+    kept = (ordered.cumsum(dim=-1) - ordered <= top_p).sum(dim=-1, keepdim=True).clamp_min(1)  # (B, 1)
+    threshold = ordered.gather(-1, kept - 1)
+    return logits.masked_fill(probs < threshold, float("-inf"))
 
 
 def _draw(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -90,7 +90,7 @@ class RolloutTimes:
     generation_s: float = 0.0  # inside `generate` (main thread)
     reward_busy_s: float = 0.0  # sandbox scoring, on the background thread
     reward_wait_s: float = 0.0  # main thread blocked waiting for rewards (the part not overlapped)
-    behaviour_s: float = 0.0  # async runs: the generating weights' log-prob forward
+    behaviour_s: float = 0.0  # async runs: the behaviour log-probs (the sampler's, or a value-head forward)
 
 
 class PromptCodec:

@@ -14,9 +14,14 @@ detached current ones (ratio 1, gradient of log pi), and their separate forward 
 sits in the reward or the estimator is `gae`. The reference model (only when `kl_coef` > 0) is a frozen
 copy of the initial policy, reloaded from `policy` on resume.
 
-Exact resume: the checkpoint holds weights, value head, optimizer, step and RNG states; problems and
-sampling seeds are functions of (seed, step), so a resumed run logs the same rewards and losses as an
-uninterrupted one on the same machine (timings aside). Limits: one process, one device; no vLLM engine;
+With `async_rollouts` the loop is one-step off-policy (see `RLRun.step_once`): each step generates the
+next step's batch before its own update, so that batch's rewards are scored while the update runs, and
+the ratio's old policy is the generating one (the sampler's recorded log-probs).
+
+Exact resume: the checkpoint holds weights, value head, optimizer, step and RNG states, and in an async run
+the batch generated ahead with its scores; problems and sampling seeds are functions of (seed, step), so
+a resumed run logs the same rewards and losses as an uninterrupted one on the same machine (timings
+aside). Limits: one process, one device; no vLLM engine;
 no DAPO refill of dropped groups (the step trains on what is left, or is skipped when nothing is).
 """
 
