@@ -290,7 +290,8 @@ class RLRun:
         With `async_rollouts`, the batch this step trains on was generated one step earlier, by the weights
         before the previous update, and its rewards were scored while that update ran; this step generates
         the next step's batch (with the weights before this update) and then updates. The PPO ratio is
-        taken against the generating weights' log-probs (`behaviour`), computed right after generation."""
+        taken against the generating weights' log-probs (`behaviour`: the sampler's own, or a no-grad
+        forward right after generation when a value head needs values too)."""
         cfg, G = self.cfg, self.cfg.group_size
         t_step = time.perf_counter()
         current, self.pending = self.pending, None
