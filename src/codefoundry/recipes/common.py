@@ -44,6 +44,15 @@ def write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def config_identity(config: Any, run_keys: Iterable[str]) -> dict[str, Any]:
+    """A recipe config's values that decide its numbers, as JSON would hold them: every field but
+    `run_keys` (where and how it runs)."""
+    values = dataclasses.asdict(config)
+    for key in run_keys:
+        values.pop(key)
+    return json.loads(json.dumps(values))
+
+
 def check_run_dir(root: Path, recipe: str, identity: dict[str, Any]) -> None:
     """Record the recipe's result-deciding values in OUT/recipe.json, or check that a rerun in the same
     directory uses the same ones (a resume must not mix two settings in one table)."""

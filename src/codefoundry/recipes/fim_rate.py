@@ -55,6 +55,7 @@ from codefoundry.recipes.common import (
     build_base,
     check_run_dir,
     ci_text,
+    config_identity,
     csv_text,
     load_text,
     minutes_text,
@@ -129,10 +130,7 @@ class FIMRateConfig:
 
     def identity(self) -> dict[str, Any]:
         """The values that decide the numbers (where and how it runs left out)."""
-        values = dataclasses.asdict(self)
-        for key in ("out", "parallel", "workers", "save_every", "base_threads", "progress"):
-            values.pop(key)
-        return json.loads(json.dumps(values))
+        return config_identity(self, ("out", "parallel", "workers", "save_every", "base_threads", "progress"))
 
 
 def cell_name(rate: float) -> str:

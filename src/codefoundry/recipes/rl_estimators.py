@@ -123,10 +123,7 @@ class RLArmsConfig:
 
     def identity(self) -> dict[str, Any]:
         """The values that decide the numbers (where and how it runs left out)."""
-        values = dataclasses.asdict(self)
-        for key in ("out", "parallel", "save_every", "base_threads", "progress"):
-            values.pop(key)
-        return json.loads(json.dumps(values))
+        return common.config_identity(self, ("out", "parallel", "save_every", "base_threads", "progress"))
 
 
 def _distinct(values: tuple) -> bool:

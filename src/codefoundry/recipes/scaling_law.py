@@ -106,10 +106,7 @@ class ScalingLawConfig:
 
     def identity(self) -> dict[str, Any]:
         """The values that decide the numbers (where and how it runs left out)."""
-        values = dataclasses.asdict(self)
-        for key in ("out", "parallel", "save_every", "progress"):
-            values.pop(key)
-        return json.loads(json.dumps(values))
+        return common.config_identity(self, ("out", "parallel", "save_every", "progress"))
 
 
 def _shape_error(shape: Any) -> str | None:

@@ -128,10 +128,9 @@ class SFTSensitivityConfig:
 
     def identity(self) -> dict[str, Any]:
         """The values that decide the numbers (where and how it runs left out)."""
-        values = dataclasses.asdict(self)
-        for key in ("out", "parallel", "workers", "save_every", "base_threads", "progress"):
-            values.pop(key)
-        return json.loads(json.dumps(values))
+        return common.config_identity(
+            self, ("out", "parallel", "workers", "save_every", "base_threads", "progress")
+        )
 
     def centre(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in FACTORS}
