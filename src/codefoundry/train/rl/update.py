@@ -33,8 +33,9 @@ class UpdateInputs:
     batch: ResponseBatch  # rows kept for training, whole groups, contiguous
     rewards: torch.Tensor  # (B,)
     group_size: int
-    # (logp, values or None), (B, R): the generating weights' forward, when the batch was generated
-    # before an earlier update (async rollouts); the old policy of the PPO ratio is then that one.
+    # (logp, values or None), (B, R): the generating policy's, when the batch was generated before an
+    # earlier update (async rollouts: the sampler's log-probs, or a no-grad forward's with values); the
+    # old policy of the PPO ratio is then that one.
     behaviour: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
 
