@@ -33,3 +33,8 @@ def write_corpus(root: Path, *, seed: int, modules: int = 12) -> Path:
     for i in range(modules):
         (root / f"mod_{i:02d}.py").write_text(planted_module(rng, i), encoding="utf-8")
     return root
+
+
+def numbers(rows: list[dict], timing: tuple[str, ...]) -> list[dict]:
+    """The rows without their timing fields: what must match between runs that differ only in how they ran."""
+    return [{k: v for k, v in row.items() if k not in timing} for row in rows]
