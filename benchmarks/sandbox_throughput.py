@@ -66,12 +66,17 @@ def fresh_python(records, workers: int, timeout: float) -> tuple[float, int]:
     return time.perf_counter() - t, passed
 
 
-def per_run_overhead(n: int = 500) -> dict[str, float]:
-    execute("pass")
+def _ms_per_run(program: str, n: int) -> float:
+    execute(program)
     t = time.perf_counter()
     for _ in range(n):
-        execute("pass")
-    ours_ms = (time.perf_counter() - t) / n * 1000
+        execute(program)
+    return (time.perf_counter() - t) / n * 1000
+
+
+def per_run_overhead(n: int = 500) -> dict[str, float]:
+    ours_ms = _ms_per_run("pass", n)
+    raising_ms = _ms_per_run("raise ValueError('wrong')", n)  # a failing program prints a traceback
     t = time.perf_counter()
     for _ in range(n):
         pid = os.fork()
@@ -83,6 +88,7 @@ def per_run_overhead(n: int = 500) -> dict[str, float]:
         "ours_ms": round(ours_ms, 3),
         "fork_exec_true_ms": round(true_ms, 3),
         "ratio": round(ours_ms / true_ms, 2),
+        "raising_program_ms": round(raising_ms, 3),
     }
 
 

@@ -25,6 +25,18 @@ def test_exit_codes_and_exceptions():
     assert r.status is Status.FAILED and r.exit_code == 1 and "ValueError: boom" in r.stderr
 
 
+def test_a_failing_program_gets_the_traceback_python_would_print():
+    r = execute("def f(x):\n    return x[3]\nf([1])\n")
+    assert r.stderr == (
+        'Traceback (most recent call last):\n  File "main.py", line 3, in <module>\n    f([1])\n'
+        '  File "main.py", line 2, in f\n    return x[3]\n           ~^^^\n'
+        "IndexError: list index out of range\n"
+    )
+    syntax = execute("def f(:\n    pass\n")
+    assert syntax.status is Status.FAILED
+    assert syntax.stderr == '  File "main.py", line 1\n    def f(:\n          ^\nSyntaxError: invalid syntax\n'
+
+
 def test_stdin_and_files_and_cwd():
     r = execute("import sys; print(sys.stdin.read().upper())", stdin="abc")
     assert r.stdout == "ABC\n"

@@ -503,10 +503,13 @@ def run_python(program: str, filename: str, env: dict[str, str], judged: bool) -
 
 
 def _print_exception() -> None:
-    import traceback
-
+    """The traceback `python main.py` would print, from the program's own frames on, by the interpreter's C
+    routine: importing the `traceback` module (with linecache and tokenize, not in the zygote) made a
+    failing run cost three times a passing one."""
+    kind, exc, tb = sys.exc_info()
     try:
-        traceback.print_exc()
+        tb = tb.tb_next if tb is not None else None  # drop run_python's own frame
+        sys.__excepthook__(kind, exc.with_traceback(tb), tb)
     except BaseException:
         pass
 
