@@ -34,7 +34,9 @@ def test_a_failing_program_gets_the_traceback_python_would_print():
     )
     syntax = execute("def f(:\n    pass\n")
     assert syntax.status is Status.FAILED
-    assert syntax.stderr == '  File "main.py", line 1\n    def f(:\n          ^\nSyntaxError: invalid syntax\n'
+    assert (
+        syntax.stderr == '  File "main.py", line 1\n    def f(:\n          ^\nSyntaxError: invalid syntax\n'
+    )
 
 
 def test_stdin_and_files_and_cwd():
