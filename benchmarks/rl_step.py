@@ -68,8 +68,7 @@ def run_ours(policy: Path, task_file: Path, root: Path, args, *, async_rollouts:
         while run.step < cfg.steps:
             records.append(run.step_once())
     finally:
-        run.rewards.close()
-        run.logger.close()
+        run.close()
     timed = records[1 : 1 + args.steps]  # the first step warms the sandbox workers and the allocator
     step = statistics.median(r["time_step_s"] for r in timed)
     return {

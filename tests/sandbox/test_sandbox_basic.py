@@ -37,6 +37,20 @@ def test_a_failing_program_gets_the_traceback_python_would_print():
     assert (
         syntax.stderr == '  File "main.py", line 1\n    def f(:\n          ^\nSyntaxError: invalid syntax\n'
     )
+    assert syntax.phase == "compile" and syntax.cpu_seconds == 0 and syntax.exit_code is None, "not run"
+    late = execute("print('ran')\nreturn 5\n")  # found by the compiler, not the parser: the run reports it
+    assert late.status is Status.FAILED and late.phase == "run" and late.stdout == ""
+    assert late.stderr.endswith("SyntaxError: 'return' outside function\n")
+
+
+def test_a_judged_program_that_does_not_parse_runs_no_test_and_the_next_run_is_judged():
+    judge = Judge(tests=("assert f(1) == 2", "assert f(2) == 3"), entry_point="f")
+    broken = execute("def f(x):\n    return (x + 1\n", judge=judge)
+    assert broken.status is Status.FAILED and broken.phase == "compile" and not broken.tests_completed
+    assert [t.error for t in broken.tests] == ["not run: the program does not parse"] * 2
+    assert "SyntaxError: '(' was never closed" in broken.stderr
+    fixed = execute("def f(x):\n    return x + 1\n", judge=judge)  # the same worker, still in step
+    assert fixed.passed and fixed.tests_passed == 2
 
 
 def test_stdin_and_files_and_cwd():

@@ -295,8 +295,7 @@ def test_async_rollouts_generate_the_next_batch_before_the_update(setup, tmp_pat
         last = run.step_once()
         assert run.pending is None, "the last step generates nothing ahead"
     finally:
-        run.rewards.close()
-        run.logger.close()
+        run.close()
     sync = config(setup, tmp_path / "sync", steps=1)
     rl(sync)
     (sync_first,) = train_records(tmp_path / "sync")
@@ -305,6 +304,20 @@ def test_async_rollouts_generate_the_next_batch_before_the_update(setup, tmp_pat
     assert first["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
     assert second["ratio_mean"] != pytest.approx(1.0, abs=1e-7), "step 1 trains one update off-policy"
     assert all(math.isfinite(r[k]) for r in (second, last) for k in ("pg_loss", "approx_kl", "grad_norm"))
+
+
+def test_async_values_come_from_the_value_head_before_the_update(setup, tmp_path):
+    """With a value head, the batch generated ahead carries the values of the head as it was before the
+    update that ran meanwhile (zero-initialised), not the live head's."""
+    run = RLRun(config(setup, tmp_path / "gae", steps=2, estimator="gae", async_rollouts=True))
+    try:
+        run.step_once()
+        logp, values = run.pending.behaviour
+        assert values is not None and torch.count_nonzero(values) == 0
+        assert torch.count_nonzero(run.value_head.bias.detach()) > 0, "the update moved the live head"
+        assert torch.isfinite(logp).all()
+    finally:
+        run.close()
 
 
 def test_async_resume_trains_on_the_saved_batch(setup, tmp_path):
@@ -319,8 +332,7 @@ def test_async_resume_trains_on_the_saved_batch(setup, tmp_path):
             run.logger.log(run.step_once())
         run.save()  # the batch of step 2 is in it, scored
     finally:
-        run.rewards.close()
-        run.logger.close()
+        run.close()
     RLRun(replace(part, resume=True)).train()
 
     def strip(records):

@@ -87,7 +87,7 @@ class ExecutionResult:
     wall_seconds: float = 0.0
     peak_memory_mb: float = 0.0
     isolation: Isolation = Isolation.NAMESPACES
-    phase: str = "run"  # "compile" when a compiled language failed to build
+    phase: str = "run"  # "compile": a compiled language failed to build, or Python did not parse (not run)
     tests: tuple[TestOutcome, ...] = ()  # judged runs: one outcome per test snippet, in order
     tests_completed: bool | None = None  # judged runs: the judge reached the end of the tests
     message: str = ""  # one line on why: the sandbox error, the limit hit, the compile error summary

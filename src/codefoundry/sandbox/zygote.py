@@ -38,10 +38,19 @@ What is isolated (level "namespaces", when the worker may create namespaces: roo
   as plain data (see rpc.py); the judge serves the program only calls of what a test handed it. The judge
   reports on a pipe the program never holds. A judged program's own exit status does not count.
 
+Unparsable Python: before forking, the zygote parses a Python program of up to `verdict.PARSE_LIMIT`
+characters (tokenizer and parser only, as `ast.parse` does: nothing is compiled or run). A program that
+does not parse gets no process at all: it fails in phase "compile" with the SyntaxError report `python
+main.py` prints, and a judged one with every test "not run" (a sampled completion cut off mid-statement is
+the commonest failure in RL, and this saves the fork, the run and the judge). Errors found only by the
+compiler (`return` outside a function, say) are reported by the run as before.
+
 Not covered: the kernel is shared (no seccomp filter, no gVisor: a kernel exploit escapes, and a program
 may create user namespaces of its own); CPU time is limited per process, not per run (a run's CPU use is
 bounded by processes x CPU limit and by the wall backstop); without a memory cgroup, memory is bounded per
-process only; timing side channels are open. Programs in languages other than Python run under the same
+process only; timing side channels are open. The zygote's parse of a program's text (above) exposes
+CPython's tokenizer and parser, in a root process, to untrusted input (a memory-safety bug there would be a
+way out; the compiler and everything after it run only in the unprivileged program process). Programs in languages other than Python run under the same
 OS isolation but have no judge process: their verdict is their exit status, which they control.
 
 Without namespace privileges the level is "process": rlimits, an own process group that is killed at the
@@ -73,6 +82,7 @@ def _load(name: str) -> types.ModuleType:
 jail = _load("jail")
 rpc = _load("rpc")
 judge = _load("judge")
+results = _load("verdict")
 REQ_FD, RESP_FD = 3, 4  # replaced from argv at start-up
 JUDGED_EXIT_GRACE = 0.5  # seconds a judged program has to exit after its judge finished
 JUDGE_STUCK_SECONDS = 3.0  # after the program was killed, how long the judge may take to report
@@ -135,6 +145,10 @@ class Worker:
 
     def serve(self, req: dict) -> dict:
         run = Run(req, self.isolation)
+        report = results.syntax_error(req) if req.get("run") == ["<python>"] else None
+        if report is not None:  # a judged run's tests are still read: the request stream stays in step
+            tests = (json.loads(read_frame(REQ_FD)).get("tests") or []) if run.judged else []
+            return results.not_run(run, report, tests) | {"extra": {"memory_cgroup": self.cgroup is not None}}
         disk = int(run.limits["disk_mb"])
         if run.ns and (self.dirty or disk != self.disk_mb):
             jail.fresh_run_dirs(run.uid, disk)
@@ -292,19 +306,7 @@ def watch(
     for fd in fds.values():
         if fd >= 0:
             os.close(fd)
-    return verdict(run, _program_status(status), data, reason, time.monotonic() - started)
-
-
-def _program_status(status: tuple | None) -> dict:
-    if status is None:
-        return {}
-    st, ru = status
-    return {
-        "exit_code": os.WEXITSTATUS(st) if os.WIFEXITED(st) else None,
-        "signal": os.WTERMSIG(st) if os.WIFSIGNALED(st) else None,
-        "cpu": ru.ru_utime + ru.ru_stime,
-        "maxrss_kb": ru.ru_maxrss,
-    }
+    return results.verdict(run, results.program_status(status), data, reason, time.monotonic() - started)
 
 
 def _kill_pid(pid: int) -> None:
@@ -324,85 +326,6 @@ def _kill_run(pid: int, space) -> None:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _json_lines(data: bytes) -> dict:
-    merged: dict = {}
-    for line in data.splitlines():
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            merged |= obj
-    return merged
-
-
-def verdict(run: Run, prog: dict, data: dict, reason: str, wall: float) -> dict:
-    note = _json_lines(bytes(data["note"]))
-    res: dict = {
-        "stdout": bytes(data["out"]).decode("utf-8", "replace"),
-        "stderr": bytes(data["err"]).decode("utf-8", "replace"),
-        "truncated": reason == "output",
-        "wall_seconds": round(wall, 4),
-        "isolation": run.isolation,
-        "phase": "compile" if note.get("phase") == "compile" else "run",
-        "exit_code": prog.get("exit_code"),
-        "signal": prog.get("signal"),
-        "cpu_seconds": round(float(prog.get("cpu", 0.0)), 4),
-        "peak_memory_mb": round(float(prog.get("maxrss_kb", 0)) / 1024, 2),
-    }
-    report = _json_lines(bytes(data["report"])) if run.judged else {}
-    if run.judged:
-        tests = report.get("tests") if isinstance(report.get("tests"), list) else []
-        res["tests"] = [{"passed": bool(t[0]), "error": str(t[1])[:300]} for t in tests]
-        res["tests_completed"] = bool(report.get("completed"))
-    status, msg = _status(run, res, report, reason, bool(prog))
-    res["status"], res["message"] = status, msg
-    return res
-
-
-def _status(run: Run, res: dict, report: dict, reason: str, reaped: bool):
-    lim = run.limits
-    sig, code, cpu = res["signal"], res["exit_code"], res.get("cpu_seconds", 0.0)
-    if reason == "output":
-        return "output_limit", f"output passed {lim['output_bytes']} bytes"
-    if reason == "wall":
-        return "timeout", f"wall-clock backstop of {lim['wall_seconds']:g} s"
-    if not reaped:
-        return "sandbox_error", "the run's init did not report the program's end"
-    if res["phase"] == "compile":
-        return "failed", "compile error"
-    hard_cpu = max(1, -(-float(lim["cpu_seconds"]) // 1)) + 1  # what apply_run_limits set
-    hit_hard = sig == signal.SIGKILL and cpu >= hard_cpu - 0.5  # rusage lags the kernel's own CPU clock
-    if sig == signal.SIGXCPU or hit_hard or cpu > float(lim["cpu_seconds"]):
-        return "timeout", f"CPU-time limit of {lim['cpu_seconds']:g} s"
-    if _looks_out_of_memory(res, lim):
-        return "memory_exceeded", f"memory limit of {lim['memory_mb']} MB"
-    if run.judged and report.get("completed") and res["tests"] and all(t["passed"] for t in res["tests"]):
-        return "ok", ""
-    if sig is not None:
-        return "killed", f"killed by signal {sig} ({_signame(sig)})"
-    if run.judged:
-        if not report:
-            return "sandbox_error", "the judge ended without a report"
-        return "failed", report.get("error") or "not every test passed"
-    return ("ok", "") if code == 0 else ("failed", f"exit code {code}")
-
-
-def _looks_out_of_memory(res: dict, lim: dict) -> bool:
-    tail = res["stderr"][-2000:]
-    if "MemoryError" in tail or "std::bad_alloc" in tail or "heap out of memory" in tail:
-        return True
-    near_limit = res.get("peak_memory_mb", 0.0) >= 0.9 * float(lim["memory_mb"])
-    return res["signal"] in (signal.SIGSEGV, signal.SIGABRT, signal.SIGKILL) and near_limit
-
-
-def _signame(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return "?"
 
 
 # -- inside the run: init and the program's process ---------------------------------------------------------

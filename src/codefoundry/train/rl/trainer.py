@@ -31,6 +31,7 @@ import copy
 import json
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,9 @@ class RLConfig:
     mini_batches: int = 1  # optimizer steps per epoch
     micro_batch_size: int = 32  # rows per forward/backward
     gen_batch_size: int = 64  # rows per generate call (whole groups); rewards overlap the next call
-    async_rollouts: bool = False  # one-step off-policy: generate step t+1's batch before step t's update
+    # One-step off-policy: step t+1's batch is generated, from a copy of the weights before step t's update
+    # (one more copy of the weights in memory), on a second thread while that update runs.
+    async_rollouts: bool = False
     vf_coef: float = 0.1  # gae only: value loss weight
     vf_clip: float = 0.5
     gamma: float = 1.0
@@ -222,6 +225,8 @@ class RLRun:
         )
         self.step, self.elapsed_before = 0, 0.0
         self.pending: PendingRollout | None = None  # async_rollouts: the next step's batch, generated ahead
+        self.behind: tuple[nn.Module, nn.Module | None] | None = None  # async: the weights generating it
+        self.ahead = ThreadPoolExecutor(1, thread_name_prefix="cf-rl-gen") if cfg.async_rollouts else None
         if cfg.resume:
             self._resume()
         limits = Limits(cpu_seconds=cfg.cpu_seconds)
@@ -275,9 +280,15 @@ class RLRun:
                 if last or (cfg.save_every and self.step % cfg.save_every == 0):
                     self.save()
         finally:
-            self.rewards.close()
-            self.logger.close()
+            self.close()
         return self.finish(first_eval)
+
+    def close(self) -> None:
+        """Stop the generation thread, the sandbox's scoring thread and the metrics writers."""
+        if self.ahead is not None:
+            self.ahead.shutdown(wait=True)
+        self.rewards.close()
+        self.logger.close()
 
     def pick_problems(self, step: int) -> list[Problem]:
         rng = random.Random(f"{self.cfg.seed}:{step}")
@@ -288,17 +299,17 @@ class RLRun:
         """One RL step (rollout, rewards, advantages, update); returns its metrics record.
 
         With `async_rollouts`, the batch this step trains on was generated one step earlier, by the weights
-        before the previous update, and its rewards were scored while that update ran; this step generates
-        the next step's batch (with the weights before this update) and then updates. The PPO ratio is
-        taken against the generating weights' log-probs (`behaviour`: the sampler's own, or a no-grad
-        forward right after generation when a value head needs values too)."""
+        before the previous update, and its rewards were scored while that update ran; this step copies
+        the weights, and while it updates the live ones, a second thread generates the next step's batch
+        from the copy. The PPO ratio is taken against the generating weights' log-probs (`behaviour`: the
+        sampler's own, or a no-grad forward right after generation when a value head needs values too)."""
         cfg, G = self.cfg, self.cfg.group_size
         t_step = time.perf_counter()
         current, self.pending = self.pending, None
         generated = [] if current is not None else [current := self._generate(self.step)]
-        if cfg.async_rollouts and self.step + 1 < cfg.steps:
-            self.pending = self._generate(self.step + 1)
-            generated.append(self.pending)
+        ahead = None
+        if self.ahead is not None and self.step + 1 < cfg.steps:
+            ahead = self.ahead.submit(self._generate, self.step + 1, *self._weights_behind())
         roll, times = current.result()
         self.model.train()
         rewards = shaped_rewards(
@@ -319,6 +330,9 @@ class RLRun:
             record.update(ppo_update(self.model, self.optimizer, self.params, inputs, cfg, ref=self.ref,
                                      value_head=self.value_head, step=self.step))  # fmt: skip
         record["update_skipped"] = int(not rows)
+        if ahead is not None:
+            self.pending = ahead.result()
+            generated.append(self.pending)
         t_end = time.perf_counter()
         self.step += 1
         tokens = sum(len(r) for r in roll.response_ids)
@@ -333,12 +347,28 @@ class RLRun:
         })  # fmt: skip
         return record
 
-    def _generate(self, step: int) -> PendingRollout:
-        """Step `step`'s batch from the current weights, its rewards streaming to the sandbox; in an async
-        run also the generating weights' log-probs (and values), which the later update needs."""
+    def _weights_behind(self) -> tuple[nn.Module, nn.Module | None]:
+        """A copy of the policy (and value head) holding the current weights, for the generation that runs
+        while the update changes the live ones."""
+        live = (self.model, self.value_head)
+        if self.behind is None:
+            self.behind = tuple(None if m is None else copy.deepcopy(m).requires_grad_(False) for m in live)
+        with torch.no_grad():
+            for mine, theirs in zip(self.behind, live, strict=True):
+                source = theirs.state_dict() if theirs is not None else {}
+                for name, tensor in (mine.state_dict() if mine is not None else {}).items():
+                    tensor.copy_(source[name])
+        return self.behind
+
+    def _generate(self, step: int, model: nn.Module | None = None, value_head=None) -> PendingRollout:
+        """Step `step`'s batch from `model` (the live policy by default), its rewards streaming to the
+        sandbox; in an async run also the generating weights' log-probs (and values), which the later
+        update needs."""
         cfg = self.cfg
+        if model is None:
+            model, value_head = self.model, self.value_head
         pending = start_rollout(
-            self.model, self.codec, self.pick_problems(step), self.rewards, group_size=cfg.group_size,
+            model, self.codec, self.pick_problems(step), self.rewards, group_size=cfg.group_size,
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
             seed=cfg.seed * 7919 + step, chunk_rows=cfg.gen_batch_size,
         )  # fmt: skip
@@ -350,7 +380,7 @@ class RLRun:
                 pending.behaviour = (roll.behaviour_logp(self.device), None)
             else:
                 batch = collate(roll.prompt_ids, roll.response_ids, device=self.device)
-                pending.behaviour = frozen_forward(self.model, batch, cfg, value_head=self.value_head)
+                pending.behaviour = frozen_forward(model, batch, cfg, value_head=value_head)
             pending.times.behaviour_s = time.perf_counter() - t0
         return pending
 

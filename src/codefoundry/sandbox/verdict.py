@@ -1,0 +1,140 @@
+"""Results of the sandbox worker's runs: the verdict from what the zygote observed, and the early verdict
+on Python that does not parse.
+
+Loaded by path into the zygote (standard library only, no package imports). `run` is the zygote's `Run`:
+its request, limits, isolation level and whether it is judged.
+"""
+
+import json
+import os
+import signal
+import sys
+
+PARSE_LIMIT = 1 << 16  # characters: longer Python programs are parsed only in their own process
+ONLY_AST = 0x400  # ast.PyCF_ONLY_AST: `compile` parses and stops (the ast module is not in the zygote)
+
+
+def syntax_error(req: dict) -> str | None:
+    """The report `python main.py` prints for a program that does not parse, or None (it parses, or it is
+    too long to parse here, or parsing failed otherwise: its own process then decides)."""
+    program = req["program"]
+    if len(program) > PARSE_LIMIT:
+        return None
+    try:
+        compile(program, req["filename"], "exec", ONLY_AST, dont_inherit=True)
+    except SyntaxError as e:
+        import io
+
+        shown, sys.stderr = sys.stderr, io.StringIO()
+        try:
+            sys.__excepthook__(type(e), e.with_traceback(None), None)  # the C routine, as in the program
+            return sys.stderr.getvalue()
+        finally:
+            sys.stderr = shown
+    except Exception:  # null bytes, unencodable text, nesting too deep: the program's process reports it
+        return None
+    return None
+
+
+def not_run(run, report: str, tests: list) -> dict:
+    """The result of a Python program that did not parse: no process was started."""
+    res: dict = {
+        "status": "failed", "message": "syntax error: the program was not run", "phase": "compile",
+        "stdout": "", "stderr": report, "truncated": False, "isolation": run.isolation,
+        "exit_code": None, "signal": None, "cpu_seconds": 0.0, "wall_seconds": 0.0, "peak_memory_mb": 0.0,
+    }  # fmt: skip
+    if run.judged:
+        res["tests"] = [{"passed": False, "error": "not run: the program does not parse"} for _ in tests]
+        res["tests_completed"] = False
+    return res
+
+
+def program_status(status: tuple | None) -> dict:
+    if status is None:
+        return {}
+    st, ru = status
+    return {
+        "exit_code": os.WEXITSTATUS(st) if os.WIFEXITED(st) else None,
+        "signal": os.WTERMSIG(st) if os.WIFSIGNALED(st) else None,
+        "cpu": ru.ru_utime + ru.ru_stime,
+        "maxrss_kb": ru.ru_maxrss,
+    }
+
+
+def _json_lines(data: bytes) -> dict:
+    merged: dict = {}
+    for line in data.splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            merged |= obj
+    return merged
+
+
+def verdict(run, prog: dict, data: dict, reason: str, wall: float) -> dict:
+    note = _json_lines(bytes(data["note"]))
+    res: dict = {
+        "stdout": bytes(data["out"]).decode("utf-8", "replace"),
+        "stderr": bytes(data["err"]).decode("utf-8", "replace"),
+        "truncated": reason == "output",
+        "wall_seconds": round(wall, 4),
+        "isolation": run.isolation,
+        "phase": "compile" if note.get("phase") == "compile" else "run",
+        "exit_code": prog.get("exit_code"),
+        "signal": prog.get("signal"),
+        "cpu_seconds": round(float(prog.get("cpu", 0.0)), 4),
+        "peak_memory_mb": round(float(prog.get("maxrss_kb", 0)) / 1024, 2),
+    }
+    report = _json_lines(bytes(data["report"])) if run.judged else {}
+    if run.judged:
+        tests = report.get("tests") if isinstance(report.get("tests"), list) else []
+        res["tests"] = [{"passed": bool(t[0]), "error": str(t[1])[:300]} for t in tests]
+        res["tests_completed"] = bool(report.get("completed"))
+    status, msg = _status(run, res, report, reason, bool(prog))
+    res["status"], res["message"] = status, msg
+    return res
+
+
+def _status(run, res: dict, report: dict, reason: str, reaped: bool):
+    lim = run.limits
+    sig, code, cpu = res["signal"], res["exit_code"], res.get("cpu_seconds", 0.0)
+    if reason == "output":
+        return "output_limit", f"output passed {lim['output_bytes']} bytes"
+    if reason == "wall":
+        return "timeout", f"wall-clock backstop of {lim['wall_seconds']:g} s"
+    if not reaped:
+        return "sandbox_error", "the run's init did not report the program's end"
+    if res["phase"] == "compile":
+        return "failed", "compile error"
+    hard_cpu = max(1, -(-float(lim["cpu_seconds"]) // 1)) + 1  # what apply_run_limits set
+    hit_hard = sig == signal.SIGKILL and cpu >= hard_cpu - 0.5  # rusage lags the kernel's own CPU clock
+    if sig == signal.SIGXCPU or hit_hard or cpu > float(lim["cpu_seconds"]):
+        return "timeout", f"CPU-time limit of {lim['cpu_seconds']:g} s"
+    if _looks_out_of_memory(res, lim):
+        return "memory_exceeded", f"memory limit of {lim['memory_mb']} MB"
+    if run.judged and report.get("completed") and res["tests"] and all(t["passed"] for t in res["tests"]):
+        return "ok", ""
+    if sig is not None:
+        return "killed", f"killed by signal {sig} ({_signame(sig)})"
+    if run.judged:
+        if not report:
+            return "sandbox_error", "the judge ended without a report"
+        return "failed", report.get("error") or "not every test passed"
+    return ("ok", "") if code == 0 else ("failed", f"exit code {code}")
+
+
+def _looks_out_of_memory(res: dict, lim: dict) -> bool:
+    tail = res["stderr"][-2000:]
+    if "MemoryError" in tail or "std::bad_alloc" in tail or "heap out of memory" in tail:
+        return True
+    near_limit = res.get("peak_memory_mb", 0.0) >= 0.9 * float(lim["memory_mb"])
+    return res["signal"] in (signal.SIGSEGV, signal.SIGABRT, signal.SIGKILL) and near_limit
+
+
+def _signame(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return "?"
