@@ -11,9 +11,10 @@ spent waiting for the sandbox (the rest of the scoring overlaps generation).
 
     python benchmarks/rl_step.py --size tiny --prompts 4 --group-size 8 --max-new 64 --steps 5
 
-The policy is a freshly initialised model (the timing does not depend on what it knows), so completions
-mostly run to `--max-new`; each side's mean completion length is reported, since a side whose rows stop
-early does less generation work.
+The policy is a freshly initialised model, so completions mostly run to `--max-new` and almost none
+parses (the sandbox then scores them without starting a process); each side's mean completion length and
+share of completions that did not parse are reported, since both change the work. `--policy CKPT` uses a
+trained checkpoint instead (e.g. the quickstart's SFT model), whose completions parse, run and often pass.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def run_ours(policy: Path, task_file: Path, root: Path, args, *, async_rollouts:
         "behaviour_s_median": statistics.median(r["time_behaviour_s"] for r in timed),
         "reward_share_median": statistics.median(r["reward_share"] for r in timed),
         "completion_tokens_mean": statistics.mean(r["response_len_mean"] for r in timed),
+        "unparsed_frac": statistics.mean(r["compile_error_frac"] for r in timed),
     }
 
 
@@ -112,6 +114,7 @@ def run_trl(policy: Path, problems, root: Path, args) -> dict:
     by_id = {p.task_id: p for p in problems}
     reward_s: list[float] = []
     lengths: list[float] = []
+    unparsed: list[float] = []  # per call, the share of completions the sandbox scored without a process
 
     def sandbox_reward(prompts, completions, task_id, completion_ids=None, **_):
         t0 = time.perf_counter()
@@ -121,6 +124,7 @@ def run_trl(policy: Path, problems, root: Path, args) -> dict:
         ]
         scores = evaluate_many(pairs, workers=args.reward_workers or None, progress=False)
         reward_s.append(time.perf_counter() - t0)
+        unparsed.append(statistics.mean(s.result.phase == "compile" for s in scores))
         if completion_ids is not None:
             lengths.append(statistics.mean(len(c) for c in completion_ids))
         return [s.reward for s in scores]
@@ -145,6 +149,7 @@ def run_trl(policy: Path, problems, root: Path, args) -> dict:
         "step_s_median": statistics.median(timed),
         "reward_s_median": statistics.median(reward_s[1:]),
         "completion_tokens_mean": statistics.mean(lengths[1:]) if lengths else None,
+        "unparsed_frac": statistics.mean(unparsed[1:]),
         "trl": trl.__version__,
         "transformers": transformers.__version__,
     }
@@ -166,6 +171,9 @@ def _as_callback(timer: StepTimer):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="tiny")
+    ap.add_argument(
+        "--policy", help="a trained codefoundry checkpoint to use instead of random `--size` weights"
+    )
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--group-size", type=int, default=8)
     ap.add_argument("--max-new", type=int, default=64)
@@ -184,7 +192,7 @@ def main() -> None:
                 rec = {"task_id": p.task_id, "prompt": p.prompt, "entry_point": p.entry_point,
                        "tests": list(p.tests)}  # fmt: skip
                 f.write(json.dumps(rec) + "\n")
-        policy = build_policy(root, args.size, problems)
+        policy = Path(args.policy) if args.policy else build_policy(root, args.size, problems)
         load_before = os.getloadavg()
         ours = run_ours(policy, task_file, root, args)
         ours_async = run_ours(policy, task_file, root, args, async_rollouts=True)
@@ -198,10 +206,12 @@ def main() -> None:
         ("codefoundry --async-rollouts", ours_async, ratio_async),
     ):
         print(f"{name}: {side['step_s_median']:.3f} s/step (reward wait {side['reward_share_median']:.1%}), "
-              f"TRL {theirs['step_s_median']:.3f} s/step -> {r:.2f}x")  # fmt: skip
+              f"TRL {theirs['step_s_median']:.3f} s/step -> {r:.2f}x; completions that did not parse: "
+              f"ours {side['unparsed_frac']:.0%}, TRL's {theirs['unparsed_frac']:.0%}")  # fmt: skip
     result = {
         "benchmark": "rl_step",
         "size": args.size,
+        "policy": args.policy or "random",
         "params": params,
         "prompts": args.prompts,
         "group_size": args.group_size,

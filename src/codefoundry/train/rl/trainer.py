@@ -407,6 +407,8 @@ class RLRun:
             "response_len_mean": float(lengths.mean()),
             "response_len_max": float(lengths.max()),
             "truncated_frac": sum(roll.truncated) / len(roll.truncated),
+            # did not parse (Python: scored without a process) or did not build (C, C++)
+            "compile_error_frac": sum(s.result.phase == "compile" for s in roll.scores) / len(roll.scores),
         }
         return keep, record
 
