@@ -77,6 +77,7 @@ def _ms_per_run(program: str, n: int) -> float:
 def per_run_overhead(n: int = 500) -> dict[str, float]:
     ours_ms = _ms_per_run("pass", n)
     raising_ms = _ms_per_run("raise ValueError('wrong')", n)  # a failing program prints a traceback
+    unparsed_ms = _ms_per_run("def f(:\n    pass\n", n)  # scored without a process
     t = time.perf_counter()
     for _ in range(n):
         pid = os.fork()
@@ -89,6 +90,7 @@ def per_run_overhead(n: int = 500) -> dict[str, float]:
         "fork_exec_true_ms": round(true_ms, 3),
         "ratio": round(ours_ms / true_ms, 2),
         "raising_program_ms": round(raising_ms, 3),
+        "unparsable_program_ms": round(unparsed_ms, 3),
     }
 
 

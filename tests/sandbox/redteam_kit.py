@@ -132,7 +132,7 @@ def stray_processes(before: set[int], marker: bytes | None = None) -> list[str]:
     judge_servers = {pid for pid, (uid, ppid, _, cmd) in table.items() if ppid in zygotes and uid != 0}
     found = []
     for pid, (uid, ppid, state, cmd) in table.items():
-        if pid in before or pid == os.getpid() or pid in judge_servers:  # a worker's long-lived judge
+        if pid in before or pid == os.getpid() or pid in judge_servers:  # a worker's judge or parse helper
             continue
         by_uid = uid != 0 and state != "Z" and (pid in mine or ppid == 1)
         by_marker = marker is not None and marker in cmd

@@ -222,6 +222,21 @@ def test_privileges_dropped():
     assert "BAD []" in r.stdout, brief(r)
 
 
+def test_untrusted_text_is_parsed_by_an_unprivileged_helper_not_the_root_zygote():
+    """A Python program that does not parse is caught before any fork, by the worker's parse helper: a
+    child of the root zygote that runs under an unprivileged uid (as does the judge server)."""
+    r = run("def f(:\n    pass\n")
+    needs_namespaces(r)
+    assert r.status is Status.FAILED and r.phase == "compile" and r.cpu_seconds == 0
+    table = _proc_table()
+    zygotes = {pid for pid, (uid, _, _, cmd) in table.items() if b"zygote.py" in cmd and uid == 0}
+    mine = _descendants(table, os.getpid())
+    helpers = [(pid, uid) for pid, (uid, ppid, _, cmd) in table.items()
+               if ppid in zygotes & mine and b"zygote.py" in cmd]  # fmt: skip
+    assert helpers, "no parse helper"  # (the judge server starts with the first judged run)
+    assert all(uid != 0 for _, uid in helpers), helpers
+
+
 # -- writing outside the work dir ---------------------------------------------------------------------------------
 def test_write_outside_work_dir():
     mark = "cf_rt_" + secrets.token_hex(8)

@@ -38,7 +38,8 @@ What is isolated (level "namespaces", when the worker may create namespaces: roo
   as plain data (see rpc.py); the judge serves the program only calls of what a test handed it. The judge
   reports on a pipe the program never holds. A judged program's own exit status does not count.
 
-Unparsable Python: before forking, the zygote parses a Python program of up to `verdict.PARSE_LIMIT`
+Unparsable Python: before forking, the worker's parse helper (a long-lived child of the zygote under the
+programs' uid, outside every run's PID namespace) parses a Python program of up to `verdict.PARSE_LIMIT`
 characters (tokenizer and parser only, as `ast.parse` does: nothing is compiled or run). A program that
 does not parse gets no process at all: it fails in phase "compile" with the SyntaxError report `python
 main.py` prints, and a judged one with every test "not run" (a sampled completion cut off mid-statement is
@@ -48,9 +49,10 @@ compiler (`return` outside a function, say) are reported by the run as before.
 Not covered: the kernel is shared (no seccomp filter, no gVisor: a kernel exploit escapes, and a program
 may create user namespaces of its own); CPU time is limited per process, not per run (a run's CPU use is
 bounded by processes x CPU limit and by the wall backstop); without a memory cgroup, memory is bounded per
-process only; timing side channels are open. The zygote's parse of a program's text (above) exposes
-CPython's tokenizer and parser, in a root process, to untrusted input (a memory-safety bug there would be a
-way out; the compiler and everything after it run only in the unprivileged program process). Programs in languages other than Python run under the same
+process only; timing side channels are open. The parse helper exposes CPython's tokenizer and parser to
+untrusted text in a process that outlives a run: a memory-safety bug there would give a program the
+programs' uid across later runs (still unprivileged, with no network and a read-only root, and never the
+judge's uid). Programs in languages other than Python run under the same
 OS isolation but have no judge process: their verdict is their exit status, which they control.
 
 Without namespace privileges the level is "process": rlimits, an own process group that is killed at the
@@ -141,11 +143,13 @@ class Worker:
         self.disk_mb = -1
         self.dirty = True
         self.judges = judge.JudgeServer(uid + 1, isolation == "namespaces", jail=jail, rpc=rpc)
+        self.parser = results.ParseServer(uid, isolation == "namespaces", jail=jail)
         self.space = jail.RunNamespace(SHELL, PROC_FD, OWN_PIDFD) if isolation == "namespaces" else None
 
     def serve(self, req: dict) -> dict:
         run = Run(req, self.isolation)
-        report = results.syntax_error(req) if req.get("run") == ["<python>"] else None
+        python = req.get("run") == ["<python>"]
+        report = self.parser.syntax_error(req["program"], req["filename"]) if python else None
         if report is not None:  # a judged run's tests are still read: the request stream stays in step
             tests = (json.loads(read_frame(REQ_FD)).get("tests") or []) if run.judged else []
             return results.not_run(run, report, tests) | {"extra": {"memory_cgroup": self.cgroup is not None}}
@@ -475,6 +479,7 @@ def main() -> None:
             req = json.loads(read_frame(REQ_FD))
         except EOFError:
             worker.judges.kill()
+            worker.parser.kill()
             if worker.space is not None:
                 worker.space.discard()
             if cgroup is not None:
