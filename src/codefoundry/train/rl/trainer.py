@@ -123,7 +123,7 @@ class RLConfig:
     resume: bool = False
     save_every: int = 50  # 0 = only at the end
     device: str = "auto"  # auto | cpu | cuda
-    threads: int = 0  # torch CPU threads (0 = torch's default)
+    threads: int = 0  # torch CPU threads (0 = torch's default; with async_rollouts on CPU, half of it)
     progress: bool = True
     tensorboard: bool = True
 
@@ -199,10 +199,14 @@ class RLRun:
     def __init__(self, cfg: RLConfig) -> None:
         self.t0 = time.perf_counter()
         self.cfg, self.out = cfg, Path(cfg.out)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         want = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         self.device = torch.device(want)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        elif cfg.async_rollouts and self.device.type == "cpu":
+            # generation and the update run at the same time: each gets half the cores (with all of them
+            # each, the two oversubscribe the CPU and the step is slower than taking turns)
+            torch.set_num_threads(max(1, torch.get_num_threads() // 2))
         self.tok = cft.load(cfg.policy)
         self.codec = PromptCodec(self.tok, chat=cfg.chat)
         self.train_problems, self.eval_problems = load_problems(cfg)
