@@ -163,3 +163,21 @@ def test_the_run_after_an_internal_sandbox_error_gets_a_fresh_worker():
         assert bad.status is Status.SANDBOX_ERROR and "leaves the work directory" in bad.message
         good = execute("print(6 * 7)", limits=Limits(cpu_seconds=2))
         assert good.passed and good.stdout == "42\n", good.message
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs two CPUs")
+def test_each_worker_and_what_it_starts_is_pinned_to_its_own_cpu():
+    from codefoundry.sandbox.api import Pool
+
+    pool = Pool()
+    try:
+        pool.warm(2)
+        probe = Program("import os\nprint(sorted(os.sched_getaffinity(0)))")
+        seen = [pool.run(probe, language="python", limits=FAST).stdout for _ in range(4)]  # alternates
+        judged = Program("def f():\n    return 1\n", judge=Judge(tests=("assert f() == 1",), entry_point="f"))
+        assert pool.run(judged, language="python", limits=FAST).passed
+    finally:
+        pool.close()
+    allowed = sorted(os.sched_getaffinity(0))
+    cpus = {int(s.strip("[]\n")) for s in seen}
+    assert len(cpus) == 2 and cpus <= set(allowed), seen

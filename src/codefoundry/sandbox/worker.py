@@ -38,7 +38,7 @@ class WorkerDied(Exception):
 class Worker:
     """A zygote process and the two pipes to it. Not thread-safe: one run at a time."""
 
-    def __init__(self, extra_readonly: tuple[str, ...] = ()) -> None:
+    def __init__(self, extra_readonly: tuple[str, ...] = (), *, cpu: int | None = None) -> None:
         req_r, req_w = os.pipe()
         resp_r, resp_w = os.pipe()
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
@@ -56,6 +56,14 @@ class Worker:
         )
         os.close(req_r)
         os.close(resp_w)
+        self.cpu = cpu
+        if cpu is not None:
+            # Everything the zygote starts (programs, judge, parse helper) inherits this: a judged run's
+            # program and judge then hand the CPU to each other instead of waking each other across CPUs.
+            try:
+                os.sched_setaffinity(self.proc.pid, {cpu})
+            except OSError:
+                self.cpu = None
         self._req, self._resp = req_w, resp_r
         self.uid = 100_000 + 2 * secrets.randbelow(1 << 29)  # the program's uid; the judge gets uid + 1
         self._send({"extra_readonly": list(extra_readonly), "preload": list(PRELOAD), "uid": self.uid})
