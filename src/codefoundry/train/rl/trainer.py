@@ -303,18 +303,19 @@ class RLRun:
         """One RL step (rollout, rewards, advantages, update); returns its metrics record.
 
         With `async_rollouts`, the batch this step trains on was generated one step earlier, by the weights
-        before the previous update, and its rewards were scored while that update ran; this step copies
-        the weights, and while it updates the live ones, a second thread generates the next step's batch
-        from the copy. The PPO ratio is taken against the generating weights' log-probs (`behaviour`: the
+        before the previous update, and its rewards were scored while that update ran; once they are in,
+        this step copies the weights, and while it updates the live ones, a second thread generates the
+        next step's batch from the copy. (Starting that thread before the last rewards were in made the
+        sandbox compete with it for the CPU and the GIL: about twice the reward wait.) The PPO ratio is taken against the generating weights' log-probs (`behaviour`: the
         sampler's own, or a no-grad forward right after generation when a value head needs values too)."""
         cfg, G = self.cfg, self.cfg.group_size
         t_step = time.perf_counter()
         current, self.pending = self.pending, None
         generated = [] if current is not None else [current := self._generate(self.step)]
+        roll, times = current.result()
         ahead = None
         if self.ahead is not None and self.step + 1 < cfg.steps:
             ahead = self.ahead.submit(self._generate, self.step + 1, *self._weights_behind())
-        roll, times = current.result()
         self.model.train()
         rewards = shaped_rewards(
             roll, max_new_tokens=cfg.max_new_tokens, format_penalty=cfg.format_penalty,
