@@ -8,6 +8,7 @@ import ctypes
 import os
 import resource
 import signal
+import socket
 import sys
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
@@ -80,6 +81,40 @@ def clone_new_pid_namespace() -> int:
     if pid < 0:
         raise OSError(err, f"clone: {os.strerror(err)}")
     return pid
+
+
+class Helper:
+    """A long-lived child of the zygote reached over a Unix socket pair (the judge server, the parse
+    helper): forked on first use, running `serve(socket fd)` (which never returns); `kill` ends it, and the
+    next use forks a fresh one."""
+
+    def __init__(self, serve) -> None:
+        self._serve = serve
+        self.pid: int | None = None
+        self.sock: socket.socket | None = None
+
+    def socket(self) -> socket.socket:
+        if self.pid is None:
+            ours, theirs = socket.socketpair()
+            pid = os.fork()
+            if pid == 0:
+                ours.close()
+                self._serve(theirs.detach())
+                os._exit(0)
+            theirs.close()
+            self.pid, self.sock = pid, ours
+        return self.sock
+
+    def kill(self) -> None:
+        if self.pid is None:
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(self.pid, 0)
+        self.sock.close()
+        self.pid, self.sock = None, None
 
 
 def setup_worker(extra_ro: list[str]) -> tuple[str, str, "MemoryCgroup | None"]:

@@ -10,7 +10,6 @@ the fds. Being warm, it costs a judged run no fork. Modules imported by test cod
 
 import json
 import os
-import signal
 import socket
 import struct
 import types
@@ -21,39 +20,18 @@ JUDGE_MEMORY_MB = 2048
 
 class JudgeServer:
     def __init__(self, uid: int, isolated: bool, *, jail: types.ModuleType, rpc: types.ModuleType) -> None:
-        self.uid, self.isolated = uid, isolated
-        self.jail, self.rpc = jail, rpc
-        self.pid: int | None = None
-        self.sock: socket.socket | None = None
+        self.process = jail.Helper(lambda sock_fd: _serve(sock_fd, uid, isolated, jail, rpc))
 
     def submit(self, payload: bytes, fds: list[int]) -> None:
-        if self.pid is None:
-            self._start()
+        sock = self.process.socket()
         try:
-            socket.send_fds(self.sock, [struct.pack(">Q", len(payload))], fds)
-            self.sock.sendall(payload)
+            socket.send_fds(sock, [struct.pack(">Q", len(payload))], fds)
+            sock.sendall(payload)
         except OSError:
             self.kill()  # the run's report pipe closes with it: the run reports a sandbox error
 
-    def _start(self) -> None:
-        ours, theirs = socket.socketpair()
-        pid = os.fork()
-        if pid == 0:
-            ours.close()
-            _serve(theirs.detach(), self.uid, self.isolated, self.jail, self.rpc)
-        theirs.close()
-        self.pid, self.sock = pid, ours
-
     def kill(self) -> None:
-        if self.pid is None:
-            return
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.waitpid(self.pid, 0)
-        self.sock.close()
-        self.pid, self.sock = None, None
+        self.process.kill()
 
 
 def _serve(sock_fd: int, uid: int, isolated: bool, jail: types.ModuleType, rpc: types.ModuleType) -> None:

@@ -27,45 +27,25 @@ class ParseServer:
     A parser that fails, dies or hangs is restarted, and the program then simply runs."""
 
     def __init__(self, uid: int, isolated: bool, *, jail: types.ModuleType) -> None:
-        self.uid, self.isolated, self.jail = uid, isolated, jail
-        self.pid: int | None = None
-        self.sock: socket.socket | None = None
+        self.process = jail.Helper(lambda sock_fd: _serve(sock_fd, uid, isolated, jail))
 
     def syntax_error(self, program: str, filename: str) -> str | None:
         """The report `python main.py` prints when `program` does not parse; None when it parses, is too
         long to parse here, or the parser failed."""
         if len(program) > PARSE_LIMIT:
             return None
-        if self.pid is None:
-            self._start()
         try:
-            _send(self.sock, json.dumps([filename, program]).encode())
-            report = json.loads(_receive(self.sock))
+            sock = self.process.socket()
+            sock.settimeout(PARSE_SECONDS)
+            _send(sock, json.dumps([filename, program]).encode())
+            report = json.loads(_receive(sock))
         except (OSError, ValueError, EOFError):
             self.kill()
             return None
         return report if isinstance(report, str) else None
 
-    def _start(self) -> None:
-        ours, theirs = socket.socketpair()
-        pid = os.fork()
-        if pid == 0:
-            ours.close()
-            _serve(theirs.detach(), self.uid, self.isolated, self.jail)
-        theirs.close()
-        ours.settimeout(PARSE_SECONDS)
-        self.pid, self.sock = pid, ours
-
     def kill(self) -> None:
-        if self.pid is None:
-            return
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.waitpid(self.pid, 0)
-        self.sock.close()
-        self.pid, self.sock = None, None
+        self.process.kill()
 
 
 def _send(sock: socket.socket, data: bytes) -> None:
