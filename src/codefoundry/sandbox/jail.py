@@ -13,6 +13,7 @@ import sys
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
+CLONE_PARENT = 0x00008000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
@@ -68,9 +69,15 @@ def prctl(option: int, value: int) -> None:
 def clone_new_pid_namespace() -> int:
     """fork() into a new PID namespace: the child is its pid 1. One clone system call, with CPython's own
     before/after-fork handling around it, so the zygote need not fork a helper to call unshare."""
+    return clone(CLONE_NEWPID)
+
+
+def clone(extra_flags: int) -> int:
+    """fork() with extra clone flags (CLONE_NEWPID, CLONE_PARENT), CPython's before/after-fork handling
+    around the one system call."""
     api = ctypes.pythonapi
     api.PyOS_BeforeFork()
-    flags = CLONE_NEWPID | signal.SIGCHLD
+    flags = extra_flags | signal.SIGCHLD
     pid = _libc_gil.syscall(ctypes.c_long(SYSCALL["clone"]), ctypes.c_ulong(flags),
                             ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))  # fmt: skip
     err = ctypes.get_errno()
@@ -98,9 +105,11 @@ class Helper:
             ours, theirs = socket.socketpair()
             pid = os.fork()
             if pid == 0:
-                ours.close()
-                self._serve(theirs.detach())
-                os._exit(0)
+                try:
+                    ours.close()
+                    self._serve(theirs.detach())
+                finally:
+                    os._exit(0)  # never back into the zygote's own code
             theirs.close()
             self.pid, self.sock = pid, ours
         return self.sock

@@ -13,10 +13,12 @@ What is isolated (level "namespaces", when the worker may create namespaces: roo
   the Python prefix is visible under /root when Python lives there). The program's work directory
   (cwd and HOME) /work and /tmp are size- and inode-limited tmpfs mounts; after any run that wrote to
   them they are replaced by empty ones, so nothing carries over from one run to the next.
-- Processes: each run's program is forked by the zygote (via setns) into a PID namespace whose pid 1 is
-  an idle init (`sh -c 'read _'` spawned with posix_spawn: no copy of the zygote's memory), so the
-  program is the zygote's own child and signals behave as anywhere else; it takes a fresh IPC namespace
-  of its own. When the program has been reaped, the zygote looks at init's children: none (no daemon, no
+- Processes: each run's program is forked (via setns) into a PID namespace whose pid 1 is an idle init
+  (`sh -c 'read _'` spawned with posix_spawn: no copy of the zygote's memory). The fork is made by the
+  template, a long-lived root copy of the zygote holding nothing but its socket and the fds programs
+  need, with CLONE_PARENT: the program is the zygote's own child (signals and wait4 behave as anywhere
+  else), yet the zygote never forks per run, and so does not pay a copy-on-write fault for each page
+  its pumping and bookkeeping write while the program lives. It takes a fresh IPC namespace of its own. When the program has been reaped, the zygote looks at init's children: none (no daemon, no
   orphan, no zombie left) and the namespace is reused by the next run; any, and init is killed, which
   makes the kernel kill everything in the namespace before the run is reported, and the next run gets a
   fresh one. Either way nothing outlives a run; SysV shared memory and queues die with the program's
@@ -64,6 +66,7 @@ import json
 import os
 import select
 import signal
+import socket
 import struct
 import sys
 import time
@@ -119,14 +122,14 @@ def write_frame(fd: int, data: bytes) -> None:
 
 # -- one run, seen from the zygote ---------------------------------------------------------------------------
 class Run:
-    def __init__(self, req: dict, isolation: str) -> None:
+    def __init__(self, req: dict, isolation: str, workdir: str | None = None) -> None:
         self.req = req
         self.limits = req["limits"]
         self.isolation = isolation
         self.ns = isolation == "namespaces"
         self.judged = bool(req.get("judged"))
         self.uid = int(req["uid"])  # the program's uid; the judge's is uid + 1
-        self.workdir = "/work" if self.ns else _temp_dir()
+        self.workdir = workdir or ("/work" if self.ns else _temp_dir())
         self.tmpdir = "/tmp" if self.ns else self.workdir
 
 
@@ -144,6 +147,7 @@ class Worker:
         self.dirty = True
         self.judges = judge.JudgeServer(uid + 1, isolation == "namespaces", jail=jail, rpc=rpc)
         self.parser = results.ParseServer(uid, isolation == "namespaces", jail=jail)
+        self.forker = Forker(isolation, cgroup) if jail.SYSCALL is not None else None
         self.space = jail.RunNamespace(SHELL, PROC_FD, OWN_PIDFD) if isolation == "namespaces" else None
 
     def serve(self, req: dict) -> dict:
@@ -161,7 +165,7 @@ class Worker:
         oom_before = self._limit_memory(run)
         try:
             _write_files(run)
-            result = start(run, self.judges, self.cgroup, self.space)
+            result = start(run, self.judges, self.cgroup, self.space, self.forker)
         finally:
             if not run.ns:
                 import shutil
@@ -208,9 +212,83 @@ def _write_files(run: Run) -> None:
             os.chown(path, run.uid, run.uid)
 
 
-def start(run: Run, judges, cgroup=None, space=None) -> dict:
-    """Clone an idle init into new PID and IPC namespaces, fork the program into them, hand the tests
-    to the judge, watch."""
+class Forker:
+    """Forks each run's program from the template, a long-lived copy of the zygote, with CLONE_PARENT: the
+    program is still the zygote's child (exit status and rusage from wait4), but the zygote itself never
+    forks per run. A process that forks pays a copy-on-write fault for every page it writes while its
+    child lives: ~256 a run for the zygote's pumping and bookkeeping; the template writes a few."""
+
+    def __init__(self, isolation: str, cgroup) -> None:
+        self.process = jail.Helper(lambda sock_fd: _template(sock_fd, isolation, cgroup))
+
+    def fork(self, run: Run, keep: dict[int, int], pidns: int) -> int:
+        """The program's pid; `keep` maps the fds it gets to the zygote's fds; pidns: a pidfd of the
+        run's init (the program is born in its PID namespace) or -1."""
+        sock = self.process.socket()
+        body = json.dumps({"req": run.req, "workdir": run.workdir, "targets": list(keep)}).encode()
+        fds = [*keep.values(), *([pidns] if pidns >= 0 else [])]
+        socket.send_fds(sock, [struct.pack(">QB", len(body), pidns >= 0)], fds)
+        sock.sendall(body)
+        reply = b""
+        while len(reply) < 4:
+            chunk = sock.recv(4 - len(reply))
+            if not chunk:
+                self.process.kill()
+                raise OSError("the template process ended")
+            reply += chunk
+        (pid,) = struct.unpack(">i", reply)
+        if pid < 0:
+            raise OSError(-pid, f"clone: {os.strerror(-pid)}")
+        return pid
+
+
+def _template(sock_fd: int, isolation: str, cgroup) -> None:
+    """The template's loop: receive a run's fds and request, clone the program, send back its pid."""
+    jail.prctl(jail.PR_SET_PDEATHSIG, signal.SIGKILL)  # it never outlives the zygote
+    # Only what the programs need: a run's pipes open in the zygote when this was forked must not stay
+    # open here (their readers would never see the end of them).
+    previous = 0
+    for fd in sorted({sock_fd, OWN_PIDFD} | ({cgroup.fd, cgroup.parent_fd} if cgroup is not None else set())):
+        os.closerange(previous, fd)
+        previous = fd + 1
+    os.closerange(previous, 1 << 16)
+    sock = socket.socket(fileno=sock_fd)
+    while True:
+        head, fds, _, _ = socket.recv_fds(sock, 9, 16)
+        while head and len(head) < 9:
+            more = sock.recv(9 - len(head))
+            head = head + more if more else b""
+        if not head:
+            os._exit(0)
+        size, in_space = struct.unpack(">QB", head)
+        body = bytearray()
+        while len(body) < size:
+            chunk = sock.recv(min(size - len(body), 1 << 20))
+            if not chunk:
+                os._exit(0)
+            body += chunk
+        pidns = fds.pop() if in_space else -1
+        if pidns >= 0:
+            jail.setns(pidns, jail.CLONE_NEWPID)
+        try:
+            pid = jail.clone(jail.CLONE_PARENT)
+        except OSError as e:
+            pid = -(e.errno or 1)
+        if pid == 0:
+            msg = json.loads(body)
+            run = Run(msg["req"], isolation, msg["workdir"])
+            program_main(run, dict(zip(msg["targets"], fds, strict=True)), cgroup)  # never returns
+        if pidns >= 0:
+            jail.setns(OWN_PIDFD, jail.CLONE_NEWPID)
+            os.close(pidns)
+        for fd in fds:
+            os.close(fd)
+        sock.sendall(struct.pack(">i", pid))
+
+
+def start(run: Run, judges, cgroup=None, space=None, forker: Forker | None = None) -> dict:
+    """Clone an idle init into new PID and IPC namespaces, fork the program into them (through the
+    template), hand the tests to the judge, watch."""
     stdin_data = bytes.fromhex(run.req.get("stdin") or "")
     if stdin_data:
         stdin_fd = os.memfd_create("stdin")
@@ -223,17 +301,20 @@ def start(run: Run, judges, cgroup=None, space=None) -> dict:
     none = (-1, -1)
     note_r, note_w = os.pipe() if run.req.get("compile") else none  # only a build has trusted notes
     rpc_in, rpc_out = (os.pipe(), os.pipe()) if run.judged else (none, none)  # judge->prog, prog->judge
+    keep = {0: stdin_fd, 1: out_w, 2: err_w} | ({NOTE_FD: note_w} if note_w >= 0 else {})
+    if run.judged:
+        keep |= {3: rpc_in[0], 4: rpc_out[1]}
     started = time.monotonic()
     if space is not None:
-        space.enter()  # our next child is born in the run's PID namespace
-    pid = os.fork()
-    if pid != 0 and run.ns:
-        jail.setns(OWN_PIDFD, jail.CLONE_NEWPID)  # back to our own namespace for later children
-    if pid == 0:
-        keep = {0: stdin_fd, 1: out_w, 2: err_w} | ({NOTE_FD: note_w} if note_w >= 0 else {})
-        if run.judged:
-            keep |= {3: rpc_in[0], 4: rpc_out[1]}
-        program_main(run, keep, cgroup)  # never returns
+        space.enter()  # our next child is born in the run's PID namespace (a fresh init, if need be)
+    if forker is not None:
+        if space is not None:
+            jail.setns(OWN_PIDFD, jail.CLONE_NEWPID)  # the template forks the program, not we
+        pid = forker.fork(run, keep, space.pidfd if space is not None else -1)
+    else:  # no raw clone on this architecture (process-level isolation only): fork here
+        pid = os.fork()
+        if pid == 0:
+            program_main(run, keep, cgroup)  # never returns
     for fd in (stdin_fd, out_w, err_w, note_w, rpc_in[0], rpc_out[1]):
         if fd >= 0:
             os.close(fd)
@@ -480,6 +561,8 @@ def main() -> None:
         except EOFError:
             worker.judges.kill()
             worker.parser.kill()
+            if worker.forker is not None:
+                worker.forker.process.kill()
             if worker.space is not None:
                 worker.space.discard()
             if cgroup is not None:
