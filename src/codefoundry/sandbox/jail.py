@@ -9,6 +9,7 @@ import os
 import resource
 import signal
 import socket
+import struct
 import sys
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
@@ -124,6 +125,30 @@ class Helper:
         os.waitpid(self.pid, 0)
         self.sock.close()
         self.pid, self.sock = None, None
+
+
+def send_with_fds(sock: socket.socket, body: bytes, fds: list[int], flag: int = 0) -> None:
+    """One message to a Helper: a header (body length, a one-byte flag) carrying `fds`, then the body."""
+    socket.send_fds(sock, [struct.pack(">QB", len(body), flag)], fds)
+    sock.sendall(body)
+
+
+def receive_with_fds(sock: socket.socket, max_fds: int) -> tuple[bytes, list[int], int] | None:
+    """The next message `send_with_fds` sent: (body, fds, flag), or None once the other side is gone."""
+    head, fds, _, _ = socket.recv_fds(sock, 9, max_fds)
+    while head and len(head) < 9:
+        more = sock.recv(9 - len(head))
+        head = head + more if more else b""
+    if not head:
+        return None
+    size, flag = struct.unpack(">QB", head)
+    body = bytearray()
+    while len(body) < size:
+        chunk = sock.recv(min(size - len(body), 1 << 20))
+        if not chunk:
+            return None
+        body += chunk
+    return bytes(body), fds, flag
 
 
 def setup_worker(extra_ro: list[str]) -> tuple[str, str, "MemoryCgroup | None"]:

@@ -11,7 +11,6 @@ the fds. Being warm, it costs a judged run no fork. Modules imported by test cod
 import json
 import os
 import socket
-import struct
 import types
 
 JUDGE_LIMITS = {"file_size_mb": 16, "open_files": 64, "processes": 16}
@@ -20,13 +19,13 @@ JUDGE_MEMORY_MB = 2048
 
 class JudgeServer:
     def __init__(self, uid: int, isolated: bool, *, jail: types.ModuleType, rpc: types.ModuleType) -> None:
+        self.jail = jail
         self.process = jail.Helper(lambda sock_fd: _serve(sock_fd, uid, isolated, jail, rpc))
 
     def submit(self, payload: bytes, fds: list[int]) -> None:
         sock = self.process.socket()
         try:
-            socket.send_fds(sock, [struct.pack(">Q", len(payload))], fds)
-            sock.sendall(payload)
+            self.jail.send_with_fds(sock, payload, fds)
         except OSError:
             self.kill()  # the run's report pipe closes with it: the run reports a sandbox error
 
@@ -44,19 +43,8 @@ def _serve(sock_fd: int, uid: int, isolated: bool, jail: types.ModuleType, rpc: 
 
         resource.setrlimit(resource.RLIMIT_AS, (JUDGE_MEMORY_MB << 20,) * 2)  # no CPU limit: it lives on
         sock = socket.socket(fileno=3)
-        while True:
-            head, fds, _, _ = socket.recv_fds(sock, 8, 3)
-            if not head:
-                break
-            while len(head) < 8:
-                head += sock.recv(8 - len(head))
-            (n,) = struct.unpack(">Q", head)
-            payload = bytearray()
-            while len(payload) < n:
-                chunk = sock.recv(min(n - len(payload), 1 << 20))
-                if not chunk:
-                    os._exit(0)
-                payload += chunk
+        while (message := jail.receive_with_fds(sock, 3)) is not None:
+            payload, fds, _ = message
             _judge_one(rpc, json.loads(payload), *fds)
     except BaseException:
         pass

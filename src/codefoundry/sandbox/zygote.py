@@ -227,8 +227,7 @@ class Forker:
         sock = self.process.socket()
         body = json.dumps({"req": run.req, "workdir": run.workdir, "targets": list(keep)}).encode()
         fds = [*keep.values(), *([pidns] if pidns >= 0 else [])]
-        socket.send_fds(sock, [struct.pack(">QB", len(body), pidns >= 0)], fds)
-        sock.sendall(body)
+        jail.send_with_fds(sock, body, fds, flag=int(pidns >= 0))
         reply = b""
         while len(reply) < 4:
             chunk = sock.recv(4 - len(reply))
@@ -253,20 +252,8 @@ def _template(sock_fd: int, isolation: str, cgroup) -> None:
         previous = fd + 1
     os.closerange(previous, 1 << 16)
     sock = socket.socket(fileno=sock_fd)
-    while True:
-        head, fds, _, _ = socket.recv_fds(sock, 9, 16)
-        while head and len(head) < 9:
-            more = sock.recv(9 - len(head))
-            head = head + more if more else b""
-        if not head:
-            os._exit(0)
-        size, in_space = struct.unpack(">QB", head)
-        body = bytearray()
-        while len(body) < size:
-            chunk = sock.recv(min(size - len(body), 1 << 20))
-            if not chunk:
-                os._exit(0)
-            body += chunk
+    while (message := jail.receive_with_fds(sock, 16)) is not None:
+        body, fds, in_space = message
         pidns = fds.pop() if in_space else -1
         if pidns >= 0:
             jail.setns(pidns, jail.CLONE_NEWPID)
