@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import socket
-import struct
 import sys
 import types
 
@@ -27,6 +26,7 @@ class ParseServer:
     A parser that fails, dies or hangs is restarted, and the program then simply runs."""
 
     def __init__(self, uid: int, isolated: bool, *, jail: types.ModuleType) -> None:
+        self.jail = jail
         self.process = jail.Helper(lambda sock_fd: _serve(sock_fd, uid, isolated, jail))
 
     def syntax_error(self, program: str, filename: str) -> str | None:
@@ -37,8 +37,11 @@ class ParseServer:
         try:
             sock = self.process.socket()
             sock.settimeout(PARSE_SECONDS)
-            _send(sock, json.dumps([filename, program]).encode())
-            report = json.loads(_receive(sock))
+            self.jail.send_with_fds(sock, json.dumps([filename, program]).encode(), [])
+            reply = self.jail.receive_with_fds(sock, 0)
+            if reply is None:
+                raise EOFError
+            report = json.loads(reply[0])
         except (OSError, ValueError, EOFError):
             self.kill()
             return None
@@ -46,25 +49,6 @@ class ParseServer:
 
     def kill(self) -> None:
         self.process.kill()
-
-
-def _send(sock: socket.socket, data: bytes) -> None:
-    sock.sendall(struct.pack(">I", len(data)) + data)
-
-
-def _receive(sock: socket.socket) -> bytes:
-    head = _exactly(sock, 4)
-    return _exactly(sock, struct.unpack(">I", head)[0])
-
-
-def _exactly(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return bytes(buf)
 
 
 def _serve(sock_fd: int, uid: int, isolated: bool, jail: types.ModuleType) -> None:
@@ -77,9 +61,9 @@ def _serve(sock_fd: int, uid: int, isolated: bool, jail: types.ModuleType) -> No
 
         resource.setrlimit(resource.RLIMIT_AS, (PARSER_MEMORY_MB << 20,) * 2)
         sock = socket.socket(fileno=3)
-        while True:
-            filename, program = json.loads(_receive(sock))
-            _send(sock, json.dumps(syntax_error(program, filename)).encode())
+        while (message := jail.receive_with_fds(sock, 0)) is not None:
+            filename, program = json.loads(message[0])
+            jail.send_with_fds(sock, json.dumps(syntax_error(program, filename)).encode(), [])
     except BaseException:
         pass
     os._exit(0)
