@@ -4,7 +4,9 @@ Both models get the same shape (width, depth, heads, GQA, SwiGLU width, vocabula
 same initial weights (ours copied into Llama's layout), the same batches and the same AdamW settings. Each
 timed round runs `--steps` full training steps (forward, loss, backward, clip, optimizer step) of one
 model, then the other, alternating `--repeat` times so drift on the machine hits both. Reported: median
-training tokens/s of each and their ratio.
+training tokens/s of each and their ratio. Ours computes its loss as `codefoundry pretrain` does, through
+the fused output head + cross-entropy; `--unfused` adds a third arm, ours with the logits materialised
+as transformers does, which isolates what the fused loss is worth.
 
     python benchmarks/train_throughput.py --size 10m --batch 8 --seq-len 512 --steps 5 --repeat 5
 """
@@ -40,8 +42,10 @@ def optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.95), foreach=True)
 
 
-def step_ours(model, opt, ids):
-    loss = model(ids[:, :-1], ids[:, 1:], logits=False).loss
+def step_ours(model, opt, ids, *, logits: bool = False):
+    # logits=False: the loss through the fused head + cross-entropy (codefoundry.models.fused_ce), as
+    # `codefoundry pretrain` computes it; logits=True materialises the logits first, as transformers does.
+    loss = model(ids[:, :-1], ids[:, 1:], logits=logits).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
@@ -57,6 +61,10 @@ def step_hf(model, opt, ids):
     opt.step()
     opt.zero_grad(set_to_none=True)
     return float(loss.detach())
+
+
+def step_ours_unfused(model, opt, ids):
+    return step_ours(model, opt, ids, logits=True)
 
 
 def timed(step, model, opt, batches) -> float:
@@ -77,6 +85,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
         "--compile", action="store_true", help="torch.compile both models (compile time not timed)"
+    )
+    ap.add_argument(
+        "--unfused", action="store_true", help="also time ours with the logits materialised (no fused loss)"
     )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_throughput.json"))
     args = ap.parse_args()
@@ -101,15 +112,24 @@ def main() -> None:
     print(f"initial loss: codefoundry {a:.5f}  transformers {b:.5f}")
 
     timed(step_ours, run_ours, opt_ours, batches[:2])  # warm-up (allocator, kernels, compilation)
+    if args.unfused:
+        timed(step_ours_unfused, run_ours, opt_ours, batches[:2])
     timed(step_hf, run_hf, opt_hf, hf_batches[:2])
     tokens = args.batch * args.seq_len * args.steps
-    ours_tps, hf_tps = [], []
+    ours_tps, hf_tps, unfused_tps = [], [], []
     for r in range(args.repeat):
         ours_tps.append(tokens / timed(step_ours, run_ours, opt_ours, batches))
         hf_tps.append(tokens / timed(step_hf, run_hf, opt_hf, hf_batches))
-        print(f"round {r + 1}: codefoundry {ours_tps[-1]:8.0f} tok/s   transformers {hf_tps[-1]:8.0f} tok/s")
+        line = f"round {r + 1}: codefoundry {ours_tps[-1]:8.0f} tok/s   transformers {hf_tps[-1]:8.0f} tok/s"
+        if args.unfused:
+            unfused_tps.append(tokens / timed(step_ours_unfused, run_ours, opt_ours, batches))
+            line += f"   codefoundry unfused {unfused_tps[-1]:8.0f} tok/s"
+        print(line)
     mo, mh = statistics.median(ours_tps), statistics.median(hf_tps)
     print(f"median: codefoundry {mo:.0f} tok/s, transformers {mh:.0f} tok/s, ratio {mo / mh:.2f}x")
+    if unfused_tps:
+        mu = statistics.median(unfused_tps)
+        print(f"unfused: {mu:.0f} tok/s, ratio {mu / mh:.2f}x; the fused loss gains {mo / mu:.2f}x")
     result = {
         "benchmark": "train_throughput",
         "size": args.size,
@@ -123,6 +143,7 @@ def main() -> None:
         "codefoundry_tokens_per_s": ours_tps,
         "transformers_tokens_per_s": hf_tps,
         "ratio_median": mo / mh,
+        "codefoundry_unfused_tokens_per_s": unfused_tps,
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
         "machine": platform.processor() or platform.machine(),

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from codefoundry.models.config import ModelConfig
+from codefoundry.models.fused_ce import linear_cross_entropy
 from codefoundry.models.moe import MoE, SwiGLU
 
 
@@ -217,9 +218,15 @@ class Transformer(nn.Module):
             self._loss(out, h, x, ids, targets, cos, sin)
         return out
 
+    def _head_loss(self, h: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor | None = None):
+        """Mean cross-entropy of the output head on `h` against `targets` (-100 = ignore); without logits
+        already computed, through the fused head + loss (see `codefoundry.models.fused_ce`)."""
+        if logits is not None:
+            return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten())
+
     def _loss(self, out: Output, h, x, ids, targets, cos, sin) -> None:
-        logits = out.logits if out.logits is not None else self.lm_head(h)
-        ntp = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        ntp = self._head_loss(h, targets, out.logits)
         total, parts = ntp, {"ntp": ntp.detach()}
         if self.mtp:
             mtp = self._mtp_loss(x, ids, targets, cos, sin, parts)
@@ -242,9 +249,7 @@ class Transformer(nn.Module):
             nxt = targets[:, k - 1 : T - 1].clamp_min(0)  # (B, T-k); ignored targets are masked below anyway
             # cos/sin are (T, hd) or (B, 1, T, hd): keep the first T-k positions either way.
             h = module(h[:, : T - k], self.embed(nxt), cos[..., : T - k, :], sin[..., : T - k, :])
-            logits = self.lm_head(module.norm(h))
-            tgt = targets[:, k:]
-            ce = F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten(), ignore_index=-100)
+            ce = self._head_loss(module.norm(h), targets[:, k:])
             parts[f"mtp_{k}"] = ce.detach()
             losses.append(ce)
         return torch.stack(losses).mean() if losses else torch.zeros((), device=ids.device)

@@ -1,0 +1,78 @@
+"""Cross-entropy through the output head without materialising the logits.
+
+`linear_cross_entropy(h, weight, targets)` equals `F.cross_entropy(h @ weight.T, targets,
+ignore_index=-100)` (mean over the targets that are not ignored) and has the same gradients. It walks the
+rows in chunks: each chunk's logits are computed, turned into the loss and, in the same pass, into the
+gradient of the loss with respect to those logits (softmax minus the one-hot target, over the number of
+counted targets), which is multiplied straight into the gradients of `h` and `weight`. Backward only
+scales those two by the incoming gradient.
+
+Why: with a 8k-32k vocabulary the logits of a batch are the largest tensor of a training step
+(4096 tokens x 8192 = 134 MB in fp32). The unfused path writes them, reads them for log-softmax, writes
+that, zero-fills a tensor of the same size for the NLL gradient and reads both again for the
+log-softmax backward: on a 2-core CPU that is ~16% of a 10M-model step. Chunks of a few MB stay in cache.
+The cost is the gradient work done in forward, so it is used only when a gradient will be taken.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+CHUNK_ELEMENTS = 1 << 21  # logits per chunk (8 MB in fp32)
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of `h @ weight.T` ((N, D) x (V, D)) against `targets` ((N,), -100 = ignore).
+
+    Without a gradient to take, the plain path (logits, then `F.cross_entropy`) is used."""
+    if not torch.is_grad_enabled() or not (h.requires_grad or weight.requires_grad):
+        return F.cross_entropy((h @ weight.t()).float(), targets, ignore_index=IGNORE)
+    return _LinearCrossEntropy.apply(h, weight, targets)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        n, vocab = h.shape[0], weight.shape[0]
+        device = h.device.type
+        # Under autocast the matmuls run in its dtype, as they would unfused; the softmax runs in fp32.
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+        counted = targets != IGNORE
+        # The mean's denominator; with nothing counted the loss is 0/0 = nan, as F.cross_entropy gives.
+        scale = 1.0 / counted.sum().to(torch.float32)
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        rows = max(1, CHUNK_ELEMENTS // vocab)
+        with torch.autocast(device, enabled=False):
+            w = weight.to(dtype)
+            wt = w.t().contiguous()  # (D, V): one copy, so no chunk's matmul repacks a transposed operand
+            for start in range(0, n, rows):
+                end = start + rows
+                hc, safe = h[start:end].to(dtype), targets[start:end].clamp_min(0).unsqueeze(1)
+                weight_of_row = (counted[start:end].to(torch.float32) * scale).unsqueeze(1)  # 1/n or 0
+                logits = (hc @ wt).float()  # (rows, V)
+                picked = logits.gather(1, safe)
+                top = logits.amax(dim=1, keepdim=True)
+                exp = logits.sub_(top).exp_()  # in place: the logits are not needed again
+                sums = exp.sum(dim=1, keepdim=True)
+                total += ((top + sums.log() - picked) * weight_of_row).sum()
+                # d loss / d logits = (softmax - onehot) / n_counted on counted rows, 0 on the others.
+                grad = exp.mul_(weight_of_row / sums)
+                grad.scatter_add_(1, safe, -weight_of_row)
+                grad = grad.to(dtype)
+                grad_h[start:end] = grad @ w
+                if dtype == torch.float32:
+                    grad_w.addmm_(grad.t(), hc)
+                else:
+                    grad_w += (grad.t() @ hc).float()
+        # total is already the mean: each row's loss was weighted by 1/n_counted.
+        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_out.to(grad_h.dtype), grad_w * grad_out.to(grad_w.dtype), None

@@ -1,0 +1,93 @@
+"""The fused output-head cross-entropy against logits + `F.cross_entropy`: values and gradients, chunk
+edges, ignored rows, autocast, and the decoder's training loss (NTP and MTP) through either path."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+from codefoundry.models import fused_ce  # noqa: E402
+from codefoundry.models.config import config_for_size  # noqa: E402
+from codefoundry.models.fused_ce import linear_cross_entropy  # noqa: E402
+from codefoundry.models.transformer import Transformer  # noqa: E402
+
+
+def _reference(h, w, targets, upstream):
+    h, w = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    loss = F.cross_entropy(h @ w.t(), targets, ignore_index=-100)
+    (loss * upstream).backward()
+    return loss.detach(), h.grad, w.grad
+
+
+@pytest.mark.parametrize("chunk", [1, 7 * 50, 1 << 21])  # one row, 7 rows (37 = 5 x 7 + 2), everything
+def test_loss_and_gradients_match_the_unfused_path(monkeypatch, chunk):
+    monkeypatch.setattr(fused_ce, "CHUNK_ELEMENTS", chunk)
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(37, 16, generator=gen, requires_grad=True)
+    w = (torch.randn(50, 16, generator=gen) * 3).requires_grad_()  # large logits: the max shift matters
+    targets = torch.randint(0, 50, (37,), generator=gen)
+    targets[::4] = -100
+    want, want_h, want_w = _reference(h, w, targets, 2.5)
+    loss = linear_cross_entropy(h, w, targets)
+    (loss * 2.5).backward()  # the upstream gradient scales both saved gradients
+    assert float(loss.detach()) == pytest.approx(float(want), rel=1e-6)
+    torch.testing.assert_close(h.grad, want_h, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(w.grad, want_w, rtol=1e-4, atol=1e-6)
+
+
+def test_every_target_ignored_gives_nan_like_cross_entropy_and_no_grad_takes_the_plain_path():
+    h, w = torch.randn(4, 8, requires_grad=True), torch.randn(10, 8, requires_grad=True)
+    ignored = torch.full((4,), -100)
+    assert math.isnan(float(linear_cross_entropy(h, w, ignored).detach()))
+    assert math.isnan(float(F.cross_entropy(h @ w.t(), ignored, ignore_index=-100).detach()))
+    targets = torch.tensor([1, 2, 3, 4])
+    with torch.no_grad():
+        got = linear_cross_entropy(h, w, targets)
+    assert got.grad_fn is None
+    assert float(got) == pytest.approx(float(F.cross_entropy(h @ w.t(), targets).detach()), rel=1e-6)
+
+
+def test_bf16_autocast_stays_close_to_the_unfused_autocast_path():
+    gen = torch.Generator().manual_seed(1)
+    h = torch.randn(64, 32, generator=gen, requires_grad=True)
+    w = torch.randn(100, 32, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 100, (64,), generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear_cross_entropy(h, w, targets)
+        ref = F.cross_entropy((h @ w.t()).float(), targets)
+    loss.backward()
+    grad_h, grad_w = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    ref.backward()
+    assert loss.dtype == torch.float32 and h.grad.dtype == grad_h.dtype == torch.float32
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=2e-2)
+    torch.testing.assert_close(grad_h, h.grad, rtol=5e-2, atol=5e-3)
+    torch.testing.assert_close(grad_w, w.grad, rtol=5e-2, atol=5e-3)
+
+
+@pytest.mark.parametrize("kw", [{}, {"mtp_depth": 2}, {"tie_embeddings": False}])
+def test_decoder_training_loss_is_the_same_with_and_without_logits(kw):
+    torch.manual_seed(0)
+    model = Transformer(config_for_size("tiny", 300, max_seq_len=64, **kw)).train()
+    ids = torch.randint(0, 300, (3, 21))
+    targets = ids[:, 1:].clone()
+    targets[0, :7] = -100
+
+    def run(logits: bool):
+        model.zero_grad()
+        out = model(ids[:, :-1], targets, logits=logits)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    fused, fused_grads = run(False)  # no logits asked for: the fused head
+    plain, plain_grads = run(True)
+    assert fused.logits is None and plain.logits is not None
+    assert set(fused.parts) == set(plain.parts)
+    for key in plain.parts:
+        assert float(fused.parts[key]) == pytest.approx(float(plain.parts[key]), rel=1e-5), key
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
