@@ -475,15 +475,19 @@ def _step_weights(model: Transformer, rows: int) -> tuple[list[tuple], Callable]
     else:
         kind = "transposed"
     versions = [None if w is None else w._version for w in mats]
-    held = _STEP_WEIGHTS.setdefault(model, {})
-    hit = held.get((kind, rows if kind == "packed" else 0))
-    if hit and all(a is b for a, b in zip(hit[0], mats, strict=True)) and hit[1] == versions:
-        out = hit[2]
+    hit = _STEP_WEIGHTS.get(model)
+    if (
+        hit
+        and hit[0] == kind
+        and all(a is b for a, b in zip(hit[1], mats, strict=True))
+        and hit[2] == versions
+    ):
+        out = hit[3]
     else:
+        # `rows` is only oneDNN's layout hint: a packed weight multiplies inputs of any number of rows.
         out = [None if w is None else _linear(kind, w, b, rows) for w, b in zip(mats, biases, strict=True)]
-        if kind != "views":
-            held.clear()  # one layout per model at a time: each is a full copy of the weights
-            held[(kind, rows if kind == "packed" else 0)] = (mats, versions, out)
+        if kind != "views":  # one layout per model at a time: each is a full copy of the weights
+            _STEP_WEIGHTS[model] = (kind, mats, versions, out)
     return [tuple(out[i : i + 4]) for i in range(0, len(out) - 1, 4)], out[-1]
 
 
