@@ -91,3 +91,31 @@ def test_decoder_training_loss_is_the_same_with_and_without_logits(kw):
         assert float(fused.parts[key]) == pytest.approx(float(plain.parts[key]), rel=1e-5), key
     for name, grad in plain_grads.items():
         torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_under_compilation_the_rows_are_cut_into_at_most_max_compiled_chunks(monkeypatch):
+    # torch.compile unrolls the chunk loop, so it gets fewer, larger chunks; the numbers do not change.
+    chunks = []
+    real_mm = torch.Tensor.__matmul__
+
+    def counting_mm(a, b):
+        if b.shape[-1] == 50:  # (rows, D) @ (D, V): one per chunk
+            chunks.append(a.shape[0])
+        return real_mm(a, b)
+
+    monkeypatch.setattr(fused_ce, "CHUNK_ELEMENTS", 50)  # one row per chunk in eager mode
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(torch.Tensor, "__matmul__", counting_mm)
+    gen = torch.Generator().manual_seed(2)
+    h = torch.randn(37, 16, generator=gen, requires_grad=True)
+    w = torch.randn(50, 16, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 50, (37,), generator=gen)
+    loss = linear_cross_entropy(h, w, targets)
+    monkeypatch.undo()
+    assert (
+        len(chunks)
+        == math.ceil(37 / math.ceil(37 / fused_ce.MAX_COMPILED_CHUNKS))
+        <= fused_ce.MAX_COMPILED_CHUNKS
+    )
+    want, _, _ = _reference(h, w, targets, 1.0)
+    assert float(loss.detach()) == pytest.approx(float(want), rel=1e-6)

@@ -10,8 +10,10 @@ scales those two by the incoming gradient.
 Why: with a 8k-32k vocabulary the logits of a batch are the largest tensor of a training step
 (4096 tokens x 8192 = 134 MB in fp32). The unfused path writes them, reads them for log-softmax, writes
 that, zero-fills a tensor of the same size for the NLL gradient and reads both again for the
-log-softmax backward: on a 2-core CPU that is ~16% of a 10M-model step. Chunks of a few MB stay in cache.
-The cost is the gradient work done in forward, so it is used only when a gradient will be taken.
+log-softmax backward: on a 2-core CPU that is ~16% of a 10M-model step. On CPU a chunk is ~8 MB of
+logits and stays in cache; on accelerators chunks are up to 256 MB, so a step launches few kernels; under
+torch.compile (which unrolls the loop) there are at most 16. The cost is the gradient work done in
+forward, so it is used only when a gradient will be taken.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import torch
 import torch.nn.functional as F
 
 IGNORE = -100
-CHUNK_ELEMENTS = 1 << 21  # logits per chunk (8 MB in fp32)
+CHUNK_ELEMENTS = 1 << 21  # logits per chunk on CPU (8 MB in fp32: stays in cache)
+ACCELERATOR_CHUNK_ELEMENTS = 1 << 26  # elsewhere: few, large chunks (256 MB in fp32), for few kernels
+MAX_COMPILED_CHUNKS = 16  # torch.compile unrolls the loop: more rows per chunk rather than more chunks
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -45,7 +49,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(h)
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         total = torch.zeros((), dtype=torch.float32, device=h.device)
-        rows = max(1, CHUNK_ELEMENTS // vocab)
+        per_chunk = CHUNK_ELEMENTS if device == "cpu" else ACCELERATOR_CHUNK_ELEMENTS
+        rows = max(1, per_chunk // vocab)
+        if torch.compiler.is_compiling():
+            rows = max(rows, -(-n // MAX_COMPILED_CHUNKS))
         with torch.autocast(device, enabled=False):
             w = weight.to(dtype)
             wt = w.t().contiguous()  # (D, V): one copy, so no chunk's matmul repacks a transposed operand
