@@ -119,3 +119,23 @@ def test_under_compilation_the_rows_are_cut_into_at_most_max_compiled_chunks(mon
     )
     want, _, _ = _reference(h, w, targets, 1.0)
     assert float(loss.detach()) == pytest.approx(float(want), rel=1e-6)
+
+
+def test_sum_reduction_matches_the_unfused_sum_in_value_and_gradient(monkeypatch):
+    monkeypatch.setattr(fused_ce, "CHUNK_ELEMENTS", 5 * 50)
+    gen = torch.Generator().manual_seed(3)
+    h = torch.randn(23, 16, generator=gen, requires_grad=True)
+    w = torch.randn(50, 16, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 50, (23,), generator=gen)
+    targets[::3] = -100
+    ref_h, ref_w = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    want = F.cross_entropy(ref_h @ ref_w.t(), targets, ignore_index=-100, reduction="sum")
+    want.backward()
+    got = linear_cross_entropy(h, w, targets, reduction="sum")
+    got.backward()
+    assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-6)
+    torch.testing.assert_close(h.grad, ref_h.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(w.grad, ref_w.grad, rtol=1e-4, atol=1e-5)
+    assert float(linear_cross_entropy(h, w, torch.full((23,), -100), reduction="sum").detach()) == 0.0
+    with pytest.raises(ValueError, match="reduction"):
+        linear_cross_entropy(h, w, targets, reduction="none")

@@ -27,25 +27,33 @@ ACCELERATOR_CHUNK_ELEMENTS = 1 << 26  # elsewhere: few, large chunks (256 MB in 
 MAX_COMPILED_CHUNKS = 16  # torch.compile unrolls the loop: more rows per chunk rather than more chunks
 
 
-def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of `h @ weight.T` ((N, D) x (V, D)) against `targets` ((N,), -100 = ignore).
+def linear_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy of `h @ weight.T` ((N, D) x (V, D)) against `targets` ((N,), -100 = ignore), in fp32:
+    the mean over the counted targets, or with reduction="sum" their sum.
 
     Without a gradient to take, the plain path (logits, then `F.cross_entropy`) is used."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"linear_cross_entropy: reduction must be 'mean' or 'sum', not {reduction!r}")
     if not torch.is_grad_enabled() or not (h.requires_grad or weight.requires_grad):
-        return F.cross_entropy((h @ weight.t()).float(), targets, ignore_index=IGNORE)
-    return _LinearCrossEntropy.apply(h, weight, targets)
+        return F.cross_entropy((h @ weight.t()).float(), targets, ignore_index=IGNORE, reduction=reduction)
+    return _LinearCrossEntropy.apply(h, weight, targets, reduction == "mean")
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, mean: bool
+    ) -> torch.Tensor:
         n, vocab = h.shape[0], weight.shape[0]
         device = h.device.type
         # Under autocast the matmuls run in its dtype, as they would unfused; the softmax runs in fp32.
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
         counted = targets != IGNORE
-        # The mean's denominator; with nothing counted the loss is 0/0 = nan, as F.cross_entropy gives.
-        scale = 1.0 / counted.sum().to(torch.float32)
+        # Each counted row's weight in the result: 1/n for the mean (with nothing counted the loss is
+        # 0/0 = nan, as F.cross_entropy gives), 1 for the sum.
+        scale = 1.0 / counted.sum().to(torch.float32) if mean else torch.ones((), device=h.device)
         grad_h = torch.empty_like(h)
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         total = torch.zeros((), dtype=torch.float32, device=h.device)
@@ -59,14 +67,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             for start in range(0, n, rows):
                 end = start + rows
                 hc, safe = h[start:end].to(dtype), targets[start:end].clamp_min(0).unsqueeze(1)
-                weight_of_row = (counted[start:end].to(torch.float32) * scale).unsqueeze(1)  # 1/n or 0
+                weight_of_row = (counted[start:end].to(torch.float32) * scale).unsqueeze(1)  # 1/n, 1 or 0
                 logits = (hc @ wt).float()  # (rows, V)
                 picked = logits.gather(1, safe)
                 top = logits.amax(dim=1, keepdim=True)
                 exp = logits.sub_(top).exp_()  # in place: the logits are not needed again
                 sums = exp.sum(dim=1, keepdim=True)
                 total += ((top + sums.log() - picked) * weight_of_row).sum()
-                # d loss / d logits = (softmax - onehot) / n_counted on counted rows, 0 on the others.
+                # d loss / d logits = (softmax - onehot) * the row's weight.
                 grad = exp.mul_(weight_of_row / sums)
                 grad.scatter_add_(1, safe, -weight_of_row)
                 grad = grad.to(dtype)
@@ -75,11 +83,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     grad_w.addmm_(grad.t(), hc)
                 else:
                     grad_w += (grad.t() @ hc).float()
-        # total is already the mean: each row's loss was weighted by 1/n_counted.
+        # total is already the result: each row's loss carried its weight.
         ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
         return total
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_out.to(grad_h.dtype), grad_w * grad_out.to(grad_w.dtype), None
+        return grad_h * grad_out.to(grad_h.dtype), grad_w * grad_out.to(grad_w.dtype), None, None

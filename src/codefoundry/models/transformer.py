@@ -199,7 +199,8 @@ class Transformer(nn.Module):
         mask: torch.Tensor | None = None,
         logits: bool = True,
     ) -> Output:
-        """ids: (B, T). With `targets` ((B, T), -100 = ignore) the output carries the training loss.
+        """ids: (B, T). With `targets` ((B, T), -100 = ignore) the output carries the training loss;
+        `logits=False` skips the logits (the loss then goes through the fused head, see `head_loss`).
 
         `mask` (bool, (B, 1, T, S), True = attend) and `positions` are for padded batches with a cache;
         without them attention is causal from position `cache.length` (or 0).
@@ -210,23 +211,30 @@ class Transformer(nn.Module):
         x = self.embed(ids)  # (B, T, dim)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, cache, i, mask)
-        h = self.norm(x)
         if cache is not None:
             cache.length += T
-        out = Output(logits=self.lm_head(h) if logits or targets is None else None, hidden=x)
+        h = self.norm(x) if logits or targets is not None else None
+        out = Output(logits=self.lm_head(h) if logits else None, hidden=x)
         if targets is not None:
             self._loss(out, h, x, ids, targets, cos, sin)
         return out
 
-    def _head_loss(self, h: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor | None = None):
-        """Mean cross-entropy of the output head on `h` against `targets` (-100 = ignore); without logits
-        already computed, through the fused head + loss (see `codefoundry.models.fused_ce`)."""
+    def head_loss(
+        self, h: torch.Tensor, targets: torch.Tensor, *, logits: torch.Tensor | None = None, reduction="mean"
+    ) -> torch.Tensor:
+        """Cross-entropy (fp32; mean over counted targets, or their sum) of the output head on `h` (final
+        norm already applied, (B, T, dim)) against `targets` ((B, T), -100 = ignore). Without `logits`
+        already computed, through the fused head + loss, which never stores them (`models.fused_ce`)."""
         if logits is not None:
-            return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten())
+            return F.cross_entropy(
+                logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction=reduction
+            )
+        return linear_cross_entropy(
+            h.flatten(0, 1), self.lm_head.weight, targets.flatten(), reduction=reduction
+        )
 
     def _loss(self, out: Output, h, x, ids, targets, cos, sin) -> None:
-        ntp = self._head_loss(h, targets, out.logits)
+        ntp = self.head_loss(h, targets, logits=out.logits)
         total, parts = ntp, {"ntp": ntp.detach()}
         if self.mtp:
             mtp = self._mtp_loss(x, ids, targets, cos, sin, parts)
@@ -249,7 +257,7 @@ class Transformer(nn.Module):
             nxt = targets[:, k - 1 : T - 1].clamp_min(0)  # (B, T-k); ignored targets are masked below anyway
             # cos/sin are (T, hd) or (B, 1, T, hd): keep the first T-k positions either way.
             h = module(h[:, : T - k], self.embed(nxt), cos[..., : T - k, :], sin[..., : T - k, :])
-            ce = self._head_loss(module.norm(h), targets[:, k:])
+            ce = self.head_loss(module.norm(h), targets[:, k:])
             parts[f"mtp_{k}"] = ce.detach()
             losses.append(ce)
         return torch.stack(losses).mean() if losses else torch.zeros((), device=ids.device)

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from codefoundry.models import checkpoint as ckpt
 from codefoundry.models.transformer import Transformer
@@ -148,15 +147,11 @@ def load_init(init: str | Path) -> tuple[Transformer, Path]:
 
 
 def response_loss_sum(model: Transformer, batch: D.Batch, device: torch.device) -> torch.Tensor:
-    """Summed cross-entropy (fp32) over the batch's response tokens; 0-d."""
-    out = model(batch.ids.to(device), positions=batch.positions.to(device), mask=batch.mask.to(device))
-    logits = out.logits  # (B, T, V)
-    return F.cross_entropy(
-        logits.flatten(0, 1).float(),
-        batch.targets.to(device).flatten(),
-        ignore_index=D.IGNORE,
-        reduction="sum",
-    )
+    """Summed cross-entropy (fp32) over the batch's response tokens; 0-d. Through the fused output head +
+    loss: the (tokens x vocabulary) logits are never stored."""
+    ids, positions, mask = batch.ids.to(device), batch.positions.to(device), batch.mask.to(device)
+    out = model(ids, positions=positions, mask=mask, logits=False)
+    return model.head_loss(model.norm(out.hidden), batch.targets.to(device), reduction="sum")
 
 
 def accumulate(
