@@ -139,3 +139,10 @@ def test_sum_reduction_matches_the_unfused_sum_in_value_and_gradient(monkeypatch
     assert float(linear_cross_entropy(h, w, torch.full((23,), -100), reduction="sum").detach()) == 0.0
     with pytest.raises(ValueError, match="reduction"):
         linear_cross_entropy(h, w, targets, reduction="none")
+
+
+@pytest.mark.parametrize("bad", [-1, 50])
+def test_a_target_that_is_neither_ignored_nor_a_token_is_refused(bad):
+    h, w = torch.randn(4, 8, requires_grad=True), torch.randn(50, 8, requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"neither -100 nor in \[0, 50\)"):
+        linear_cross_entropy(h, w, torch.tensor([1, bad, -100, 3]))

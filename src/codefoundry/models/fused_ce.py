@@ -51,6 +51,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # Under autocast the matmuls run in its dtype, as they would unfused; the softmax runs in fp32.
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
         counted = targets != IGNORE
+        # F.cross_entropy refuses such targets; clamping them to 0 below would count them as token 0.
+        # An asynchronous assert: no host-device sync on accelerators, and it survives torch.compile.
+        bad = (counted & (targets < 0)) | (targets >= vocab)
+        torch._assert_async(~bad.any(), f"linear_cross_entropy: a target is neither -100 nor in [0, {vocab})")
         # Each counted row's weight in the result: 1/n for the mean (with nothing counted the loss is
         # 0/0 = nan, as F.cross_entropy gives), 1 for the sum.
         scale = 1.0 / counted.sum().to(torch.float32) if mean else torch.ones((), device=h.device)
