@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("tokenizers")
 
-from codefoundry.models import generate as generate_module  # noqa: E402
+from codefoundry.models import decode_weights  # noqa: E402
 from codefoundry.models import tokenizer as tokenizer_module  # noqa: E402
 from codefoundry.models.completion import _fit, complete, fim_prompt_ids, generate_command  # noqa: E402
 from codefoundry.models.config import config_for_size  # noqa: E402
@@ -99,7 +99,7 @@ def test_changed_weights_are_seen_by_the_next_call():
 @pytest.mark.parametrize("kw", [{}, {"qkv_bias": True, "tie_embeddings": False}, {"moe_experts": 4}])
 def test_batches_of_prepacked_weights_agree_with_one_row_at_a_time(kw):
     # From PACKED_MIN_ROWS rows on, the CPU step multiplies by oneDNN-prepacked copies of the weights.
-    assert generate_module.PACKED_MIN_ROWS <= 9
+    assert decode_weights.PACKED_MIN_ROWS <= 9
     model = _model(**kw)
     prompts = _prompts((3, 8, 1, 5, 5, 12, 2, 7, 4))
     together = generate(model, prompts, max_new_tokens=10)
