@@ -7,6 +7,7 @@ layouts are copies of the weights, cached per model and remade when a weight cha
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable
 
@@ -85,17 +86,13 @@ def _linear(kind: str, w: torch.Tensor, bias: torch.Tensor | None, rows: int) ->
     return lambda x: torch.addmm(bias, x, wt)
 
 
-_PACKING: list[bool] = []
-
-
+@functools.cache
 def _packing_works() -> bool:
     """Whether this torch build has oneDNN's packed linear (checked once, on a small product)."""
-    if not _PACKING:
-        try:
-            w, x = torch.randn(4, 3), torch.randn(8, 3)
-            packed = torch.ops.mkldnn._reorder_linear_weight(w, 8)
-            got = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-            _PACKING.append(bool(torch.allclose(got, x @ w.t(), atol=1e-5)))
-        except (AttributeError, RuntimeError, NotImplementedError):
-            _PACKING.append(False)
-    return _PACKING[0]
+    try:
+        w, x = torch.randn(4, 3), torch.randn(8, 3)
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, 8)
+        got = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return bool(torch.allclose(got, x @ w.t(), atol=1e-5))

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from codefoundry.models.config import ModelConfig
-from codefoundry.models.fused_ce import linear_cross_entropy
+from codefoundry.models.fused_ce import IGNORE, linear_cross_entropy
 from codefoundry.models.moe import MoE, SwiGLU
 
 
@@ -227,7 +227,7 @@ class Transformer(nn.Module):
         already computed, through the fused head + loss, which never stores them (`models.fused_ce`)."""
         if logits is not None:
             return F.cross_entropy(
-                logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction=reduction
+                logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction=reduction
             )
         return linear_cross_entropy(
             h.flatten(0, 1), self.lm_head.weight, targets.flatten(), reduction=reduction

@@ -67,15 +67,10 @@ def prctl(option: int, value: int) -> None:
     _check(_libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0), "prctl")
 
 
-def clone_new_pid_namespace() -> int:
-    """fork() into a new PID namespace: the child is its pid 1. One clone system call, with CPython's own
-    before/after-fork handling around it, so the zygote need not fork a helper to call unshare."""
-    return clone(CLONE_NEWPID)
-
-
 def clone(extra_flags: int) -> int:
-    """fork() with extra clone flags (CLONE_NEWPID, CLONE_PARENT), CPython's before/after-fork handling
-    around the one system call."""
+    """fork() with extra clone flags, CPython's before/after-fork handling around the one system call.
+    With CLONE_NEWPID the child is pid 1 of a new PID namespace (so the zygote need not fork a helper to
+    call unshare); with CLONE_PARENT it is its caller's sibling."""
     api = ctypes.pythonapi
     api.PyOS_BeforeFork()
     flags = extra_flags | signal.SIGCHLD
@@ -383,7 +378,7 @@ class RunNamespace:
 
     def _spawn(self) -> None:
         if not self.shell:
-            self.init_pid = clone_new_pid_namespace()
+            self.init_pid = clone(CLONE_NEWPID)
             if self.init_pid == 0:
                 _pause_forever()
             self.pidfd = os.pidfd_open(self.init_pid)
