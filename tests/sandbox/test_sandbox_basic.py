@@ -43,6 +43,38 @@ def test_a_failing_program_gets_the_traceback_python_would_print():
     assert late.stderr.endswith("SyntaxError: 'return' outside function\n")
 
 
+def test_a_program_whose_compile_warns_prints_the_warning_as_python_does(tmp_path):
+    source = "x = 1000\nprint(x is 1000)\n"
+    r = execute(source)
+    (tmp_path / "main.py").write_text(source)
+    ref = subprocess.run([sys.executable, "main.py"], cwd=tmp_path, capture_output=True, text=True)
+    assert "SyntaxWarning" in ref.stderr
+    shown = ref.stderr.replace(f"{tmp_path}/", "")  # python names the script by its absolute path
+    assert r.status is Status.OK and (r.stdout, r.stderr) == (ref.stdout, shown)
+
+
+def test_each_run_starts_from_the_same_interpreter_state():
+    """Environment, argv, __main__ and the standard streams are prepared once per worker and inherited:
+    what one run changes in them never reaches the next."""
+    probe = (
+        "import os, sys\n"
+        "print(sorted(os.environ), os.environ['HOME'] == os.getcwd(), sys.argv, __name__, __file__,"
+        " sorted(k for k in globals() if not k.startswith('__')), sys.path[0] == '', sys.stdout.isatty(),"
+        " sys.stdin.read())\n"
+    )
+    first = execute(probe, stdin="in")
+    spoil = (
+        "import os, sys\nos.environ['LEAK'] = '1'\nsys.argv.append('x')\nsys.path.insert(0, '/x')\n"
+        "import __main__\n__main__.leak = 1\nsys.stdout.write('unflushed')\nsys.stdin.close()\n"
+    )
+    assert execute(spoil).stdout == "unflushed"
+    second = execute(probe, stdin="in")
+    assert first.status is Status.OK and second.stdout == first.stdout
+    assert first.stdout == (
+        "['HOME', 'LANG', 'PATH', 'TMPDIR'] True ['main.py'] __main__ main.py ['os', 'sys'] True False in\n"
+    )
+
+
 def test_a_judged_program_that_does_not_parse_runs_no_test_and_the_next_run_is_judged():
     judge = Judge(tests=("assert f(1) == 2", "assert f(2) == 3"), entry_point="f")
     broken = execute("def f(x):\n    return (x + 1\n", judge=judge)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 import queue
 import random
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 from codefoundry.sandbox.result import ExecutionResult, Judge, Limits, Status
@@ -183,12 +183,35 @@ def execute_many(
     pool.warm(min(workers, len(items)))
     results: list[ExecutionResult | None] = [None] * len(items)
     bar = _progress(len(items), description, progress)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cf-sandbox") as ex:
-        futures = {ex.submit(pool.run, p, language=language, limits=limits): i for i, p in enumerate(items)}
-        for fut in as_completed(futures):
-            results[futures[fut]] = fut.result()
+    next_index = itertools.count()  # shared by the threads: next() on it is atomic under the GIL
+    stop = threading.Event()
+    done: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+
+    def serve() -> None:
+        # One thread per worker, each taking the next program as soon as its last one is back.
+        try:
+            while not stop.is_set() and (i := next(next_index)) < len(items):
+                results[i] = pool.run(items[i], language=language, limits=limits)
+                done.put(None)
+        except BaseException as e:  # raised in the caller below
+            done.put(e)
+
+    threads = [
+        threading.Thread(target=serve, name=f"cf-sandbox-{k}", daemon=True)
+        for k in range(min(workers, len(items)))
+    ]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(len(items)):
+            if (error := done.get()) is not None:
+                raise error
             bar.update(1)
-    bar.close()
+    finally:
+        stop.set()  # on an error or an interrupt, the threads stop after their current run
+        for t in threads:
+            t.join()
+        bar.close()
     return results  # type: ignore[return-value]
 
 
