@@ -15,6 +15,8 @@ The policy is a freshly initialised model, so completions mostly run to `--max-n
 parses (the sandbox then scores them without starting a process); each side's mean completion length and
 share of completions that did not parse are reported, since both change the work. `--policy CKPT` uses a
 trained checkpoint instead (e.g. the quickstart's SFT model), whose completions parse, run and often pass.
+Ours runs a completion identical to another of its group once (`reward_dedupe`, the default; how many ran
+is reported); TRL's reward function runs every one. `--no-reward-dedupe` makes ours run every one too.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def run_ours(policy: Path, task_file: Path, root: Path, args, *, async_rollouts:
         estimator="grpo", group_size=args.group_size, prompts_per_step=args.prompts, max_new_tokens=args.max_new,
         temperature=1.0, lr=1e-6, steps=steps, save_every=0, threads=args.threads, progress=False,
         tensorboard=False, reward_workers=args.reward_workers, micro_batch_size=args.prompts * args.group_size,
+        reward_dedupe=not args.no_reward_dedupe,
     )  # fmt: skip
     run = RLRun(cfg)
     records = []
@@ -81,6 +84,7 @@ def run_ours(policy: Path, task_file: Path, root: Path, args, *, async_rollouts:
         "update_s_median": statistics.median(r["time_update_s"] for r in timed),
         "behaviour_s_median": statistics.median(r["time_behaviour_s"] for r in timed),
         "reward_share_median": statistics.median(r["reward_share"] for r in timed),
+        "reward_runs_mean": statistics.mean(r["reward_runs"] for r in timed),
         "completion_tokens_mean": statistics.mean(r["response_len_mean"] for r in timed),
         "unparsed_frac": statistics.mean(r["compile_error_frac"] for r in timed),
     }
@@ -180,6 +184,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up step)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reward-workers", type=int, default=2)
+    ap.add_argument(
+        "--no-reward-dedupe", action="store_true",
+        help="run every completion in the sandbox, copies of another in its group included (TRL's way)",
+    )  # fmt: skip
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "rl_step.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -205,7 +213,8 @@ def main() -> None:
         ("codefoundry", ours, ratio),
         ("codefoundry --async-rollouts", ours_async, ratio_async),
     ):
-        print(f"{name}: {side['step_s_median']:.3f} s/step (reward wait {side['reward_share_median']:.1%}), "
+        print(f"{name}: {side['step_s_median']:.3f} s/step (reward wait {side['reward_share_median']:.1%}, "
+              f"{side['reward_runs_mean']:.1f} of {args.prompts * args.group_size} completions run), "
               f"TRL {theirs['step_s_median']:.3f} s/step -> {r:.2f}x; completions that did not parse: "
               f"ours {side['unparsed_frac']:.0%}, TRL's {theirs['unparsed_frac']:.0%}")  # fmt: skip
     result = {
@@ -219,6 +228,7 @@ def main() -> None:
         "timed_steps": args.steps,
         "threads": args.threads,
         "reward_workers": args.reward_workers,
+        "reward_dedupe": not args.no_reward_dedupe,
         "codefoundry": ours,
         "codefoundry_async": ours_async,
         "trl": theirs,

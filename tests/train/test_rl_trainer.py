@@ -37,7 +37,8 @@ from codefoundry.train.rl.trainer import RLConfig, RLRun, rl  # noqa: E402
 from codefoundry.train.trainer_state import param_digest  # noqa: E402
 
 FAMILIES = ("add_k", "sub_k", "reverse_string", "upper_string")
-TIMING = ("time_", "tokens_per_s", "elapsed_s", "reward_share", "seconds")
+# How the work was done, not what was learned: a resumed run differs there (a restored batch ran nothing).
+TIMING = ("time_", "tokens_per_s", "elapsed_s", "reward_share", "reward_runs", "seconds")
 
 
 def _write_problems(path: Path, problems) -> None:
@@ -260,6 +261,34 @@ def test_reward_stream_scores_rows_as_they_arrive_in_row_order(setup):
     finally:
         worker.close()
     assert streamed == batched == [True, False, True, False]
+
+
+@pytest.mark.parametrize("dedupe", [True, False])
+def test_reward_stream_runs_a_repeated_completion_once(setup, dedupe):
+    """A completion identical to an earlier row's of the same problem takes that row's score without a
+    sandbox run (unless dedupe is off); the same text for another problem is still run."""
+    from codefoundry.tasks.registry import load_problems_file
+
+    first, second = load_problems_file(setup["train"])[:2]
+    rows = [
+        (first, first.canonical_solution),
+        (first, "    return None\n"),
+        (first, first.canonical_solution),
+        (second, first.canonical_solution),
+        (first, "    return None\n"),
+    ]
+    worker = RewardWorker(workers=2, dedupe=dedupe)
+    try:
+        stream = worker.stream(len(rows))
+        for row, (problem, completion) in enumerate(rows):
+            stream.add(row, problem, completion)
+        scores = stream.result()
+        alone = worker.submit([p for p, _ in rows], [c for _, c in rows]).result()
+    finally:
+        worker.close()
+    assert [s.passed for s in scores] == [s.passed for s in alone]
+    assert stream.executed == (3 if dedupe else 5)
+    assert (scores[2] is scores[0] and scores[4] is scores[1]) == dedupe
 
 
 def test_async_rollouts_generate_the_next_batch_before_the_update(setup, tmp_path):

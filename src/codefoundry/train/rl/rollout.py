@@ -91,6 +91,7 @@ class RolloutTimes:
     reward_busy_s: float = 0.0  # sandbox scoring, on the background thread
     reward_wait_s: float = 0.0  # main thread blocked waiting for rewards (the part not overlapped)
     behaviour_s: float = 0.0  # async runs: the behaviour log-probs (the sampler's, or a value-head forward)
+    reward_runs: int = 0  # completions run in the sandbox (copies of another row's take its score)
 
 
 class PromptCodec:
@@ -180,8 +181,10 @@ class RewardWorker:
     """Scores completions in the sandbox on one background thread, so generation and log-prob forwards
     on the main thread overlap with it. `submit` returns a future of the scores in input order."""
 
-    def __init__(self, *, limits: Limits | None = None, workers: int | None = None) -> None:
-        self.limits, self.workers = limits, workers
+    def __init__(
+        self, *, limits: Limits | None = None, workers: int | None = None, dedupe: bool = True
+    ) -> None:
+        self.limits, self.workers, self.dedupe = limits, workers, dedupe
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cf-rl-reward")
 
     def submit(self, problems: Sequence[Problem], completions: Sequence[str]) -> Future[list[Score]]:
@@ -202,7 +205,13 @@ class RewardWorker:
 class RewardStream:
     """Rows scored as they finish generating. `add` queues a row; the worker's thread takes every row
     waiting into one `evaluate_many` call (so the sandbox's workers stay busy) and loops until none is
-    left. Only the rows that finish last wait for the sandbox after generation ends."""
+    left. Only the rows that finish last wait for the sandbox after generation ends.
+
+    With `worker.dedupe` (the default), a row whose completion is identical to an earlier row's of the
+    same problem is not run again: it gets that row's score. A policy that has converged on a problem
+    samples the same program over and over (with a trained policy on easy problems, 87% of the rows of a
+    step were copies, measured), and a deterministic test gives every copy the same verdict anyway. Tests
+    whose verdict is random are the exception: turn it off for them (`reward_dedupe`)."""
 
     def __init__(self, worker: RewardWorker, n: int) -> None:
         self.worker = worker
@@ -211,10 +220,20 @@ class RewardStream:
         self._pending: list[tuple[int, Problem, str]] = []
         self._futures: list[Future[None]] = []
         self._draining = False
+        self._first: dict[tuple[int, str], int] = {}  # (problem, completion) -> the row that runs it
+        self._copies: dict[int, int] = {}  # row -> the earlier row whose score it takes
         self.busy_s = 0.0  # sandbox time spent on this stream's rows
+        self.executed = 0  # rows actually run in the sandbox
 
     def add(self, row: int, problem: Problem, completion: str) -> None:
         with self._lock:
+            if self.worker.dedupe:
+                key = (id(problem), completion)  # rows of one problem share its object
+                if key in self._first:
+                    self._copies[row] = self._first[key]
+                    return
+                self._first[key] = row
+            self.executed += 1
             self._pending.append((row, problem, completion))
             if not self._draining:
                 self._draining = True
@@ -237,6 +256,8 @@ class RewardStream:
         """Every row's score, in row order (call after the last `add`)."""
         for future in list(self._futures):
             future.result()
+        for row, first in self._copies.items():
+            self.scores[row] = self.scores[first]
         missing = [i for i, s in enumerate(self.scores) if s is None]
         if missing:
             raise RuntimeError(f"reward stream: rows {missing[:5]} were never scored")
@@ -267,6 +288,7 @@ class PendingRollout:
             self.roll.scores = [s for stream in self.streams for s in stream.result()]
             self.times.reward_wait_s = time.perf_counter() - t0
             self.times.reward_busy_s = sum(stream.busy_s for stream in self.streams)
+            self.times.reward_runs = sum(stream.executed for stream in self.streams)
             self._done = True
         return self.roll, self.times
 

@@ -119,6 +119,7 @@ class RLConfig:
     overlong_penalty: float = 0.0  # its weight (0 = off)
     cpu_seconds: float = 5.0  # sandbox CPU limit per completion
     reward_workers: int = 0  # sandbox workers (0 = one per core)
+    reward_dedupe: bool = True  # a completion identical to another of its group takes that one's score
     seed: int = 0
     resume: bool = False
     save_every: int = 50  # 0 = only at the end
@@ -235,7 +236,9 @@ class RLRun:
             self._resume()
         limits = Limits(cpu_seconds=cfg.cpu_seconds)
         self.limits = limits
-        self.rewards = RewardWorker(limits=limits, workers=cfg.reward_workers or None)
+        self.rewards = RewardWorker(
+            limits=limits, workers=cfg.reward_workers or None, dedupe=cfg.reward_dedupe
+        )
         self.logger = MetricsLogger(
             self.out, total_steps=cfg.steps, resume_step=self.step, progress=cfg.progress,
             tensorboard=cfg.tensorboard,
@@ -347,6 +350,7 @@ class RLRun:
             "time_generation_s": sum(p.times.generation_s for p in generated),
             "time_behaviour_s": sum(p.times.behaviour_s for p in generated),
             "time_reward_s": times.reward_busy_s, "time_reward_wait_s": times.reward_wait_s,
+            "reward_runs": times.reward_runs,
             "time_update_s": t_end - t_update, "time_step_s": step_s,
             "reward_share": times.reward_wait_s / step_s, "lr": cfg.lr, "elapsed_s": self.elapsed(),
         })  # fmt: skip
