@@ -75,6 +75,25 @@ def test_each_run_starts_from_the_same_interpreter_state():
     )
 
 
+def test_output_written_to_a_replaced_stdout_is_not_lost():
+    """What a program writes to the stdout it started with, after replacing sys.stdout, still comes out
+    (as with `python main.py`, where the stream is flushed when it is freed or at exit)."""
+    program = (
+        "import io, sys\nout, sys.stdout = sys.stdout, io.StringIO()\nprint('hidden')\n"
+        "out.write('shown\\n')\nsys.stderr.write('err\\n')\n"
+    )
+    for _ in range(2):  # the second run gets a fresh copy of the same streams
+        r = execute(program)
+        assert r.status is Status.OK and (r.stdout, r.stderr) == ("shown\n", "err\n")
+    restored = execute(
+        "import io, sys\nsys.stdout = io.StringIO()\nsys.stdout = sys.__stdout__\nprint('back')\n"
+    )
+    assert restored.stdout == "back\n"
+    assert execute("import sys\nprint(sys.stdout is sys.__stdout__, sys.stdin is sys.__stdin__)").stdout == (
+        "True True\n"
+    )
+
+
 def test_a_judged_program_that_does_not_parse_runs_no_test_and_the_next_run_is_judged():
     judge = Judge(tests=("assert f(1) == 2", "assert f(2) == 3"), entry_point="f")
     broken = execute("def f(x):\n    return (x + 1\n", judge=judge)

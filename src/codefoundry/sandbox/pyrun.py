@@ -75,7 +75,8 @@ def run(
     main = (
         _PRESET_MAIN if _PRESET_MAIN is not None and filename == PYTHON_FILENAME else _main_module(filename)
     )
-    sys.stdin, sys.stdout, sys.stderr = _PRESET_STDIO or _standard_streams()
+    streams = _PRESET_STDIO or _standard_streams()
+    sys.stdin, sys.stdout, sys.stderr = sys.__stdin__, sys.__stdout__, sys.__stderr__ = streams
     code = 0
     try:
         bytecode = marshal.loads(compiled) if compiled else compile(program, filename, "exec")
@@ -90,11 +91,14 @@ def run(
     except BaseException:
         code = 1
         _print_exception()
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BaseException:
-        pass
+    # As `python main.py` at exit: the current sys.stdout and sys.stderr, then the streams the program
+    # started with, should it have replaced them and written to them since (an unreferenced stream would
+    # be flushed as it is freed; these stay referenced by the preset).
+    for stream in (sys.stdout, sys.stderr, streams[1], streams[2]):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
     return code
 
 
