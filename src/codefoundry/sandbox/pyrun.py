@@ -108,7 +108,7 @@ def _print_exception() -> None:
     failing run cost three times a passing one."""
     kind, exc, tb = sys.exc_info()
     try:
-        tb = tb.tb_next if tb is not None else None  # drop run_python's own frame
+        tb = tb.tb_next if tb is not None else None  # drop run's own frame
         sys.__excepthook__(kind, exc.with_traceback(tb), tb)
     except BaseException:
         pass
