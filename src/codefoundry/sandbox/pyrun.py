@@ -27,9 +27,11 @@ _PRESET_MAIN: types.ModuleType | None = None  # a fresh `__main__` for main.py, 
 
 
 def _standard_streams() -> tuple:
+    """A run's stdin, stdout and stderr, also as sys.__stdin__ etc. (as under `python main.py`)."""
     stdin = open(0, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
     stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
     stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+    sys.__stdin__, sys.__stdout__, sys.__stderr__ = stdin, stdout, stderr  # the old ones are freed here
     return stdin, stdout, stderr
 
 
@@ -76,7 +78,7 @@ def run(
         _PRESET_MAIN if _PRESET_MAIN is not None and filename == PYTHON_FILENAME else _main_module(filename)
     )
     streams = _PRESET_STDIO or _standard_streams()
-    sys.stdin, sys.stdout, sys.stderr = sys.__stdin__, sys.__stdout__, sys.__stderr__ = streams
+    sys.stdin, sys.stdout, sys.stderr = streams
     code = 0
     try:
         bytecode = marshal.loads(compiled) if compiled else compile(program, filename, "exec")
