@@ -1,0 +1,126 @@
+"""Where a sandbox run's cost goes: CPU time and page faults per judged HumanEval run, for each process
+of one worker (the parent, the zygote, the programs it reaps, the template, the judge, the parse helper),
+read from /proc before and after. Page faults are the steady figure on a noisy VM: each process that a
+run forks pays one for every page it writes.
+
+    python benchmarks/sandbox_cost.py [--reps 1] [--rounds 4] [--against DIR]
+
+`--against DIR` alternates the installed sandbox with the sandbox package in DIR (a copy of
+`src/codefoundry/sandbox` at another commit) round by round, in one process, and reports both: the way
+the changes in `benchmarks/README.md` were A/B-tested. Linux only (/proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import codefoundry.sandbox.worker as sandbox_worker
+from codefoundry.sandbox import Program, execute_many, shutdown
+from codefoundry.tasks import humaneval
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> dict[str, int]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return {
+        "ppid": int(fields[1]), "faults": int(fields[7]), "child_faults": int(fields[8]),
+        "ticks": int(fields[11]) + int(fields[12]), "child_ticks": int(fields[13]) + int(fields[14]),
+    }  # fmt: skip
+
+
+def _processes() -> dict[int, dict[str, int]]:
+    out = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                out[int(name)] = _stat(int(name))
+            except (OSError, IndexError):
+                pass  # gone meanwhile
+    return out
+
+
+def _is_python(pid: int) -> bool:
+    """The zygote's long-lived Python children (template, judge, parse helper), not the run's init."""
+    return b"python" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+
+
+def measure(programs: list[Program]) -> dict[str, dict[str, float]]:
+    """Per run: CPU ms and page faults of each process of a fresh one-worker pool."""
+    shutdown()
+    execute_many(programs[:4], workers=1, progress=False)  # start and warm the worker
+    me = os.getpid()
+    before, self0 = _processes(), resource.getrusage(resource.RUSAGE_SELF)
+    execute_many(programs, workers=1, progress=False)
+    after, self1 = _processes(), resource.getrusage(resource.RUSAGE_SELF)
+    n = len(programs)
+    zygote = next(p for p, s in after.items() if s["ppid"] == me and p in before)
+    z0, z1 = before[zygote], after[zygote]
+    out = {
+        "parent": {"cpu_ms": ((self1.ru_utime + self1.ru_stime) - (self0.ru_utime + self0.ru_stime)) / n * 1e3,
+                   "faults": (self1.ru_minflt - self0.ru_minflt) / n},
+        "zygote": {"cpu_ms": (z1["ticks"] - z0["ticks"]) / TICK / n * 1e3, "faults": (z1["faults"] - z0["faults"]) / n},
+        "programs": {"cpu_ms": (z1["child_ticks"] - z0["child_ticks"]) / TICK / n * 1e3,
+                     "faults": (z1["child_faults"] - z0["child_faults"]) / n},
+    }  # fmt: skip
+    helpers = []
+    for pid, s in after.items():
+        if s["ppid"] == zygote and pid in before and _is_python(pid):
+            helpers.append({"cpu_ms": (s["ticks"] - before[pid]["ticks"]) / TICK / n * 1e3,
+                            "faults": (s["faults"] - before[pid]["faults"]) / n})  # fmt: skip
+    # The template faults after every clone (every page it writes); of the other two, the judge computes.
+    helpers.sort(key=lambda h: h["faults"], reverse=True)
+    if helpers:
+        out["template"] = helpers.pop(0)
+    helpers.sort(key=lambda h: h["cpu_ms"], reverse=True)
+    for name, h in zip(("judge", "parse_helper"), helpers, strict=False):
+        out[name] = h
+    out["total"] = {k: sum(v[k] for v in list(out.values())) for k in ("cpu_ms", "faults")}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=1, help="times the 164 problems are repeated per round")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--against", help="another sandbox package directory to alternate with")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    problems = humaneval.load() * args.reps
+    programs = [Program(p.program(p.canonical_solution), judge=p.judge()) for p in problems]
+    sides = {"installed": sandbox_worker.ZYGOTE}
+    if args.against:
+        sides["against"] = Path(args.against) / "zygote.py"
+    rounds: dict[str, list[dict]] = {name: [] for name in sides}
+    for r in range(args.rounds):
+        for name in sides if r % 2 == 0 else reversed(list(sides)):
+            sandbox_worker.ZYGOTE = sides[name]
+            t = time.perf_counter()
+            rounds[name].append(
+                measure(programs) | {"wall_ms": (time.perf_counter() - t) / len(programs) * 1e3}
+            )
+            row = rounds[name][-1]
+            print(f"{name}: " + "  ".join(f"{k} {v['cpu_ms']:.2f} ms / {v['faults']:.0f} faults"
+                                          for k, v in row.items() if isinstance(v, dict)), flush=True)  # fmt: skip
+    sandbox_worker.ZYGOTE = sides["installed"]
+    shutdown()
+    summary = {
+        name: {part: {k: statistics.median(r[part][k] for r in rows if part in r) for k in ("cpu_ms", "faults")}
+               for part in rows[0] if isinstance(rows[0][part], dict)}
+        for name, rows in rounds.items()
+    }  # fmt: skip
+    for name, parts in summary.items():
+        print(f"median per run, {name}: " + ", ".join(
+            f"{part} {v['cpu_ms']:.2f} ms / {v['faults']:.0f} faults" for part, v in parts.items()))  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rounds": rounds, "median": summary}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
