@@ -67,20 +67,33 @@ def prctl(option: int, value: int) -> None:
     _check(_libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0), "prctl")
 
 
+def _fork_calls() -> tuple:
+    """CPython's fork hooks and the raw system call, as ctypes functions with their types set, resolved
+    once: a child that looked `PyOS_AfterFork_Child` up itself (dlsym, a new function object) paid ~80
+    page faults more than after `os.fork`, every run."""
+    api = ctypes.pythonapi
+    hooks = (api.PyOS_BeforeFork, api.PyOS_AfterFork_Child, api.PyOS_AfterFork_Parent)
+    for hook in hooks:
+        hook.argtypes, hook.restype = [], None
+    call = _libc_gil.syscall
+    call.argtypes, call.restype = [ctypes.c_long] + [ctypes.c_ulong] * 5, ctypes.c_long
+    return (*hooks, call)
+
+
+_before_fork, _after_fork_child, _after_fork_parent, _syscall = _fork_calls()
+
+
 def clone(extra_flags: int) -> int:
     """fork() with extra clone flags, CPython's before/after-fork handling around the one system call.
     With CLONE_NEWPID the child is pid 1 of a new PID namespace (so the zygote need not fork a helper to
     call unshare); with CLONE_PARENT it is its caller's sibling."""
-    api = ctypes.pythonapi
-    api.PyOS_BeforeFork()
-    flags = extra_flags | signal.SIGCHLD
-    pid = _libc_gil.syscall(ctypes.c_long(SYSCALL["clone"]), ctypes.c_ulong(flags),
-                            ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))  # fmt: skip
-    err = ctypes.get_errno()
+    _before_fork()
+    pid = _syscall(SYSCALL["clone"], extra_flags | signal.SIGCHLD, 0, 0, 0, 0)
     if pid == 0:
-        api.PyOS_AfterFork_Child()
-    else:
-        api.PyOS_AfterFork_Parent()
+        _after_fork_child()
+        return 0
+    err = ctypes.get_errno()
+    _after_fork_parent()
     if pid < 0:
         raise OSError(err, f"clone: {os.strerror(err)}")
     return pid
