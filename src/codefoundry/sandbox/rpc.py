@@ -42,6 +42,10 @@ _PLAIN_TYPES = (
     frozenset,
     type(None),
 )
+# Built once: json.dumps with any non-default argument builds a new encoder per call, and json.loads of
+# bytes first guesses their encoding; a judged run makes ~10 calls each way.
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+_decode_json = json.JSONDecoder().decode
 _PLAIN_TYPE_NAMES = {t.__name__: t for t in _PLAIN_TYPES}  # the types themselves travel by name
 JUDGE_MODULE = "__judge__"  # the __name__ test code runs under, and so the __module__ of its classes
 JUDGE_SERVES = frozenset({"call", "iter", "next", "len", "bool", "str", "repr", "hash", "contains", "getitem",
@@ -86,7 +90,7 @@ class Channel:
         if size > MAX_FRAME:
             raise PeerGone(f"message of {size} bytes is over the {MAX_FRAME} byte limit")
         try:
-            msg = json.loads(self._read(size))
+            msg = _decode_json(self._read(size).decode("utf-8"))
         except ValueError as e:
             raise PeerGone(f"malformed message: {e}") from None
         if not isinstance(msg, list) or not msg or msg[0] not in ("q", "r", "e"):
@@ -94,7 +98,7 @@ class Channel:
         return msg
 
     def send(self, msg: list) -> None:
-        body = json.dumps(msg, separators=(",", ":")).encode()
+        body = _encode_json(msg).encode()
         data = struct.pack(">I", len(body)) + body
         try:
             view = memoryview(data)
