@@ -62,9 +62,8 @@ compiler to untrusted text in a process that outlives a run: a memory-safety bug
 program the programs' uid across later runs (still unprivileged, with no network and a read-only root,
 and never the judge's uid), and with it the code objects later runs load, so that it could make later
 programs behave as it likes (as with that uid it could already trace them); the root zygote never loads
-them.
-Programs in languages other than Python run under the same OS isolation but have no judge process: their
-verdict is their exit status, which they control.
+them. Programs in languages other than Python run under the same OS isolation but have no judge process:
+their verdict is their exit status, which they control.
 
 Without namespace privileges the level is "process": rlimits, an own process group that is killed at the
 end, a temporary work directory and an empty environment; no network or filesystem isolation, and a
@@ -177,7 +176,8 @@ class Worker:
         oom_before = self._limit_memory(run)
         try:
             _write_files(run)
-            result = start(run, self.judges, self.cgroup, self.space, self.forker, code)
+            run.code = code
+            result = start(run, self.judges, self.cgroup, self.space, self.forker)
         finally:
             if not run.ns:
                 import shutil
@@ -233,13 +233,13 @@ class Forker:
     def __init__(self, isolation: str, cgroup) -> None:
         self.process = jail.Helper(lambda sock_fd: _template(sock_fd, isolation, cgroup))
 
-    def fork(self, run: Run, keep: dict[int, int], pidns: int, code: bytes = b"") -> int:
+    def fork(self, run: Run, keep: dict[int, int], pidns: int) -> int:
         """The program's pid; `keep` maps the fds it gets to the zygote's fds; pidns: a pidfd of the
-        run's init (the program is born in its PID namespace) or -1; code: the parse helper's marshalled
-        code object of a Python program, or b"" (the program compiles itself)."""
+        run's init (the program is born in its PID namespace) or -1. `run.code` travels after the
+        request, as raw bytes."""
         sock = self.process.socket()
         head = json.dumps({"req": run.req, "workdir": run.workdir, "targets": list(keep)}).encode()
-        body = struct.pack(">I", len(head)) + head + code
+        body = struct.pack(">I", len(head)) + head + run.code
         fds = [*keep.values(), *([pidns] if pidns >= 0 else [])]
         jail.send_with_fds(sock, body, fds, flag=int(pidns >= 0))
         reply = b""
@@ -296,7 +296,7 @@ def _template(sock_fd: int, isolation: str, cgroup) -> None:
         sock.sendall(struct.pack(">i", pid))
 
 
-def start(run: Run, judges, cgroup=None, space=None, forker: Forker | None = None, code: bytes = b"") -> dict:
+def start(run: Run, judges, cgroup=None, space=None, forker: Forker | None = None) -> dict:
     """Clone an idle init into new PID and IPC namespaces, fork the program into them (through the
     template), hand the tests to the judge, watch."""
     stdin_data = bytes.fromhex(run.req.get("stdin") or "")
@@ -320,9 +320,8 @@ def start(run: Run, judges, cgroup=None, space=None, forker: Forker | None = Non
     if forker is not None:
         if space is not None:
             jail.setns(OWN_PIDFD, jail.CLONE_NEWPID)  # the template forks the program, not we
-        pid = forker.fork(run, keep, space.pidfd if space is not None else -1, code)
+        pid = forker.fork(run, keep, space.pidfd if space is not None else -1)
     else:  # no raw clone on this architecture (process-level isolation only): fork here
-        run.code = code
         pid = os.fork()
         if pid == 0:
             try:
