@@ -97,9 +97,12 @@ def test_changed_weights_are_seen_by_the_next_call():
 
 
 @pytest.mark.parametrize("kw", [{}, {"qkv_bias": True, "tie_embeddings": False}, {"moe_experts": 4}])
-def test_batches_of_prepacked_weights_agree_with_one_row_at_a_time(kw):
-    # From PACKED_MIN_ROWS rows on, the CPU step multiplies by oneDNN-prepacked copies of the weights.
+@pytest.mark.parametrize("min_elements", [0, decode_weights.PACKED_MIN_ELEMENTS])
+def test_batches_of_prepacked_weights_agree_with_one_row_at_a_time(kw, min_elements, monkeypatch):
+    # From PACKED_MIN_ROWS rows on, the CPU step multiplies by oneDNN-prepacked copies of the weights of at
+    # least PACKED_MIN_ELEMENTS entries: every matrix of this small model (min_elements 0), or none of them.
     assert decode_weights.PACKED_MIN_ROWS <= 9
+    monkeypatch.setattr(decode_weights, "PACKED_MIN_ELEMENTS", min_elements)
     model = _model(**kw)
     prompts = _prompts((3, 8, 1, 5, 5, 12, 2, 7, 4))
     together = generate(model, prompts, max_new_tokens=10)

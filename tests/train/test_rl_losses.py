@@ -250,6 +250,44 @@ def test_logprobs_and_entropy_are_temperature_aware() -> None:
         logprobs_from_logits(logits, ids[:, :4], 1.0)
 
 
+def test_response_forward_logprobs_and_entropy_gradients_match_the_formulas() -> None:
+    # response_forward takes both from one log-softmax; its gradients must be those of the textbook
+    # formulas (an entropy bonus trains through them), computed here in float64.
+    from codefoundry.models.config import config_for_size
+    from codefoundry.models.transformer import Transformer
+    from codefoundry.train.rl.rollout import collate, response_forward
+
+    torch.manual_seed(0)
+    model = Transformer(config_for_size("tiny", 64, max_seq_len=32))
+    batch = collate([[1, 2, 3], [4, 5]], [[6, 7, 8, 9], [10]], device="cpu")
+    for temperature in (1.0, 0.7):
+        logp, ent, _ = response_forward(model, batch, temperature=temperature, entropy_grad=True)
+        (logp * batch.mask).sum().backward(retain_graph=True)
+        got_logp = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        (ent * batch.mask).sum().backward()
+        got_ent = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+
+        hidden = model.embed(batch.ids)
+        cos, sin = model.rope(None, 0, batch.ids.shape[1])
+        for i, layer in enumerate(model.layers):
+            hidden = layer(hidden, cos, sin, None, i, None)
+        picked = hidden.gather(1, batch.index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        z = model.lm_head(model.norm(picked)).double() / temperature
+        want_logp = torch.log_softmax(z, -1).gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
+        probs = torch.softmax(z, -1)
+        want_ent = torch.logsumexp(z, -1) - (probs * z).sum(-1)
+        assert torch.allclose(logp.double(), want_logp, atol=1e-5)
+        assert torch.allclose(ent.double(), want_ent, atol=1e-5)
+        for got, want in ((got_logp, want_logp), (got_ent, want_ent)):
+            grads = torch.autograd.grad(
+                (want * batch.mask).sum(), list(model.parameters()), retain_graph=True
+            )
+            for g, w in zip(got, grads, strict=True):
+                assert torch.allclose(g, w, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from codefoundry.models.moe import SwiGLU
 from codefoundry.models.transformer import Transformer
 
-__all__ = ["COPY_LIMIT", "PACKED_MIN_ROWS", "step_weights"]
+__all__ = ["COPY_LIMIT", "PACKED_MIN_ELEMENTS", "PACKED_MIN_ROWS", "step_weights"]
 
 # The step's weight matrices in the layout the CPU multiplies fastest, per model, reused while the model's
 # weights are the same tensors at the same version (an optimizer step or a load makes new copies):
@@ -26,11 +26,15 @@ __all__ = ["COPY_LIMIT", "PACKED_MIN_ROWS", "step_weights"]
 #   down projection keeps W as stored); a step at batch 1 is bound by reading the weights.
 # - batch >= PACKED_MIN_ROWS: oneDNN's prepacked layout (`mkldnn._linear_pointwise`), which spares each
 #   matmul the repacking of its weights that MKL does per call: ~18% less matmul time at batch 16 for
-#   the 10m model. fp32 CPU models only; where the op is missing, the transposed copies.
+#   the 10m model. fp32 CPU models only; where the op is missing, the transposed copies. Only matrices of
+#   at least PACKED_MIN_ELEMENTS entries: a packed product costs ~20 us more per call than `x @ W_t`, which
+#   a small matrix never earns back (the `tiny` model generated 28k instead of 21k tok/s at batch 32
+#   unpacked; `mini` at 16: 5.6k vs 5.0k; `10m` the same either way, its smallest matrix being 64k).
 # Models whose matrices exceed COPY_LIMIT bytes, and other devices, use transposed views instead.
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 COPY_LIMIT = 1 << 30
 PACKED_MIN_ROWS = 8
+PACKED_MIN_ELEMENTS = 1 << 16
 
 
 def step_weights(model: Transformer, rows: int) -> tuple[list[tuple], Callable]:
@@ -71,6 +75,8 @@ def step_weights(model: Transformer, rows: int) -> tuple[list[tuple], Callable]:
 
 
 def _linear(kind: str, w: torch.Tensor, bias: torch.Tensor | None, rows: int) -> Callable:
+    if kind == "packed" and w.numel() < PACKED_MIN_ELEMENTS:
+        kind = "transposed"
     if kind == "packed":
         packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), rows)
         b = None if bias is None else bias.detach()

@@ -199,25 +199,31 @@ def logprobs_from_logits(logits: torch.Tensor, ids: torch.Tensor, temperature: f
 
     `logits[..., t, :]` must already score `ids[..., t]` (shift a causal LM's logits by one first). Pass
     the sampling temperature in every forward that feeds a ratio or a KL, or the ratio is not 1 at the first
-    step. Computed as gather - logsumexp in float32, so a bf16 (B, T, V) is upcast once (2x its memory).
+    step. Computed in float32, so a bf16 (B, T, V) is upcast once (2x its memory).
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
     if logits.shape[:-1] != ids.shape:
         raise ValueError(f"logits has shape {tuple(logits.shape)} but ids has {tuple(ids.shape)}")
-    scaled = logits.float() / temperature
-    picked = scaled.gather(-1, ids.long().unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(scaled, dim=-1)
+    return log_softmax_scaled(logits, temperature).gather(-1, ids.long().unsqueeze(-1)).squeeze(-1)
+
+
+def log_softmax_scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(logits / temperature) over the last axis, float32 (no copy for the division by 1)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    z = logits.float()
+    return torch.log_softmax(z if temperature == 1.0 else z / temperature, dim=-1)
 
 
 def entropy_from_logits(logits: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
-    """Entropy of softmax(logits / temperature) over the last axis: (..., V) -> (...), float32.
-    H = logsumexp(z) - sum(softmax(z) * z), stable for large finite logits (an -inf logit gives NaN)."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    z = logits.float() / temperature
-    probs = torch.softmax(z, dim=-1)
-    return torch.logsumexp(z, dim=-1) - (probs * z).sum(dim=-1)
+    """Entropy of softmax(logits / temperature) over the last axis: (..., V) -> (...), float32; stable for
+    large finite logits (an -inf logit gives NaN)."""
+    return entropy_from_log_softmax(log_softmax_scaled(logits, temperature))
+
+
+def entropy_from_log_softmax(logp: torch.Tensor) -> torch.Tensor:
+    """-sum(p * log p) over the last axis, from log-probabilities (`log_softmax_scaled`'s): what a caller
+    that has them already pays for an entropy, instead of a second softmax and logsumexp."""
+    return -(logp.exp() * logp).sum(dim=-1)
 
 
 def _count(given: Count, local: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

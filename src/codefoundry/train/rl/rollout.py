@@ -41,7 +41,7 @@ from codefoundry.models.transformer import Transformer
 from codefoundry.sandbox import Limits
 from codefoundry.tasks.problem import Problem, Score, evaluate_many
 from codefoundry.tasks.prompts import STOP_SEQUENCES, chat_messages, completion_from_chat, truncate_completion
-from codefoundry.train.rl.losses import entropy_from_logits, logprobs_from_logits
+from codefoundry.train.rl.losses import entropy_from_log_softmax, log_softmax_scaled
 
 __all__ = [
     "PendingRollout",
@@ -422,9 +422,12 @@ def response_forward(
     idx = batch.index.unsqueeze(-1).expand(-1, -1, x.shape[-1])  # (B, R, dim)
     hidden = x.gather(1, idx)  # (B, R, dim)
     logits = model.lm_head(model.norm(hidden))  # (B, R, V)
-    logp = logprobs_from_logits(logits, batch.targets, temperature)
+    # One log-softmax serves the log-probs and the entropy (a second softmax and logsumexp over (B, R, V)
+    # for the entropy alone cost more than the update's loss did on the tiny model).
+    logp_all = log_softmax_scaled(logits, temperature)
+    logp = logp_all.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
     ent = None
     if entropy or entropy_grad:
-        ent = entropy_from_logits(logits if entropy_grad else logits.detach(), temperature=temperature)
+        ent = entropy_from_log_softmax(logp_all if entropy_grad else logp_all.detach())
     values = value_head(hidden).squeeze(-1).float() if value_head is not None else None
     return logp, ent, values
