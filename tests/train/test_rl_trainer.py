@@ -152,6 +152,35 @@ def test_one_grpo_step_end_to_end_changes_the_weights(setup, tmp_path):
     assert Path(summary["plot"]).is_file()
 
 
+@pytest.mark.parametrize("extra", [{}, {"estimator": "gae", "entropy_coef": 0.01, "kl_coef": 0.01}])
+def test_forward_run_while_scoring_changes_nothing(setup, tmp_path, monkeypatch, extra):
+    """A synchronous single-pass step runs the update's forward while the sandbox scores the last rows:
+    the same records and weights as running it after the rewards are in."""
+    taken = []
+    original = RLRun._forward_while_scoring
+
+    def spy(self, current):
+        out = original(self, current)
+        taken.append(out[0] is not None)
+        return out
+
+    def run(name: str) -> tuple[list[dict], str]:
+        run = RLRun(config(setup, tmp_path / name, steps=2, **extra))
+        try:
+            records = [run.step_once() for _ in range(2)]
+        finally:
+            run.close()
+        return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in records], param_digest(
+            run.model
+        )
+
+    monkeypatch.setattr(RLRun, "_forward_while_scoring", spy)
+    early = run("early")
+    assert taken == [True, True]
+    monkeypatch.setattr(RLRun, "_forward_while_scoring", lambda self, current: (None, 0.0))
+    assert run("late") == early
+
+
 def test_dynamic_sampling_drops_zero_variance_groups(setup, tmp_path):
     kept = config(setup, tmp_path / "keep", prompts_per_step=8)
     rl(kept)

@@ -22,6 +22,7 @@ of a plain prompt, the far ends of a FIM prefix and suffix). No repetition penal
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -317,7 +318,12 @@ def _decode(model: Transformer, prompts: list[list[int]], rows: _Rows, sample: _
         mask = (causal & keys[:, None, :L]) | torch.eye(L, dtype=torch.bool, device=device)
         logits = _prefill(model, ids, cache, positions, mask.unsqueeze(1))
         positions = positions[:, -1:].clone()  # (B, 1): advanced in place every step
-        keys = keys.view(B, 1, 1, S)  # built once; each step takes the first cache.length + 1 keys
+        # Built once; each step takes the first cache.length + 1 keys. Additive (0 / -inf) rather than
+        # boolean: SDPA's CPU kernel gives the same output bit for bit, ~30% faster (136 vs 194 us a
+        # layer at 32 rows of the tiny model).
+        keys = torch.zeros(B, 1, 1, S, dtype=dtype, device=device).masked_fill_(
+            ~keys.view(B, 1, 1, S), -math.inf
+        )
     else:
         logits = _prefill(model, ids, cache, None, None)
     step = _Step(model, cache, keys)
@@ -371,7 +377,7 @@ class _Step:
         self.cos = model.rope_cos  # (max_seq_len, hd), fp32
         self.sin = torch.cat([-model.rope_sin[:, :half], model.rope_sin[:, half:]], dim=-1)
         self.half, self.dtype = half, model.embed.weight.dtype
-        self.keys = keys  # (B, 1, 1, S), False on padding; None for an unpadded batch
+        self.keys = keys  # (B, 1, 1, S), -inf on padding, else 0; None for an unpadded batch
         self.layers, self.head = step_weights(model, cache.k[0].shape[0])
 
     def __call__(

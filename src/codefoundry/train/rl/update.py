@@ -25,7 +25,7 @@ from codefoundry.train.rl.rollout import ResponseBatch, response_forward
 if TYPE_CHECKING:
     from codefoundry.train.rl.trainer import RLConfig
 
-__all__ = ["UpdateInputs", "frozen_forward", "ppo_update"]
+__all__ = ["UpdateInputs", "forward_ahead", "frozen_forward", "ppo_update", "single_pass"]
 
 
 @dataclass
@@ -66,12 +66,31 @@ def _advantages(inputs: UpdateInputs, cfg: RLConfig, logp_old, logp_ref, values_
     return compute_advantages(cfg.estimator, inputs.rewards, mask, inputs.group_size, **opts), None
 
 
+def single_pass(cfg: RLConfig, rows: int) -> bool:
+    """Whether the update is one forward and backward over all `rows` rows (one epoch, one mini-batch,
+    one micro-batch): then its forward can run before the rewards are in (`forward_ahead`)."""
+    return cfg.ppo_epochs == 1 and cfg.mini_batches == 1 and rows <= cfg.micro_batch_size
+
+
+def forward_ahead(model: Transformer, batch: ResponseBatch, cfg: RLConfig, *, value_head=None):
+    """The forward `ppo_update` would run first on a `single_pass` batch, with gradients, done ahead: a
+    synchronous step runs it while the sandbox scores the last rows, then hands it to `ppo_update`
+    (`ahead=`) if every row is kept. The same rows, columns and operations, so the same values."""
+    sub = batch.rows(torch.arange(batch.mask.shape[0]))
+    return response_forward(model, sub, temperature=cfg.temperature, value_head=value_head, entropy=True,
+                            entropy_grad=cfg.entropy_coef > 0)  # fmt: skip
+
+
 def ppo_update(
     model: Transformer, optimizer: torch.optim.Optimizer, params: list[nn.Parameter], inputs: UpdateInputs,
     cfg: RLConfig, *, ref: Transformer | None = None, value_head: nn.Module | None = None, step: int = 0,
+    ahead: tuple | None = None,
 ) -> dict[str, float]:  # fmt: skip
-    """Advantages and the optimizer steps of one RL step; returns the step's update statistics."""
+    """Advantages and the optimizer steps of one RL step; returns the step's update statistics. `ahead`
+    is `forward_ahead`'s output for this batch (a `single_pass` update only)."""
     batch, B = inputs.batch, inputs.batch.mask.shape[0]
+    if ahead is not None and not single_pass(cfg, B):
+        raise ValueError("ppo_update: a forward done ahead needs a single-pass update")
     t0 = time.perf_counter()
     logp_old = values_old = logp_ref = None
     if inputs.behaviour is not None:
@@ -95,7 +114,7 @@ def ppo_update(
             for micro in mb.split(cfg.micro_batch_size):
                 tensors = (advantages, logp_old, logp_ref, values_old, returns)
                 _micro_step(model, batch.rows(micro), [_take(t, micro) for t in tensors], cfg, counts,
-                            value_head, stats)  # fmt: skip
+                            value_head, stats, ahead)  # fmt: skip
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
             stats.add_value("grad_norm", float(norm))
             stats.close_step(("pg_loss", "loss", "value_loss"))
@@ -111,9 +130,9 @@ def _take(t: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
     return None if t is None else t[rows.to(t.device)]
 
 
-def _micro_step(model, sub: ResponseBatch, tensors, cfg: RLConfig, counts, value_head, stats) -> None:
+def _micro_step(model, sub: ResponseBatch, tensors, cfg: RLConfig, counts, value_head, stats, ahead) -> None:
     adv, old, ref, v_old, returns = tensors
-    logp, ent, values = response_forward(
+    logp, ent, values = ahead or response_forward(
         model, sub, temperature=cfg.temperature, value_head=value_head, entropy=True,
         entropy_grad=cfg.entropy_coef > 0,
     )  # fmt: skip
