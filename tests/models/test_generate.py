@@ -464,8 +464,20 @@ def test_fim_exact_match_and_syntax_validity_report_fractions(tok, text_model):
     assert fim["n"] == 2 and 0 <= fim["exact_match"] <= fim["first_line_match"] <= 1
     syntax = syntax_valid_fraction(text_model, tok, examples, n=3, temperature=1.0, seed=0, max_new_tokens=12)
     assert syntax["n"] == 6 and syntax["examples"] == 2 and 0 <= syntax["syntax_valid"] <= 1
-    again = syntax_valid_fraction(text_model, tok, examples, n=3, temperature=1.0, seed=0, max_new_tokens=12)
+    records: list[dict] = []
+    again = syntax_valid_fraction(
+        text_model, tok, examples, n=3, temperature=1.0, seed=0, max_new_tokens=12, records=records
+    )
     assert again == syntax
+    # One record a sample: its body, and the parser's message exactly when the function does not parse.
+    assert [r["name"] for r in records] == [e.name for e in examples for _ in range(3)]
+    assert sum(r["error"] is None for r in records) == syntax["valid"]
+    for r, e in zip(records, [e for e in examples for _ in range(3)], strict=True):
+        try:
+            ast.parse(textwrap.dedent(e.header + r["body"]))
+            assert r["error"] is None
+        except SyntaxError as err:
+            assert r["error"] == err.msg
     handmade = InfillExample(prefix="def f():\n", middle="    return 1\n", suffix="", name="f")
     assert (
         syntax_valid_fraction(text_model, tok, [handmade], n=1, temperature=0.0, seed=0, max_new_tokens=4)[

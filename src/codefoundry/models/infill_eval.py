@@ -177,10 +177,12 @@ def syntax_valid_fraction(
     seed: int,
     max_new_tokens: int,
     batch_size: int = 16,
+    records: list[dict] | None = None,
 ) -> dict:
     """Sample `n` bodies per example after its header; the fraction that make a function `ast.parse`
     accepts. A body ends at the first non-blank line indented no deeper than the `def` (cut there), at
-    <|endoftext|> or <|file_sep|>, or after max_new_tokens."""
+    <|endoftext|> or <|file_sep|>, or after max_new_tokens. `records`, when given, gets one dict per
+    sample: name, body, ended (False when the token budget ran out first) and error (None when it parses)."""
     if not examples:
         raise ValueError("syntax_valid_fraction: no examples")
     table = token_bytes(tokenizer)
@@ -203,8 +205,13 @@ def syntax_valid_fraction(
             on_token=lambda row, tok, w=watchers: w[row].push(tok), first_tokens=firsts,
         )  # fmt: skip
         for (e, _), ids, watcher, skip in zip(chunk, out, watchers, skips, strict=True):
-            body = watcher.cut(decode_after(table, ids, skip))
-            valid += _parses(_header(e), body)
+            text = decode_after(table, ids, skip)
+            body = watcher.cut(text)
+            error = _parse_error(_header(e), body)
+            valid += error is None
+            if records is not None:
+                ended = len(ids) < new or len(body) < len(text)  # a dedent or a stop token, not the budget
+                records.append({"name": e.name, "body": body, "ended": ended, "error": error})
     total = len(jobs)
     return {"n": total, "examples": len(examples), "valid": valid, "syntax_valid": valid / total}
 
@@ -225,12 +232,15 @@ def _indent(header: str) -> int:
     return len(first) - len(first.lstrip())
 
 
-def _parses(header: str, body: str) -> bool:
+def _parse_error(header: str, body: str) -> str | None:
+    """None when the function parses, else the parser's message (without its location)."""
     try:
         ast.parse(textwrap.dedent(header + body))
-    except (SyntaxError, ValueError):
-        return False
-    return True
+    except SyntaxError as e:
+        return str(e.msg)
+    except ValueError as e:  # a NUL byte
+        return str(e)
+    return None
 
 
 class _BodyEnd:
