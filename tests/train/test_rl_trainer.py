@@ -180,6 +180,23 @@ def test_forward_run_while_scoring_changes_nothing(setup, tmp_path, monkeypatch,
     monkeypatch.setattr(RLRun, "_forward_while_scoring", lambda self, current: (None, 0.0))
     assert run("late") == early
 
+    # A sandbox error drops its group: the forward done ahead covered every row and is not used.
+    from codefoundry.train.rl.rollout import PendingRollout
+
+    scored = PendingRollout.result
+
+    def one_error(self):
+        roll, times = scored(self)
+        roll.scores[0] = Score(False, 0.0, ExecutionResult(Status.SANDBOX_ERROR, message="planted"))
+        return roll, times
+
+    monkeypatch.setattr(PendingRollout, "result", one_error)
+    late = run("late-error")
+    assert [r["sandbox_errors"] for r in late[0]] == [1, 1]
+    monkeypatch.setattr(RLRun, "_forward_while_scoring", spy)
+    taken.clear()
+    assert run("early-error") == late and taken == [True, True]
+
 
 def test_dynamic_sampling_drops_zero_variance_groups(setup, tmp_path):
     kept = config(setup, tmp_path / "keep", prompts_per_step=8)
