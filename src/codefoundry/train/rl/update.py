@@ -76,7 +76,11 @@ def forward_ahead(model: Transformer, batch: ResponseBatch, cfg: RLConfig, *, va
     """The forward `ppo_update` would run first on a `single_pass` batch, with gradients, done ahead: a
     synchronous step runs it while the sandbox scores the last rows, then hands it to `ppo_update`
     (`ahead=`) if every row is kept. The same rows, columns and operations, so the same values."""
-    sub = batch.rows(torch.arange(batch.mask.shape[0]))
+    return _policy_forward(model, batch.rows(torch.arange(batch.mask.shape[0])), cfg, value_head)
+
+
+def _policy_forward(model: Transformer, sub: ResponseBatch, cfg: RLConfig, value_head):
+    """(logp, entropy, values) of a micro-batch, with gradients: what the loss is computed from."""
     return response_forward(model, sub, temperature=cfg.temperature, value_head=value_head, entropy=True,
                             entropy_grad=cfg.entropy_coef > 0)  # fmt: skip
 
@@ -132,10 +136,7 @@ def _take(t: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
 
 def _micro_step(model, sub: ResponseBatch, tensors, cfg: RLConfig, counts, value_head, stats, ahead) -> None:
     adv, old, ref, v_old, returns = tensors
-    logp, ent, values = ahead or response_forward(
-        model, sub, temperature=cfg.temperature, value_head=value_head, entropy=True,
-        entropy_grad=cfg.entropy_coef > 0,
-    )  # fmt: skip
+    logp, ent, values = ahead or _policy_forward(model, sub, cfg, value_head)
     old = logp.detach() if old is None else old
     agg = {"agg": cfg.agg, **counts}
     loss, pg = policy_loss(logp, old, adv, sub.mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
