@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("tokenizers")
+
+from tiny_kit import fit_sequences  # noqa: E402
 
 from codefoundry.models import checkpoint as ckpt  # noqa: E402
 from codefoundry.models import tokenizer as cft  # noqa: E402
@@ -65,19 +66,7 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     seqs = [tok.encode(p.prompt).ids + tok.encode(p.canonical_solution).ids + [eot] for p in train]
     torch.manual_seed(0)
     model = Transformer(config_for_size("tiny", tok.get_vocab_size(), max_seq_len=96))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    L = max(map(len, seqs))
-    rng = random.Random(0)
-    for _ in range(150):
-        batch = rng.sample(seqs, 16)
-        ids = torch.zeros(16, L, dtype=torch.long)
-        targets = torch.full((16, L), -100)
-        for i, s in enumerate(batch):
-            ids[i, : len(s)] = torch.tensor(s)
-            targets[i, : len(s) - 1] = torch.tensor(s[1:])
-        model(ids, targets).loss.backward()
-        opt.step()
-        opt.zero_grad()
+    fit_sequences(model, seqs, steps=150)
     ckpt.save(model, policy, tokenizer=policy)
     return {"root": root, "policy": policy, "train": root / "train.jsonl", "held": root / "held.jsonl"}
 
@@ -419,3 +408,18 @@ def test_async_resume_trains_on_the_saved_batch(setup, tmp_path):
     )
     with pytest.raises(ValueError, match="async_rollouts"):
         RLRun(replace(part, resume=True, async_rollouts=False))
+
+
+def test_engine_option(setup, tmp_path):
+    """`engine` takes local or vllm; vllm without the package is a one-line error before any work (the
+    engine itself: tests/train/test_rl_vllm.py, run where vllm is installed)."""
+    from codefoundry.train.rl.vllm_engine import vllm_available
+
+    with pytest.raises(ValueError, match="RLConfig.engine"):
+        config(setup, tmp_path / "a", engine="sglang")
+    with pytest.raises(ValueError, match="RLConfig.vllm_memory"):
+        config(setup, tmp_path / "b", engine="vllm", vllm_memory=1.5)
+    if vllm_available():
+        pytest.skip("vllm is installed here")
+    with pytest.raises(ValueError, match="engine 'vllm' needs the vllm package"):
+        RLRun(config(setup, tmp_path / "c", engine="vllm"))

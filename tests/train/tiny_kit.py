@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import torch
@@ -18,3 +19,20 @@ def tiny_checkpoint(root: Path) -> Path:
     torch.manual_seed(0)
     model = Transformer(config_for_size("tiny", tok.get_vocab_size(), max_seq_len=128))
     return checkpoint.save(model, root / "ckpt", tokenizer=root / "tok")
+
+
+def fit_sequences(
+    model: Transformer, seqs: list[list[int]], *, steps: int, batch: int = 16, lr: float = 3e-3
+) -> None:
+    """Next-token training on token sequences (right-padded, loss on real tokens only), batches drawn with a
+    fixed seed: a policy that has seen the bodies it will be asked for."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    L, rng = max(map(len, seqs)), random.Random(0)
+    for _ in range(steps):
+        ids, targets = torch.zeros(batch, L, dtype=torch.long), torch.full((batch, L), -100)
+        for i, s in enumerate(rng.sample(seqs, batch)):
+            ids[i, : len(s)] = torch.tensor(s)
+            targets[i, : len(s) - 1] = torch.tensor(s[1:])
+        model(ids, targets).loss.backward()
+        opt.step()
+        opt.zero_grad()

@@ -22,7 +22,7 @@ samples of a group), the forward computes each distinct prompt once and the resp
 response, with `mask` 1 on real response tokens.
 
 Limits: log-probs are of the temperature-scaled distribution; top-p truncation at sampling time is not
-reflected in them (as in TRL and verl). One process; no vLLM engine here.
+reflected in them (as in TRL and verl). vLLM as the sampler instead: `train.rl.vllm_engine`.
 """
 
 from __future__ import annotations
@@ -134,6 +134,14 @@ class PromptCodec:
             ids += [self.im_start, *message, im_end, *newline]
         return ids + [self.im_start, *assistant]
 
+    def truncated(self, ids: Sequence[int], max_new_tokens: int) -> bool:
+        """Whether a row's generated `ids` ran out of budget without a stop id or a stop string."""
+        return (
+            len(ids) >= max_new_tokens
+            and ids[-1] not in self.stop_ids
+            and not any(s in decode(self.table, ids) for s in self.stop_strings)
+        )
+
     def completion(self, problem: Problem, ids: Sequence[int]) -> str:
         body = ids[:-1] if ids and ids[-1] in self.stop_ids else ids
         text = decode(self.table, body)
@@ -171,12 +179,7 @@ def sample_completions(
         on_done=on_done if stream is not None else None, logprobs=logprobs,
     )  # fmt: skip
     completions = [codec.completion(p, ids) for p, ids in zip(problems, out, strict=True)]
-    truncated = [
-        len(ids) >= max_new_tokens
-        and ids[-1] not in stops
-        and not any(s in decode(codec.table, ids) for s in codec.stop_strings)
-        for ids in out
-    ]
+    truncated = [codec.truncated(ids, max_new_tokens) for ids in out]
     return Rollout(list(problems), prompts, out, completions, truncated, logprobs=logprobs)
 
 

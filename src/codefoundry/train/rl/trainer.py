@@ -21,8 +21,9 @@ the ratio's old policy is the generating one (the sampler's recorded log-probs).
 Exact resume: the checkpoint holds weights, value head, optimizer, step and RNG states, and in an async run
 the batch generated ahead with its scores; problems and sampling seeds are functions of (seed, step), so
 a resumed run logs the same rewards and losses as an uninterrupted one on the same machine (timings
-aside). Limits: one process, one device; no vLLM engine;
-no DAPO refill of dropped groups (the step trains on what is left, or is skipped when nothing is).
+aside; with the vLLM engine, as far as vLLM's seeded sampling repeats itself). `engine="vllm"` samples
+through vLLM (`train.rl.vllm_engine`), synced to the policy's weights before each rollout. Limits: one
+process, one device; no DAPO refill of dropped groups (the step trains on what is left, or is skipped when nothing is).
 """
 
 from __future__ import annotations
@@ -110,6 +111,9 @@ class RLConfig:
     # One-step off-policy: step t+1's batch is generated, from a copy of the weights before step t's update
     # (one more copy of the weights in memory), on a second thread while that update runs.
     async_rollouts: bool = False
+    engine: str = "local"  # the sampler: "local" (our KV-cache generator) or "vllm" (when installed)
+    vllm_memory: float = 0.2  # engine "vllm" on a GPU: the fraction of GPU memory vLLM reserves
+    vllm_kv_cache_gib: float = 0.0  # engine "vllm": its KV cache size (0 = from vllm_memory; on CPU 1 GiB)
     vf_coef: float = 0.1  # gae only: value loss weight
     vf_clip: float = 0.5
     gamma: float = 1.0
@@ -155,6 +159,9 @@ class RLConfig:
             "save_every": self.save_every >= 0,
             "device": self.device in ("auto", "cpu", "cuda"),
             "overlong_buffer": 0 <= self.overlong_buffer <= self.max_new_tokens,
+            "engine": self.engine in ("local", "vllm"),
+            "vllm_memory": 0 < self.vllm_memory <= 1,
+            "vllm_kv_cache_gib": self.vllm_kv_cache_gib >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -234,6 +241,17 @@ class RLRun:
         self.ahead = ThreadPoolExecutor(1, thread_name_prefix="cf-rl-gen") if cfg.async_rollouts else None
         if cfg.resume:
             self._resume()
+        self.engine = None
+        if cfg.engine == "vllm":
+            from codefoundry.train.rl.vllm_engine import VLLMEngine
+
+            self.engine = VLLMEngine(
+                self.model,
+                cfg.policy,
+                seed=cfg.seed,
+                memory=cfg.vllm_memory,
+                kv_cache_gib=cfg.vllm_kv_cache_gib,
+            )
         limits = Limits(cpu_seconds=cfg.cpu_seconds)
         self.limits = limits
         self.rewards = RewardWorker(
@@ -296,6 +314,8 @@ class RLRun:
             self.ahead.shutdown(wait=True)
         self.rewards.close()
         self.logger.close()
+        if self.engine is not None:
+            self.engine.close()
 
     def pick_problems(self, step: int) -> list[Problem]:
         rng = random.Random(f"{self.cfg.seed}:{step}")
@@ -396,11 +416,17 @@ class RLRun:
         cfg = self.cfg
         if model is None:
             model, value_head = self.model, self.value_head
-        pending = start_rollout(
-            model, self.codec, self.pick_problems(step), self.rewards, group_size=cfg.group_size,
-            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-            seed=cfg.seed * 7919 + step, chunk_rows=cfg.gen_batch_size,
+        sample = dict(
+            group_size=cfg.group_size, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+            top_p=cfg.top_p, seed=cfg.seed * 7919 + step,
         )  # fmt: skip
+        problems = self.pick_problems(step)
+        if self.engine is not None:
+            pending = self.engine.rollout(model, self.codec, problems, self.rewards, **sample)
+        else:
+            pending = start_rollout(
+                model, self.codec, problems, self.rewards, chunk_rows=cfg.gen_batch_size, **sample
+            )
         if cfg.async_rollouts:
             # The sampler's own log-probs are the behaviour policy; values need the value head's forward.
             t0 = time.perf_counter()
