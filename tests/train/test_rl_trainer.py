@@ -423,3 +423,45 @@ def test_engine_option(setup, tmp_path):
         pytest.skip("vllm is installed here")
     with pytest.raises(ValueError, match="engine 'vllm' needs the vllm package"):
         RLRun(config(setup, tmp_path / "c", engine="vllm"))
+
+
+def test_safety_penalty_hook(setup, tmp_path):
+    """`safety_check` names a (problem, completion) -> risk function; `safety_penalty` times the risk is
+    subtracted from the reward (sandbox errors stay NaN), and the flagged share is logged."""
+    from codefoundry.tasks.registry import load_problems_file
+    from codefoundry.train.rl.rollout import load_safety_check, safety_risks
+
+    problem = load_problems_file(setup["train"])[0]
+    codec = PromptCodec(cft.load(setup["policy"]))
+    ok = Score(True, 1.0, ExecutionResult(Status.OK))
+    broken = Score(False, 0.0, ExecutionResult(Status.SANDBOX_ERROR, message="planted"))
+    roll = Rollout([problem] * 3, codec.encode([problem] * 3), [[1]] * 3, ["a", "b", "c"], [False] * 3,
+                   [ok, ok, broken])  # fmt: skip
+    shaped = shaped_rewards(roll, max_new_tokens=8, safety_risks=[1.0, 0.5, 1.0], safety_penalty=0.4)
+    assert shaped[:2].tolist() == pytest.approx([0.6, 0.8]) and math.isnan(shaped[2])
+
+    assert load_safety_check("tiny_kit:flag_everything")(problem, "x") == 1.0
+    for spec, message in (("nope", "expected 'module:function'"), ("no_such_mod:f", "ModuleNotFoundError"),
+                          ("tiny_kit:missing", "AttributeError"), ("tiny_kit:FAMILIES_X", "AttributeError")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            load_safety_check(spec)
+    with pytest.raises(ValueError, match=r"returned 2.0 for .*a risk is in \[0, 1\]"):
+        safety_risks(roll, lambda p, c: 2.0, "planted")
+    with pytest.raises(ValueError, match="planted failed on .*ZeroDivisionError"):
+        safety_risks(roll, lambda p, c: 1 / 0, "planted")
+    with pytest.raises(ValueError, match="RLConfig.safety_penalty"):
+        config(setup, tmp_path / "x", safety_penalty=0.5)  # a penalty with no check
+
+    # The same step with and without the hook: the same samples, rewards lower by the penalty.
+    plain = RLRun(config(setup, tmp_path / "plain"))
+    hooked = RLRun(
+        config(setup, tmp_path / "hooked", safety_check="tiny_kit:flag_everything", safety_penalty=0.25)
+    )
+    try:
+        a, b = plain.step_once(), hooked.step_once()
+    finally:
+        plain.close()
+        hooked.close()
+    assert b["reward_mean"] == pytest.approx(a["reward_mean"] - 0.25, abs=1e-6)
+    assert b["pass_rate"] == a["pass_rate"] and b["safety_flagged_frac"] == 1.0
+    assert "safety_flagged_frac" not in a

@@ -36,3 +36,8 @@ def fit_sequences(
         model(ids, targets).loss.backward()
         opt.step()
         opt.zero_grad()
+
+
+def flag_everything(problem, completion: str) -> float:
+    """A safety check (`RLConfig.safety_check="tiny_kit:flag_everything"`) that calls every completion risky."""
+    return 1.0

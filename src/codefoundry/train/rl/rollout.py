@@ -8,7 +8,8 @@ layout `models.backends.local` uses) whose reply ends at <|im_end|> and is turne
 `tasks.prompts.completion_from_chat`.
 
 Rewards: pass -> 1, fail -> 0, plus optional shaping terms (a format penalty when prompt + completion does
-not parse as Python, checked with `ast.parse` which runs nothing; DAPO's soft overlong punishment). A
+not parse as Python, checked with `ast.parse` which runs nothing; DAPO's soft overlong punishment; a
+safety penalty times the risk a pluggable check assigns the completion). A
 `sandbox_error` is the sandbox failing, not the model: such a row gets no reward and the caller drops its
 whole group (and counts it).
 
@@ -28,9 +29,10 @@ reflected in them (as in TRL and verl). vLLM as the sampler instead: `train.rl.v
 from __future__ import annotations
 
 import ast
+import importlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -57,6 +59,9 @@ __all__ = [
     "encode_prompts",
     "response_forward",
     "rollout",
+    "SafetyCheck",
+    "load_safety_check",
+    "safety_risks",
     "shaped_rewards",
     "start_rollout",
 ]
@@ -342,19 +347,21 @@ def rollout(
 
 def shaped_rewards(
     roll: Rollout, *, max_new_tokens: int, format_penalty: float = 0.0, overlong_buffer: int = 0,
-    overlong_penalty: float = 0.0,
+    overlong_penalty: float = 0.0, safety_risks: Sequence[float] | None = None, safety_penalty: float = 0.0,
 ) -> torch.Tensor:  # fmt: skip
     """(B,) float32: 1 for a pass, 0 otherwise, minus `format_penalty` when prompt + completion does not
     parse, plus `overlong_penalty` times DAPO's soft overlong term (0 up to max_new - buffer tokens, then
-    falling linearly to -1 at max_new). Rows with a sandbox error get NaN: they are not rewards."""
+    falling linearly to -1 at max_new), minus `safety_penalty` times each row's risk in [0, 1] (from
+    `safety_risks`). Rows with a sandbox error get NaN: they are not rewards."""
     out = []
-    for problem, ids, completion, score in zip(
-        roll.problems, roll.response_ids, roll.completions, roll.scores, strict=True
+    risks = safety_risks if safety_risks is not None else [0.0] * len(roll.scores)
+    for problem, ids, completion, score, risk in zip(
+        roll.problems, roll.response_ids, roll.completions, roll.scores, risks, strict=True
     ):
         if score.infrastructure_error:
             out.append(float("nan"))
             continue
-        r = score.reward
+        r = score.reward - safety_penalty * risk
         if format_penalty and problem.language == "python" and not _parses(problem.program(completion)):
             r -= format_penalty
         if overlong_penalty and overlong_buffer > 0:
@@ -363,6 +370,39 @@ def shaped_rewards(
                 r += overlong_penalty * max(-1.0, (room - len(ids)) / overlong_buffer)
         out.append(r)
     return torch.tensor(out, dtype=torch.float32)
+
+
+# A safety check: (problem, completion) -> risk in [0, 1] (a bool is 0 or 1), 0 for nothing found.
+SafetyCheck = Callable[[Problem, str], float]
+
+
+def load_safety_check(spec: str) -> SafetyCheck:
+    """The function `spec` names as "module:function" (importable from the running interpreter)."""
+    module_name, _, name = spec.partition(":")
+    if not module_name or not name:
+        raise ValueError(f"safety check {spec!r}: expected 'module:function'")
+    try:
+        check = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"safety check {spec!r}: {type(e).__name__}: {e}") from None
+    if not callable(check):
+        raise ValueError(f"safety check {spec!r} is not callable")
+    return check
+
+
+def safety_risks(roll: Rollout, check: SafetyCheck, name: str = "safety check") -> list[float]:
+    """Each row's risk by `check`, validated: a hook that raises or answers outside [0, 1] stops the step
+    with a message naming it, rather than shaping rewards with garbage."""
+    risks = []
+    for problem, completion in zip(roll.problems, roll.completions, strict=True):
+        try:
+            risk = float(check(problem, completion))
+        except Exception as e:
+            raise ValueError(f"{name} failed on {problem.task_id}: {type(e).__name__}: {e}") from e
+        if not 0.0 <= risk <= 1.0:
+            raise ValueError(f"{name} returned {risk!r} for {problem.task_id}; a risk is in [0, 1]")
+        risks.append(risk)
+    return risks
 
 
 def _parses(source: str) -> bool:

@@ -55,6 +55,8 @@ from codefoundry.train.rl.rollout import (
     RewardWorker,
     Rollout,
     collate,
+    load_safety_check,
+    safety_risks,
     shaped_rewards,
     start_rollout,
 )
@@ -119,6 +121,8 @@ class RLConfig:
     gamma: float = 1.0
     lam: float = 0.95
     format_penalty: float = 0.0  # subtracted when prompt + completion does not parse
+    safety_check: str = ""  # "module:function" (problem, completion) -> risk in [0, 1]; "" = none
+    safety_penalty: float = 0.0  # subtracted times the risk
     overlong_buffer: int = 0  # DAPO soft overlong punishment: tokens before max_new_tokens where it starts
     overlong_penalty: float = 0.0  # its weight (0 = off)
     cpu_seconds: float = 5.0  # sandbox CPU limit per completion
@@ -160,6 +164,7 @@ class RLConfig:
             "device": self.device in ("auto", "cpu", "cuda"),
             "overlong_buffer": 0 <= self.overlong_buffer <= self.max_new_tokens,
             "engine": self.engine in ("local", "vllm"),
+            "safety_penalty": self.safety_penalty >= 0 and (self.safety_check or not self.safety_penalty),
             "vllm_memory": 0 < self.vllm_memory <= 1,
             "vllm_kv_cache_gib": self.vllm_kv_cache_gib >= 0,
         }
@@ -241,6 +246,7 @@ class RLRun:
         self.ahead = ThreadPoolExecutor(1, thread_name_prefix="cf-rl-gen") if cfg.async_rollouts else None
         if cfg.resume:
             self._resume()
+        self.safety = load_safety_check(cfg.safety_check) if cfg.safety_check else None
         self.engine = None
         if cfg.engine == "vllm":
             from codefoundry.train.rl.vllm_engine import VLLMEngine
@@ -341,11 +347,15 @@ class RLRun:
         if self.ahead is not None and self.step + 1 < cfg.steps:
             ahead = self.ahead.submit(self._generate, self.step + 1, *self._weights_behind())
         self.model.train()
+        risks = None if self.safety is None else safety_risks(roll, self.safety, cfg.safety_check)
         rewards = shaped_rewards(
             roll, max_new_tokens=cfg.max_new_tokens, format_penalty=cfg.format_penalty,
             overlong_buffer=cfg.overlong_buffer, overlong_penalty=cfg.overlong_penalty,
+            safety_risks=risks, safety_penalty=cfg.safety_penalty,
         )  # fmt: skip
         keep, record = self._select_groups(rewards, roll)
+        if risks is not None:
+            record["safety_flagged_frac"] = sum(r > 0 for r in risks) / len(risks)
         rows = keep.repeat_interleave(G).nonzero().squeeze(1).tolist()
         t_update = time.perf_counter()
         if early is not None and len(rows) != len(roll.response_ids):
