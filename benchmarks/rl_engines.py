@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -25,11 +24,8 @@ from codefoundry.models import tokenizer as cft
 from codefoundry.models.config import config_for_size
 from codefoundry.models.transformer import Transformer
 from codefoundry.tasks import parametric
-from codefoundry.tasks.registry import parametric_problem
+from codefoundry.tasks.registry import parametric_problem, write_problems_file
 from codefoundry.train.rl.trainer import RLConfig, RLRun
-
-sys.path.insert(0, str(Path(__file__).parent))
-from rl_step import write_tasks  # noqa: E402
 
 
 def main() -> None:
@@ -43,7 +39,7 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="cf-rl-engines-"))
     problems = [parametric_problem(p) for p in parametric.generate(64, seed=0)]
-    task_file = write_tasks(root / "problems.jsonl", problems)
+    task_file = write_problems_file(root / "problems.jsonl", problems)
     tok = cft.train_texts(
         [p.prompt + p.canonical_solution for p in problems], vocab_size=512, out=root / "policy"
     )

@@ -40,23 +40,9 @@ from codefoundry.models.transformer import Transformer
 from codefoundry.tasks import parametric
 from codefoundry.tasks.problem import evaluate_many
 from codefoundry.tasks.prompts import truncate_completion
-from codefoundry.tasks.registry import parametric_problem
+from codefoundry.tasks.registry import parametric_problem, write_problems_file
 from codefoundry.train.rl.rollout import PLAIN_STOP_STRINGS
 from codefoundry.train.rl.trainer import RLConfig, RLRun
-
-
-def write_tasks(path: Path, problems) -> Path:
-    """The problems as a problem JSONL, the form `codefoundry rl --task` reads."""
-    with path.open("w") as f:
-        for p in problems:
-            rec = {
-                "task_id": p.task_id,
-                "prompt": p.prompt,
-                "entry_point": p.entry_point,
-                "tests": list(p.tests),
-            }
-            f.write(json.dumps(rec) + "\n")
-    return path
 
 
 def build_policy(root: Path, size: str, problems) -> Path:
@@ -208,7 +194,7 @@ def main() -> None:
     problems = [parametric_problem(p) for p in parametric.generate(64, seed=0)]
     with tempfile.TemporaryDirectory(prefix="cf-rl-bench-") as tmp:
         root = Path(tmp)
-        task_file = write_tasks(root / "problems.jsonl", problems)
+        task_file = write_problems_file(root / "problems.jsonl", problems)
         policy = Path(args.policy) if args.policy else build_policy(root, args.size, problems)
         load_before = os.getloadavg()
         ours = run_ours(policy, task_file, root, args)

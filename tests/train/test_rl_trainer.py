@@ -24,6 +24,7 @@ from codefoundry.models.transformer import Transformer  # noqa: E402
 from codefoundry.sandbox import ExecutionResult, Status  # noqa: E402
 from codefoundry.tasks import parametric  # noqa: E402
 from codefoundry.tasks.problem import Problem, Score  # noqa: E402
+from codefoundry.tasks.registry import write_problems_file  # noqa: E402
 from codefoundry.train.metrics import read_metrics  # noqa: E402
 from codefoundry.train.rl import ESTIMATORS  # noqa: E402
 from codefoundry.train.rl.rollout import (  # noqa: E402
@@ -42,14 +43,6 @@ FAMILIES = ("add_k", "sub_k", "reverse_string", "upper_string")
 TIMING = ("time_", "tokens_per_s", "elapsed_s", "reward_share", "reward_runs", "seconds")
 
 
-def _write_problems(path: Path, problems) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for p in problems:
-            rec = {"task_id": p.task_id, "prompt": p.prompt, "entry_point": p.entry_point,
-                   "tests": list(p.tests), "canonical_solution": p.canonical_solution}  # fmt: skip
-            f.write(json.dumps(rec) + "\n")
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict[str, Path]:
     """Problem files (train / held-out) and a tiny policy fine-tuned on the training prompts' canonical
@@ -57,8 +50,8 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("rl")
     drawn = parametric.generate(60, seed=3, families=FAMILIES)
     train, held = drawn[:48], drawn[48:]
-    _write_problems(root / "train.jsonl", train)
-    _write_problems(root / "held.jsonl", held)
+    write_problems_file(root / "train.jsonl", train)
+    write_problems_file(root / "held.jsonl", held)
     policy = root / "policy"
     tok = cft.train_texts([p.prompt + p.canonical_solution for p in drawn], vocab_size=300, out=policy)
     eot = tok.token_to_id(cft.EOT)
@@ -206,19 +199,12 @@ def test_all_equal_rewards_skip_the_update(setup, tmp_path):
     problems = [
         Problem(f"x/{i}", f"def f{i}(x: int) -> int:\n", f"f{i}", ("assert False",)) for i in range(4)
     ]
-    _write_problems_plain(impossible, problems)
+    write_problems_file(impossible, problems)
     cfg = config(setup, tmp_path / "none", task=str(impossible), dynamic_sampling=True)
     rl(cfg)
     (rec,) = train_records(tmp_path / "none")
     assert rec["frac_zero_std"] == 1.0 and rec["groups_dropped"] == 4 and rec["update_skipped"] == 1
     assert param_digest(ckpt.load(tmp_path / "none" / "checkpoint")) == param_digest(ckpt.load(cfg.policy))
-
-
-def _write_problems_plain(path: Path, problems: list[Problem]) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for p in problems:
-            f.write(json.dumps({"task_id": p.task_id, "prompt": p.prompt, "entry_point": p.entry_point,
-                                "tests": list(p.tests)}) + "\n")  # fmt: skip
 
 
 def test_resume_reproduces_the_uninterrupted_run(setup, tmp_path):

@@ -4,7 +4,6 @@ do; a synchronous and an asynchronous RL run train through it."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +21,7 @@ from codefoundry.models.config import MoEConfig, config_for_size  # noqa: E402
 from codefoundry.models.generate import decode  # noqa: E402
 from codefoundry.models.transformer import Transformer  # noqa: E402
 from codefoundry.tasks import parametric  # noqa: E402
-from codefoundry.tasks.registry import load_problems_file  # noqa: E402
+from codefoundry.tasks.registry import load_problems_file, write_problems_file  # noqa: E402
 from codefoundry.train.rl.rollout import PromptCodec, RewardWorker, collate, response_forward  # noqa: E402
 from codefoundry.train.rl.trainer import RLConfig, RLRun  # noqa: E402
 from codefoundry.train.rl.vllm_engine import VLLMEngine  # noqa: E402
@@ -38,15 +37,7 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     problems' canonical bodies, so that samples pass some of the time."""
     root = tmp_path_factory.mktemp("rl_vllm")
     drawn = parametric.generate(40, seed=3, families=FAMILIES)
-    with (root / "train.jsonl").open("w", encoding="utf-8") as f:
-        for p in drawn:
-            rec = {
-                "task_id": p.task_id,
-                "prompt": p.prompt,
-                "entry_point": p.entry_point,
-                "tests": list(p.tests),
-            }
-            f.write(json.dumps(rec) + "\n")
+    write_problems_file(root / "train.jsonl", drawn)
     policy = root / "policy"
     tok = cft.train_texts([p.prompt + p.canonical_solution for p in drawn], vocab_size=300, out=policy)
     eot = tok.token_to_id(cft.EOT)

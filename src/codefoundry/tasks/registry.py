@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,6 +71,25 @@ def get_task(name: str, *, limits: Limits | None = None) -> ExecutionTask:
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
     return ExecutionTask(name, TASKS[name], limits)
+
+
+def write_problems_file(path: str | Path, problems) -> Path:
+    """Problems (`Problem`s, or anything with task_id, prompt, entry_point and tests) as the JSONL that
+    `load_problems_file` reads back; setup and canonical_solution are written when present."""
+    path = Path(path)
+    with path.open("w", encoding="utf-8") as f:
+        for p in problems:
+            rec = {
+                "task_id": p.task_id,
+                "prompt": p.prompt,
+                "entry_point": p.entry_point,
+                "tests": list(p.tests),
+            }
+            for extra in ("setup", "canonical_solution"):
+                if getattr(p, extra, ""):
+                    rec[extra] = getattr(p, extra)
+            f.write(json.dumps(rec) + "\n")
+    return path
 
 
 def load_problems_file(path: str | Path) -> list[Problem]:
