@@ -21,9 +21,13 @@ the ratio's old policy is the generating one (the sampler's recorded log-probs).
 Exact resume: the checkpoint holds weights, value head, optimizer, step and RNG states, and in an async run
 the batch generated ahead with its scores; problems and sampling seeds are functions of (seed, step), so
 a resumed run logs the same rewards and losses as an uninterrupted one on the same machine (timings
-aside; with the vLLM engine, as far as vLLM's seeded sampling repeats itself). `engine="vllm"` samples
-through vLLM (`train.rl.vllm_engine`), synced to the policy's weights before each rollout. Limits: one
-process, one device; no DAPO refill of dropped groups (the step trains on what is left, or is skipped when nothing is).
+aside; with the vLLM engine, as far as vLLM's seeded sampling repeats itself).
+
+`engine="vllm"` samples through vLLM (`train.rl.vllm_engine`), synced to the policy's weights before each
+rollout. `safety_check` plugs a risk function into the reward (see `rollout.shaped_rewards`).
+
+Limits: one process, one device; no DAPO refill of dropped groups (the step trains on what is left, or
+is skipped when nothing is).
 """
 
 from __future__ import annotations
