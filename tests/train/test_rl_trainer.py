@@ -15,12 +15,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("tokenizers")
 
-from tiny_kit import fit_sequences  # noqa: E402
+from tiny_kit import fine_tuned_policy  # noqa: E402
 
 from codefoundry.models import checkpoint as ckpt  # noqa: E402
 from codefoundry.models import tokenizer as cft  # noqa: E402
-from codefoundry.models.config import config_for_size  # noqa: E402
-from codefoundry.models.transformer import Transformer  # noqa: E402
 from codefoundry.sandbox import ExecutionResult, Status  # noqa: E402
 from codefoundry.tasks import parametric  # noqa: E402
 from codefoundry.tasks.problem import Problem, Score  # noqa: E402
@@ -52,15 +50,7 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     train, held = drawn[:48], drawn[48:]
     write_problems_file(root / "train.jsonl", train)
     write_problems_file(root / "held.jsonl", held)
-    policy = root / "policy"
-    tok = cft.train_texts([p.prompt + p.canonical_solution for p in drawn], vocab_size=300, out=policy)
-    eot = tok.token_to_id(cft.EOT)
-    # Prompt and body tokenized apart, as at sampling time (the prompt's last "\n" stays its own token).
-    seqs = [tok.encode(p.prompt).ids + tok.encode(p.canonical_solution).ids + [eot] for p in train]
-    torch.manual_seed(0)
-    model = Transformer(config_for_size("tiny", tok.get_vocab_size(), max_seq_len=96))
-    fit_sequences(model, seqs, steps=150)
-    ckpt.save(model, policy, tokenizer=policy)
+    policy = fine_tuned_policy(root / "policy", drawn, train, steps=150)
     return {"root": root, "policy": policy, "train": root / "train.jsonl", "held": root / "held.jsonl"}
 
 

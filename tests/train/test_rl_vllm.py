@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("vllm")
 
-from tiny_kit import fit_sequences  # noqa: E402
+from tiny_kit import fine_tuned_policy  # noqa: E402
 
 from codefoundry.models import checkpoint as ckpt  # noqa: E402
 from codefoundry.models import tokenizer as cft  # noqa: E402
@@ -38,15 +38,7 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("rl_vllm")
     drawn = parametric.generate(40, seed=3, families=FAMILIES)
     write_problems_file(root / "train.jsonl", drawn)
-    policy = root / "policy"
-    tok = cft.train_texts([p.prompt + p.canonical_solution for p in drawn], vocab_size=300, out=policy)
-    eot = tok.token_to_id(cft.EOT)
-    seqs = [tok.encode(p.prompt).ids + tok.encode(p.canonical_solution).ids + [eot] for p in drawn]
-    torch.manual_seed(0)
-    cfg = replace(config_for_size("tiny", tok.get_vocab_size(), max_seq_len=96), n_heads=2, n_kv_heads=1)
-    model = Transformer(cfg)
-    fit_sequences(model, seqs, steps=120)
-    ckpt.save(model, policy, tokenizer=policy)
+    policy = fine_tuned_policy(root / "policy", drawn, drawn, steps=120, n_heads=2, n_kv_heads=1)
     return {"root": root, "policy": policy, "train": root / "train.jsonl"}
 
 
