@@ -93,7 +93,7 @@ def export_hf(ckpt: str | Path, out: str | Path, *, allow_dropless: bool = False
 
     state = hf_state_dict(model)
     dtype = str(model.embed.weight.dtype).removeprefix("torch.")
-    _write_weights(state, out / WEIGHTS)
+    write_weights(state, out / WEIGHTS)
     (out / INDEX).unlink(missing_ok=True)  # a stale shard index would point loaders at other files
     config = hf_config(cfg, arch, dtype=dtype, token_ids=token_ids)
     _write_json(out / "config.json", config)
@@ -143,7 +143,7 @@ def to_transformers(model: Transformer, *, attn_implementation: str = "sdpa"):
     dtype = str(model.embed.weight.dtype).removeprefix("torch.")
     none = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
     with tempfile.TemporaryDirectory(prefix="cf-hf-") as tmp:
-        _write_weights(hf_state_dict(model), Path(tmp) / WEIGHTS)
+        write_weights(hf_state_dict(model), Path(tmp) / WEIGHTS)
         _write_json(Path(tmp) / "config.json", hf_config(model.cfg, arch, dtype=dtype, token_ids=none))
         hf = transformers.AutoModelForCausalLM.from_pretrained(
             tmp, attn_implementation=attn_implementation, dtype=model.embed.weight.dtype
@@ -300,7 +300,7 @@ def _vocab(path: Path) -> dict[str, int]:
     return vocab
 
 
-def _write_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+def write_weights(state: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")  # renamed into place: a killed export leaves no torn file

@@ -47,7 +47,14 @@ import torch
 from torch import nn
 
 from codefoundry.models import checkpoint
-from codefoundry.models.hf import hf_architecture, hf_config, hf_state_dict, special_token_ids
+from codefoundry.models.hf import (
+    WEIGHTS,
+    hf_architecture,
+    hf_config,
+    hf_state_dict,
+    special_token_ids,
+    write_weights,
+)
 from codefoundry.models.transformer import Transformer
 from codefoundry.tasks.problem import Problem
 from codefoundry.train.rl.rollout import PendingRollout, PromptCodec, RewardWorker, Rollout
@@ -94,10 +101,10 @@ class VLLMEngine:
         self._synced: tuple | None = None
         self.syncs = 0
         try:
-            self._write_config(policy, Path(tokenizer_dir))
+            dtype = str(policy.embed.weight.dtype).removeprefix("torch.")
+            self._write_config(policy, Path(tokenizer_dir), dtype)
             self._write_weights(policy)
             self._synced = _weights_key(policy)
-            dtype = str(policy.embed.weight.dtype).removeprefix("torch.")
             if not kv_cache_gib and policy.embed.weight.device.type == "cpu":
                 kv_cache_gib = CPU_KV_CACHE_GIB
             sizing = {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30)} if kv_cache_gib else {}
@@ -111,9 +118,8 @@ class VLLMEngine:
             self.close()
             raise ValueError(f"engine 'vllm' could not start on this model: {_one_line(e)}") from e
 
-    def _write_config(self, model: Transformer, tokenizer_dir: Path) -> None:
+    def _write_config(self, model: Transformer, tokenizer_dir: Path, dtype: str) -> None:
         checkpoint.copy_tokenizer(tokenizer_dir, self.dir)
-        dtype = str(model.embed.weight.dtype).removeprefix("torch.")
         config = hf_config(
             model.cfg, hf_architecture(model.cfg), dtype=dtype, token_ids=special_token_ids(self.dir)
         )
@@ -121,14 +127,10 @@ class VLLMEngine:
         (self.dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     def _write_weights(self, model: Transformer) -> None:
-        from safetensors.torch import save_file
-
         with torch.no_grad():
             state = {k: v.detach().to("cpu").contiguous() for k, v in hf_state_dict(model).items()}
             state.setdefault("lm_head.weight", model.lm_head.weight.detach().to("cpu").clone())
-        tmp = self.dir / "model.safetensors.tmp"
-        save_file(state, str(tmp), metadata={"format": "pt"})
-        tmp.replace(self.dir / "model.safetensors")
+        write_weights(state, self.dir / WEIGHTS)
 
     def sync(self, model: nn.Module) -> bool:
         """Give vLLM `model`'s weights if they changed since the last sync; True when they were sent."""
