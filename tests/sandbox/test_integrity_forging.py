@@ -15,7 +15,7 @@ from integrity_kit import (
     src,
 )
 
-from codefoundry.sandbox import Status
+from codefoundry.sandbox import Judge, Status
 
 
 # -- baseline --------------------------------------------------------------------------------------------------
@@ -299,6 +299,45 @@ def test_int_subclass_compared_by_value():
     r = judged(prog)
     assert_not_forged(r, Status.FAILED)
     assert r.tests_passed == 0, brief(r)
+
+
+@pytest.mark.parametrize(
+    ("items", "kind"),
+    [("[AlwaysEq(0)]", "list"), ("(1.5, AlwaysEq(0))", "tuple"), ("{AlwaysEq(0), 'a'}", "set"),
+     ("[True, AlwaysEq(0)]", "list")],
+)  # fmt: skip
+def test_int_subclass_inside_a_flat_collection(items, kind):
+    """A flat collection of scalars crosses without a per-item walk only when every item's type is exactly a
+    builtin scalar: a subclass among them sends it the slow way, where it becomes a plain int."""
+    prog = src(f"""
+        class AlwaysEq(int):
+            def __eq__(self, other): return True
+            def __ne__(self, other): return False
+            __hash__ = int.__hash__
+        def add(a, b):
+            return {items}
+    """)
+    judge = Judge(tests=(f"x = add(1, 2)\nassert type(x) is {kind} and 3 in x",), entry_point="add")
+    assert_not_forged(judged(prog, judge), Status.FAILED)
+
+
+def test_malformed_reply_cannot_raise_what_the_test_expects():
+    """A test that expects an exception from the entry point: the program answers the call with a frame the
+    judge cannot decode. That must read as the program no longer answering, never as that exception raised
+    by the call."""
+    for reply, error in [(b'["r", {"t": [1], "x": 1}]', "ValueError"),
+                         (b'["r", {"c": ["0x1p99999", "0x0p0"]}]', "OverflowError")]:  # fmt: skip
+        prog = src(f"""
+            import os
+            def add(a, b):
+                body = {reply!r}
+                os.write(4, len(body).to_bytes(4, "big") + body)
+                os._exit(0)
+        """)
+        test = (
+            f"try:\n    add(1, 2)\nexcept {error}:\n    pass\nelse:\n    raise AssertionError('no {error}')"
+        )
+        assert_not_forged(judged(prog, Judge(tests=(test,), entry_point="add")), Status.FAILED)
 
 
 def test_deeply_nested_return_value():

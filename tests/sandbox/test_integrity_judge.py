@@ -252,6 +252,14 @@ RETURN_CASES = {
             "import math\nx = f()\nassert math.copysign(1, x[2]) == -1 and math.isnan(x[3])",
         ],
     ),  # fmt: skip
+    "flat_collections": (
+        "return ([1, 2.5, 'a', None, True], [2 ** 53, 1], (float('nan'), 2 ** 60), {1.5, -0.0}, [-(2 ** 53) + 1])",
+        [
+            "x = f()\nassert x[0] == [1, 2.5, 'a', None, True] and x[0][4] is True and x[1] == [2 ** 53, 1]",
+            "import math\nx = f()\nassert math.isnan(x[2][0]) and x[2][1] == 2 ** 60 and type(x[2]) is tuple",
+            "x = f()\nassert x[3] == {1.5, 0.0} and type(x[3]) is set and x[4] == [-(2 ** 53) + 1]",
+        ],
+    ),  # fmt: skip
     "none": ("return None", ["assert f() is None"]),
     "bool": (
         "return (True, False)",
@@ -276,6 +284,18 @@ RETURN_CASES = {
         ["assert f() == {'k': [(1, {2, 3}), {'x': None}], 'f': frozenset({1}), 't': ((), [()])}"],
     ),
 }
+
+
+def test_plain_arguments_reach_the_program_exactly():
+    """What the tests pass crosses the other way: flat lists of scalars as themselves, the rest tagged."""
+    tests = (
+        "import math\nx = f([0.1, -0.0, 2 ** 60, True, None, 'z'], (1.5, float('inf')), [float('nan')])\n"
+        "assert x[0] == [0.1, -0.0, 2 ** 60, True, None, 'z'] and math.copysign(1, x[0][1]) == -1\n"
+        "assert x[1] == (1.5, float('inf')) and type(x[1]) is tuple and math.isnan(x[2][0])",
+        "assert f([2 ** 53 - 1, -(2 ** 53)], {'k': [1.25]}) == ([2 ** 53 - 1, -(2 ** 53)], {'k': [1.25]})",
+    )
+    r = judged("def f(*args):\n    return args\n", Judge(tests=tests, entry_point="f"))
+    assert_passes(r, len(tests))
 
 
 @pytest.mark.parametrize("case", list(RETURN_CASES), ids=list(RETURN_CASES))
