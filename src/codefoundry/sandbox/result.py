@@ -46,7 +46,8 @@ class Limits:
         return max(3.0 * self.cpu_seconds, self.cpu_seconds + 2.0)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"wall_seconds": self.wall}
+        # Every field is a scalar: no need for dataclasses.asdict's deep copy (part of every request).
+        return {name: getattr(self, name) for name in _LIMIT_FIELDS} | {"wall_seconds": self.wall}
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,7 @@ class ExecutionResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExecutionResult:
-        known = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
+        kw = {k: v for k, v in d.items() if k in _RESULT_FIELDS}
         kw["status"] = Status(kw["status"])
         kw["isolation"] = Isolation(kw.get("isolation", "namespaces"))
         kw["tests"] = tuple(TestOutcome(**t) for t in kw.get("tests", ()))
@@ -126,3 +126,7 @@ class ExecutionResult:
     @classmethod
     def sandbox_error(cls, message: str, isolation: Isolation = Isolation.NAMESPACES) -> ExecutionResult:
         return cls(status=Status.SANDBOX_ERROR, message=message[:500], isolation=isolation)
+
+
+_LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(Limits))
+_RESULT_FIELDS = frozenset(f.name for f in dataclasses.fields(ExecutionResult))
