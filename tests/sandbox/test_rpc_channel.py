@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 
 import pytest
 
@@ -96,6 +97,17 @@ def test_frames_that_arrive_in_one_read_are_all_received(pair):
     os.write(a.wfd, data[7000:])
     for i in range(3):
         assert b.decode(b.recv()[1]) == [i, "x" * 5000 * i]
+
+
+def test_a_large_frame_arrives_whole(pair):
+    """A frame of several MB comes through the pipe in many reads (the writer runs on a thread)."""
+    a, b = pair
+    value = ["x" * (3 << 20), list(range(50_000))]
+    writer = threading.Thread(target=lambda: a.send(["r", a.encode(value)]))
+    writer.start()
+    got = b.decode(b.recv()[1])
+    writer.join()
+    assert got == value
 
 
 def test_a_frame_cut_short_is_peer_gone(pair):

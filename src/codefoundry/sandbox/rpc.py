@@ -88,11 +88,15 @@ class Channel:
     # -- framing ---------------------------------------------------------------------------------
     def _read(self, n: int) -> bytes:
         data = self._pending
-        while len(data) < n:
-            chunk = os.read(self.rfd, max(n - len(data), 4096))
-            if not chunk:
-                raise PeerGone("the other side closed the channel")
-            data += chunk
+        if len(data) < n:
+            chunks, have = [data], len(data)
+            while have < n:  # at least 4 KiB a read: a frame's header and body, when small, in one
+                chunk = os.read(self.rfd, max(n - have, 4096))
+                if not chunk:
+                    raise PeerGone("the other side closed the channel")
+                chunks.append(chunk)
+                have += len(chunk)
+            data = b"".join(chunks)
         self._pending = data[n:]
         return data[:n]
 
