@@ -24,9 +24,11 @@ on both sides.
 from __future__ import annotations
 
 import builtins
+import importlib
 import json
 import os
 import struct
+import sys
 
 MAX_FRAME = 16 << 20
 MAX_DEPTH = 100
@@ -71,8 +73,10 @@ class RemoteError(Exception):
     """An exception raised on the other side whose type is not a builtin exception."""
 
 
-class PeerGone(Exception):
-    """The other process closed the channel or sent something that is not a valid message."""
+class PeerGone(BaseException):
+    """The other process closed the channel or sent something that is not a valid message. A
+    BaseException, so that test code's `except Exception:` cannot take a program that stopped answering
+    for one that raised (a test expecting an error would pass); `run_judge` catches it."""
 
 
 class Channel:
@@ -104,10 +108,11 @@ class Channel:
         (size,) = struct.unpack(">I", self._read(4))
         if size > MAX_FRAME:
             raise PeerGone(f"message of {size} bytes is over the {MAX_FRAME} byte limit")
+        body = self._read(size)
         try:
-            msg = _decode_json(self._read(size).decode("utf-8"))
-        except ValueError as e:
-            raise PeerGone(f"malformed message: {e}") from None
+            msg = _decode_json(body.decode("utf-8"))
+        except Exception as e:  # ValueError, or RecursionError for JSON nested 100,000 deep
+            raise PeerGone(f"malformed message: {type(e).__name__}") from None
         if not isinstance(msg, list) or not msg or msg[0] not in ("q", "r", "e"):
             raise PeerGone("malformed message")
         return msg
@@ -218,7 +223,12 @@ class Channel:
             if msg[0] == "r" and len(msg) == 2:
                 return self.decode(msg[1])
             if msg[0] == "e" and len(msg) == 3:
-                raise _rebuild_exception(msg[1], msg[2])
+                error = _rebuild_exception(msg[1], msg[2])
+                if isinstance(error, StopIteration) and op != "next":
+                    # As Python does for generators (PEP 479): a StopIteration out of a call would silently
+                    # end the map(), filter() or zip() the test iterates, and all() of nothing is True.
+                    error = RuntimeError(f"the program raised StopIteration ({op})")
+                raise error
             raise PeerGone("malformed reply")
 
     def serve_one(self, msg: list) -> None:
@@ -369,7 +379,12 @@ class Remote:
         return _expect(self._op("index"), int)
 
     def __contains__(self, item: object) -> bool:
-        return self._op("contains", item) is True
+        # Forwarded only for a handle of the same owner, as for ==: `expected in result` must not hand the
+        # expected value to the program. Otherwise by iteration, as Python does for a class without
+        # __contains__, comparing the plain values here.
+        if isinstance(item, Remote) and item._channel is self._channel and item._owner == self._owner:
+            return self._op("contains", item) is True
+        return any(value is item or value == item for value in self)
 
     def __eq__(self, other: object) -> bool:
         # Forwarded only between two handles of the same owner: the owner never sees our values.
@@ -398,7 +413,16 @@ def _plain_judge_attribute(op: object, operands: list, channel: Channel) -> bool
     except Exception:
         return False
     cls = type(target)
-    return getattr(cls, "__module__", None) == JUDGE_MODULE and not isinstance(target, type)
+    if getattr(cls, "__module__", None) != JUDGE_MODULE or isinstance(target, type):
+        return False
+    if op == "setattr":
+        # Never over a method or other descriptor of the class: an instance attribute would shadow it,
+        # and the test's own `node.holds(2)` would run the program's function.
+        for klass in cls.__mro__:
+            if operands[1] in vars(klass):
+                attr = vars(klass)[operands[1]]
+                return not (callable(attr) or hasattr(type(attr), "__get__"))
+    return True
 
 
 def _index(obj: object) -> int:
@@ -446,10 +470,24 @@ def _as_base(obj: object, base: type) -> object:
     return base(base.__iter__(obj))  # type: ignore[attr-defined]
 
 
+# Builtin exceptions whose constructor takes more than a message.
+_REBUILD = {
+    "UnicodeDecodeError": lambda text: UnicodeDecodeError("utf-8", b"", 0, 0, text),
+    "UnicodeEncodeError": lambda text: UnicodeEncodeError("utf-8", "", 0, 0, text),
+    "UnicodeTranslateError": lambda text: UnicodeTranslateError("", 0, 0, text),
+    "ExceptionGroup": lambda text: ExceptionGroup(text, [RemoteError(text)]),
+}
+
+
 def _rebuild_exception(name: object, message: object) -> BaseException:
+    """The program's exception, as the builtin of that name when there is one. Never anything that
+    building it raised: a TypeError out of a constructor would reach a test expecting TypeError."""
     text = message if type(message) is str else ""
     if type(name) is str and name in _SAFE_EXCEPTIONS and name != "StopAsyncIteration":
-        return getattr(builtins, name)(text)
+        try:
+            return _REBUILD.get(name, getattr(builtins, name))(text)
+        except Exception:
+            pass
     return RemoteError(f"{name}: {text}")
 
 
@@ -510,6 +548,7 @@ class _TestScope(dict):
     def __init__(self, ns: dict, channel: Channel) -> None:
         super().__init__()
         self.ns, self.channel = ns, channel
+        self.program_names: set[str] = set()  # names found to be the program's own (not standard) objects
 
     def __getitem__(self, name: str) -> object:
         if name in self.ns:
@@ -520,7 +559,37 @@ class _TestScope(dict):
             self.channel.request("exists", ["name", name])
         except NameError:
             raise KeyError(name) from None
+        if name not in self.program_names:
+            standard = self._standard(name)
+            if standard is not None:
+                self.ns[name] = standard
+                return standard
+            self.program_names.add(name)
         return _NamedRemote(self.channel, name)
+
+    def _standard(self, name: str) -> object | None:
+        """The judge's own standard-library object for a name the program bound to one (tests that use
+        `math.isclose` relying on the solution's `import math`), or None: the program's object would be
+        its to patch (`math.isclose = lambda *a: True`). A module is imported by the name the test wrote;
+        anything else by the `__module__` and `__qualname__` the program reports, among modules the judge
+        has loaded already. A lie can only get the test a genuine standard object."""
+        top = sys.stdlib_module_names
+        if name in top:
+            try:
+                return importlib.import_module(name)
+            except Exception:
+                return None
+        try:
+            module = self.channel.request("getattr", ["name", name], "__module__")
+            qualname = self.channel.request("getattr", ["name", name], "__qualname__")
+        except Exception:
+            return None
+        if type(module) is not str or type(qualname) is not str or module.partition(".")[0] not in top:
+            return None
+        obj = sys.modules.get(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part, None)
+        return obj
 
     def __setitem__(self, name: str, value: object) -> None:
         self.ns[name] = value

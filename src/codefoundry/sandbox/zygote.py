@@ -54,6 +54,13 @@ What every run's process needs of the interpreter and that does not change from 
 environment, `__main__`, `sys.argv`, `sys.path`, the standard streams) is prepared once, in the template,
 and inherited (pyrun.py).
 
+Not covered in verdicts: a test that calls a method of an object the program returned instead of plain
+data (`result.startswith(expected)`) runs that method in the program, with the test's arguments, since
+class-based tasks need method calls on the program's objects; comparisons (`==`, `!=`, `in`) with such
+an object are never forwarded. A name the tests use but never define is the judge's own standard-library
+object when the program bound it to one (`math` for a test relying on the solution's `import math`),
+and otherwise the program's object, whose behaviour the program decides.
+
 Not covered: the kernel is shared (no seccomp filter, no gVisor: a kernel exploit escapes, and a program
 may create user namespaces of its own); CPU time is limited per process, not per run (a run's CPU use is
 bounded by processes x CPU limit and by the wall backstop); without a memory cgroup, memory is bounded per
