@@ -11,6 +11,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
@@ -19,7 +20,11 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
-_SYSCALLS = {"x86_64": {"clone": 56, "pivot_root": 155}, "aarch64": {"clone": 220, "pivot_root": 41}}
+_SYSCALLS = {
+    "x86_64": {"clone": 56, "pivot_root": 155, "keyctl": 250},
+    "aarch64": {"clone": 220, "pivot_root": 41, "keyctl": 219},
+}
+KEYCTL_CLEAR, KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING = 7, -4, -5
 SYSCALL = _SYSCALLS.get(os.uname().machine)
 RO_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt")
 DEVICES = ("null", "zero", "full", "random", "urandom")
@@ -141,8 +146,8 @@ def send_with_fds(sock: socket.socket, body: bytes, fds: list[int], flag: int = 
     sock.sendall(body)
 
 
-def receive_with_fds(sock: socket.socket, max_fds: int) -> tuple[bytes, list[int], int] | None:
-    """The next message `send_with_fds` sent: (body, fds, flag), or None once the other side is gone."""
+def _receive_head(sock: socket.socket, max_fds: int) -> tuple[int, list[int], int] | None:
+    """A message's header: (body size, fds, flag), or None once the other side is gone."""
     head, fds, _, _ = socket.recv_fds(sock, 9, max_fds)
     while head and len(head) < 9:
         more = sock.recv(9 - len(head))
@@ -150,6 +155,14 @@ def receive_with_fds(sock: socket.socket, max_fds: int) -> tuple[bytes, list[int
     if not head:
         return None
     size, flag = struct.unpack(">QB", head)
+    return size, fds, flag
+
+
+def receive_with_fds(sock: socket.socket, max_fds: int) -> tuple[bytes, list[int], int] | None:
+    """The next message `send_with_fds` sent: (body, fds, flag), or None once the other side is gone."""
+    if (header := _receive_head(sock, max_fds)) is None:
+        return None
+    size, fds, flag = header
     body = bytearray()
     while len(body) < size:
         chunk = sock.recv(min(size - len(body), 1 << 20))
@@ -258,6 +271,15 @@ def drop_privileges(limits: dict, uid: int, isolated: bool) -> None:
         os.setresuid(uid, uid, uid)
         prctl(PR_SET_DUMPABLE, 1)
     prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def clear_user_keyrings() -> None:
+    """Empty the kernel keyrings that belong to this process's uid (user and user-session): they outlive
+    every process, so a key one run adds would be there for the next run of the worker (same uid)."""
+    if SYSCALL is None:
+        return
+    for ring in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING):
+        _libc.syscall(SYSCALL["keyctl"], KEYCTL_CLEAR, ring)  # failure (no keyrings here) changes nothing
 
 
 def apply_run_limits(cpu: float, memory_mb: int) -> None:
@@ -369,6 +391,24 @@ def _write_file(path: str, value: str) -> None:
         f.write(value)
 
 
+def receive_into(sock: socket.socket, buf: bytearray, max_fds: int) -> tuple[int, list[int], int] | None:
+    """`receive_with_fds` into `buf` (grown as needed): (body size, fds, flag), the body in buf[:size], or
+    None once the other side is gone. The caller can then wipe the body in place (the template does, so
+    that no later run finds an earlier run's request in the memory it inherits)."""
+    if (header := _receive_head(sock, max_fds)) is None:
+        return None
+    size, fds, flag = header
+    if len(buf) < size:
+        buf.extend(bytes(size - len(buf)))  # the old contents were wiped by the caller
+    view, got = memoryview(buf), 0
+    while got < size:
+        n = sock.recv_into(view[got:size])
+        if not n:
+            return None
+        got += n
+    return size, fds, flag
+
+
 class RunNamespace:
     """A PID namespace whose pid 1 is an idle process, reused by consecutive runs as long as each leaves
     it empty (the program reaped, init without children: no daemon, no zombie); otherwise init is
@@ -429,11 +469,19 @@ class RunNamespace:
                 pass
             self.killed = True
 
-    def discard(self) -> None:
+    def discard(self, reap_others=None) -> None:
+        """Kill init (and so the namespace) and reap it. `reap_others()`, if given, is called until init is
+        reaped: a process of the namespace whose parent is not init (CLONE_PARENT) must be reaped by its
+        parent before init can finish its exit."""
         if self.init_pid < 0:
             return
         self.kill()
-        os.waitpid(self.init_pid, 0)
+        if reap_others is None:
+            os.waitpid(self.init_pid, 0)
+        else:
+            while not os.waitpid(self.init_pid, os.WNOHANG)[0]:
+                reap_others()
+                time.sleep(0.0005)
         for fd in (self.pidfd, self.keepalive):
             if fd >= 0:
                 os.close(fd)

@@ -61,6 +61,16 @@ an object are never forwarded. A name the tests use but never define is the judg
 object when the program bound it to one (`math` for a test relying on the solution's `import math`),
 and otherwise the program's object, whose behaviour the program decides.
 
+Not covered between runs of one worker (covert channels, both ends of which are programs): a run that
+creates and removes files leaves its directories tidy, so they are reused, and the tmpfs inode numbers
+the next run sees tell how many files it made; an abstract Unix socket kept alive only by a cycle of
+in-flight descriptors stays connectable, in the worker's network namespace, until the kernel's socket
+garbage collector frees it (well under a second). Everything else a run could leave (processes,
+including CLONE_PARENT children, which the zygote reaps itself; files; directory modes and extended
+attributes; IPC objects; kernel keyrings, cleared at the start of every run; locks and flags on its
+stdin, a fresh open of /dev/null each run; the request itself, wiped from the template after each clone)
+is removed or checked before the next run (tests/sandbox/test_redteam_crossrun.py).
+
 Not covered: the kernel is shared (no seccomp filter, no gVisor: a kernel exploit escapes, and a program
 may create user namespaces of its own); CPU time is limited per process, not per run (a run's CPU use is
 bounded by processes x CPU limit and by the wall backstop); without a memory cgroup, memory is bounded per
@@ -167,6 +177,21 @@ class Worker:
         self.parser = results.ParseServer(uid, isolation == "namespaces", jail=jail)
         self.forker = Forker(isolation, cgroup) if jail.SYSCALL is not None else None
         self.space = jail.RunNamespace(SHELL, PROC_FD, OWN_PIDFD) if isolation == "namespaces" else None
+        # Forked now, before any request is read: forked in the middle of a run, a helper (the template
+        # above all, which every program is a copy of) kept that run's request in its stack's frames.
+        for helper in (
+            self.judges.process,
+            self.parser.process,
+            *([self.forker.process] if self.forker else []),
+        ):
+            helper.socket()
+
+    def known_children(self) -> set[int]:
+        """The zygote's long-lived children; any other child after a run is a stray (see `strays`)."""
+        helpers = (self.judges.process, self.parser.process, *([self.forker.process] if self.forker else []))
+        return {h.pid for h in helpers if h.pid is not None} | (
+            {self.space.init_pid} if self.space is not None and self.space.init_pid > 0 else set()
+        )
 
     def serve(self, req: dict) -> dict:
         run = Run(req, self.isolation)
@@ -184,7 +209,7 @@ class Worker:
         try:
             _write_files(run)
             run.code = code
-            result = start(run, self.judges, self.cgroup, self.space, self.forker)
+            result = start(run, self.judges, self.known_children, self.cgroup, self.space, self.forker)
         finally:
             if not run.ns:
                 import shutil
@@ -208,10 +233,15 @@ class Worker:
 
 
 def _tidy(run: Run) -> bool:
-    """True when the run left nothing behind but its own source file, which is then removed; otherwise the
-    run directories are replaced before the next run."""
+    """True when the run left nothing behind but its own source file, which is then removed, and left the
+    directories themselves as they were made (mode, owner, no extended attributes: either could carry
+    data, or break the next run); otherwise the run directories are replaced before the next run."""
     if os.listdir("/tmp") or os.listdir("/work") != [run.req["filename"]]:
         return False
+    for d, mode, owner in (("/work", 0o700, run.uid), ("/tmp", 0o1777, 0)):
+        st = os.stat(d)
+        if st.st_mode & 0o7777 != mode or st.st_uid != owner or os.listxattr(d):
+            return False
     path = os.path.join("/work", run.req["filename"])
     if os.path.islink(path) or not os.path.isfile(path):
         return False
@@ -274,10 +304,11 @@ def _template(sock_fd: int, isolation: str, cgroup) -> None:
     os.closerange(previous, 1 << 16)
     if isolation == "namespaces":
         pyrun.prepare_runs(pyrun.run_env("/work", "/tmp"))
-    _warm_rpc()
+    _warm_run_path()
     sock = socket.socket(fileno=sock_fd)
-    while (message := jail.receive_with_fds(sock, 16)) is not None:
-        body, fds, in_space = message
+    body = bytearray(1 << 16)  # each run's request, wiped after its clone
+    while (message := jail.receive_into(sock, body, 16)) is not None:
+        size, fds, in_space = message
         pidns = fds.pop() if in_space else -1
         if pidns >= 0:
             jail.setns(pidns, jail.CLONE_NEWPID)
@@ -289,13 +320,14 @@ def _template(sock_fd: int, isolation: str, cgroup) -> None:
             try:
                 # Decoded here, not before the clone: every page the template writes costs it a fault
                 # after each clone (measured: 64 more a run there, 8 fewer in the program's process).
-                (size,) = struct.unpack(">I", body[:4])
-                msg = json.loads(body[4 : 4 + size])
+                (head,) = struct.unpack(">I", body[:4])
+                msg = json.loads(body[4 : 4 + head])
                 run = Run(msg["req"], isolation, msg["workdir"])
-                run.code = body[4 + size :]
+                run.code = bytes(body[4 + head : size])
                 program_main(run, dict(zip(msg["targets"], fds, strict=True)), cgroup)  # ends the process
             finally:
                 os._exit(70)  # should it ever return or raise: never back into the caller
+        body[:size] = bytes(size)  # the program has its copy; later runs must find none
         if pidns >= 0:
             jail.setns(OWN_PIDFD, jail.CLONE_NEWPID)
             os.close(pidns)
@@ -304,11 +336,13 @@ def _template(sock_fd: int, isolation: str, cgroup) -> None:
         sock.sendall(struct.pack(">i", pid))
 
 
-def _warm_rpc() -> None:
-    """Serve a few calls over a channel to itself, in the template: CPython specialises a function's code
-    in place once it has run a few times, so a judged run's process, which serves ~10 calls, would
-    otherwise rewrite (and copy) the pages of the channel's code in every run (measured: 6 fewer copied
-    pages a judged run, 415 -> 409, `benchmarks/sandbox_cost.py`)."""
+def _warm_run_path() -> None:
+    """In the template, before its first clone: serve a few calls over a judge channel to itself, and
+    decode a few requests as a run's process does. CPython specialises a function's code in place once it
+    has run a few times, so each run's process would otherwise rewrite (and copy) those pages itself:
+    the channel's warm-up measured 415 -> 409 copied pages a judged run; the requests' warm-up won back
+    most of the 15 pages a run that forking the template before the first request had cost (416 -> 431,
+    then 421; `benchmarks/sandbox_cost.py`)."""
     r1, w1 = os.pipe()
     r2, w2 = os.pipe()
     ns = {"f": lambda *a, **k: a[0] if a else None}
@@ -321,18 +355,29 @@ def _warm_rpc() -> None:
             test.decode(test.recv()[1])
     for fd in (r1, w1, r2, w2):
         os.close(fd)
+    limits = {"cpu_seconds": 1.0, "wall_seconds": 3.0, "memory_mb": 256, "processes": 8, "file_size_mb": 1,
+              "disk_mb": 1, "open_files": 16, "output_bytes": 1024, "compile_seconds": 1.0}  # fmt: skip
+    req = {"program": "pass\n", "filename": pyrun.PYTHON_FILENAME, "compile": None, "run": ["<python>"],
+           "limits": limits, "stdin": "", "files": {}, "uid": 1, "judged": True}  # fmt: skip
+    head = json.dumps({"req": req, "workdir": "/work", "targets": [0, 1, 2, 3, 4]}).encode()
+    for _ in range(10):
+        msg = json.loads(head)
+        Run(msg["req"], "namespaces", msg["workdir"])
+        pyrun.run_env("/work", "/tmp")
 
 
-def start(run: Run, judges, cgroup=None, space=None, forker: Forker | None = None) -> dict:
+def start(run: Run, judges, known, cgroup=None, space=None, forker: Forker | None = None) -> dict:
     """Clone an idle init into new PID and IPC namespaces, fork the program into them (through the
-    template), hand the tests to the judge, watch."""
+    template), hand the tests to the judge, watch. `known()`: the zygote's own long-lived children."""
     stdin_data = bytes.fromhex(run.req.get("stdin") or "")
     if stdin_data:
         stdin_fd = os.memfd_create("stdin")
         os.write(stdin_fd, stdin_data)
         os.lseek(stdin_fd, 0, os.SEEK_SET)
     else:
-        stdin_fd = os.dup(DEV_NULL)
+        # Opened per run, not a dup: a dup shares one open file description, whose status flags and
+        # flock a run could set for every later run (and, through the lock, for the host's /dev/null).
+        stdin_fd = os.open("/dev/null", os.O_RDONLY)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     none = (-1, -1)
@@ -366,7 +411,7 @@ def start(run: Run, judges, cgroup=None, space=None, forker: Forker | None = Non
         for fd in (rpc_out[0], rpc_in[1], report_w):
             os.close(fd)
     fds = {"out": out_r, "err": err_r, "note": note_r, "report": report_r}
-    return watch(run, pid, space, judges, fds, started)
+    return watch(run, pid, space, judges, fds, started, known)
 
 
 def watch(
@@ -376,6 +421,7 @@ def watch(
     judges: "judge.JudgeServer",
     fds: dict[str, int],
     started: float,
+    known,
 ) -> dict:
     """Pump output under a cap, enforce the wall-clock backstop, reap the program, collect the report."""
     cap = int(run.limits["output_bytes"])
@@ -406,8 +452,10 @@ def watch(
             if fd == pidfd:
                 poller.unregister(pidfd)
                 status = os.wait4(pid, 0)[1:]
-                if space is None or not space.empty():
+                stray = strays(known())
+                if space is None or not space.empty() or stray:
                     _kill_run(pid, space)  # leftovers (daemons, zombies): init's end takes them all down
+                reap(stray)
                 continue
             chunk = os.read(fd, 65536)
             name = by_fd[fd]
@@ -427,11 +475,40 @@ def watch(
                 data[name] += chunk
     os.close(pidfd)
     if space is not None and space.killed:
-        space.discard()  # returns once every process of the namespace is gone
+        space.discard(lambda: reap(strays(known())))  # returns once every process of the namespace is gone
     for fd in fds.values():
         if fd >= 0:
             os.close(fd)
     return results.verdict(run, results.program_status(status), data, reason, time.monotonic() - started)
+
+
+def strays(known: set[int]) -> list[int]:
+    """Children of the zygote that are none of its own: processes a program made with CLONE_PARENT, which
+    makes the zygote their parent and hides them from the run's init (so the namespace looked empty)."""
+    if PROC_FD < 0:
+        return []
+    me = os.getpid()
+    try:
+        fd = os.open(f"{me}/task/{me}/children", os.O_RDONLY, dir_fd=PROC_FD)
+    except OSError:
+        return []
+    try:
+        children = os.read(fd, 1 << 16).split()
+    finally:
+        os.close(fd)
+    return [int(c) for c in children if int(c) not in known]
+
+
+def reap(pids: list[int]) -> None:
+    """Kill and reap strays: a zombie left unreaped would count against the programs' process limit in
+    every later run, and would keep the run's init from ever finishing its exit."""
+    for pid in pids:
+        _kill_pid(pid)
+    for pid in pids:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
 
 
 def _kill_pid(pid: int) -> None:
@@ -477,6 +554,8 @@ def program_main(run: Run, keep: dict[int, int], cgroup) -> None:
             os.fchown(fd, run.uid, run.uid)
         os.close(fd)
         jail.drop_privileges(run.limits, run.uid, run.ns)
+        if run.ns:
+            jail.clear_user_keyrings()  # as the programs' uid, before anything of this run runs
         if req.get("compile") and not _compile(req["compile"], env, run.limits):
             os._exit(1)
         if req.get("compile"):
