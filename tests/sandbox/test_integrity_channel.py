@@ -477,5 +477,15 @@ def test_public_method_of_a_test_object_replaced_through_setattr():
     assert_not_forged(judged(prog, judge), Status.FAILED)
 
 
+def test_stopping_is_not_an_exception_the_test_can_catch():
+    """A test that expects the call to raise (`except Exception`): the program simply exits mid-call. "The
+    program stopped answering" must not be an Exception test code can catch and take as the raise."""
+    prog = "import os\ndef add(a, b):\n    os._exit(0)\n"
+    judge = add_judge(expects("add(-1, 1)", "Exception"), expects("add(None, 1)", "BaseException"))
+    r = judged(prog, judge)
+    assert_not_forged(r)
+    assert r.tests_passed < 2, brief(r)
+
+
 def test_baseline_add_judge_still_rejects_wrong():
     assert_not_forged(judged("def add(a, b):\n    return a - b\n", ADD), Status.FAILED)
