@@ -119,7 +119,6 @@ REQ_FD, RESP_FD = 3, 4  # replaced from argv at start-up
 JUDGED_EXIT_GRACE = 0.5  # seconds a judged program has to exit after its judge finished
 JUDGE_STUCK_SECONDS = 3.0  # after the program was killed, how long the judge may take to report
 OWN_PIDFD = -1  # the zygote's own PID namespace, to return to after starting a run's program
-DEV_NULL = -1  # opened once at start-up: a run without stdin reads from a copy of it
 SHELL = next((p for p in ("/bin/sh", "/usr/bin/sh") if os.access(p, os.X_OK)), "")
 PROC_FD = -1  # the host's /proc, kept from before pivot_root: to see whether a run's init has children
 NOTE_FD = 5  # in the program's process: trusted notes (a failed compile), closed before untrusted code runs
@@ -611,12 +610,11 @@ def _preload(modules: list[str]) -> None:
 
 
 def main() -> None:
-    global REQ_FD, RESP_FD, OWN_PIDFD, DEV_NULL, PROC_FD
+    global REQ_FD, RESP_FD, OWN_PIDFD, PROC_FD
     REQ_FD, RESP_FD = int(sys.argv[1]), int(sys.argv[2])
     for fd in (REQ_FD, RESP_FD):
         os.set_inheritable(fd, False)  # nothing we exec (a run's init) may hold the worker's pipes
     OWN_PIDFD = os.pidfd_open(os.getpid())
-    DEV_NULL = os.open("/dev/null", os.O_RDONLY)
     try:
         PROC_FD = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
