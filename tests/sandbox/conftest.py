@@ -22,3 +22,11 @@ def _stop_sandbox_workers():
     from codefoundry.sandbox import shutdown
 
     shutdown()
+
+
+@pytest.fixture
+def one_worker():
+    """One fresh worker for a test's consecutive runs, killed afterwards (crossrun_kit.one_worker_session)."""
+    from crossrun_kit import one_worker_session
+
+    yield from one_worker_session()

@@ -218,6 +218,68 @@ def fresh_run_dirs(uid: int, disk_mb: int) -> None:
         mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, opts)
 
 
+def tidy_run_dirs(filename: str, uid: int) -> bool:
+    """After a run: True when it left nothing behind but its own source file `filename`, which is then
+    removed, and left the directories themselves as they were made (mode, owner, no extended attributes:
+    either could carry data, or break the next run); otherwise `fresh_run_dirs` must replace them."""
+    if os.listdir("/tmp") or os.listdir("/work") != [filename]:
+        return False
+    for d, mode, owner in (("/work", 0o700, uid), ("/tmp", 0o1777, 0)):
+        st = os.stat(d)
+        if st.st_mode & 0o7777 != mode or st.st_uid != owner or os.listxattr(d):
+            return False
+    path = os.path.join("/work", filename)
+    if os.path.islink(path) or not os.path.isfile(path):
+        return False
+    os.unlink(path)
+    return True
+
+
+def write_run_files(workdir: str, files: dict[str, str], uid: int | None) -> None:
+    """A run's files (name -> hex content) under its work directory, owned by `uid` when given."""
+    for name, content in files.items():
+        path = os.path.normpath(os.path.join(workdir, name))
+        if not path.startswith(workdir + "/"):
+            raise ValueError(f"file name {name!r} leaves the work directory")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(bytes.fromhex(content))
+        if uid is not None:
+            os.chown(path, uid, uid)
+
+
+def stray_children(proc_fd: int, known: set[int]) -> list[int]:
+    """This process's children that are none of `known`: processes a program made with CLONE_PARENT, which
+    makes the zygote their parent and hides them from the run's init (so the namespace looked empty)."""
+    if proc_fd < 0:
+        return []
+    me = os.getpid()
+    try:
+        fd = os.open(f"{me}/task/{me}/children", os.O_RDONLY, dir_fd=proc_fd)
+    except OSError:
+        return []
+    try:
+        children = os.read(fd, 1 << 16).split()
+    finally:
+        os.close(fd)
+    return [int(c) for c in children if int(c) not in known]
+
+
+def reap(pids: list[int]) -> None:
+    """Kill and reap strays: a zombie left unreaped would count against the programs' process limit in
+    every later run, and would keep the run's init from ever finishing its exit."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for pid in pids:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
 def _expose(path: str) -> None:
     """Recreate `path` inside the new root: a symlink stays a symlink, a directory is bound read-only."""
     if not path or not os.path.lexists(path):

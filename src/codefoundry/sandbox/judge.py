@@ -1,6 +1,7 @@
 """The worker's judge server: one long-lived process that runs the trusted tests of judged runs.
 
-Loaded by path into the zygote (standard library only; the zygote hands it its `jail` and `rpc` modules). It
+Loaded by path into the zygote (standard library only; the zygote hands it its `jail`, `rpc` and
+`testcode` modules). It
 lives under its own unprivileged uid, outside every run's PID namespace, so a program can neither see,
 signal, trace nor read it. Per judged run it receives the tests and three fds (the channel to the
 program and a report pipe) over a Unix socket, runs the tests in a fresh namespace, reports, and closes
@@ -18,9 +19,17 @@ JUDGE_MEMORY_MB = 2048
 
 
 class JudgeServer:
-    def __init__(self, uid: int, isolated: bool, *, jail: types.ModuleType, rpc: types.ModuleType) -> None:
+    def __init__(
+        self,
+        uid: int,
+        isolated: bool,
+        *,
+        jail: types.ModuleType,
+        rpc: types.ModuleType,
+        testcode: types.ModuleType,
+    ) -> None:
         self.jail = jail
-        self.process = jail.Helper(lambda sock_fd: _serve(sock_fd, uid, isolated, jail, rpc))
+        self.process = jail.Helper(lambda sock_fd: _serve(sock_fd, uid, isolated, jail, rpc, testcode))
 
     def submit(self, payload: bytes, fds: list[int]) -> None:
         sock = self.process.socket()
@@ -33,7 +42,14 @@ class JudgeServer:
         self.process.kill()
 
 
-def _serve(sock_fd: int, uid: int, isolated: bool, jail: types.ModuleType, rpc: types.ModuleType) -> None:
+def _serve(
+    sock_fd: int,
+    uid: int,
+    isolated: bool,
+    jail: types.ModuleType,
+    rpc: types.ModuleType,
+    testcode: types.ModuleType,
+) -> None:
     try:
         null = os.open("/dev/null", os.O_RDWR)
         jail.arrange_fds({0: null, 1: null, 2: null, 3: sock_fd})
@@ -45,17 +61,19 @@ def _serve(sock_fd: int, uid: int, isolated: bool, jail: types.ModuleType, rpc: 
         sock = socket.socket(fileno=3)
         while (message := jail.receive_with_fds(sock, 3)) is not None:
             payload, fds, _ = message
-            _judge_one(rpc, json.loads(payload), *fds)
+            _judge_one(rpc, testcode, json.loads(payload), *fds)
     except BaseException:
         pass
     os._exit(0)
 
 
-def _judge_one(rpc: types.ModuleType, payload: dict, rfd: int, wfd: int, report_fd: int) -> None:
+def _judge_one(
+    rpc: types.ModuleType, testcode: types.ModuleType, payload: dict, rfd: int, wfd: int, report_fd: int
+) -> None:
     try:
         channel = rpc.Channel(rfd, wfd, "j")
-        report = rpc.run_judge(channel, payload.get("setup", ""), list(payload["tests"]),
-                               payload["entry_point"], bool(payload.get("stop_on_failure")))  # fmt: skip
+        report = testcode.run_judge(channel, payload.get("setup", ""), list(payload["tests"]),
+                                    payload["entry_point"], bool(payload.get("stop_on_failure")))  # fmt: skip
     except BaseException as e:
         report = {"error": f"judge: {type(e).__name__}: {e}"[:300]}
     os.close(wfd)  # ends the program's serving loop

@@ -24,11 +24,9 @@ on both sides.
 from __future__ import annotations
 
 import builtins
-import importlib
 import json
 import os
 import struct
-import sys
 
 MAX_FRAME = 16 << 20
 MAX_DEPTH = 100
@@ -497,124 +495,3 @@ def _short(e: BaseException, limit: int = 300) -> str:
     except Exception:
         text = "<unprintable>"
     return text[:limit]
-
-
-_CODE_CACHE: dict[tuple[str, str], object] = {}
-
-
-def _compiled(source: str, filename: str):
-    """Test code repeats across the samples of a problem: compile it once per judge process."""
-    key = (source, filename)
-    code = _CODE_CACHE.get(key)
-    if code is None:
-        if len(_CODE_CACHE) > 4096:
-            _CODE_CACHE.clear()
-        code = _CODE_CACHE[key] = compile(source, filename, "exec")
-    return code
-
-
-def run_judge(
-    channel: Channel, setup: str, tests: list[str], entry_point: str, stop_on_failure: bool
-) -> dict:
-    """Run trusted test snippets against the program on the other end of `channel`."""
-    ns: dict = {"__name__": JUDGE_MODULE, "__builtins__": builtins}
-    scope = _TestScope(ns, channel)
-    try:
-        exec(_compiled(setup, "setup.py"), ns, scope)  # trusted: the benchmark's own helper code
-    except PeerGone as e:
-        return {"tests": [[False, f"program stopped answering: {e}"] for _ in tests], "completed": True}
-    ns[entry_point] = ns["candidate"] = _NamedRemote(channel, entry_point)
-    outcomes: list[list] = []
-    for i, snippet in enumerate(tests):
-        try:
-            exec(_compiled(snippet, f"test_{i}.py"), ns, scope)  # trusted test code
-            outcomes.append([True, ""])
-        except PeerGone as e:
-            outcomes.append([False, f"program stopped answering: {e}"])
-            outcomes.extend([False, "not run: the program stopped answering"] for _ in tests[i + 1 :])
-            break
-        except BaseException as e:
-            outcomes.append([False, f"{type(e).__name__}: {_short(e)}"])
-            if stop_on_failure:
-                break
-    return {"tests": outcomes, "completed": True}
-
-
-class _TestScope(dict):
-    """The names top-level test code sees: the judge's own (where its definitions go), then builtins,
-    then, for a name the tests use but never define (a class the solution defines, such as a tree node
-    the setup code builds), the program's object of that name, as a handle."""
-
-    def __init__(self, ns: dict, channel: Channel) -> None:
-        super().__init__()
-        self.ns, self.channel = ns, channel
-        self.program_names: set[str] = set()  # names found to be the program's own (not standard) objects
-
-    def __getitem__(self, name: str) -> object:
-        if name in self.ns:
-            return self.ns[name]
-        if hasattr(builtins, name):
-            raise KeyError(name)  # the interpreter then finds the builtin itself
-        try:
-            self.channel.request("exists", ["name", name])
-        except NameError:
-            raise KeyError(name) from None
-        if name not in self.program_names:
-            standard = self._standard(name)
-            if standard is not None:
-                self.ns[name] = standard
-                return standard
-            self.program_names.add(name)
-        return _NamedRemote(self.channel, name)
-
-    def _standard(self, name: str) -> object | None:
-        """The judge's own standard-library object for a name the program bound to one (tests that use
-        `math.isclose` relying on the solution's `import math`), or None: the program's object would be
-        its to patch (`math.isclose = lambda *a: True`). A module is imported by the name the test wrote;
-        anything else by the `__module__` and `__qualname__` the program reports, among modules the judge
-        has loaded already. A lie can only get the test a genuine standard object."""
-        top = sys.stdlib_module_names
-        if name in top:
-            try:
-                return importlib.import_module(name)
-            except Exception:
-                return None
-        try:
-            module = self.channel.request("getattr", ["name", name], "__module__")
-            qualname = self.channel.request("getattr", ["name", name], "__qualname__")
-        except Exception:
-            return None
-        if type(module) is not str or type(qualname) is not str or module.partition(".")[0] not in top:
-            return None
-        obj = sys.modules.get(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part, None)
-        return obj
-
-    def __setitem__(self, name: str, value: object) -> None:
-        self.ns[name] = value
-
-    def __delitem__(self, name: str) -> None:
-        del self.ns[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.ns
-
-
-class _NamedRemote(Remote):
-    """The program's entry point, looked up by name in its namespace at each use."""
-
-    __slots__ = ("_name",)
-
-    def __init__(self, channel: Channel, name: str) -> None:
-        super().__init__(channel, 0, "c")
-        object.__setattr__(self, "_name", name)
-
-    def _ref(self) -> object:
-        return ["name", self._name]
-
-    def __eq__(self, other: object) -> bool:
-        return other is self
-
-    def __hash__(self) -> int:
-        return id(self)

@@ -107,11 +107,13 @@ def _load(name: str) -> types.ModuleType:
     mod.__file__ = path
     with open(path, encoding="utf-8") as f:
         exec(compile(f.read(), path, "exec"), mod.__dict__)  # our own trusted module, loaded by path
+    sys.modules[mod.__name__] = mod  # for the modules loaded after it
     return mod
 
 
 jail = _load("jail")
 rpc = _load("rpc")
+testcode = _load("testcode")
 judge = _load("judge")
 results = _load("verdict")
 pyrun = _load("pyrun")
@@ -172,23 +174,23 @@ class Worker:
         self.cgroup = cgroup
         self.disk_mb = -1
         self.dirty = True
-        self.judges = judge.JudgeServer(uid + 1, isolation == "namespaces", jail=jail, rpc=rpc)
+        self.judges = judge.JudgeServer(
+            uid + 1, isolation == "namespaces", jail=jail, rpc=rpc, testcode=testcode
+        )
         self.parser = results.ParseServer(uid, isolation == "namespaces", jail=jail)
         self.forker = Forker(isolation, cgroup) if jail.SYSCALL is not None else None
         self.space = jail.RunNamespace(SHELL, PROC_FD, OWN_PIDFD) if isolation == "namespaces" else None
         # Forked now, before any request is read: forked in the middle of a run, a helper (the template
         # above all, which every program is a copy of) kept that run's request in its stack's frames.
-        for helper in (
-            self.judges.process,
-            self.parser.process,
-            *([self.forker.process] if self.forker else []),
-        ):
+        for helper in self._helpers():
             helper.socket()
 
+    def _helpers(self) -> list:
+        return [self.judges.process, self.parser.process, *([self.forker.process] if self.forker else [])]
+
     def known_children(self) -> set[int]:
-        """The zygote's long-lived children; any other child after a run is a stray (see `strays`)."""
-        helpers = (self.judges.process, self.parser.process, *([self.forker.process] if self.forker else []))
-        return {h.pid for h in helpers if h.pid is not None} | (
+        """The zygote's long-lived children; any other child after a run is a stray (`jail.stray_children`)."""
+        return {h.pid for h in self._helpers() if h.pid is not None} | (
             {self.space.init_pid} if self.space is not None and self.space.init_pid > 0 else set()
         )
 
@@ -206,7 +208,7 @@ class Worker:
         self.dirty = True
         oom_before = self._limit_memory(run)
         try:
-            _write_files(run)
+            jail.write_run_files(run.workdir, run.req.get("files") or {}, run.uid if run.ns else None)
             run.code = code
             result = start(run, self.judges, self.known_children, self.cgroup, self.space, self.forker)
         finally:
@@ -214,7 +216,7 @@ class Worker:
                 import shutil
 
                 shutil.rmtree(run.workdir, ignore_errors=True)
-        self.dirty = run.ns and not _tidy(run)
+        self.dirty = run.ns and not jail.tidy_run_dirs(run.req["filename"], run.uid)
         result["extra"] = {"memory_cgroup": self.cgroup is not None}
         if self.cgroup is not None and self.cgroup.oom_kills() > oom_before and result["status"] != "ok":
             result["status"] = "memory_exceeded"
@@ -229,35 +231,6 @@ class Worker:
         lim = run.limits
         self.cgroup.set_limit((int(lim["memory_mb"]) + 2 * int(lim["disk_mb"]) + 64) << 20)
         return self.cgroup.oom_kills()
-
-
-def _tidy(run: Run) -> bool:
-    """True when the run left nothing behind but its own source file, which is then removed, and left the
-    directories themselves as they were made (mode, owner, no extended attributes: either could carry
-    data, or break the next run); otherwise the run directories are replaced before the next run."""
-    if os.listdir("/tmp") or os.listdir("/work") != [run.req["filename"]]:
-        return False
-    for d, mode, owner in (("/work", 0o700, run.uid), ("/tmp", 0o1777, 0)):
-        st = os.stat(d)
-        if st.st_mode & 0o7777 != mode or st.st_uid != owner or os.listxattr(d):
-            return False
-    path = os.path.join("/work", run.req["filename"])
-    if os.path.islink(path) or not os.path.isfile(path):
-        return False
-    os.unlink(path)
-    return True
-
-
-def _write_files(run: Run) -> None:
-    for name, content in (run.req.get("files") or {}).items():
-        path = os.path.normpath(os.path.join(run.workdir, name))
-        if not path.startswith(run.workdir + "/"):
-            raise ValueError(f"file name {name!r} leaves the work directory")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(bytes.fromhex(content))
-        if run.ns:
-            os.chown(path, run.uid, run.uid)
 
 
 class Forker:
@@ -337,11 +310,9 @@ def _template(sock_fd: int, isolation: str, cgroup) -> None:
 
 def _warm_run_path() -> None:
     """In the template, before its first clone: serve a few calls over a judge channel to itself, and
-    decode a few requests as a run's process does. CPython specialises a function's code in place once it
-    has run a few times, so each run's process would otherwise rewrite (and copy) those pages itself:
-    the channel's warm-up measured 415 -> 409 copied pages a judged run; the requests' warm-up won back
-    most of the 15 pages a run that forking the template before the first request had cost (416 -> 431,
-    then 421; `benchmarks/sandbox_cost.py`)."""
+    decode a few requests as a run's process does. CPython specialises code in place once it has run a few
+    times, which each run's process would otherwise do (and copy the pages) itself: 6 and 10 fewer copied
+    pages a judged run (`benchmarks/sandbox_cost.py`; see benchmarks/README.md)."""
     r1, w1 = os.pipe()
     r2, w2 = os.pipe()
     ns = {"f": lambda *a, **k: a[0] if a else None}
@@ -451,10 +422,10 @@ def watch(
             if fd == pidfd:
                 poller.unregister(pidfd)
                 status = os.wait4(pid, 0)[1:]
-                stray = strays(known())
+                stray = jail.stray_children(PROC_FD, known())
                 if space is None or not space.empty() or stray:
                     _kill_run(pid, space)  # leftovers (daemons, zombies): init's end takes them all down
-                reap(stray)
+                jail.reap(stray)
                 continue
             chunk = os.read(fd, 65536)
             name = by_fd[fd]
@@ -474,40 +445,13 @@ def watch(
                 data[name] += chunk
     os.close(pidfd)
     if space is not None and space.killed:
-        space.discard(lambda: reap(strays(known())))  # returns once every process of the namespace is gone
+        space.discard(
+            lambda: jail.reap(jail.stray_children(PROC_FD, known()))
+        )  # returns once every process of the namespace is gone
     for fd in fds.values():
         if fd >= 0:
             os.close(fd)
     return results.verdict(run, results.program_status(status), data, reason, time.monotonic() - started)
-
-
-def strays(known: set[int]) -> list[int]:
-    """Children of the zygote that are none of its own: processes a program made with CLONE_PARENT, which
-    makes the zygote their parent and hides them from the run's init (so the namespace looked empty)."""
-    if PROC_FD < 0:
-        return []
-    me = os.getpid()
-    try:
-        fd = os.open(f"{me}/task/{me}/children", os.O_RDONLY, dir_fd=PROC_FD)
-    except OSError:
-        return []
-    try:
-        children = os.read(fd, 1 << 16).split()
-    finally:
-        os.close(fd)
-    return [int(c) for c in children if int(c) not in known]
-
-
-def reap(pids: list[int]) -> None:
-    """Kill and reap strays: a zombie left unreaped would count against the programs' process limit in
-    every later run, and would keep the run's init from ever finishing its exit."""
-    for pid in pids:
-        _kill_pid(pid)
-    for pid in pids:
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
 
 
 def _kill_pid(pid: int) -> None:

@@ -1,0 +1,135 @@
+"""The judge's side of a judged run: trusted test code, run against the program over a channel.
+
+Loaded by path into the sandbox zygote, after rpc.py (standard library only, no package imports). The judge server (judge.py) calls
+`run_judge` once per judged run, in a fresh namespace; names the test code uses but never defines come
+from the program (`_TestScope`), its standard-library objects excepted.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import sys
+
+# rpc.py as the zygote loaded it (zygote._load registers the modules it loads), or as a package module.
+rpc = sys.modules.get("codefoundry_rpc") or importlib.import_module("codefoundry.sandbox.rpc")
+
+_CODE_CACHE: dict[tuple[str, str], object] = {}
+
+
+def _compiled(source: str, filename: str):
+    """Test code repeats across the samples of a problem: compile it once per judge process."""
+    key = (source, filename)
+    code = _CODE_CACHE.get(key)
+    if code is None:
+        if len(_CODE_CACHE) > 4096:
+            _CODE_CACHE.clear()
+        code = _CODE_CACHE[key] = compile(source, filename, "exec")
+    return code
+
+
+def run_judge(
+    channel: rpc.Channel, setup: str, tests: list[str], entry_point: str, stop_on_failure: bool
+) -> dict:
+    """Run trusted test snippets against the program on the other end of `channel`."""
+    ns: dict = {"__name__": rpc.JUDGE_MODULE, "__builtins__": builtins}
+    scope = _TestScope(ns, channel)
+    try:
+        exec(_compiled(setup, "setup.py"), ns, scope)  # trusted: the benchmark's own helper code
+    except rpc.PeerGone as e:
+        return {"tests": [[False, f"program stopped answering: {e}"] for _ in tests], "completed": True}
+    ns[entry_point] = ns["candidate"] = _NamedRemote(channel, entry_point)
+    outcomes: list[list] = []
+    for i, snippet in enumerate(tests):
+        try:
+            exec(_compiled(snippet, f"test_{i}.py"), ns, scope)  # trusted test code
+            outcomes.append([True, ""])
+        except rpc.PeerGone as e:
+            outcomes.append([False, f"program stopped answering: {e}"])
+            outcomes.extend([False, "not run: the program stopped answering"] for _ in tests[i + 1 :])
+            break
+        except BaseException as e:
+            outcomes.append([False, f"{type(e).__name__}: {rpc._short(e)}"])
+            if stop_on_failure:
+                break
+    return {"tests": outcomes, "completed": True}
+
+
+class _TestScope(dict):
+    """The names top-level test code sees: the judge's own (where its definitions go), then builtins,
+    then, for a name the tests use but never define (a class the solution defines, such as a tree node
+    the setup code builds), the program's object of that name, as a handle."""
+
+    def __init__(self, ns: dict, channel: rpc.Channel) -> None:
+        super().__init__()
+        self.ns, self.channel = ns, channel
+        self.program_names: set[str] = set()  # names found to be the program's own (not standard) objects
+
+    def __getitem__(self, name: str) -> object:
+        if name in self.ns:
+            return self.ns[name]
+        if hasattr(builtins, name):
+            raise KeyError(name)  # the interpreter then finds the builtin itself
+        try:
+            self.channel.request("exists", ["name", name])
+        except NameError:
+            raise KeyError(name) from None
+        if name not in self.program_names:
+            standard = self._standard(name)
+            if standard is not None:
+                self.ns[name] = standard
+                return standard
+            self.program_names.add(name)
+        return _NamedRemote(self.channel, name)
+
+    def _standard(self, name: str) -> object | None:
+        """The judge's own standard-library object for a name the program bound to one (tests that use
+        `math.isclose` relying on the solution's `import math`), or None: the program's object would be
+        its to patch (`math.isclose = lambda *a: True`). A module is imported by the name the test wrote;
+        anything else by the `__module__` and `__qualname__` the program reports, among modules the judge
+        has loaded already. A lie can only get the test a genuine standard object."""
+        top = sys.stdlib_module_names
+        if name in top:
+            try:
+                return importlib.import_module(name)
+            except Exception:
+                return None
+        try:
+            module = self.channel.request("getattr", ["name", name], "__module__")
+            qualname = self.channel.request("getattr", ["name", name], "__qualname__")
+        except Exception:
+            return None
+        if type(module) is not str or type(qualname) is not str or module.partition(".")[0] not in top:
+            return None
+        obj = sys.modules.get(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part, None)
+        return obj
+
+    def __setitem__(self, name: str, value: object) -> None:
+        self.ns[name] = value
+
+    def __delitem__(self, name: str) -> None:
+        del self.ns[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.ns
+
+
+class _NamedRemote(rpc.Remote):
+    """The program's entry point, looked up by name in its namespace at each use."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, channel: rpc.Channel, name: str) -> None:
+        super().__init__(channel, 0, "c")
+        object.__setattr__(self, "_name", name)
+
+    def _ref(self) -> object:
+        return ["name", self._name]
+
+    def __eq__(self, other: object) -> bool:
+        return other is self
+
+    def __hash__(self) -> int:
+        return id(self)
