@@ -131,10 +131,7 @@ class Helper:
     def kill(self) -> None:
         if self.pid is None:
             return
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_pid(self.pid)
         os.waitpid(self.pid, 0)
         self.sock.close()
         self.pid, self.sock = None, None
@@ -265,14 +262,19 @@ def stray_children(proc_fd: int, known: set[int]) -> list[int]:
     return [int(c) for c in children if int(c) not in known]
 
 
+def kill_pid(pid: int) -> None:
+    """SIGKILL, whether or not the process is still there."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def reap(pids: list[int]) -> None:
     """Kill and reap strays: a zombie left unreaped would count against the programs' process limit in
     every later run, and would keep the run's init from ever finishing its exit."""
     for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_pid(pid)
     for pid in pids:
         try:
             os.waitpid(pid, 0)
@@ -525,10 +527,7 @@ class RunNamespace:
 
     def kill(self) -> None:
         if self.init_pid > 0 and not self.killed:
-            try:
-                os.kill(self.init_pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_pid(self.init_pid)
             self.killed = True
 
     def discard(self, reap_others=None) -> None:

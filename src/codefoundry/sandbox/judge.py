@@ -1,8 +1,7 @@
 """The worker's judge server: one long-lived process that runs the trusted tests of judged runs.
 
-Loaded by path into the zygote (standard library only; the zygote hands it its `jail`, `rpc` and
-`testcode` modules). It
-lives under its own unprivileged uid, outside every run's PID namespace, so a program can neither see,
+Loaded by path into the zygote (standard library only; the zygote hands it its `jail` and `testcode`
+modules, the latter with the channel module as `testcode.rpc`). It lives under its own unprivileged uid, outside every run's PID namespace, so a program can neither see,
 signal, trace nor read it. Per judged run it receives the tests and three fds (the channel to the
 program and a report pipe) over a Unix socket, runs the tests in a fresh namespace, reports, and closes
 the fds. Being warm, it costs a judged run no fork. Modules imported by test code persist between runs
@@ -25,11 +24,10 @@ class JudgeServer:
         isolated: bool,
         *,
         jail: types.ModuleType,
-        rpc: types.ModuleType,
         testcode: types.ModuleType,
     ) -> None:
         self.jail = jail
-        self.process = jail.Helper(lambda sock_fd: _serve(sock_fd, uid, isolated, jail, rpc, testcode))
+        self.process = jail.Helper(lambda sock_fd: _serve(sock_fd, uid, isolated, jail, testcode))
 
     def submit(self, payload: bytes, fds: list[int]) -> None:
         sock = self.process.socket()
@@ -47,7 +45,6 @@ def _serve(
     uid: int,
     isolated: bool,
     jail: types.ModuleType,
-    rpc: types.ModuleType,
     testcode: types.ModuleType,
 ) -> None:
     try:
@@ -61,17 +58,15 @@ def _serve(
         sock = socket.socket(fileno=3)
         while (message := jail.receive_with_fds(sock, 3)) is not None:
             payload, fds, _ = message
-            _judge_one(rpc, testcode, json.loads(payload), *fds)
+            _judge_one(testcode, json.loads(payload), *fds)
     except BaseException:
         pass
     os._exit(0)
 
 
-def _judge_one(
-    rpc: types.ModuleType, testcode: types.ModuleType, payload: dict, rfd: int, wfd: int, report_fd: int
-) -> None:
+def _judge_one(testcode: types.ModuleType, payload: dict, rfd: int, wfd: int, report_fd: int) -> None:
     try:
-        channel = rpc.Channel(rfd, wfd, "j")
+        channel = testcode.rpc.Channel(rfd, wfd, "j")
         report = testcode.run_judge(channel, payload.get("setup", ""), list(payload["tests"]),
                                     payload["entry_point"], bool(payload.get("stop_on_failure")))  # fmt: skip
     except BaseException as e:

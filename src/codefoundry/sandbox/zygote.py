@@ -174,9 +174,7 @@ class Worker:
         self.cgroup = cgroup
         self.disk_mb = -1
         self.dirty = True
-        self.judges = judge.JudgeServer(
-            uid + 1, isolation == "namespaces", jail=jail, rpc=rpc, testcode=testcode
-        )
+        self.judges = judge.JudgeServer(uid + 1, isolation == "namespaces", jail=jail, testcode=testcode)
         self.parser = results.ParseServer(uid, isolation == "namespaces", jail=jail)
         self.forker = Forker(isolation, cgroup) if jail.SYSCALL is not None else None
         self.space = jail.RunNamespace(SHELL, PROC_FD, OWN_PIDFD) if isolation == "namespaces" else None
@@ -409,7 +407,7 @@ def watch(
         now = time.monotonic()
         if grace is not None and now >= grace and status is None:
             grace = None
-            _kill_pid(pid)  # the verdict is in; the program is stuck (serving, spinning, ...)
+            jail.kill_pid(pid)  # the verdict is in; the program is stuck (serving, spinning, ...)
         if now >= deadline and not reason:
             reason, killed_at = "wall", now
             _kill_run(pid, space)
@@ -452,13 +450,6 @@ def watch(
         if fd >= 0:
             os.close(fd)
     return results.verdict(run, results.program_status(status), data, reason, time.monotonic() - started)
-
-
-def _kill_pid(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _kill_run(pid: int, space) -> None:
