@@ -1,8 +1,8 @@
 """The judge's side of a judged run: trusted test code, run against the program over a channel.
 
 Loaded by path into the sandbox zygote, after rpc.py (standard library only, no package imports). The
-judge server (judge.py) calls `run_judge` once per judged run, in a fresh namespace; names the test code uses but never defines come
-from the program (`_TestScope`), its standard-library objects excepted.
+judge server (judge.py) calls `run_judge` once per judged run, in a fresh namespace; names the test code
+uses but never defines come from the program (`_TestScope`), its standard-library objects excepted.
 """
 
 from __future__ import annotations
