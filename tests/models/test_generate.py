@@ -94,6 +94,13 @@ def test_changed_weights_are_seen_by_the_next_call():
             layer.mlp.down.weight.mul_(-3.0)
     after = generate(model, [prompt], max_new_tokens=12)[0]
     assert after == _greedy_by_recomputation(model, prompt, 12) and after != before
+    # The norms' weights are folded into the copies of the Q/K/V and gate/up matrices.
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.attn_norm.weight.copy_(torch.linspace(-2.0, 2.0, layer.attn_norm.weight.numel()))
+            layer.mlp_norm.weight.mul_(0.25)
+    renormed = generate(model, [prompt], max_new_tokens=12)[0]
+    assert renormed == _greedy_by_recomputation(model, prompt, 12) and renormed != after
 
 
 @pytest.mark.parametrize("kw", [{}, {"qkv_bias": True, "tie_embeddings": False}, {"moe_experts": 4}])

@@ -1,15 +1,25 @@
 """The decoding step's weight matrices, in the layout the CPU multiplies fastest at the step's batch size.
 
-`step_weights(model, rows)` gives, per layer, the Q/K/V, output, gate/up and down projections, and the
-output head, each as a function x -> x @ W.T (+ the Q/K/V bias); `generate`'s `_Step` calls them. The
-layouts are copies of the weights, cached per model and remade when a weight changes (see below).
+`step_weights(model, rows)` gives, per layer, a `StepLayer` (the Q/K/V, output, gate/up and down
+projections), and the output head x -> x @ W.T; `generate`'s `_Step` calls them. The layouts are copies of
+the weights, cached per model and remade when a weight changes (see below).
+
+Two more things fold into the copies of an fp32 model on the CPU, each an operation fewer per use (together
+~8% more tokens/s at batch 1 and at 16 for the 10m model, tokens identical; benchmarks/README.md):
+- a block's RMSNorm weights, times sqrt(dim), into the Q/K/V and gate/up matrices (W diag(w) x ==
+  (W diag(w)) x), so the step's norm is x / sqrt(sum(x^2) + dim * eps), with no scalar turned into a
+  tensor per call and no multiply by the weight;
+- the residual add, into the output and down projections: `torch.addmm(residual, y, W_t)`, or oneDNN's
+  product with a fused add for packed weights.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +27,7 @@ import torch.nn.functional as F
 from codefoundry.models.moe import SwiGLU
 from codefoundry.models.transformer import Transformer
 
-__all__ = ["COPY_LIMIT", "PACKED_MIN_ELEMENTS", "PACKED_MIN_ROWS", "step_weights"]
+__all__ = ["COPY_LIMIT", "PACKED_MIN_ELEMENTS", "PACKED_MIN_ROWS", "StepLayer", "step_weights"]
 
 # The step's weight matrices in the layout the CPU multiplies fastest, per model, reused while the model's
 # weights are the same tensors at the same version (an optimizer step or a load makes new copies):
@@ -37,18 +47,33 @@ PACKED_MIN_ROWS = 8
 PACKED_MIN_ELEMENTS = 1 << 16
 
 
-def step_weights(model: Transformer, rows: int) -> tuple[list[tuple], Callable]:
-    """Per layer (qkv, out, gate_up, down), the last two None for a mixture-of-experts MLP, then the
-    output head: each a function x (rows, in) -> x @ W.T (+ the Q/K/V bias), for inputs of about `rows`
+@dataclass(frozen=True)
+class StepLayer:
+    """One block of the decoding step. `qkv(h)` = h @ W_qkv.T (+ bias); `out(y, x)` = x + y @ W_out.T;
+    `gate_up(h)` = h @ W_gate_up.T and `down(a, x)` = x + a @ W_down.T, the two None for a mixture of
+    experts. `attn_scale` / `mlp_scale`: the RMSNorm weight the step multiplies by before `qkv` /
+    `gate_up`, or None where it is folded into that matrix (then the norm takes no weight and no mean:
+    x / sqrt(sum(x^2) + dim * eps), `dim_eps` below)."""
+
+    attn_scale: torch.Tensor | None
+    qkv: Callable
+    out: Callable
+    mlp_scale: torch.Tensor | None
+    gate_up: Callable | None
+    down: Callable | None
+    dim_eps: torch.Tensor  # (1,): dim * eps, for the folded norm
+
+
+def step_weights(model: Transformer, rows: int) -> tuple[list[StepLayer], Callable]:
+    """Per layer a `StepLayer`, then the output head x (rows, dim) -> x @ W.T, for inputs of about `rows`
     rows."""
+    blocks = list(model.layers)
     mats: list[torch.Tensor | None] = []
-    for block in model.layers:
+    for block in blocks:
         dense = type(block.mlp) is SwiGLU
         mats += [block.attn.qkv.weight, block.attn.out.weight]
         mats += [block.mlp.gate_up.weight, block.mlp.down.weight] if dense else [None, None]
     mats.append(model.lm_head.weight)
-    biases = [None] * len(mats)
-    biases[0 : len(mats) - 1 : 4] = [block.attn.qkv.bias for block in model.layers]
     present = [w for w in mats if w is not None]
     size = sum(w.numel() * w.element_size() for w in present)
     if present[0].device.type != "cpu" or size > COPY_LIMIT:
@@ -57,39 +82,86 @@ def step_weights(model: Transformer, rows: int) -> tuple[list[tuple], Callable]:
         kind = "packed"
     else:
         kind = "transposed"
-    versions = [None if w is None else w._version for w in mats]
+    # Folding needs copies, and fp32: other dtypes keep F.rms_norm, which computes in fp32.
+    fold = kind != "views" and present[0].dtype == torch.float32
+    norms = [w for block in blocks for w in (block.attn_norm.weight, block.mlp_norm.weight)]
+    tensors = mats + norms
+    versions = [None if w is None else w._version for w in tensors]
     hit = _CACHE.get(model)
     if (
         hit
-        and hit[0] == kind
-        and all(a is b for a, b in zip(hit[1], mats, strict=True))
+        and hit[0] == (kind, fold)
+        and all(a is b for a, b in zip(hit[1], tensors, strict=True))
         and hit[2] == versions
     ):
-        out = hit[3]
-    else:
-        # `rows` is only oneDNN's layout hint: a packed weight multiplies inputs of any number of rows.
-        out = [None if w is None else _linear(kind, w, b, rows) for w, b in zip(mats, biases, strict=True)]
-        if kind != "views":  # one layout per model at a time: each is a full copy of the weights
-            _CACHE[model] = (kind, mats, versions, out)
-    return [tuple(out[i : i + 4]) for i in range(0, len(out) - 1, 4)], out[-1]
+        return hit[3]
+    made = _make(model, blocks, kind, fold, rows)
+    if kind != "views":  # one layout per model at a time: each is a full copy of the weights
+        _CACHE[model] = ((kind, fold), tensors, versions, made)
+    return made
+
+
+def _make(model: Transformer, blocks: list, kind: str, fold: bool, rows: int):
+    cfg = model.cfg
+    scale = math.sqrt(cfg.dim)
+    dim_eps = torch.full((1,), cfg.dim * cfg.norm_eps, dtype=torch.float32, device=model.embed.weight.device)
+    layers = []
+    for block in blocks:
+        attn_norm, mlp_norm = block.attn_norm.weight.detach(), block.mlp_norm.weight.detach()
+        dense = type(block.mlp) is SwiGLU
+        qkv_w = block.attn.qkv.weight.detach()
+        if fold:
+            qkv_w = qkv_w * (attn_norm * scale)  # (out, in) * (in,): a new tensor, the model's untouched
+        gate_up = down = None
+        if dense:
+            gu_w = block.mlp.gate_up.weight.detach()
+            gate_up = _linear(kind, gu_w * (mlp_norm * scale) if fold else gu_w, None, rows)
+            down = _linear_add(kind, block.mlp.down.weight, rows, fold)
+        layers.append(
+            StepLayer(
+                attn_scale=None if fold else attn_norm,
+                qkv=_linear(kind, qkv_w, block.attn.qkv.bias, rows),
+                out=_linear_add(kind, block.attn.out.weight, rows, fold),
+                mlp_scale=None if fold and dense else mlp_norm,
+                gate_up=gate_up,
+                down=down,
+                dim_eps=dim_eps,
+            )
+        )
+    return layers, _linear(kind, model.lm_head.weight, None, rows)
 
 
 def _linear(kind: str, w: torch.Tensor, bias: torch.Tensor | None, rows: int) -> Callable:
+    """x -> x @ w.T (+ bias) in `kind`'s layout."""
     if kind == "packed" and w.numel() < PACKED_MIN_ELEMENTS:
         kind = "transposed"
+    w = w.detach()
+    b = None if bias is None else bias.detach()
     if kind == "packed":
-        packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), rows)
-        b = None if bias is None else bias.detach()
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
         return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
     if kind == "transposed" and w.shape[1] > w.shape[0]:
         # More inputs than outputs (the MLP's down projection): row-wise dot products over the weight as
         # stored read it faster than x @ W_t (61 vs 79 us for 704 -> 256 at batch 1, cold), and need no copy.
-        w = w.detach()
-        return lambda x: F.linear(x, w, bias)
-    wt = w.t() if kind == "views" else w.detach().t().contiguous()
-    if bias is None:
+        return lambda x: F.linear(x, w, b)
+    wt = w.t() if kind == "views" else w.t().contiguous()
+    if b is None:
         return lambda x: x @ wt
-    return lambda x: torch.addmm(bias, x, wt)
+    return lambda x: torch.addmm(b, x, wt)
+
+
+def _linear_add(kind: str, w: torch.Tensor, rows: int, fused: bool) -> Callable:
+    """(y, x) -> x + y @ w.T (no bias), the add fused into the product where `fused`."""
+    if not fused:
+        product = _linear(kind, w, None, rows)
+        return lambda y, x: x + product(y)
+    w = w.detach()
+    if kind == "packed" and w.numel() >= PACKED_MIN_ELEMENTS:
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+        return lambda y, x: torch.ops.mkldnn._linear_pointwise.binary(y, x, packed, None, "add")
+    # As in `_linear`: a matrix with more inputs than outputs is read as stored, others as a transposed copy.
+    wt = w.t() if w.shape[1] > w.shape[0] else w.t().contiguous()
+    return lambda y, x: torch.addmm(x, y, wt)
 
 
 @functools.cache
