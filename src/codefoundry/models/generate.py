@@ -395,11 +395,12 @@ class _Step:
         x = F.embedding(tokens.reshape(-1), m.embed.weight)  # (B*T, dim)
         for i, (block, layer) in enumerate(zip(m.layers, self.layers, strict=True)):
             qkv = layer.qkv(self._norm(x, layer.attn_scale, layer)).view(B, T, H + 2 * Hkv, -1)
-            qk = qkv[:, :, : H + Hkv]  # (B, T, H + Hkv, hd): the query heads, then the key heads
+            # narrow, not qkv[:, :, :n]: one view op instead of one per dimension (~2 us each)
+            qk = qkv.narrow(2, 0, H + Hkv)  # (B, T, H + Hkv, hd): the query heads, then the key heads
             qk = torch.addcmul(qk * cos, qk.roll(self.half, dims=-1), sin)
             if qk.dtype != self.dtype:  # the tables are fp32, as in Transformer.forward
                 qk = qk.to(self.dtype)
-            x = layer.out(self._attend(i, qk, qkv[:, :, H + Hkv :], start), x)
+            x = layer.out(self._attend(i, qk, qkv.narrow(2, H + Hkv, Hkv), start), x)
             h = self._norm(x, layer.mlp_scale, layer)
             if layer.gate_up is None:  # a mixture of experts: its own module
                 x = x + block.mlp(h)
@@ -419,9 +420,9 @@ class _Step:
     def _attend(self, layer: int, qk: torch.Tensor, v_new: torch.Tensor, start: int) -> torch.Tensor:
         """Write the new keys and values at `start`, attend; qk (B, T, H + Hkv, hd), v_new (B, T, Hkv, hd)
         -> (B*T, H*hd)."""
-        (B, T), H = qk.shape[:2], self.heads
+        (B, T), H, Hkv = qk.shape[:2], self.heads, self.kv_heads
         k, v = self.cache.k[layer], self.cache.v[layer]  # (B, Hkv, capacity, hd)
-        k.narrow(2, start, T).copy_(qk[:, :, H:].transpose(1, 2))
+        k.narrow(2, start, T).copy_(qk.narrow(2, H, Hkv).transpose(1, 2))
         v.narrow(2, start, T).copy_(v_new.transpose(1, 2))
         k, v = k.narrow(2, 0, start + T), v.narrow(2, 0, start + T)
         if T == 1:
@@ -434,7 +435,7 @@ class _Step:
             # New queries see every cached key and, among themselves, only earlier ones.
             mask = torch.ones(T, start + T, dtype=torch.bool, device=qk.device).tril(start)
         y = F.scaled_dot_product_attention(
-            qk[:, :, :H].transpose(1, 2), k, v, attn_mask=mask, enable_gqa=self.kv_heads != self.heads
+            qk.narrow(2, 0, H).transpose(1, 2), k, v, attn_mask=mask, enable_gqa=self.kv_heads != self.heads
         )
         return y.transpose(1, 2).reshape(B * T, -1)  # (B, H, T, hd) -> (B*T, H*hd)
 
