@@ -121,6 +121,16 @@ def test_batches_of_prepacked_weights_agree_with_one_row_at_a_time(kw, min_eleme
     assert generate(model, prompts, max_new_tokens=10)[3] == _greedy_by_recomputation(model, prompts[3], 10)
 
 
+def test_models_too_large_to_copy_decode_through_views_of_the_weights(monkeypatch):
+    # Past COPY_LIMIT (and on GPUs) the step reads the weights in place: nothing folded, nothing fused.
+    monkeypatch.setattr(decode_weights, "COPY_LIMIT", 0)
+    model = _model(qkv_bias=True)
+    layers, _ = decode_weights.step_weights(model, 1)
+    assert all(layer.attn_scale is not None and layer.mlp_scale is not None for layer in layers)
+    prompts = _prompts((4, 9))
+    assert generate(model, prompts, max_new_tokens=10)[1] == _greedy_by_recomputation(model, prompts[1], 10)
+
+
 def test_bfloat16_models_generate():
     model = _model().to(torch.bfloat16)
     out = generate(model, _prompts(), max_new_tokens=6)
