@@ -5,7 +5,7 @@ projections), and the output head x -> x @ W.T; `generate`'s `_Step` calls them.
 the weights, cached per model and remade when a weight changes (see below).
 
 Two more things fold into the copies of an fp32 model on the CPU, each an operation fewer per use (together
-~8% more tokens/s at batch 1 and at 16 for the 10m model, tokens identical; benchmarks/README.md):
++12% greedy tokens/s at batch 1 and +6% at 16 for the 10m model, tokens identical; benchmarks/README.md):
 - a block's RMSNorm weights, times sqrt(dim), into the Q/K/V and gate/up matrices (W diag(w) x ==
   (W diag(w)) x), so the step's norm is x / sqrt(sum(x^2) + dim * eps), with no scalar turned into a
   tensor per call and no multiply by the weight;
@@ -52,8 +52,8 @@ class StepLayer:
     """One block of the decoding step. `qkv(h)` = h @ W_qkv.T (+ bias); `out(y, x)` = x + y @ W_out.T;
     `gate_up(h)` = h @ W_gate_up.T and `down(a, x)` = x + a @ W_down.T, the two None for a mixture of
     experts. `attn_scale` / `mlp_scale`: the RMSNorm weight the step multiplies by before `qkv` /
-    `gate_up`, or None where it is folded into that matrix (then the norm takes no weight and no mean:
-    x / sqrt(sum(x^2) + dim * eps), `dim_eps` below)."""
+    `gate_up`, or None where it is folded into that matrix, times sqrt(dim) (then the norm takes no
+    weight and no mean: x / sqrt(sum(x^2) + dim * eps))."""
 
     attn_scale: torch.Tensor | None
     qkv: Callable
@@ -61,7 +61,6 @@ class StepLayer:
     mlp_scale: torch.Tensor | None
     gate_up: Callable | None
     down: Callable | None
-    dim_eps: torch.Tensor  # (1,): dim * eps, for the folded norm
 
 
 def step_weights(model: Transformer, rows: int) -> tuple[list[StepLayer], Callable]:
@@ -101,10 +100,10 @@ def step_weights(model: Transformer, rows: int) -> tuple[list[StepLayer], Callab
     return made
 
 
-def _make(model: Transformer, blocks: list, kind: str, fold: bool, rows: int):
-    cfg = model.cfg
-    scale = math.sqrt(cfg.dim)
-    dim_eps = torch.full((1,), cfg.dim * cfg.norm_eps, dtype=torch.float32, device=model.embed.weight.device)
+def _make(
+    model: Transformer, blocks: list, kind: str, fold: bool, rows: int
+) -> tuple[list[StepLayer], Callable]:
+    scale = math.sqrt(model.cfg.dim)
     layers = []
     for block in blocks:
         attn_norm, mlp_norm = block.attn_norm.weight.detach(), block.mlp_norm.weight.detach()
@@ -125,7 +124,6 @@ def _make(model: Transformer, blocks: list, kind: str, fold: bool, rows: int):
                 mlp_scale=None if fold and dense else mlp_norm,
                 gate_up=gate_up,
                 down=down,
-                dim_eps=dim_eps,
             )
         )
     return layers, _linear(kind, model.lm_head.weight, None, rows)

@@ -364,9 +364,9 @@ def _prefill(model: Transformer, ids, cache: KVCache, positions, mask) -> torch.
 class _Step:
     """A forward over a few new tokens per row (a decoding step, or a speculative check of drafts): the
     arithmetic of `Transformer.forward`, in fewer operations (one rotary op for Q and K, no mask for a
-    single unpadded token, weights in the layout CPUs read fastest, with the norm weights and the residual
-    adds folded into the products: `decode_weights`), because at sampling batch sizes a
-    step costs per operation and per byte of weights read, not per FLOP. Checked token for token against
+    single unpadded token, weights in the layout CPUs read fastest, the norm weights and the residual adds
+    folded into the products: `decode_weights`), because at sampling batch sizes a step costs per
+    operation and per byte of weights read, not per FLOP. Checked token for token against
     `Transformer.forward` in the tests."""
 
     def __init__(self, model: Transformer, cache: KVCache, keys: torch.Tensor | None) -> None:
@@ -380,6 +380,7 @@ class _Step:
         self.half, self.dtype = half, model.embed.weight.dtype
         self.keys = keys  # (B, 1, 1, S), -inf on padding, else 0; None for an unpadded batch
         self.layers, self.head = step_weights(model, cache.k[0].shape[0])
+        self.dim_eps = torch.full((1,), cfg.dim * cfg.norm_eps, device=cache.k[0].device)  # folded norms
 
     def __call__(
         self, tokens: torch.Tensor, positions: torch.Tensor | None
@@ -394,14 +395,14 @@ class _Step:
             cos, sin = self.cos[positions].unsqueeze(2), self.sin[positions].unsqueeze(2)  # (B, T, 1, hd)
         x = F.embedding(tokens.reshape(-1), m.embed.weight)  # (B*T, dim)
         for i, (block, layer) in enumerate(zip(m.layers, self.layers, strict=True)):
-            qkv = layer.qkv(self._norm(x, layer.attn_scale, layer)).view(B, T, H + 2 * Hkv, -1)
+            qkv = layer.qkv(self._norm(x, layer.attn_scale)).view(B, T, H + 2 * Hkv, -1)
             # narrow, not qkv[:, :, :n]: one view op instead of one per dimension (~2 us each)
             qk = qkv.narrow(2, 0, H + Hkv)  # (B, T, H + Hkv, hd): the query heads, then the key heads
             qk = torch.addcmul(qk * cos, qk.roll(self.half, dims=-1), sin)
             if qk.dtype != self.dtype:  # the tables are fp32, as in Transformer.forward
                 qk = qk.to(self.dtype)
             x = layer.out(self._attend(i, qk, qkv.narrow(2, H + Hkv, Hkv), start), x)
-            h = self._norm(x, layer.mlp_scale, layer)
+            h = self._norm(x, layer.mlp_scale)
             if layer.gate_up is None:  # a mixture of experts: its own module
                 x = x + block.mlp(h)
             else:
@@ -410,14 +411,14 @@ class _Step:
         cache.length = start + T
         return self.head(_rms_norm(x, m.norm.weight, self.eps)).view(B, T, -1), x.view(B, T, -1)
 
-    def _norm(self, x: torch.Tensor, scale: torch.Tensor | None, layer) -> torch.Tensor:
+    def _norm(self, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
         """RMSNorm by `scale`, or, where the weight is folded into the next product (scale None, see
         `decode_weights`), x / sqrt(|x|^2 + dim * eps): three kernels (norm, eps + norm^2, rsqrt) before
         the multiply, half the time of squaring, summing and adding (~10 vs ~19 us at 1 and 16 rows)."""
         if scale is not None:
             return _rms_norm(x, scale, self.eps)
         norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-        return x * torch.rsqrt(torch.addcmul(layer.dim_eps, norm, norm))
+        return x * torch.rsqrt(torch.addcmul(self.dim_eps, norm, norm))
 
     def _attend(self, layer: int, qk: torch.Tensor, v_new: torch.Tensor, start: int) -> torch.Tensor:
         """Write the new keys and values at `start`, attend; qk (B, T, H + Hkv, hd), v_new (B, T, Hkv, hd)
