@@ -40,7 +40,8 @@ __all__ = ["COPY_LIMIT", "PACKED_MIN_ELEMENTS", "PACKED_MIN_ROWS", "StepLayer", 
 #   at least PACKED_MIN_ELEMENTS entries: a packed product costs ~20 us more per call than `x @ W_t`, which
 #   a small matrix never earns back (the `tiny` model generated 28k instead of 21k tok/s at batch 32
 #   unpacked; `mini` at 16: 5.6k vs 5.0k; `10m` the same either way, its smallest matrix being 64k).
-# Models whose matrices exceed COPY_LIMIT bytes, and other devices, use transposed views instead.
+# Models whose matrices exceed COPY_LIMIT bytes, and other devices, use transposed views instead, with
+# nothing folded or fused (see the module docstring).
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 COPY_LIMIT = 1 << 30
 PACKED_MIN_ROWS = 8
