@@ -6,9 +6,12 @@ timed round runs `--steps` full training steps (forward, loss, backward, clip, o
 model, then the other, alternating `--repeat` times so drift on the machine hits both. Reported: median
 training tokens/s of each and their ratio. Ours computes its loss as `codefoundry pretrain` does, through
 the fused output head + cross-entropy; `--unfused` adds a third arm, ours with the logits materialised
-as transformers does, which isolates what the fused loss is worth.
+as transformers does, which isolates what the fused loss is worth. `--interleave` alternates single steps
+instead (steps x repeat pairs, the order swapped every pair) and reports the median of the per-pair
+ratios, so that the VM's drift, which moves a round of several steps by 20%, hits both sides alike.
 
     python benchmarks/train_throughput.py --size 10m --batch 8 --seq-len 512 --steps 5 --repeat 5
+    python benchmarks/train_throughput.py --size 10m --batch 8 --seq-len 512 --steps 4 --repeat 3 --interleave
 """
 
 from __future__ import annotations
@@ -89,6 +92,11 @@ def main() -> None:
     ap.add_argument(
         "--unfused", action="store_true", help="also time ours with the logits materialised (no fused loss)"
     )
+    ap.add_argument(
+        "--interleave",
+        action="store_true",
+        help="alternate single steps (steps x repeat pairs) instead of rounds of --steps; median pair ratio",
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_throughput.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -116,8 +124,25 @@ def main() -> None:
         timed(step_ours_unfused, run_ours, opt_ours, batches[:2])
     timed(step_hf, run_hf, opt_hf, hf_batches[:2])
     tokens = args.batch * args.seq_len * args.steps
-    ours_tps, hf_tps, unfused_tps = [], [], []
-    for r in range(args.repeat):
+    ours_tps, hf_tps, unfused_tps, pair_ratios = [], [], [], []
+    if args.interleave:
+        # One step of each per pair, the order swapped every pair: drift on the VM hits both sides alike.
+        step_tokens = args.batch * args.seq_len
+        for r in range(args.repeat * args.steps):
+            i = r % len(batches)
+            arms = [
+                ("ours", step_ours, run_ours, opt_ours, batches[i]),
+                ("hf", step_hf, run_hf, opt_hf, hf_batches[i]),
+            ]
+            took = {}
+            for name, step, model, opt, ids in arms if r % 2 == 0 else arms[::-1]:
+                took[name] = timed(step, model, opt, [ids])
+            ours_tps.append(step_tokens / took["ours"])
+            hf_tps.append(step_tokens / took["hf"])
+            pair_ratios.append(took["hf"] / took["ours"])
+        print("pair ratios:", " ".join(f"{x:.2f}" for x in pair_ratios))
+        print(f"median pair ratio {statistics.median(pair_ratios):.2f}x")
+    for r in range(0 if args.interleave else args.repeat):
         ours_tps.append(tokens / timed(step_ours, run_ours, opt_ours, batches))
         hf_tps.append(tokens / timed(step_hf, run_hf, opt_hf, hf_batches))
         line = f"round {r + 1}: codefoundry {ours_tps[-1]:8.0f} tok/s   transformers {hf_tps[-1]:8.0f} tok/s"
@@ -144,6 +169,8 @@ def main() -> None:
         "transformers_tokens_per_s": hf_tps,
         "ratio_median": mo / mh,
         "codefoundry_unfused_tokens_per_s": unfused_tps,
+        "interleaved": args.interleave,
+        "pair_ratios": pair_ratios,
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
         "machine": platform.processor() or platform.machine(),
