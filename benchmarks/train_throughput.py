@@ -99,6 +99,8 @@ def main() -> None:
     )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_throughput.json"))
     args = ap.parse_args()
+    if args.interleave and args.unfused:
+        ap.error("--unfused times rounds of steps; it is not available with --interleave")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     ours = Transformer(config_for_size(args.size, args.vocab, max_seq_len=args.seq_len + 1)).train()
