@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from codefoundry.models.moe import SwiGLU
 from codefoundry.models.transformer import Transformer
@@ -132,18 +131,12 @@ def _make(
 
 def _linear(kind: str, w: torch.Tensor, bias: torch.Tensor | None, rows: int) -> Callable:
     """x -> x @ w.T (+ bias) in `kind`'s layout."""
-    if kind == "packed" and w.numel() < PACKED_MIN_ELEMENTS:
-        kind = "transposed"
     w = w.detach()
     b = None if bias is None else bias.detach()
-    if kind == "packed":
-        packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+    packed = _packed(kind, w, rows)
+    if packed is not None:
         return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
-    if kind == "transposed" and w.shape[1] > w.shape[0]:
-        # More inputs than outputs (the MLP's down projection): row-wise dot products over the weight as
-        # stored read it faster than x @ W_t (61 vs 79 us for 704 -> 256 at batch 1, cold), and need no copy.
-        return lambda x: F.linear(x, w, b)
-    wt = w.t() if kind == "views" else w.t().contiguous()
+    wt = _transposed(kind, w)
     if b is None:
         return lambda x: x @ wt
     return lambda x: torch.addmm(b, x, wt)
@@ -155,12 +148,29 @@ def _linear_add(kind: str, w: torch.Tensor, rows: int, fused: bool) -> Callable:
         product = _linear(kind, w, None, rows)
         return lambda y, x: x + product(y)
     w = w.detach()
-    if kind == "packed" and w.numel() >= PACKED_MIN_ELEMENTS:
-        packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+    packed = _packed(kind, w, rows)
+    if packed is not None:
         return lambda y, x: torch.ops.mkldnn._linear_pointwise.binary(y, x, packed, None, "add")
-    # As in `_linear`: a matrix with more inputs than outputs is read as stored, others as a transposed copy.
-    wt = w.t() if w.shape[1] > w.shape[0] else w.t().contiguous()
+    wt = _transposed(kind, w)
     return lambda y, x: torch.addmm(x, y, wt)
+
+
+def _packed(kind: str, w: torch.Tensor, rows: int) -> torch.Tensor | None:
+    """oneDNN's prepacked copy of w, where `kind` packs and w is large enough to earn it; else None.
+    `rows` is only oneDNN's layout hint: a packed weight multiplies inputs of any number of rows."""
+    if kind != "packed" or w.numel() < PACKED_MIN_ELEMENTS:
+        return None
+    return torch.ops.mkldnn._reorder_linear_weight(w, rows)
+
+
+def _transposed(kind: str, w: torch.Tensor) -> torch.Tensor:
+    """w.T, (in, out), for x @ w.T: a view of w as stored where no copies are made ("views") or where w has
+    more inputs than outputs (the MLP's down projection: row-wise dot products over the stored rows read
+    it faster than a transposed copy, 61 vs 79 us for 704 -> 256 at batch 1, cold); else a contiguous
+    transposed copy."""
+    if kind == "views" or w.shape[1] > w.shape[0]:
+        return w.t()
+    return w.t().contiguous()
 
 
 @functools.cache
