@@ -2,8 +2,9 @@
 asks for at least 40%), measured by the trainer itself on the Python standard library.
 
 A 32k byte-level BPE is trained on the interpreter's standard library, then `pretrain` runs the `100m`
-size (dim 768, 12 layers, GQA 12/4, ~110M parameters at 32k) with bf16 autocast in several modes, each
-a fresh run. MFU is the trainer's own: (6 N + 12 L T d) FLOPs per token x tokens/s over the device's
+size (dim 768, 12 layers, GQA 12/4, ~100M parameters at 32k, 75.5M outside the embedding) with bf16
+autocast in several modes, each a fresh run. Before them, the same compiled step runs outside the
+trainer on random tokens, timed and profiled (`bare_step`), beside the device's measured matmul rate. MFU is the trainer's own: (6 N + 12 L T d) FLOPs per token x tokens/s over the device's
 dense bf16 peak (`metrics.PEAK_FLOPS`, the H200's 989 TFLOP/s), taken as the median over the logged
 intervals after the first `--skip` steps (compilation and warm-up excluded).
 
@@ -23,14 +24,24 @@ from pathlib import Path
 import torch
 
 from codefoundry.models import tokenizer as cft
-from codefoundry.train.metrics import read_metrics
-from codefoundry.train.pretrain import PretrainConfig, pretrain
+from codefoundry.models.config import config_for_size
+from codefoundry.models.transformer import Transformer
+from codefoundry.train.metrics import flops_per_token, peak_flops, read_metrics
+from codefoundry.train.pretrain import PretrainConfig, autocast, param_groups, pretrain
 
 # (name, overrides): the modes measured, in order; a failing mode is recorded and the next one runs.
 MODES = [
     ("compile, FIM 0", {"compile": True, "fim_rate": 0.0}),
     ("compile, FIM 0.5", {"compile": True, "fim_rate": 0.5}),
     ("eager, FIM 0", {"compile": False, "fim_rate": 0.0}),
+    ("compile, FIM 0, batch x2", {"compile": True, "fim_rate": 0.0, "batch_factor": 2}),
+]
+# Kernel families for the profile of the bare step, by substrings of the kernel's name (first match wins).
+FAMILIES = [
+    ("attention", ("flash", "fmha", "sdpa", "attention")),
+    ("matmul", ("gemm", "nvjet", "xmma", "cutlass", "sm90", "cublas", "aten::mm", "addmm", "bmm")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("fused elementwise (triton)", ("triton",)),
 ]
 
 
@@ -51,9 +62,11 @@ def corpus(root: Path, limit: int | None) -> Path:
 def measure(name: str, overrides: dict, args, data: Path, tok: Path) -> dict:
     out = Path(args.work) / name.replace(", ", "-").replace(" ", "")
     shutil.rmtree(out, ignore_errors=True)
+    overrides = dict(overrides)
+    batch = args.batch * overrides.pop("batch_factor", 1)
     cfg = PretrainConfig(
         data=str(data), tokenizer=str(tok), out=str(out), size=args.size, steps=args.steps,
-        batch_size=args.batch, seq_len=args.seq_len, lr=6e-4, log_every=args.log_every, eval_every=0,
+        batch_size=batch, seq_len=args.seq_len, lr=6e-4, log_every=args.log_every, eval_every=0,
         save_every=0, eval_batches=4, progress=False, final_eval=False, device=args.device,
         dtype="bf16" if args.device == "cuda" else "fp32", **overrides,
     )  # fmt: skip
@@ -63,6 +76,7 @@ def measure(name: str, overrides: dict, args, data: Path, tok: Path) -> dict:
     logged = [r for r in read_metrics(out / "metrics.jsonl") if "mfu" in r and r["step"] > args.skip]
     return {
         "mode": name,
+        "batch": batch,
         "mfu_median": statistics.median(r["mfu"] for r in logged) if logged else None,
         "tokens_per_s_median": statistics.median(r["tokens_per_s"] for r in logged) if logged else None,
         "intervals": len(logged),
@@ -80,6 +94,101 @@ def measure(name: str, overrides: dict, args, data: Path, tok: Path) -> dict:
     }
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_ceiling(device: torch.device, n: int) -> dict:
+    """The bf16 (CUDA) or fp32 (CPU) rate of an n x n x n matmul on random data: median of 10 after 3
+    warm-ups. What the device really reaches, beside the datasheet peak that MFU divides by."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    times = []
+    for i in range(13):
+        sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    return {"n": n, "dtype": str(dtype), "tflops": round(2 * n**3 / statistics.median(times) / 1e12, 1)}
+
+
+def family(kernel: str) -> str:
+    name = kernel.lower()
+    return next((fam for fam, keys in FAMILIES if any(k in name for k in keys)), "other")
+
+
+def bare_step(args, vocab: int, out: Path, compiled=None) -> dict:
+    """The compiled training step outside the trainer (random tokens, the same model, batch, autocast,
+    clipping and fused AdamW): its time by wall clock after a device sync, its MFU, and where its device
+    time goes (torch.profiler kernels grouped by `FAMILIES`; the top 25 go to OUT/profile.txt). What the
+    trainer's loop (data, logging) costs is the gap between this MFU and the trainer's. `compiled`, if
+    given, is called after the first step has compiled, before the timed ones (several processes comparing
+    variants can take turns on the device there)."""
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = Transformer(config_for_size(args.size, vocab, max_seq_len=args.seq_len)).to(device)
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    impl = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, **impl)
+    fn = torch.compile(model)
+    x = torch.randint(0, vocab, (args.batch, args.seq_len + 1), device=device)
+    inputs, targets = x[:, :-1], x[:, 1:]
+
+    def step() -> None:
+        with autocast(device, amp):
+            loss = fn(inputs, targets, logits=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    sync(device)
+    if compiled is not None:
+        compiled()
+    for _ in range(4):
+        step()
+    sync(device)
+    times = []
+    for _ in range(args.bare_steps):
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times)
+    fpt = flops_per_token(model, args.seq_len)
+    peak, _ = peak_flops(device, amp or torch.float32, None)
+    tokens = args.batch * args.seq_len
+    result = {"step_ms": round(seconds * 1e3, 2), "tokens_per_s": round(tokens / seconds),
+              "mfu": round(fpt * tokens / seconds / peak, 4)}  # fmt: skip
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+        sync(device)
+    kernels = {}
+    want = torch.autograd.DeviceType.CUDA if device.type == "cuda" else torch.autograd.DeviceType.CPU
+    for evt in prof.key_averages():
+        if evt.device_type == want:
+            us = getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cpu_time_total", 0)
+            kernels[evt.key] = kernels.get(evt.key, 0) + us
+    total = sum(kernels.values()) or 1
+    families: dict[str, float] = {}
+    for name, us in kernels.items():
+        families[family(name)] = families.get(family(name), 0) + us
+    result["device_ms_per_step"] = round(total / 3 / 1e3, 2)
+    result["families"] = {k: round(v / total, 3) for k, v in sorted(families.items(), key=lambda kv: -kv[1])}
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:25]
+    lines = [f"{us / 3 / 1e3:9.3f} ms/step {us / total:6.1%}  [{family(k)}] {k[:140]}" for k, us in top]
+    (out / "profile.txt").write_text("\n".join(lines) + "\n")
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="where mfu.json goes")
@@ -92,11 +201,12 @@ def main() -> None:
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--skip", type=int, default=30, help="steps left out of the median (compile, warm-up)")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--bare-steps", type=int, default=20, help="timed steps of the bare compiled step")
     ap.add_argument("--smoke", action="store_true", help="tiny model, few steps, on CPU: checks the path")
     args = ap.parse_args()
     if args.smoke:
         args.size, args.vocab, args.steps, args.batch, args.seq_len = "tiny", 512, 6, 2, 64
-        args.log_every, args.skip, args.device = 2, 0, "cpu"
+        args.log_every, args.skip, args.device, args.bare_steps = 2, 0, "cpu", 3
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
@@ -110,6 +220,15 @@ def main() -> None:
     result["setup_s"] = round(time.perf_counter() - t0, 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    result["matmul_ceiling"] = matmul_ceiling(device, 256 if args.smoke else 8192)
+    print(json.dumps(result["matmul_ceiling"]), flush=True)
+    try:  # first: it needs no data and tells what the trainer's loop costs
+        result["bare_step"] = bare_step(args, cft.load(tok).get_vocab_size(), out)
+    except Exception as e:
+        result["bare_step"] = {"error": f"{type(e).__name__}: {e}"[:500]}
+    print(json.dumps(result["bare_step"]), flush=True)
+    (out / "mfu.json").write_text(json.dumps(result, indent=2) + "\n")
     for name, overrides in MODES:
         if args.device == "cuda":
             torch.cuda.reset_peak_memory_stats()

@@ -94,9 +94,10 @@ def test_decoder_training_loss_is_the_same_with_and_without_logits(kw):
 
 
 def test_under_compilation_the_rows_are_cut_into_at_most_max_compiled_chunks(monkeypatch):
-    # torch.compile unrolls the chunk loop, so it gets fewer, larger chunks; the numbers do not change.
+    # torch.compile unrolls the chunk loop, so it gets fewer, larger chunks, and traces the loop written
+    # without in-place updates; the numbers do not change.
     chunks = []
-    real_mm = torch.Tensor.__matmul__
+    real_mm = torch.mm
 
     def counting_mm(a, b):
         if b.shape[-1] == 50:  # (rows, D) @ (D, V): one per chunk
@@ -105,20 +106,40 @@ def test_under_compilation_the_rows_are_cut_into_at_most_max_compiled_chunks(mon
 
     monkeypatch.setattr(fused_ce, "CHUNK_ELEMENTS", 50)  # one row per chunk in eager mode
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    monkeypatch.setattr(torch.Tensor, "__matmul__", counting_mm)
+    monkeypatch.setattr(torch, "mm", counting_mm)
     gen = torch.Generator().manual_seed(2)
     h = torch.randn(37, 16, generator=gen, requires_grad=True)
     w = torch.randn(50, 16, generator=gen, requires_grad=True)
     targets = torch.randint(0, 50, (37,), generator=gen)
+    targets[::5] = -100
     loss = linear_cross_entropy(h, w, targets)
+    (loss * 1.5).backward()
     monkeypatch.undo()
     assert (
         len(chunks)
         == math.ceil(37 / math.ceil(37 / fused_ce.MAX_COMPILED_CHUNKS))
         <= fused_ce.MAX_COMPILED_CHUNKS
     )
-    want, _, _ = _reference(h, w, targets, 1.0)
+    want, want_h, want_w = _reference(h, w, targets, 1.5)
     assert float(loss.detach()) == pytest.approx(float(want), rel=1e-6)
+    torch.testing.assert_close(h.grad, want_h, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(w.grad, want_w, rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_gradients_equal_the_unfused_ones():
+    # The real torch.compile over the head and loss (the path `pretrain --compile` takes): the gradients
+    # must arrive, and be those of the unfused loss (on a CUDA device torch 2.11 once returned zeros).
+    gen = torch.Generator().manual_seed(4)
+    h = torch.randn(64, 16, generator=gen, requires_grad=True)
+    w = torch.randn(50, 16, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 50, (64,), generator=gen)
+    targets[::6] = -100
+    loss = torch.compile(linear_cross_entropy, fullgraph=True)(h, w, targets)
+    loss.backward()
+    want, want_h, want_w = _reference(h, w, targets, 1.0)
+    assert float(loss.detach()) == pytest.approx(float(want), rel=1e-5)
+    torch.testing.assert_close(h.grad, want_h, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(w.grad, want_w, rtol=1e-4, atol=1e-6)
 
 
 def test_sum_reduction_matches_the_unfused_sum_in_value_and_gradient(monkeypatch):

@@ -58,35 +58,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # Each counted row's weight in the result: 1/n for the mean (with nothing counted the loss is
         # 0/0 = nan, as F.cross_entropy gives), 1 for the sum.
         scale = 1.0 / counted.sum().to(torch.float32) if mean else torch.ones((), device=h.device)
-        grad_h = torch.empty_like(h)
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        total = torch.zeros((), dtype=torch.float32, device=h.device)
         per_chunk = CHUNK_ELEMENTS if device == "cpu" else ACCELERATOR_CHUNK_ELEMENTS
         rows = max(1, per_chunk // vocab)
         if torch.compiler.is_compiling():
             rows = max(rows, -(-n // MAX_COMPILED_CHUNKS))
-        with torch.autocast(device, enabled=False):
-            w = weight.to(dtype)
-            wt = w.t().contiguous()  # (D, V): one copy, so no chunk's matmul repacks a transposed operand
-            for start in range(0, n, rows):
-                end = start + rows
-                hc, safe = h[start:end].to(dtype), targets[start:end].clamp_min(0).unsqueeze(1)
-                weight_of_row = (counted[start:end].to(torch.float32) * scale).unsqueeze(1)  # 1/n, 1 or 0
-                logits = (hc @ wt).float()  # (rows, V)
-                picked = logits.gather(1, safe)
-                top = logits.amax(dim=1, keepdim=True)
-                exp = logits.sub_(top).exp_()  # in place: the logits are not needed again
-                sums = exp.sum(dim=1, keepdim=True)
-                total += ((top + sums.log() - picked) * weight_of_row).sum()
-                # d loss / d logits = (softmax - onehot) * the row's weight.
-                grad = exp.mul_(weight_of_row / sums)
-                grad.scatter_add_(1, safe, -weight_of_row)
-                grad = grad.to(dtype)
-                grad_h[start:end] = grad @ w
-                if dtype == torch.float32:
-                    grad_w.addmm_(grad.t(), hc)
-                else:
-                    grad_w += (grad.t() @ hc).float()
+            total, grad_h, grad_w = _traced(h, weight.to(dtype), targets, counted, scale, rows)
+        else:
+            with torch.autocast(device, enabled=False):
+                total, grad_h, grad_w = _in_place(h, weight.to(dtype), targets, counted, scale, rows)
         # total is already the result: each row's loss carried its weight.
         ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
         return total
@@ -95,3 +74,63 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors
         return grad_h * grad_out.to(grad_h.dtype), grad_w * grad_out.to(grad_w.dtype), None, None
+
+
+def _rows(targets, counted, scale, start, end):
+    """A chunk's targets made safe to gather (ignored ones as 0, (rows, 1)) and each row's weight in the
+    result (1/n, 1 or 0; (rows, 1))."""
+    safe = targets[start:end].clamp_min(0).unsqueeze(1)
+    return safe, (counted[start:end].to(torch.float32) * scale).unsqueeze(1)
+
+
+def _in_place(h, w, targets, counted, scale, rows):
+    """(loss, d loss / d h, d loss / d weight in fp32), chunk by chunk, updating buffers in place: the
+    eager path, which keeps one chunk of logits alive and writes nothing twice."""
+    dtype = w.dtype
+    grad_h = torch.empty_like(h)
+    grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+    total = torch.zeros((), dtype=torch.float32, device=h.device)
+    wt = w.t().contiguous()  # (D, V): one copy, so no chunk's matmul repacks a transposed operand
+    for start in range(0, h.shape[0], rows):
+        end = start + rows
+        hc = h[start:end].to(dtype)
+        safe, weight_of_row = _rows(targets, counted, scale, start, end)
+        logits = (hc @ wt).float()  # (rows, V)
+        picked = logits.gather(1, safe)
+        top = logits.amax(dim=1, keepdim=True)
+        exp = logits.sub_(top).exp_()  # in place: the logits are not needed again
+        sums = exp.sum(dim=1, keepdim=True)
+        total += ((top + sums.log() - picked) * weight_of_row).sum()
+        # d loss / d logits = (softmax - onehot) * the row's weight.
+        grad = exp.mul_(weight_of_row / sums)
+        grad.scatter_add_(1, safe, -weight_of_row)
+        grad = grad.to(dtype)
+        grad_h[start:end] = grad @ w
+        if dtype == torch.float32:
+            grad_w.addmm_(grad.t(), hc)
+        else:
+            grad_w += (grad.t() @ hc).float()
+    return total, grad_h, grad_w
+
+
+def _traced(h, w, targets, counted, scale, rows):
+    """What `_in_place` computes, without in-place updates and without an autocast region: the path that
+    torch.compile traces (and fuses each chunk's softmax and gradient into a few kernels). Traced in
+    place, torch 2.11's compile on a CUDA device returned zero gradients."""
+    dtype = w.dtype
+    total, grads_h, grad_w = None, [], None
+    for start in range(0, h.shape[0], rows):
+        end = start + rows
+        hc = h[start:end].to(dtype)
+        safe, weight_of_row = _rows(targets, counted, scale, start, end)
+        logits = torch.mm(hc, w.t()).float()
+        top = logits.amax(dim=1, keepdim=True)
+        exp = (logits - top).exp()
+        sums = exp.sum(dim=1, keepdim=True)
+        loss = ((top + sums.log() - logits.gather(1, safe)) * weight_of_row).sum()
+        grad = (exp * (weight_of_row / sums)).scatter_add(1, safe, -weight_of_row).to(dtype)
+        grads_h.append(torch.mm(grad, w))
+        part = torch.mm(grad.t(), hc).float()
+        total = loss if total is None else total + loss
+        grad_w = part if grad_w is None else grad_w + part
+    return total, torch.cat(grads_h).to(h.dtype), grad_w
