@@ -4,8 +4,8 @@ asks for at least 40%), measured by the trainer itself on the Python standard li
 A 32k byte-level BPE is trained on the interpreter's standard library, then `pretrain` runs the `100m`
 size (dim 768, 12 layers, GQA 12/4, ~100M parameters at 32k, 75.5M outside the embedding) with bf16
 autocast in several modes, each a fresh run. Before them, the same compiled step runs outside the
-trainer on random tokens, timed and profiled (`bare_step`), beside the device's measured matmul rate. MFU is the trainer's own: (6 N + 12 L T d) FLOPs per token x tokens/s over the device's
-dense bf16 peak (`metrics.PEAK_FLOPS`, the H200's 989 TFLOP/s), taken as the median over the logged
+trainer on random tokens, timed and profiled (`bare_step`), beside the device's measured matmul rate.
+MFU is the trainer's own: (6 N + 12 L T d) FLOPs per token x tokens/s over the device's dense bf16 peak (`metrics.PEAK_FLOPS`, the H200's 989 TFLOP/s), taken as the median over the logged
 intervals after the first `--skip` steps (compilation and warm-up excluded).
 
     python benchmarks/gpu_mfu.py --out OUT            # on the GPU machine (benchmarks/gpu_check.sh)
@@ -24,10 +24,15 @@ from pathlib import Path
 import torch
 
 from codefoundry.models import tokenizer as cft
-from codefoundry.models.config import config_for_size
-from codefoundry.models.transformer import Transformer
 from codefoundry.train.metrics import flops_per_token, peak_flops, read_metrics
-from codefoundry.train.pretrain import PretrainConfig, autocast, param_groups, pretrain
+from codefoundry.train.pretrain import (
+    PretrainConfig,
+    amp_dtype,
+    autocast,
+    build_model,
+    build_optimizer,
+    pretrain,
+)
 
 # (name, overrides): the modes measured, in order; a failing mode is recorded and the next one runs.
 MODES = [
@@ -62,19 +67,25 @@ def corpus(root: Path, limit: int | None) -> Path:
     return data
 
 
-def measure(name: str, overrides: dict, args, data: Path, tok: Path) -> dict:
-    out = Path(args.work) / name.replace(", ", "-").replace(" ", "")
-    shutil.rmtree(out, ignore_errors=True)
+def config(args, overrides: dict, data: Path, tok: Path, out: Path) -> PretrainConfig:
+    """The run's config: the arguments, then a mode's overrides (`batch_factor` multiplies the batch)."""
     overrides = dict(overrides)
     batch = args.batch * overrides.pop("batch_factor", 1)
     if args.smoke and "shape" in overrides:
         overrides["shape"] = (64, 2, 1, 1)  # the same change at the tiny width: one head of dim 64
-    cfg = PretrainConfig(
+    return PretrainConfig(
         data=str(data), tokenizer=str(tok), out=str(out), size=args.size, steps=args.steps,
         batch_size=batch, seq_len=args.seq_len, lr=6e-4, log_every=args.log_every, eval_every=0,
         save_every=0, eval_batches=4, progress=False, final_eval=False, device=args.device,
         dtype="bf16" if args.device == "cuda" else "fp32", **overrides,
     )  # fmt: skip
+
+
+def measure(name: str, overrides: dict, args, data: Path, tok: Path) -> dict:
+    out = Path(args.work) / name.replace(", ", "-").replace(" ", "")
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = config(args, overrides, data, tok, out)
+    batch = cfg.batch_size
     t0 = time.perf_counter()
     summary = pretrain(cfg)
     wall = time.perf_counter() - t0
@@ -125,28 +136,26 @@ def family(kernel: str) -> str:
     return next((fam for fam, keys in FAMILIES if any(k in name for k in keys)), "other")
 
 
-def bare_step(args, vocab: int, out: Path, compiled=None) -> dict:
-    """The compiled training step outside the trainer (random tokens, the same model, batch, autocast,
-    clipping and fused AdamW): its time by wall clock after a device sync, its MFU, and where its device
+def bare_step(cfg: PretrainConfig, vocab: int, out: Path, steps: int, compiled=None) -> dict:
+    """The compiled training step of `cfg` outside the trainer (random tokens; the trainer's own model,
+    autocast dtype, clipping and optimizer, built by its functions): its time by wall clock after a device sync, its MFU, and where its device
     time goes (torch.profiler kernels grouped by `FAMILIES`; the top 25 go to OUT/profile.txt). What the
     trainer's loop (data, logging) costs is the gap between this MFU and the trainer's. `compiled`, if
     given, is called after the first step has compiled, before the timed ones (several processes comparing
     variants can take turns on the device there)."""
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    model = Transformer(config_for_size(args.size, vocab, max_seq_len=args.seq_len)).to(device)
-    amp = torch.bfloat16 if device.type == "cuda" else None
-    impl = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, **impl)
+    device = torch.device(cfg.device)
+    model = build_model(cfg, vocab).to(device)
+    amp = amp_dtype(cfg.dtype, device)
+    opt = build_optimizer(model, cfg, device)
     fn = torch.compile(model)
-    x = torch.randint(0, vocab, (args.batch, args.seq_len + 1), device=device)
+    x = torch.randint(0, vocab, (cfg.batch_size, cfg.seq_len + 1), device=device)
     inputs, targets = x[:, :-1], x[:, 1:]
 
     def step() -> None:
         with autocast(device, amp):
             loss = fn(inputs, targets, logits=False).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -158,15 +167,15 @@ def bare_step(args, vocab: int, out: Path, compiled=None) -> dict:
         step()
     sync(device)
     times = []
-    for _ in range(args.bare_steps):
+    for _ in range(steps):
         t0 = time.perf_counter()
         step()
         sync(device)
         times.append(time.perf_counter() - t0)
     seconds = statistics.median(times)
-    fpt = flops_per_token(model, args.seq_len)
+    fpt = flops_per_token(model, cfg.seq_len)
     peak, _ = peak_flops(device, amp or torch.float32, None)
-    tokens = args.batch * args.seq_len
+    tokens = cfg.batch_size * cfg.seq_len
     result = {"step_ms": round(seconds * 1e3, 2), "tokens_per_s": round(tokens / seconds),
               "mfu": round(fpt * tokens / seconds / peak, 4)}  # fmt: skip
     activities = [torch.profiler.ProfilerActivity.CPU]
@@ -229,7 +238,8 @@ def main() -> None:
     result["matmul_ceiling"] = matmul_ceiling(device, 256 if args.smoke else 8192)
     print(json.dumps(result["matmul_ceiling"]), flush=True)
     try:  # first: it needs no data and tells what the trainer's loop costs
-        result["bare_step"] = bare_step(args, cft.load(tok).get_vocab_size(), out)
+        cfg = config(args, MODES[0][1], data, tok, Path(args.work) / "bare")
+        result["bare_step"] = bare_step(cfg, cft.load(tok).get_vocab_size(), out, args.bare_steps)
     except Exception as e:
         result["bare_step"] = {"error": f"{type(e).__name__}: {e}"[:500]}
     print(json.dumps(result["bare_step"]), flush=True)
