@@ -5,8 +5,9 @@ A 32k byte-level BPE is trained on the interpreter's standard library, then `pre
 size (dim 768, 12 layers, GQA 12/4, ~100M parameters at 32k, 75.5M outside the embedding) with bf16
 autocast in several modes, each a fresh run. Before them, the same compiled step runs outside the
 trainer on random tokens, timed and profiled (`bare_step`), beside the device's measured matmul rate.
-MFU is the trainer's own: (6 N + 12 L T d) FLOPs per token x tokens/s over the device's dense bf16 peak (`metrics.PEAK_FLOPS`, the H200's 989 TFLOP/s), taken as the median over the logged
-intervals after the first `--skip` steps (compilation and warm-up excluded).
+MFU is the trainer's own: (6 N + 12 L T d) FLOPs per token x tokens/s over the device's dense bf16 peak
+(`metrics.PEAK_FLOPS`, the H200's 989 TFLOP/s), taken as the median over the logged intervals after the
+first `--skip` steps (compilation and warm-up excluded).
 
     python benchmarks/gpu_mfu.py --out OUT            # on the GPU machine (benchmarks/gpu_check.sh)
     python benchmarks/gpu_mfu.py --out /tmp/m --smoke # the same path on CPU with a tiny model
