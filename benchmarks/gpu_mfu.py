@@ -139,11 +139,11 @@ def family(kernel: str) -> str:
 
 def bare_step(cfg: PretrainConfig, vocab: int, out: Path, steps: int, compiled=None) -> dict:
     """The compiled training step of `cfg` outside the trainer (random tokens; the trainer's own model,
-    autocast dtype, clipping and optimizer, built by its functions): its time by wall clock after a device sync, its MFU, and where its device
-    time goes (torch.profiler kernels grouped by `FAMILIES`; the top 25 go to OUT/profile.txt). What the
-    trainer's loop (data, logging) costs is the gap between this MFU and the trainer's. `compiled`, if
-    given, is called after the first step has compiled, before the timed ones (several processes comparing
-    variants can take turns on the device there)."""
+    autocast dtype, clipping and optimizer, built by its functions): its time by wall clock after a device
+    sync, its MFU, and where its device time goes (torch.profiler kernels grouped by `FAMILIES`; the top
+    25 go to OUT/profile.txt). What the trainer's loop (data, logging) costs is the gap between this MFU
+    and the trainer's. `compiled`, if given, is called after the first step has compiled, before the
+    timed ones (several processes comparing variants can take turns on the device there)."""
     device = torch.device(cfg.device)
     model = build_model(cfg, vocab).to(device)
     amp = amp_dtype(cfg.dtype, device)
