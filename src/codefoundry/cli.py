@@ -6,6 +6,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from codefoundry.sandbox import Limits
 
 
 class UsageError(Exception):
@@ -13,17 +17,23 @@ class UsageError(Exception):
 
 
 def _sandbox_run(args: argparse.Namespace) -> int:
-    from codefoundry.sandbox import Limits, execute
+    from codefoundry.sandbox import LANGUAGES, execute
+    from codefoundry.sandbox.checks import check_language
 
-    try:
-        with open(args.file, encoding="utf-8", errors="surrogateescape") as f:
-            source = f.read()
-    except OSError as e:
-        raise UsageError(f"{args.file}: cannot read ({e.strerror})") from None
     language = args.language or _language_from_name(args.file)
-    stdin = sys.stdin.read() if args.stdin == "-" else None
-    limits = Limits(cpu_seconds=args.timeout, memory_mb=args.memory)
-    result = execute(source, language=language, limits=limits, stdin=stdin)
+    try:
+        runner = check_language(language, "--language")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.stdin not in (None, "-"):
+        raise UsageError(f"--stdin takes only '-' (this command's standard input), got {args.stdin!r}")
+    limits = _limits(args.timeout, args.memory)
+    source = _read_program(args.file, python=runner is LANGUAGES["python"])
+    stdin = sys.stdin.buffer.read() if args.stdin == "-" else None  # bytes: passed on as they are
+    try:
+        result = execute(source, language=language, limits=limits, stdin=stdin)
+    except ValueError as e:  # checked before anything runs: the program does not fit the run's disk, ...
+        raise UsageError(f"{args.file}: {e}") from None
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -35,12 +45,59 @@ def _sandbox_run(args: argparse.Namespace) -> int:
             + (f" ({result.message})" if result.message else ""),
             file=sys.stderr,
         )
+    if result.status.value == "sandbox_error":
+        return 3  # the sandbox failed, not the program: never a wrong answer
     return 0 if result.status.value == "ok" else 1
+
+
+def _limits(timeout: float, memory: int) -> Limits:
+    """--timeout and --memory as Limits, or a UsageError naming the flag (before anything is read or run)."""
+    from codefoundry.sandbox import Limits
+    from codefoundry.sandbox.result import MAX_MB, MAX_SECONDS
+
+    if not 0 < timeout <= MAX_SECONDS:  # NaN fails too
+        raise UsageError(f"--timeout must be CPU seconds > 0 and at most {MAX_SECONDS}, got {timeout:g}")
+    if not 1 <= memory <= MAX_MB:
+        raise UsageError(f"--memory must be MB from 1 to {MAX_MB}, got {memory}")
+    return Limits(cpu_seconds=timeout, memory_mb=memory)
+
+
+def _read_program(path: str, *, python: bool) -> str:
+    """The program's text. Python source is decoded as `python FILE` would (UTF-8, or the encoding its
+    PEP 263 line declares); other languages' bytes reach their compiler unchanged (surrogateescape)."""
+    import io
+    import tokenize
+
+    try:
+        if not python:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                return f.read()
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read ({e.strerror})") from None
+    problem = ""
+    try:
+        encoding = tokenize.detect_encoding(io.BytesIO(data).readline)[0]
+    except SyntaxError as e:  # an unknown or contradictory declaration, or a first line that is not UTF-8
+        encoding, problem = "utf-8", e.msg
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UsageError(
+            f"{path}: line {line}: byte 0x{data[e.start]:02x} is not valid {encoding}; Python source must be "
+            "UTF-8 or declare its encoding"
+        ) from None
+    if problem:
+        raise UsageError(f"{path}: {problem}")
+    return io.StringIO(text, newline=None).read()  # universal newlines, as text-mode open() gave
 
 
 def _eval(args: argparse.Namespace) -> int:
     from codefoundry.eval import EvalConfig, EvalInputError, run_eval
 
+    _limits(args.timeout, args.memory)  # the flags' one-line errors, before any problem is loaded
     try:
         ks = tuple(int(k) for k in args.k.split(",") if k.strip())
     except ValueError:
@@ -78,13 +135,21 @@ def _tokenizer_train(args: argparse.Namespace) -> int:
 
 
 def _language_from_name(path: str) -> str:
+    """The language a file's suffix names; no suffix is Python. An unknown suffix is refused rather than run
+    as Python (a .rs or .java file came back as a Python syntax error)."""
+    from pathlib import Path
+
     from codefoundry.sandbox.runners import LANGUAGES
 
-    suffix = "." + path.rsplit(".", 1)[-1] if "." in path else ""
-    for name, runner in LANGUAGES.items():
-        if runner.filename.endswith(suffix) and suffix:
-            return name
-    return "python"
+    suffixes = {Path(r.filename).suffix: name for name, r in LANGUAGES.items()}
+    suffixes |= {".cc": "cpp", ".cxx": "cpp"}
+    suffix = Path(path).suffix
+    if not suffix:
+        return "python"
+    if suffix.lower() not in suffixes:
+        raise UsageError(f"{path}: no language is known by the suffix {suffix!r}; pass --language "
+                         f"({', '.join(sorted(LANGUAGES))})")  # fmt: skip
+    return suffixes[suffix.lower()]
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
@@ -95,7 +160,11 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
     sandbox = stages.add_parser("sandbox", help="run programs in the isolated sandbox")
     sandbox_cmds = sandbox.add_subparsers(dest="command", required=True)
-    run = sandbox_cmds.add_parser("run", help="run one program file and print its result")
+    run = sandbox_cmds.add_parser(
+        "run",
+        help="run one program file and print its result",
+        epilog="exit status: 0 ok, 1 the program did not succeed, 2 bad usage, 3 sandbox error",
+    )
     run.add_argument("file")
     run.add_argument("--language", "-l", help="python, c, cpp, javascript (default: from the file name)")
     run.add_argument("--timeout", type=float, default=10.0, help="CPU seconds (default 10)")

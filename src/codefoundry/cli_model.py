@@ -52,10 +52,13 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _pretrain_line(s: dict[str, Any]) -> str:
+    def num(value: float | None, spec: str) -> str:  # None: no held-out data, or no step ran this session
+        return "n/a" if value is None else format(value, spec)
+
     parts = [
         f"{s['stopped']} at step {s['step']}/{s['steps']}",
-        f"val_loss {s['val_loss']:.4f} (unigram baseline {s['unigram_loss']:.4f})",
-        f"{s['tokens']:,} tokens in {s['wall_s']:.0f}s ({s['tokens_per_s']:.0f} tok/s)",
+        f"val_loss {num(s['val_loss'], '.4f')} (unigram baseline {num(s['unigram_loss'], '.4f')})",
+        f"{s['tokens']:,} tokens in {s['wall_s']:.0f}s ({num(s['tokens_per_s'], '.0f')} tok/s)",
     ]
     if isinstance(s.get("fim_exact_match"), dict):
         parts.append(f"FIM exact match {s['fim_exact_match']['exact_match']:.3f}")
@@ -78,7 +81,7 @@ def _export_hf(args: argparse.Namespace) -> int:
 
 
 def _import_hf(args: argparse.Namespace) -> int:
-    from codefoundry.models.hf import import_hf
+    from codefoundry.models.hf_import import import_hf
 
     try:
         model = import_hf(args.src, args.out, max_seq_len=args.max_seq_len)

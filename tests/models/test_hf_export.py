@@ -12,7 +12,7 @@ pytest.importorskip("tokenizers")
 
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from codefoundry.models import checkpoint, hf  # noqa: E402
+from codefoundry.models import checkpoint, hf, hf_import  # noqa: E402
 from codefoundry.models import tokenizer as cft  # noqa: E402
 from codefoundry.models.config import ModelConfig, MoEConfig  # noqa: E402
 from codefoundry.models.transformer import Transformer  # noqa: E402
@@ -172,7 +172,7 @@ def test_tokenizer_ids_and_special_token_ids_agree(exported, tok_dir):
 @pytest.mark.parametrize("name", VARIANTS)
 def test_export_then_import_is_exact(name, exported):
     model, _, out, _ = exported(name)
-    back = hf.import_hf(out)
+    back = hf_import.import_hf(out)
     ids = batch(seed=3)
     with torch.no_grad():
         # the same weights; only BLAS kernel choices (alignment of the re-read tensors) can differ
@@ -254,7 +254,7 @@ def test_import_saved_llama_and_qwen2(kind, tmp_path, tok_dir):
     theirs.save_pretrained(str(tmp_path / "hf"), max_shard_size="100KB")  # sharded, with an index
     assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
     checkpoint.copy_tokenizer(tok_dir, tmp_path / "hf")
-    ours = hf.import_hf(tmp_path / "hf", tmp_path / "cf")
+    ours = hf_import.import_hf(tmp_path / "hf", tmp_path / "cf")
     assert ours.cfg.qkv_bias == (kind == "qwen2") and ours.cfg.rope_theta == 5000.0
     assert_same_logits(ours, theirs)
     reloaded = checkpoint.load(tmp_path / "cf")
@@ -269,14 +269,14 @@ def test_import_moe_models_in_memory_and_saved(kind, tmp_path):
         with torch.no_grad():
             for layer in theirs.model.layers:
                 layer.mlp.shared_expert_gate.weight.zero_()  # the only gate with an exact equivalent
-    assert_same_logits(hf.import_hf(theirs), theirs)  # fused 3-D expert tensors
+    assert_same_logits(hf_import.import_hf(theirs), theirs)  # fused 3-D expert tensors
     theirs.save_pretrained(str(tmp_path / "hf"))
-    assert_same_logits(hf.import_hf(tmp_path / "hf"), theirs)  # one tensor per expert on disk
+    assert_same_logits(hf_import.import_hf(tmp_path / "hf"), theirs)  # one tensor per expert on disk
 
 
 def test_import_refuses_a_gated_shared_expert(tmp_path):
     with pytest.raises(ValueError, match=r"shared_expert_gate\.weight is not zero"):
-        hf.import_hf(hf_tiny("qwen2_moe"))
+        hf_import.import_hf(hf_tiny("qwen2_moe"))
 
 
 @pytest.fixture(scope="module")
@@ -307,41 +307,42 @@ def test_import_refuses_what_it_cannot_compute(edit, field, llama_dir, tmp_path)
     config = {**json.loads((llama_dir / "config.json").read_text()), **edit}
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=at(bad, rf": {field}=.*not supported")) as e:
-        hf.import_hf(bad)
+        hf_import.import_hf(bad)
     assert "\n" not in str(e.value)
 
 
 def test_import_errors_name_the_path_and_the_problem(llama_dir, tmp_path):
     with pytest.raises(ValueError, match=at(tmp_path, r": no config.json")):
-        hf.import_hf(tmp_path)
+        hf_import.import_hf(tmp_path)
     (tmp_path / "config.json").write_bytes((llama_dir / "config.json").read_bytes())
     with pytest.raises(ValueError, match="no model.safetensors"):
-        hf.import_hf(tmp_path)
+        hf_import.import_hf(tmp_path)
     sd = load_file(str(llama_dir / "model.safetensors"))
     save_file(
         {**sd, "model.layers.0.self_attn.o_proj.bias": torch.zeros(64)}, str(tmp_path / "model.safetensors")
     )
     with pytest.raises(ValueError, match=r"no counterpart here: model\.layers\.0\.self_attn\.o_proj\.bias"):
-        hf.import_hf(tmp_path)
+        hf_import.import_hf(tmp_path)
     config = json.loads((llama_dir / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "vocab_size"}))
     with pytest.raises(ValueError, match=at(tmp_path, ": the config has no 'vocab_size'")):
-        hf.import_hf(tmp_path)
+        hf_import.import_hf(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(config))
     sd.pop("model.norm.weight")
     save_file(sd, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match=r"the weights have no model\.norm\.weight"):
-        hf.import_hf(tmp_path)
+        hf_import.import_hf(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00")
     with pytest.raises(ValueError, match="cannot read the weights"):
-        hf.import_hf(tmp_path)
+        hf_import.import_hf(tmp_path)
     with pytest.raises(TypeError, match="checkpoint directory or a transformers model"):
-        hf.import_hf(42)
+        hf_import.import_hf(42)
 
 
 def test_public_api():
-    assert set(hf.__all__) == {"export_hf", "import_hf", "hf_architecture", "hf_state_dict", "config_from_hf"}
-    assert all(callable(getattr(hf, name)) for name in hf.__all__)
+    assert set(hf.__all__) == {"export_hf", "hf_architecture", "hf_state_dict", "to_transformers"}
+    assert set(hf_import.__all__) == {"import_hf", "config_from_hf"}
+    assert all(callable(getattr(module, name)) for module in (hf, hf_import) for name in module.__all__)
 
 
 @pytest.mark.parametrize("moe", [None, MoEConfig(n_experts=4, top_k=2, expert_dim=32, shared_expert_dim=32)])

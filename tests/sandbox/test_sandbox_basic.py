@@ -208,9 +208,13 @@ def test_cli_run_json(tmp_path):
 
 def test_the_run_after_an_internal_sandbox_error_gets_a_fresh_worker():
     """A worker exits after replying `sandbox_error` to a request it cannot serve (a file name leaving the
-    work directory); the very next run must not be handed that dying worker."""
+    work directory: `execute` refuses it up front, so it is sent through the pool, as a bug would send it);
+    the very next run must not be handed that dying worker."""
+    from codefoundry.sandbox.api import _default_pool
+
+    escape = Program("print('ran')", files={"../../escape.txt": "x"})
     for _ in range(5):
-        bad = execute("print('ran')", files={"../../escape.txt": "x"}, limits=Limits(cpu_seconds=2))
+        bad = _default_pool().run(escape, language="python", limits=Limits(cpu_seconds=2))
         assert bad.status is Status.SANDBOX_ERROR and "leaves the work directory" in bad.message
         good = execute("print(6 * 7)", limits=Limits(cpu_seconds=2))
         assert good.passed and good.stdout == "42\n", good.message

@@ -15,6 +15,7 @@ import torch
 
 from codefoundry.models.config import ModelConfig
 from codefoundry.models.transformer import Transformer
+from codefoundry.paths import output_dir
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -40,8 +41,7 @@ def save(model: Transformer, out: str | Path, *, tokenizer: str | Path | None = 
     """
     from safetensors.torch import save_file
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     tmp_weights, tmp_config = out / (WEIGHTS + ".tmp"), out / (CONFIG + ".tmp")
     try:
         save_file(state_dict_for_save(model), str(tmp_weights), metadata={"format": "pt", "codefoundry": "1"})
@@ -86,18 +86,12 @@ def load(
     path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> Transformer:
     """The model saved in `path`, in eval mode, on `device` (and cast to `dtype` when given)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     cfg = load_config(path)
     weights = path / WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"{path}: no {WEIGHTS}")
-    try:
-        sd = load_file(str(weights), device=str(device))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{weights}: cannot read the weights ({e})") from None
+    sd = read_weights(weights, device=device)
     with torch.device("meta"):
         model = Transformer(cfg)
     load_state(model, sd, where=str(weights))
@@ -105,6 +99,17 @@ def load(
     if dtype is not None:
         model.to(dtype)
     return model.eval()
+
+
+def read_weights(path: str | Path, *, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a CheckpointError naming it when it is torn or unreadable."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: cannot read the weights ({e})") from None
 
 
 def load_state(model: Transformer, sd: dict[str, torch.Tensor], *, where: str) -> None:

@@ -10,6 +10,7 @@ of a plain prompt, the far ends of a FIM prefix and suffix. Stop strings cut the
 from __future__ import annotations
 
 import codecs
+import math
 import sys
 from collections.abc import Sequence
 
@@ -156,6 +157,13 @@ def generate_command(ckpt: str, prompt: str, suffix: str | None, max_tokens: int
     from codefoundry.models import checkpoint
     from codefoundry.models import tokenizer as tokenizer_module
 
+    # Checked before the (possibly slow) load, named as the command's options.
+    if max_tokens < 1:
+        raise ValueError(f"--max-tokens must be >= 1, got {max_tokens}")
+    if not 0 <= temperature < math.inf:  # also refuses NaN
+        raise ValueError(f"--temperature must be a finite number >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {top_p}")
     model = checkpoint.load(ckpt)
     tok = tokenizer_module.load(ckpt)
 

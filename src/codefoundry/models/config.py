@@ -7,7 +7,7 @@ is saved as `config.json` beside the weights, so a checkpoint describes itself.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,9 @@ class MoEConfig:
     capacity_factor: float = 0.0  # 0 = dropless; else each expert takes at most cf * tokens * k / E
 
     def __post_init__(self) -> None:
+        _check_ranges(self, "moe.", positive=("n_experts", "expert_dim"), non_negative=("shared_expert_dim",))
+        if self.capacity_factor < 0:
+            raise ValueError(f"moe.capacity_factor must be >= 0, got {self.capacity_factor!r}")
         if not 1 <= self.top_k <= self.n_experts:
             raise ValueError(f"moe.top_k must be in [1, n_experts={self.n_experts}], got {self.top_k}")
 
@@ -47,6 +50,8 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # free-form provenance only
 
     def __post_init__(self) -> None:
+        positive = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len")
+        _check_ranges(self, "", positive=positive, non_negative=("ffn_dim", "mtp_depth"))
         if self.dim % self.n_heads:
             raise ValueError(f"dim={self.dim} is not a multiple of n_heads={self.n_heads}")
         if self.n_heads % self.n_kv_heads:
@@ -57,6 +62,8 @@ class ModelConfig:
             object.__setattr__(self, "ffn_dim", _round_up(8 * self.dim // 3, 64))
         if isinstance(self.moe, dict):
             object.__setattr__(self, "moe", MoEConfig(**self.moe))
+        elif self.moe is not None and not isinstance(self.moe, MoEConfig):
+            raise ValueError(f"moe must be an object of MoE fields or null, got {self.moe!r}")
 
     @property
     def head_dim(self) -> int:
@@ -67,10 +74,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown model config fields: {', '.join(unknown)}")
+        """The config of a JSON object; a ValueError naming the first unknown, missing or mistyped field."""
+        _check_types(cls, d, "")
+        if isinstance(d.get("moe"), dict):
+            _check_types(MoEConfig, d["moe"], "moe.")
         return cls(**d)
 
     def save(self, path: str | Path) -> None:
@@ -87,6 +94,41 @@ class ModelConfig:
             return cls.from_dict(data)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: {e}") from None
+
+
+# JSON types of the scalar fields (by their annotation: this module postpones annotations to strings).
+_JSON_TYPES = {
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+}
+
+
+def _check_types(cls: type, d: Any, prefix: str) -> None:
+    """`d` is a JSON object holding every required field of `cls`, no unknown one, and scalars of the
+    annotated types (a bool is no int here, though Python says it is)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"the model config must be a JSON object, got a {type(d).__name__}")
+    unknown = sorted(set(d) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {'moe' if prefix else 'model'} config fields: {', '.join(unknown)}")
+    for f in fields(cls):
+        if f.name not in d:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise ValueError(f"{prefix}{f.name} is missing")
+            continue
+        if f.type not in _JSON_TYPES:
+            continue
+        (kinds, words), value = _JSON_TYPES[f.type], d[f.name]
+        if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+            raise ValueError(f"{prefix}{f.name} must be {words}, got {value!r}")
+
+
+def _check_ranges(cfg: Any, prefix: str, *, positive: tuple[str, ...], non_negative: tuple[str, ...]) -> None:
+    for name in positive + non_negative:
+        value, low = getattr(cfg, name), 1 if name in positive else 0
+        if value < low:
+            raise ValueError(f"{prefix}{name} must be >= {low}, got {value!r}")
 
 
 def _round_up(n: int, multiple: int) -> int:

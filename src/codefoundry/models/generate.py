@@ -234,7 +234,7 @@ def _check(model, prompts, max_new, temperature, top_k, top_p, stop_strings, tok
         raise ValueError("generate: prompts must be a non-empty list of token-id lists")
     if max_new < 1:
         raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new}")
-    if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
+    if not 0 <= temperature < math.inf or top_k < 0 or not 0 < top_p <= 1:  # a NaN fails the first test
         raise ValueError(
             f"generate: need temperature >= 0, top_k >= 0, 0 < top_p <= 1; got {temperature}, {top_k}, "
             f"{top_p}"

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from codefoundry.paths import output_dir
+
 EOT = "<|endoftext|>"
 FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD = (
     "<|fim_prefix|>",
@@ -57,22 +59,24 @@ def corpus_files(data: str | Path | None, *, suffixes: Sequence[str] = (".py",))
     )
 
 
-def read_texts(files: Iterable[Path]) -> Iterator[str]:
+def read_texts(files: Iterable[Path], *, skipped: list[Path] | None = None) -> Iterator[str]:
     """The UTF-8 text of each file; files that are not UTF-8 are skipped (byte-level BPE could encode
-    them, but every consumer of the tokenizer works on text)."""
+    them, but every consumer of the tokenizer works on text) and appended to `skipped` when given."""
     for path in files:
         try:
             yield path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
-            continue
+            if skipped is not None:
+                skipped.append(path)
 
 
 @dataclass(frozen=True)
 class TrainReport:
-    files: int
+    files: int  # the files trained on
     vocab_size: int
     bytes_per_token: float
     out: str
+    skipped: int = 0  # files skipped as not UTF-8
 
 
 def train(files: Sequence[Path], *, vocab_size: int, out: str | Path, min_frequency: int = 2):
@@ -84,8 +88,7 @@ def train_texts(texts: Iterable[str], *, vocab_size: int, out: str | Path, min_f
     """Train a byte-level BPE on `texts` (any iterable, consumed once), save it to `out`, return it."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (bytes + special tokens)")
+    check_options(vocab_size, min_frequency)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
@@ -101,11 +104,19 @@ def train_texts(texts: Iterable[str], *, vocab_size: int, out: str | Path, min_f
     return tok
 
 
+def check_options(vocab_size: int, min_frequency: int) -> None:
+    if vocab_size < 256 + len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (bytes + special tokens)")
+    if min_frequency < 0:
+        raise ValueError(f"min_frequency must be >= 0, got {min_frequency}")
+
+
 def save(tok, out: str | Path) -> None:
-    """`tokenizer.json` plus the config files transformers' `PreTrainedTokenizerFast` reads."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tok.save(str(out / "tokenizer.json"))
+    """`tokenizer.json` plus the config files transformers' `PreTrainedTokenizerFast` reads.
+    `tokenizer.json` is written under a temporary name and renamed, so a killed save leaves no torn one."""
+    out = output_dir(out)
+    tok.save(str(out / "tokenizer.json.tmp"))
+    (out / "tokenizer.json.tmp").replace(out / "tokenizer.json")
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": None,
@@ -131,7 +142,15 @@ def load(path: str | Path):
     from tokenizers import Tokenizer
 
     path = Path(path)
-    return Tokenizer.from_file(str(path / "tokenizer.json" if path.is_dir() else path))
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"{file}: no such tokenizer file (train one with codefoundry tokenizer train)"
+        )
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
+        raise ValueError(f"{file}: not a readable tokenizer ({e})") from None
 
 
 def special_id(tokenizer, token: str, why: str = "") -> int:
@@ -189,10 +208,16 @@ def round_trip_failures(tok, files: Iterable[Path]) -> list[str]:
 
 def train_command(data: str | None, vocab_size: int, out: str, min_frequency: int = 2) -> TrainReport:
     """What `codefoundry tokenizer train` does: train, save, and measure compression on the corpus."""
+    check_options(vocab_size, min_frequency)
     files = corpus_files(data)
     if not files:
         raise FileNotFoundError(f"{data}: no source files to train on")
-    tok = train(files, vocab_size=vocab_size, out=out, min_frequency=min_frequency)
-    return TrainReport(
-        len(files), tok.get_vocab_size(), round(bytes_per_token(tok, read_texts(files)), 3), str(out)
-    )
+    skipped: list[Path] = []
+    if not any(read_texts(files, skipped=skipped)):  # stops at the first non-empty text
+        raise ValueError(f"{data}: no non-empty UTF-8 source files ({len(skipped)} skipped as not UTF-8)")
+    output_dir(out)
+    skipped.clear()
+    texts = read_texts(files, skipped=skipped)
+    tok = train_texts(texts, vocab_size=vocab_size, out=out, min_frequency=min_frequency)
+    compression = round(bytes_per_token(tok, read_texts(files)), 3)
+    return TrainReport(len(files) - len(skipped), tok.get_vocab_size(), compression, str(out), len(skipped))

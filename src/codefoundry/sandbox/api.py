@@ -8,9 +8,10 @@ import os
 import queue
 import random
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from codefoundry.sandbox.checks import check_language, check_limits, check_program
 from codefoundry.sandbox.result import ExecutionResult, Judge, Limits, Status
 from codefoundry.sandbox.worker import Worker, WorkerDied
 
@@ -100,6 +101,11 @@ class Pool:
         except WorkerDied as e:
             self._discard(worker)
             return ExecutionResult.sandbox_error(str(e), worker.isolation)
+        except BaseException:
+            # Raised before, during or after its request was sent (an interrupt, a request it cannot
+            # encode): its request stream may be out of step, and it must not stay out of the pool alive.
+            self._discard(worker)
+            raise
         if result.status is Status.SANDBOX_ERROR:
             # The worker exits after an internal error (its request stream may be out of step), possibly
             # a moment after replying: never hand it to the next run.
@@ -154,13 +160,16 @@ def execute(
     limits: Limits | None = None,
     judge: Judge | None = None,
 ) -> ExecutionResult:
-    """Run one program in the sandbox and return its result; never raises for anything the program does."""
+    """Run one program in the sandbox and return its result; never raises for anything the program does.
+    Raises TypeError or ValueError, naming the argument, for arguments that cannot be run as given."""
+    check_limits(limits, "limits")
     prog = Program(program, language, stdin, files, limits, judge)
+    check_program(prog, language=language, limits=limits or Limits())
     return _default_pool().run(prog, language=language, limits=limits or Limits())
 
 
 def execute_many(
-    programs: Sequence[str | Program],
+    programs: Iterable[str | Program],
     *,
     workers: int | None = None,
     language: str = "python",
@@ -169,10 +178,15 @@ def execute_many(
     progress: bool = True,
     description: str = "executing",
 ) -> list[ExecutionResult]:
-    """Run many programs, `workers` at a time, and return their results in input order."""
-    items = [p if isinstance(p, Program) else Program(p) for p in programs]
+    """Run many programs, `workers` at a time (None: one per CPU), and return their results in input order.
+
+    Every program is checked before any runs: an entry that cannot be run as given (not a str or Program,
+    an unknown language, a bad file name, ...) raises TypeError or ValueError naming it (`programs[3]...`),
+    so no result is computed and then lost. What a program does is reported in its own result."""
+    check_limits(limits, "limits")
     limits = limits or Limits()
-    workers = max(1, workers or os.cpu_count() or 1)
+    items = _checked(programs, workers=workers, language=language, limits=limits)
+    workers = workers or os.cpu_count() or 1
     if executor == "ray":
         from codefoundry.sandbox.ray_executor import execute_on_ray
 
@@ -213,6 +227,28 @@ def execute_many(
             t.join()
         bar.close()
     return results  # type: ignore[return-value]
+
+
+def _checked(programs: object, *, workers: object, language: str, limits: Limits) -> list[Program]:
+    """`execute_many`'s programs as Program objects, once they and its other arguments are known good."""
+    if isinstance(programs, str | bytes) or not isinstance(programs, Iterable):
+        hint = " (put a single program in a list)" if isinstance(programs, str) else ""
+        raise TypeError(
+            f"programs must be an iterable of str or Program, got {type(programs).__name__}{hint}"
+        )
+    check_language(language, "language")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)):
+        raise TypeError(f"workers must be an int or None (one per CPU), got {type(workers).__name__}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, or None for one per CPU, got {workers}")
+    items = []
+    for i, entry in enumerate(programs):
+        if not isinstance(entry, str | Program):
+            raise TypeError(f"programs[{i}] must be a str or a Program, got {type(entry).__name__}")
+        item = Program(entry) if isinstance(entry, str) else entry
+        check_program(item, language=language, limits=limits, at=f"programs[{i}].")
+        items.append(item)
+    return items
 
 
 def _progress(total: int, description: str, enabled: bool):

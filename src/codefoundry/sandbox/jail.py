@@ -238,11 +238,22 @@ def write_run_files(workdir: str, files: dict[str, str], uid: int | None) -> Non
         path = os.path.normpath(os.path.join(workdir, name))
         if not path.startswith(workdir + "/"):
             raise ValueError(f"file name {name!r} leaves the work directory")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _make_dirs(workdir, os.path.dirname(path), uid)
         with open(path, "wb") as f:
             f.write(bytes.fromhex(content))
         if uid is not None:
             os.chown(path, uid, uid)
+
+
+def _make_dirs(workdir: str, path: str, uid: int | None) -> None:
+    """Directories down to `path`, owned by `uid` like the work directory: made by root, the program could
+    not create a file beside the ones it was given (`data/out.txt` next to `data/in.txt`)."""
+    for part in os.path.relpath(path, workdir).split(os.sep):
+        workdir = os.path.join(workdir, part)
+        if part != "." and not os.path.isdir(workdir):
+            os.mkdir(workdir)
+            if uid is not None:
+                os.chown(workdir, uid, uid)
 
 
 def stray_children(proc_fd: int, known: set[int]) -> list[int]:

@@ -4,9 +4,15 @@ comes back (`ExecutionResult`). Plain frozen dataclasses, JSON-friendly, shared 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+# Bounds of the limits: past these the kernel's or poll()'s integers overflow (poll takes int milliseconds,
+# 24.8 days, and the default wall backstop is 3 x CPU), and a limit past them means nothing anyway.
+MAX_SECONDS = 7 * 86400  # a week
+MAX_MB = 1 << 30  # 1 PiB: << 20 stays well within a 64-bit rlimit
 
 
 class Status(StrEnum):
@@ -39,6 +45,27 @@ class Limits:
     output_bytes: int = 1 << 20  # stdout + stderr captured; past this the run stops with output_limit
     compile_seconds: float = 30.0  # CPU seconds for the compile step of compiled languages
 
+    def __post_init__(self) -> None:
+        # A nonsense limit used to come back as a verdict (0 s: every run a timeout; memory 0: no limit at
+        # all) or as a sandbox error; it is the caller's mistake, so it is refused here, naming the field.
+        for name in ("cpu_seconds", "wall_seconds", "compile_seconds"):
+            value = getattr(self, name)
+            if value is None and name == "wall_seconds":
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"Limits.{name} must be a number of seconds, got {type(value).__name__}")
+            if not 0 < value <= MAX_SECONDS:  # NaN fails too
+                raise ValueError(f"Limits.{name} must be > 0 and at most {MAX_SECONDS} s, got {value!r}")
+            if not isinstance(value, int | float):
+                object.__setattr__(self, name, float(value))  # numpy and the like: plain JSON numbers
+        for name, (low, high) in _INT_RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"Limits.{name} must be an int, got {type(value).__name__}")
+            if not low <= value <= high:
+                raise ValueError(f"Limits.{name} must be between {low} and {high}, got {value!r}")
+            object.__setattr__(self, name, int(value))
+
     @property
     def wall(self) -> float:
         if self.wall_seconds is not None:
@@ -65,6 +92,16 @@ class Judge:
     entry_point: str
     setup: str = ""
     stop_on_failure: bool = False
+
+    def __post_init__(self) -> None:
+        # A bare string would be taken for a sequence of one-character tests, each failing or passing.
+        if not isinstance(self.tests, tuple | list) or not all(isinstance(t, str) for t in self.tests):
+            raise TypeError(
+                f"Judge.tests must be a tuple of str (one test snippet each), got {self.tests!r:.80}"
+            )
+        for name in ("entry_point", "setup"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"Judge.{name} must be a str, got {type(getattr(self, name)).__name__}")
 
 
 @dataclass(frozen=True)
@@ -129,4 +166,12 @@ class ExecutionResult:
 
 
 _LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(Limits))
+_INT_RANGES = {  # inclusive
+    "memory_mb": (1, MAX_MB),
+    "processes": (1, 1 << 22),  # the kernel's largest pid_max
+    "file_size_mb": (0, MAX_MB),
+    "disk_mb": (1, MAX_MB),  # a tmpfs of size 0 would have no limit at all
+    "open_files": (1, 1 << 20),  # the kernel's default fs.nr_open
+    "output_bytes": (0, MAX_MB << 20),
+}
 _RESULT_FIELDS = frozenset(f.name for f in dataclasses.fields(ExecutionResult))

@@ -37,8 +37,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from codefoundry.models.config import config_for_size
+from codefoundry.models.config import SIZES, config_for_size
 from codefoundry.models.transformer import Transformer
+from codefoundry.paths import output_dir
 from codefoundry.train.metrics import METRICS, MetricsLogger, flops_per_token, peak_flops, plot_curves
 from codefoundry.train.trainer_state import (
     CHECKPOINT,
@@ -123,6 +124,8 @@ class PretrainConfig:
             "save_every": self.save_every >= 0,
             "log_every": self.log_every >= 1,
             "time_limit_s": self.time_limit_s is None or self.time_limit_s > 0,
+            "fim_rate": 0 <= self.fim_rate <= 1,
+            "spm_rate": 0 <= self.spm_rate <= 1,
             "moe_experts": self.moe_experts >= 0,
             "mtp_depth": self.mtp_depth >= 0,
         }
@@ -257,8 +260,11 @@ def check_inputs(cfg: PretrainConfig) -> None:
         raise ValueError(f"{tok}: no tokenizer.json (train one with `codefoundry tokenizer train`)")
     if not Path(cfg.data).exists():
         raise ValueError(f"{cfg.data}: no such data directory or shard")
+    if cfg.shape is None and cfg.size not in SIZES:
+        raise ValueError(f"PretrainConfig.size: unknown size {cfg.size!r}; known: {', '.join(SIZES)}")
     if cfg.resume and find_checkpoint(cfg.out) is None:
         raise ValueError(f"{Path(cfg.out) / CHECKPOINT}: nothing to resume (no {TRAINER_STATE})")
+    output_dir(cfg.out)
 
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:

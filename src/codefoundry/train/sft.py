@@ -11,8 +11,8 @@ weighs per token what a long one does: HF Trainer's `num_items_in_batch` convent
 micro-batch means.
 
 Init: a codefoundry checkpoint directory, or a Hugging Face Llama / Qwen2 / Qwen2-MoE / Mixtral
-checkpoint directory, converted in memory by `codefoundry.models.hf.import_hf` (so packing works the
-same; the result is a codefoundry checkpoint: `codefoundry export hf` writes it back). Chat rendering
+checkpoint directory, converted in memory by `codefoundry.models.hf_import.import_hf` (so packing works
+the same; the result is a codefoundry checkpoint: `codefoundry export hf` writes it back). Chat rendering
 needs the tokenizer to have `<|im_start|>`, `<|im_end|>` and `<|endoftext|>` (ours and Qwen2's do).
 
 Resume: OUT/checkpoint holds the weights, optimizer, step and RNG states (`trainer_state`); the batches
@@ -140,7 +140,7 @@ def load_init(init: str | Path) -> tuple[Transformer, Path]:
     if not (root / "tokenizer.json").is_file():
         raise ValueError(f"{root}: the checkpoint has no tokenizer.json")
     if "model_type" in json.loads(config.read_text(encoding="utf-8")):  # a transformers config
-        from codefoundry.models.hf import import_hf
+        from codefoundry.models.hf_import import import_hf
 
         return import_hf(root, dtype=torch.float32).float(), root
     return ckpt.load(root, device="cpu").float(), root

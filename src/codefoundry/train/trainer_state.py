@@ -6,6 +6,7 @@ swapped into place, and the checks that a resumed config can continue it.
 from __future__ import annotations
 
 import hashlib
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -85,10 +86,13 @@ def find_checkpoint(out: str | Path) -> Path | None:
 
 def load_checkpoint(path: Path, model: Transformer, cfg: PretrainConfig) -> dict[str, Any]:
     """Check that `cfg` can continue the checkpoint, load its weights into `model`, return its state."""
-    from safetensors.torch import load_file
-
-    state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
-    saved = state["config"]
+    try:
+        state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
+        saved = state["config"]
+    except (OSError, RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError) as e:
+        # torch's messages run to several sentences; the first says what is wrong
+        why = str(e).split(". ")[0]
+        raise ValueError(f"{path / TRAINER_STATE}: cannot read the trainer state ({why})") from None
     for name in SHAPE_FIELDS:
         if name == "moe_top_k" and not cfg.moe_experts:
             continue
@@ -103,5 +107,5 @@ def load_checkpoint(path: Path, model: Transformer, cfg: PretrainConfig) -> dict
             f"{path}: cannot resume: the checkpoint has a {vocab}-token vocabulary,"
             f" the tokenizer {cfg.tokenizer} has {model.cfg.vocab_size}"
         )
-    ckpt.load_state(model, load_file(str(path / ckpt.WEIGHTS)), where=str(path / ckpt.WEIGHTS))
+    ckpt.load_state(model, ckpt.read_weights(path / ckpt.WEIGHTS), where=str(path / ckpt.WEIGHTS))
     return state
