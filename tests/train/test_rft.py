@@ -129,3 +129,10 @@ def test_cli_rft_smoke_and_errors(init_ckpt, files, tmp_path, capsys):
     assert "give exactly one of task or problems" in capsys.readouterr().err
     assert cli_main(["rft", "--init", str(init_ckpt), "--out", str(tmp_path / "y"), "--task", "nope"]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seconds", [0.0, float("inf"), float("nan"), 1e9])
+def test_a_cpu_limit_the_sandbox_cannot_take_is_refused_before_any_sampling(seconds, tmp_path):
+    # Built after a chunk was sampled, an out-of-range Limits used to raise only then, losing the samples.
+    with pytest.raises(ValueError, match=r"RFTConfig.cpu_seconds: invalid value"):
+        RFTConfig(init="ckpt", out=str(tmp_path), task="humaneval", cpu_seconds=seconds)

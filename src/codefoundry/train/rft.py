@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from codefoundry.sandbox.result import MAX_SECONDS
 from codefoundry.tasks.problem import Problem
 
 SAMPLES, DATA, CONFIG, SUMMARY = "samples.jsonl", "rft_data.jsonl", "rft_config.json", "summary.json"
@@ -81,7 +82,7 @@ class RFTConfig:
             "n": self.n >= 1,
             "limit": self.limit is None or self.limit >= 1,
             "max_per_problem": self.max_per_problem is None or self.max_per_problem >= 1,
-            "cpu_seconds": self.cpu_seconds > 0,
+            "cpu_seconds": 0 < self.cpu_seconds <= MAX_SECONDS,  # what Limits takes; refused before sampling
             "batch_problems": self.batch_problems >= 1,
         }
         for name, ok in checks.items():
