@@ -7,12 +7,15 @@ run forks pays one for every page it writes.
 
 `--against DIR` alternates the installed sandbox with the sandbox package in DIR (a copy of
 `src/codefoundry/sandbox` at another commit) round by round, in one process, and reports both: the way
-the changes in `benchmarks/README.md` were A/B-tested. Linux only (/proc).
+the changes in `benchmarks/README.md` were A/B-tested. Each side's zygote starts the way its own
+worker.py starts it (`_START`; a copy from before that existed ran zygote.py as the script). Linux only
+(/proc).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -49,6 +52,22 @@ def _processes() -> dict[int, dict[str, int]]:
 def _is_python(pid: int) -> bool:
     """The zygote's long-lived Python children (template, judge, parse helper), not the run's init."""
     return b"python" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+
+
+# How worker.py started the zygote before `_START`: the interpreter compiled zygote.py itself.
+_SCRIPT_START = (
+    "import sys\ndel sys.argv[0]\n"
+    "exec(compile(open(sys.argv[0]).read(), sys.argv[0], 'exec'),"
+    " {'__name__': '__main__', '__file__': sys.argv[0]})\n"
+)
+
+
+def _start_code(sandbox_dir: Path) -> str:
+    """The zygote start-up code of the worker.py in `sandbox_dir`."""
+    spec = importlib.util.spec_from_file_location("codefoundry_other_worker", sandbox_dir / "worker.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, "_START", _SCRIPT_START)
 
 
 def measure(programs: list[Program]) -> dict[str, dict[str, float]]:
@@ -94,13 +113,13 @@ def main() -> None:
     args = ap.parse_args()
     problems = humaneval.load() * args.reps
     programs = [Program(p.program(p.canonical_solution), judge=p.judge()) for p in problems]
-    sides = {"installed": sandbox_worker.ZYGOTE}
+    sides = {"installed": (sandbox_worker.ZYGOTE, sandbox_worker._START)}
     if args.against:
-        sides["against"] = Path(args.against) / "zygote.py"
+        sides["against"] = (Path(args.against) / "zygote.py", _start_code(Path(args.against)))
     rounds: dict[str, list[dict]] = {name: [] for name in sides}
     for r in range(args.rounds):
         for name in sides if r % 2 == 0 else reversed(list(sides)):
-            sandbox_worker.ZYGOTE = sides[name]
+            sandbox_worker.ZYGOTE, sandbox_worker._START = sides[name]
             t = time.perf_counter()
             rounds[name].append(
                 measure(programs) | {"wall_ms": (time.perf_counter() - t) / len(programs) * 1e3}
@@ -108,7 +127,7 @@ def main() -> None:
             row = rounds[name][-1]
             print(f"{name}: " + "  ".join(f"{k} {v['cpu_ms']:.2f} ms / {v['faults']:.0f} faults"
                                           for k, v in row.items() if isinstance(v, dict)), flush=True)  # fmt: skip
-    sandbox_worker.ZYGOTE = sides["installed"]
+    sandbox_worker.ZYGOTE, sandbox_worker._START = sides["installed"]
     shutdown()
     summary = {
         name: {part: {k: statistics.median(r[part][k] for r in rows if part in r) for k in ("cpu_ms", "faults")}

@@ -1,7 +1,7 @@
 """One warm sandbox worker, seen from the parent: start the zygote, send it runs, read back results.
 
-The zygote is started once (`python -I -S zygote.py`, empty environment) and serves runs until it is
-closed. A worker that dies or stops answering is replaced; the run it was serving becomes a
+The zygote is started once (`python -I -S`, running zygote.py; empty environment) and serves runs until it
+is closed. A worker that dies or stops answering is replaced; the run it was serving becomes a
 `sandbox_error` result, never a wrong answer.
 """
 
@@ -21,6 +21,32 @@ from codefoundry.sandbox.result import ExecutionResult, Isolation, Judge, Limits
 from codefoundry.sandbox.runners import runner_for
 
 ZYGOTE = Path(__file__).with_name("zygote.py")
+# How the zygote starts (`python -I -S -c _START zygote.py REQ_FD RESP_FD`): zygote.py, and the modules it
+# loads, are compiled in throwaway children and come back marshalled. Compiled by the zygote itself they
+# left the parser's freed memory (~1.2 MB) resident in it, and so in every program's process, which is a
+# copy of it: each run paid for those pages at fork, page faults and exit (measured in benchmarks/README.md).
+_START = """
+import marshal, os, sys
+
+def compiled(path):
+    r, w = os.pipe()
+    if (pid := os.fork()) == 0:
+        try:
+            with open(path, encoding="utf-8") as f, open(w, "wb") as out:
+                out.write(marshal.dumps(compile(f.read(), path, "exec")))
+        finally:
+            os._exit(0)
+    os.close(w)
+    with open(r, "rb") as f:
+        data = f.read()
+    if os.waitpid(pid, 0)[1] or not data:  # not expected: compiling here says what went wrong
+        with open(path, encoding="utf-8") as f:
+            return compile(f.read(), path, "exec")
+    return marshal.loads(data)
+
+del sys.argv[0]
+exec(compiled(sys.argv[0]), {"__name__": "__main__", "__file__": sys.argv[0], "_compiled": compiled})
+"""
 # Imported once in each worker so that runs find them warm (HumanEval-style prompts all import typing,
 # whose cold import costs more than a run). Each extra module makes every fork dearer: measured, a longer
 # list (hashlib, decimal, random, statistics, ...) lowered judged HumanEval throughput by about 10%.
@@ -48,7 +74,7 @@ class Worker:
             env["CODEFOUNDRY_SANDBOX_ISOLATION"] = os.environ["CODEFOUNDRY_SANDBOX_ISOLATION"]
         debug = os.environ.get("CODEFOUNDRY_SANDBOX_DEBUG")
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", str(ZYGOTE), str(req_r), str(resp_w)],
+            [sys.executable, "-I", "-S", "-c", _START, str(ZYGOTE), str(req_r), str(resp_w)],
             pass_fds=(req_r, resp_w),
             env=env,
             stdin=subprocess.DEVNULL,

@@ -1,8 +1,9 @@
 """The sandbox worker: a warm, single-threaded fork server that runs one untrusted program per clone.
 
-Started by `worker.py` as `python -I -S zygote.py REQ_FD RESP_FD` with an empty environment; standard
-library only. It reads requests from REQ_FD and writes one response per request to RESP_FD (frames of a
-4-byte big-endian length and a JSON body).
+Started by `worker.py` (`python -I -S`, running this file as `zygote.py REQ_FD RESP_FD`, compiled in a
+throwaway child: `worker._START`) with an empty environment; standard library only. It reads requests
+from REQ_FD and writes one response per request to RESP_FD (frames of a 4-byte big-endian length and a
+JSON body).
 
 What is isolated (level "namespaces", when the worker may create namespaces: root or CAP_SYS_ADMIN):
 - Network: the worker lives in its own network namespace, made once, with no device up, so no address
@@ -105,10 +106,19 @@ def _load(name: str) -> types.ModuleType:
     mod = types.ModuleType(f"codefoundry_{name}")
     path = os.path.join(_here, f"{name}.py")
     mod.__file__ = path
-    with open(path, encoding="utf-8") as f:
-        exec(compile(f.read(), path, "exec"), mod.__dict__)  # our own trusted module, loaded by path
+    if _compiled is not None:
+        code = _compiled(path)
+    else:
+        with open(path, encoding="utf-8") as f:
+            code = compile(f.read(), path, "exec")
+    exec(code, mod.__dict__)  # our own trusted module, loaded by path
     sys.modules[mod.__name__] = mod  # for the modules loaded after it
     return mod
+
+
+# Given by worker.py's start-up code, which runs this file from code compiled in a throwaway child and
+# compiles our modules the same way (path -> code object); None when this file is run directly.
+_compiled = globals().get("_compiled")
 
 
 jail = _load("jail")
