@@ -23,8 +23,8 @@ from codefoundry.sandbox.runners import runner_for
 ZYGOTE = Path(__file__).with_name("zygote.py")
 # How the zygote starts (`python -I -S -c _START zygote.py REQ_FD RESP_FD`): zygote.py, and the modules it
 # loads, are compiled in throwaway children and come back marshalled. Compiled by the zygote itself they
-# left the parser's freed memory (~1.2 MB) resident in it, and so in every program's process, which is a
-# copy of it: each run paid for those pages at fork, page faults and exit (measured in benchmarks/README.md).
+# left the parser's freed memory (~1.7 MB) resident in it, and so in every program's process, a copy of
+# it: each run paid for those pages at fork, in page faults and at exit (benchmarks/README.md).
 _START = """
 import marshal, os, sys
 
