@@ -83,18 +83,8 @@ def _read_source(src: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], str
         raise ValueError(f"{path}: no {WEIGHTS} or {INDEX} (only safetensors weights are read)")
     sd: dict[str, torch.Tensor] = {}
     for name in files:
-        sd.update(_load_safetensors(path / name))
+        sd.update(checkpoint.read_weights(path / name))  # a CheckpointError (ValueError) names the file
     return hf, sd, str(path), path
-
-
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path}: cannot read the weights ({e})") from None
 
 
 def config_from_hf(hf: dict[str, Any], *, where: str, max_seq_len: int | None = None) -> ModelConfig:

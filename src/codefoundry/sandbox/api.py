@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from codefoundry.sandbox.checks import check_language, check_limits, check_program
+from codefoundry.sandbox.checks import check_language, check_limits, check_program, check_rlimits
 from codefoundry.sandbox.result import ExecutionResult, Judge, Limits, Status
 from codefoundry.sandbox.worker import Worker, WorkerDied
 
@@ -83,8 +83,7 @@ class Pool:
                 self._all.remove(worker)
 
     def run(self, program: Program, *, language: str, limits: Limits) -> ExecutionResult:
-        if program.judge is not None and (program.language or language) not in ("python", "py"):
-            raise ValueError("a Judge can only check Python programs")
+        """One run on a warm worker; `program` as `checks.check_program` passed it."""
         try:
             worker = self._take()
         except (WorkerDied, OSError) as e:
@@ -163,9 +162,11 @@ def execute(
     """Run one program in the sandbox and return its result; never raises for anything the program does.
     Raises TypeError or ValueError, naming the argument, for arguments that cannot be run as given."""
     check_limits(limits, "limits")
-    prog = Program(program, language, stdin, files, limits, judge)
-    check_program(prog, language=language, limits=limits or Limits())
-    return _default_pool().run(prog, language=language, limits=limits or Limits())
+    limits = limits or Limits()
+    check_rlimits(limits, "limits")
+    prog = Program(program, language, stdin, files, None, judge)
+    check_program(prog, language=language, limits=limits)
+    return _default_pool().run(prog, language=language, limits=limits)
 
 
 def execute_many(
@@ -185,6 +186,7 @@ def execute_many(
     so no result is computed and then lost. What a program does is reported in its own result."""
     check_limits(limits, "limits")
     limits = limits or Limits()
+    check_rlimits(limits, "limits")
     items = _checked(programs, workers=workers, language=language, limits=limits)
     workers = workers or os.cpu_count() or 1
     if executor == "ray":

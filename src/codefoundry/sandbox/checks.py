@@ -41,8 +41,8 @@ def check_limits(limits: object, name: str) -> None:
 
 def check_program(program: Program, *, language: str, limits: Limits, at: str = "") -> None:
     """Raise for anything in `program` that cannot be run as asked; `language` and `limits` are the call's
-    defaults (already checked). `at` names the program in messages: "" for `execute`'s own arguments,
-    "programs[3]." for an entry of `execute_many`."""
+    defaults (already checked, `check_rlimits` included). `at` names the program in messages: "" for
+    `execute`'s own arguments, "programs[3]." for an entry of `execute_many`."""
     source_name = f"{at}source" if at else "program"
     if not isinstance(program.source, str):
         hint = " (decode it first)" if isinstance(program.source, bytes | bytearray) else ""
@@ -59,7 +59,8 @@ def check_program(program: Program, *, language: str, limits: Limits, at: str = 
             raise TypeError(f"{at}judge must be a Judge or None, got {type(program.judge).__name__}")
         if runner is not LANGUAGES["python"]:
             raise ValueError(f"{at}judge: a Judge can only check Python programs, not {lang!r}")
-    check_rlimits(program.limits or limits, f"{at}limits" if program.limits is not None else "limits")
+    if program.limits is not None:  # the call's own limits are checked once, by the caller
+        check_rlimits(program.limits, f"{at}limits")
     disk = (program.limits or limits).disk_mb
     total = _size(program.source, source_name) + _check_files(program.files, f"{at}files", runner)
     if total > disk << 20:
