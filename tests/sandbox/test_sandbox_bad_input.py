@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from codefoundry.sandbox import Judge, Limits, Program, Status, execute, execute_many
+from codefoundry.sandbox import Judge, Limits, Program, Status, execute, execute_many, jail
 from codefoundry.sandbox.checks import _can_raise_rlimits
+from codefoundry.sandbox.result import WORK_INODES
 
 FAST = Limits(cpu_seconds=2, memory_mb=256)
 
@@ -188,6 +189,18 @@ def test_limit_above_the_hard_rlimit_is_refused_not_failed():
     )
 
 
+def test_javascript_below_the_processes_node_needs_is_refused_not_hung():
+    # node's start-up threads: below 8 it aborted or hung until the wall-clock backstop (15 s a run)
+    with pytest.raises(ValueError) as e:
+        execute("console.log(1)", language="javascript", limits=Limits(cpu_seconds=5, processes=7))
+    assert (
+        str(e.value)
+        == "limits.processes=7: a javascript program needs at least 8 processes and threads to start"
+    )
+    with pytest.raises(ValueError, match=r"^programs\[1\]\.limits\.processes=2: a js program"):
+        execute_many(["print(1)", Program("console.log(1)", language="js", limits=Limits(processes=2))])
+
+
 def test_judge_tests_as_one_string_is_a_type_error():
     with pytest.raises(TypeError) as e:
         Judge(tests="assert f(1) == 1", entry_point="f")
@@ -237,6 +250,34 @@ def test_files_larger_than_the_run_disk_are_refused_not_a_sandbox_error():
     assert str(e.value) == (
         "program and files: 2097160 bytes in all, more than the run's work directory holds (Limits.disk_mb=1)"
     )
+
+
+def _many_files(n: int) -> dict[str, str]:
+    """n empty files, half of them in 40 subdirectories."""
+    return {(f"d{i // 2 % 40}/f{i}" if i % 2 else f"f{i}"): "" for i in range(n)}
+
+
+def test_more_files_than_the_work_directory_holds_are_refused_not_a_sandbox_error():
+    # the work directory itself, main.py, 40 directories and the files: one more than WORK_INODES
+    files = _many_files(WORK_INODES - 41)
+    with pytest.raises(ValueError) as e:
+        execute("print(1)", files=files, limits=FAST)
+    assert str(e.value) == (
+        f"files: {WORK_INODES - 41} files in 40 directories, more than the {WORK_INODES} files and "
+        "directories a run's work directory holds"
+    )
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the inode limit is the namespaces level's tmpfs"
+)
+def test_as_many_files_as_the_work_directory_holds_all_arrive():
+    # One fewer than the case above: exactly WORK_INODES inodes, so the check and the tmpfs agree.
+    files = _many_files(WORK_INODES - 42)
+    program = "import os\nprint(sum(len(fs) for _, _, fs in os.walk('.')))"
+    r = execute(program, files=files, limits=Limits(cpu_seconds=5))
+    assert r.status is Status.OK and r.stdout == f"{WORK_INODES - 41}\n", (r.status, r.stderr[-500:])
+    assert jail.WORK_INODES == WORK_INODES  # the tmpfs's figure and the one the check uses
 
 
 def test_a_directory_made_for_the_files_belongs_to_the_program():

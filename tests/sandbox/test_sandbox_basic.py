@@ -132,6 +132,32 @@ def test_compiled_and_js_languages():
     assert execute("int main(){return 4;}", language="c").exit_code == 4
 
 
+FORKS = """#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    int made = 0;
+    for (int i = 0; i < 5; i++) {
+        int pid = fork();
+        if (pid == 0) { sleep(1); _exit(0); }
+        made += pid > 0;
+    }
+    printf("%d\\n", made);
+    return 0;
+}
+"""
+
+
+def test_a_build_does_not_count_against_the_programs_process_limit():
+    # gcc runs cc1, as, collect2 and ld: under the program's limit of 1 the build used to fail with the
+    # sandbox's own fork refused, and at 3-4 gcc slept 15 s retrying, ending at the wall backstop.
+    for processes in (1, 3):
+        r = execute(FORKS, language="c", limits=Limits(cpu_seconds=5, processes=processes))
+        assert r.status is Status.OK, (processes, r.status, r.phase, r.stderr[-300:])
+        # The program itself is held to the limit: its uid already has the program's process and the
+        # worker's parse helper, so at 3 one fork of the five succeeds, at 1 none.
+        assert r.stdout == f"{max(0, processes - 2)}\n", (processes, r.stdout)
+
+
 def test_cpu_timeout_is_cpu_not_wall():
     r = execute("while True: pass", limits=Limits(cpu_seconds=1))
     assert r.status is Status.TIMEOUT and r.cpu_seconds >= 0.9

@@ -1,11 +1,13 @@
 """Checks of what `execute` and `execute_many` are given, made before anything runs.
 
 A caller's mistake (a program that is not text, an unknown language, stdin that is neither text nor bytes,
-a file name that leaves the work directory or is the program's own file, more data than the run's disk)
-is a TypeError or ValueError whose one line names the argument, and in `execute_many` the program's index
-(`programs[3].files['../x']: ...`). Unchecked, these came back as `sandbox_error` results (a worker
-restarted for nothing), as verdicts (a 70 MB program "failed"; stdin=5 read as five NUL bytes), or as
-tracebacks from inside a worker that left it out of the pool. `Limits` and `Judge` check their own fields.
+a file name that leaves the work directory or is the program's own file, more data or files than the run's
+work directory holds, fewer processes than the language needs to start) is a TypeError or ValueError whose
+one line names the argument, and in `execute_many` the program's index (`programs[3].files['../x']: ...`).
+Unchecked, these came back as `sandbox_error` results (a worker restarted for nothing), as verdicts (a 70
+MB program "failed"; stdin=5 read as five NUL bytes; node under 4 processes waited for the wall-clock
+backstop), or as tracebacks from inside a worker that left it out of the pool. `Limits` and `Judge` check
+their own fields.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import resource
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from codefoundry.sandbox.result import Judge, Limits
+from codefoundry.sandbox.result import WORK_INODES, Judge, Limits
 from codefoundry.sandbox.runners import LANGUAGES, Runner, runner_for
 
 if TYPE_CHECKING:
@@ -61,6 +63,13 @@ def check_program(program: Program, *, language: str, limits: Limits, at: str = 
             raise ValueError(f"{at}judge: a Judge can only check Python programs, not {lang!r}")
     if program.limits is not None:  # the call's own limits are checked once, by the caller
         check_rlimits(program.limits, f"{at}limits")
+    processes = (program.limits or limits).processes
+    if processes < runner.min_processes:
+        where = f"{at}limits" if program.limits is not None else "limits"
+        raise ValueError(
+            f"{where}.processes={processes}: a {lang} program needs at least {runner.min_processes} "
+            "processes and threads to start"
+        )
     disk = (program.limits or limits).disk_mb
     total = _size(program.source, source_name) + _check_files(program.files, f"{at}files", runner)
     if total > disk << 20:
@@ -129,12 +138,22 @@ def _check_files(files: object, name: str, runner: Runner) -> int:
             raise ValueError(f"{where}: the same file as {name}[{paths[path]!r}]")
         paths[path] = key
         total += _size(content, where)
+    dirs: set[str] = set()
     for path, key in paths.items():
         parent = os.path.dirname(path)
         while parent:
             if parent in paths:
                 raise ValueError(f"{name}[{paths[parent]!r}]: a file, yet {name}[{key!r}] is inside it")
+            dirs.add(parent)
             parent = os.path.dirname(parent)
+    # The work directory is a tmpfs of WORK_INODES inodes: itself, the program's own files, these files
+    # and their directories. Past that, writing the files failed inside the worker (a sandbox_error).
+    inodes = 1 + len(own) + len(paths) + len(dirs)
+    if inodes > WORK_INODES:
+        raise ValueError(
+            f"{name}: {len(paths)} files in {len(dirs)} directories, more than the {WORK_INODES} files and "
+            "directories a run's work directory holds"
+        )
     return total
 
 

@@ -30,6 +30,7 @@ RO_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32
 DEVICES = ("null", "zero", "full", "random", "urandom")
 NEWROOT = "/tmp/.cf-root"
 RUN_DIRS = ("/work", "/tmp")  # per-worker tmpfs mounts, replaced by fresh ones after any run that wrote there
+WORK_INODES = 4096  # each one's nr_inodes; result.WORK_INODES repeats it for the caller's checks (tested)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc_gil = ctypes.PyDLL(None, use_errno=True)  # calls that keep the GIL held, as os.fork does
@@ -209,7 +210,7 @@ def fresh_run_dirs(uid: int, disk_mb: int) -> None:
     for d in RUN_DIRS:
         if os.path.ismount(d):
             umount(d)
-        opts = f"size={disk_mb}m,nr_inodes=4096," + (
+        opts = f"size={disk_mb}m,nr_inodes={WORK_INODES}," + (
             f"mode=700,uid={uid},gid={uid}" if d == "/work" else "mode=1777"
         )
         mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, opts)
@@ -357,14 +358,17 @@ def clear_user_keyrings() -> None:
         _libc.syscall(SYSCALL["keyctl"], KEYCTL_CLEAR, ring)  # failure (no keyrings here) changes nothing
 
 
-def apply_run_limits(cpu: float, memory_mb: int) -> None:
-    """CPU time and address space. Only ever lowered, so this works after privileges are gone and the
-    program cannot raise them back. The kernel sends SIGXCPU at the soft CPU limit and SIGKILL one CPU
-    second later, for programs that ignore SIGXCPU."""
+def apply_run_limits(cpu: float, memory_mb: int, processes: int | None = None) -> None:
+    """CPU time and address space, and the processes of the uid where given (after a build, which had
+    more). Only ever lowered, so this works after privileges are gone and the program cannot raise them
+    back. The kernel sends SIGXCPU at the soft CPU limit and SIGKILL one CPU second later, for programs
+    that ignore SIGXCPU."""
     seconds = max(1, int(-(-cpu // 1)))  # whole seconds, rounded up; the verdict compares the exact use
     resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
     if memory_mb > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20,) * 2)
+    if processes is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (processes,) * 2)
 
 
 class MemoryCgroup:

@@ -13,6 +13,7 @@ from typing import Any
 # 24.8 days, and the default wall backstop is 3 x CPU), and a limit past them means nothing anyway.
 MAX_SECONDS = 7 * 86400  # a week
 MAX_MB = 1 << 30  # 1 PiB: << 20 stays well within a 64-bit rlimit
+WORK_INODES = 4096  # files and directories a run's work directory holds (jail.WORK_INODES, the tmpfs's)
 
 
 class Status(StrEnum):
@@ -38,7 +39,7 @@ class Limits:
     cpu_seconds: float = 10.0
     wall_seconds: float | None = None
     memory_mb: int = 1024  # address space per process (RLIMIT_AS)
-    processes: int = 32  # processes and threads of the run's user (RLIMIT_NPROC)
+    processes: int = 32  # processes and threads of the run's user (RLIMIT_NPROC; a C/C++ build gets 16)
     file_size_mb: int = 16  # largest file the program may write (RLIMIT_FSIZE)
     disk_mb: int = 64  # size of the private work directory (a tmpfs)
     open_files: int = 64  # RLIMIT_NOFILE

@@ -15,6 +15,7 @@ class Runner:
     filename: str
     run: tuple[str, ...]
     compile: tuple[str, ...] | None = None
+    min_processes: int = 1  # the least `Limits.processes` a program can run under (checks.check_program)
 
 
 def _tool(name: str) -> str:
@@ -25,7 +26,9 @@ LANGUAGES: dict[str, Runner] = {
     "python": Runner("main.py", ("<python>",)),
     "c": Runner("main.c", ("./main",), (_tool("gcc"), "-O1", "-std=gnu11", "-o", "main", "main.c", "-lm")),
     "cpp": Runner("main.cpp", ("./main",), (_tool("g++"), "-O1", "-std=gnu++17", "-o", "main", "main.cpp")),
-    "javascript": Runner("main.js", (_tool("node"), "main.js")),
+    # node starts its V8 worker threads before any script runs: below 8 processes and threads it aborts or
+    # hangs until the wall-clock backstop (node 20, measured).
+    "javascript": Runner("main.js", (_tool("node"), "main.js"), min_processes=8),
 }
 ALIASES = {"py": "python", "c++": "cpp", "js": "javascript", "node": "javascript"}
 

@@ -130,6 +130,7 @@ pyrun = _load("pyrun")
 REQ_FD, RESP_FD = 3, 4  # replaced from argv at start-up
 JUDGED_EXIT_GRACE = 0.5  # seconds a judged program has to exit after its judge finished
 JUDGE_STUCK_SECONDS = 3.0  # after the program was killed, how long the judge may take to report
+COMPILE_PROCESSES = 16  # processes and threads of the programs' uid while a compiled language builds
 OWN_PIDFD = -1  # the zygote's own PID namespace, to return to after starting a run's program
 SHELL = next((p for p in ("/bin/sh", "/usr/bin/sh") if os.access(p, os.X_OK)), "")
 PROC_FD = -1  # the host's /proc, kept from before pivot_root: to see whether a run's init has children
@@ -497,14 +498,18 @@ def program_main(run: Run, keep: dict[int, int], cgroup) -> None:
         if run.ns:
             os.fchown(fd, run.uid, run.uid)
         os.close(fd)
-        jail.drop_privileges(run.limits, run.uid, run.ns)
+        # The build's own processes (gcc runs cc1, as, collect2 and ld, and sleeps 15 s retrying a fork
+        # the limit refuses) count against COMPILE_PROCESSES, not the program's limit, which is set after it.
+        build_limits = run.limits | {"processes": max(int(run.limits["processes"]), COMPILE_PROCESSES)}
+        jail.drop_privileges(build_limits if req.get("compile") else run.limits, run.uid, run.ns)
         if run.ns:
             jail.clear_user_keyrings()  # as the programs' uid, before anything of this run runs
         if req.get("compile") and not _compile(req["compile"], env, run.limits):
             os._exit(1)
         if req.get("compile"):
             os.close(NOTE_FD)  # trusted notes end here: untrusted code never holds it
-        jail.apply_run_limits(float(run.limits["cpu_seconds"]), int(run.limits["memory_mb"]))
+        processes = int(run.limits["processes"]) if run.ns and req.get("compile") else None
+        jail.apply_run_limits(float(run.limits["cpu_seconds"]), int(run.limits["memory_mb"]), processes)
         if req.get("run") == ["<python>"]:
             code = pyrun.run(req["program"], req["filename"], env, run.judged, run.code, rpc)
         else:
