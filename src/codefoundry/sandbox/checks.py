@@ -5,9 +5,9 @@ a file name that leaves the work directory or is the program's own file, more da
 work directory holds, fewer processes than the language needs to start) is a TypeError or ValueError whose
 one line names the argument, and in `execute_many` the program's index (`programs[3].files['../x']: ...`).
 Unchecked, these came back as `sandbox_error` results (a worker restarted for nothing), as verdicts (a 70
-MB program "failed"; stdin=5 read as five NUL bytes; node under 4 processes waited for the wall-clock
-backstop), or as tracebacks from inside a worker that left it out of the pool. `Limits` and `Judge` check
-their own fields.
+MB program "failed"; stdin=5 read as five NUL bytes; node under 8 processes aborted or waited for the
+wall-clock backstop), or as tracebacks from inside a worker that left it out of the pool. `Limits` and
+`Judge` check their own fields.
 """
 
 from __future__ import annotations

@@ -498,10 +498,12 @@ def program_main(run: Run, keep: dict[int, int], cgroup) -> None:
         if run.ns:
             os.fchown(fd, run.uid, run.uid)
         os.close(fd)
-        # The build's own processes (gcc runs cc1, as, collect2 and ld, and sleeps 15 s retrying a fork
-        # the limit refuses) count against COMPILE_PROCESSES, not the program's limit, which is set after it.
-        build_limits = run.limits | {"processes": max(int(run.limits["processes"]), COMPILE_PROCESSES)}
-        jail.drop_privileges(build_limits if req.get("compile") else run.limits, run.uid, run.ns)
+        limits = run.limits
+        if req.get("compile"):
+            # The build's own processes (gcc runs cc1, as, collect2 and ld, and sleeps 15 s retrying a fork
+            # the limit refuses) count against COMPILE_PROCESSES; the program's limit is set after it.
+            limits = limits | {"processes": max(int(limits["processes"]), COMPILE_PROCESSES)}
+        jail.drop_privileges(limits, run.uid, run.ns)
         if run.ns:
             jail.clear_user_keyrings()  # as the programs' uid, before anything of this run runs
         if req.get("compile") and not _compile(req["compile"], env, run.limits):
