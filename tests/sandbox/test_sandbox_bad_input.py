@@ -280,6 +280,25 @@ def test_as_many_files_as_the_work_directory_holds_all_arrive():
     assert jail.WORK_INODES == WORK_INODES  # the tmpfs's figure and the one the check uses
 
 
+def test_a_program_with_undecodable_bytes_is_a_syntax_error_not_a_sandbox_exception():
+    # b"\xff" read with errors="surrogateescape": the program's file holds the byte itself. It used to fail
+    # in phase "run" with the sandbox's own "UnicodeEncodeError: ... surrogates not allowed".
+    source = b"print('\xff')\n".decode("utf-8", "surrogateescape")
+    r = execute(source, limits=FAST)
+    assert r.status is Status.FAILED and r.phase == "compile", (r.status, r.phase, r.stderr)
+    assert r.stderr.endswith("SyntaxError: (unicode error) 'utf-8' codec can't decode byte 0xff in position 0: "
+                             "invalid start byte\n"), r.stderr  # fmt: skip
+    assert "another exception" not in r.stderr and "UnicodeEncodeError" not in r.stderr
+
+
+def test_a_program_declaring_its_encoding_runs_from_its_bytes():
+    source = "# -*- coding: latin-1 -*-\nprint('caf\xe9')\n".encode("latin-1").decode(
+        "utf-8", "surrogateescape"
+    )
+    r = execute(source, limits=FAST)
+    assert r.status is Status.OK and r.stdout == "caf\xe9\n", (r.status, r.stderr)
+
+
 def test_a_directory_made_for_the_files_belongs_to_the_program():
     r = execute(
         "open('data/out.txt', 'w').write(open('data/in.txt').read() * 2)\nprint(open('data/out.txt').read())",

@@ -16,6 +16,19 @@ _here = os.path.dirname(os.path.abspath(__file__))
 PYTHON_FILENAME = "main.py"  # runners.py names Python programs so; other names work, a little slower
 
 
+def compile_source(program: str, filename: str, flags: int = 0):
+    """`compile(program, filename, "exec", flags)`; a program holding undecodable bytes (lone surrogates
+    U+DC80..U+DCFF, as `errors="surrogateescape"` decodes them; its file holds those bytes) is compiled
+    from its bytes, as `compile` reads bytes: a PEP 263 coding line is honoured, and without one such a byte
+    in the code is a SyntaxError ("(unicode error) 'utf-8' codec can't decode byte ...", which `python
+    main.py` words "Non-UTF-8 code starting with ...") where it was a UnicodeEncodeError from the sandbox."""
+    try:
+        return compile(program, filename, "exec", flags, dont_inherit=True)
+    except UnicodeEncodeError:
+        pass  # compiled below, outside the handler: a SyntaxError must not chain this exception
+    return compile(program.encode("utf-8", "surrogateescape"), filename, "exec", flags, dont_inherit=True)
+
+
 def run_env(workdir: str, tmpdir: str) -> dict[str, str]:
     """A run's whole environment."""
     return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "LANG": "C.UTF-8", "TMPDIR": tmpdir}
@@ -81,7 +94,7 @@ def run(
     sys.stdin, sys.stdout, sys.stderr = streams
     code = 0
     try:
-        bytecode = marshal.loads(compiled) if compiled else compile(program, filename, "exec")
+        bytecode = marshal.loads(compiled) if compiled else compile_source(program, filename)
         exec(bytecode, main.__dict__)  # untrusted: this process is the sandbox
         if judged:
             rpc.Channel(3, 4, "c", main.__dict__).serve_forever()

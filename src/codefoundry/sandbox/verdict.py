@@ -5,6 +5,7 @@ Loaded by path into the zygote (standard library only, no package imports). `run
 its request, limits, isolation level and whether it is judged.
 """
 
+import importlib
 import json
 import marshal
 import os
@@ -87,7 +88,7 @@ def compiled(program: str, filename: str) -> bytes:
     try:
         with warnings.catch_warnings(record=True) as warned:
             warnings.simplefilter("always")
-            code = compile(program, filename, "exec", dont_inherit=True)
+            code = _pyrun().compile_source(program, filename)
         if warned:  # the program's own compile prints them, as `python main.py` does
             return b"-"
         return b"C" + marshal.dumps(code)
@@ -103,7 +104,7 @@ def syntax_error(program: str, filename: str) -> str | None:
     """The report `python main.py` prints for a program that does not parse, or None (it parses, or
     parsing failed otherwise: its own process then decides). Run in the parser process."""
     try:
-        compile(program, filename, "exec", ONLY_AST, dont_inherit=True)
+        _pyrun().compile_source(program, filename, ONLY_AST)
     except SyntaxError as e:
         import io
 
@@ -116,6 +117,11 @@ def syntax_error(program: str, filename: str) -> str | None:
     except Exception:  # null bytes, unencodable text, nesting too deep: the program's process reports it
         return None
     return None
+
+
+def _pyrun() -> types.ModuleType:
+    """pyrun.py as the zygote loaded it (after this module), or as a package module."""
+    return sys.modules.get("codefoundry_pyrun") or importlib.import_module("codefoundry.sandbox.pyrun")
 
 
 def not_run(run, report: str, tests: list) -> dict:
