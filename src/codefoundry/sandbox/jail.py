@@ -1,4 +1,5 @@
-"""System-level building blocks of the sandbox worker: namespaces, mounts, clone, privileges, limits.
+"""System-level building blocks of the sandbox worker: namespaces, mounts, clone, privileges, limits, and
+the framing of its pipes and sockets.
 
 Loaded by path into the zygote (standard library only). Linux only; every call raises OSError with the
 failing operation's name.
@@ -31,6 +32,7 @@ DEVICES = ("null", "zero", "full", "random", "urandom")
 NEWROOT = "/tmp/.cf-root"
 RUN_DIRS = ("/work", "/tmp")  # per-worker tmpfs mounts, replaced by fresh ones after any run that wrote there
 WORK_INODES = 4096  # each one's nr_inodes; result.WORK_INODES repeats it for the caller's checks (tested)
+BUILD_PROCESSES = 16  # the uid's processes while a program builds (gcc runs cc1, as, collect2 and ld)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc_gil = ctypes.PyDLL(None, use_errno=True)  # calls that keep the GIL held, as os.fork does
@@ -136,6 +138,27 @@ class Helper:
         os.waitpid(self.pid, 0)
         self.sock.close()
         self.pid, self.sock = None, None
+
+
+def read_exact(fd: int, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return bytes(buf)
+
+
+def read_frame(fd: int) -> bytes:
+    (n,) = struct.unpack(">I", read_exact(fd, 4))
+    return read_exact(fd, n)
+
+
+def write_frame(fd: int, data: bytes) -> None:
+    view = memoryview(struct.pack(">I", len(data)) + data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def send_with_fds(sock: socket.socket, body: bytes, fds: list[int], flag: int = 0) -> None:
@@ -330,15 +353,17 @@ def arrange_fds(keep: dict[int, int]) -> None:
                 pass
 
 
-def drop_privileges(limits: dict, uid: int, isolated: bool) -> None:
-    """Limits that hold for everything the process starts, then the switch to the unprivileged uid."""
+def drop_privileges(limits: dict, uid: int, isolated: bool, *, building: bool = False) -> None:
+    """Limits that hold for everything the process starts, then the switch to the unprivileged uid; a build
+    gets BUILD_PROCESSES processes at least, lowered to the program's limit after it (`apply_run_limits`)."""
     rl = {
         resource.RLIMIT_FSIZE: (int(limits["file_size_mb"]) << 20,) * 2,
         resource.RLIMIT_NOFILE: (int(limits["open_files"]),) * 2,
         resource.RLIMIT_CORE: (0, 0),
     }
     if isolated:
-        rl[resource.RLIMIT_NPROC] = (int(limits["processes"]),) * 2
+        processes = int(limits["processes"])
+        rl[resource.RLIMIT_NPROC] = (max(processes, BUILD_PROCESSES) if building else processes,) * 2
     for which, value in rl.items():
         resource.setrlimit(which, value)
     if isolated:

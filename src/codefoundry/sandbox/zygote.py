@@ -130,33 +130,10 @@ pyrun = _load("pyrun")
 REQ_FD, RESP_FD = 3, 4  # replaced from argv at start-up
 JUDGED_EXIT_GRACE = 0.5  # seconds a judged program has to exit after its judge finished
 JUDGE_STUCK_SECONDS = 3.0  # after the program was killed, how long the judge may take to report
-COMPILE_PROCESSES = 16  # processes and threads of the programs' uid while a compiled language builds
 OWN_PIDFD = -1  # the zygote's own PID namespace, to return to after starting a run's program
 SHELL = next((p for p in ("/bin/sh", "/usr/bin/sh") if os.access(p, os.X_OK)), "")
 PROC_FD = -1  # the host's /proc, kept from before pivot_root: to see whether a run's init has children
 NOTE_FD = 5  # in the program's process: trusted notes (a failed compile), closed before untrusted code runs
-
-
-# -- framing ------------------------------------------------------------------------------------------
-def read_exact(fd: int, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = os.read(fd, n - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return bytes(buf)
-
-
-def read_frame(fd: int) -> bytes:
-    (n,) = struct.unpack(">I", read_exact(fd, 4))
-    return read_exact(fd, n)
-
-
-def write_frame(fd: int, data: bytes) -> None:
-    view = memoryview(struct.pack(">I", len(data)) + data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 # -- one run, seen from the zygote ---------------------------------------------------------------------------
@@ -208,7 +185,7 @@ class Worker:
         python = req.get("run") == ["<python>"]
         report, code = self.parser.check(req["program"], req["filename"]) if python else (None, b"")
         if report is not None:  # a judged run's tests are still read: the request stream stays in step
-            tests = (json.loads(read_frame(REQ_FD)).get("tests") or []) if run.judged else []
+            tests = (json.loads(jail.read_frame(REQ_FD)).get("tests") or []) if run.judged else []
             return results.not_run(run, report, tests) | {"extra": {"memory_cgroup": self.cgroup is not None}}
         disk = int(run.limits["disk_mb"])
         if run.ns and (self.dirty or disk != self.disk_mb):
@@ -384,7 +361,7 @@ def start(run: Run, judges, known, cgroup=None, space=None, forker: Forker | Non
             os.close(fd)
     report_r = -1
     if run.judged:
-        payload = read_frame(REQ_FD)  # read only now: the program's process never held it
+        payload = jail.read_frame(REQ_FD)  # read only now: the program's process never held it
         report_r, report_w = os.pipe()
         judges.submit(payload, [rpc_out[0], rpc_in[1], report_w])
         for fd in (rpc_out[0], rpc_in[1], report_w):
@@ -498,19 +475,14 @@ def program_main(run: Run, keep: dict[int, int], cgroup) -> None:
         if run.ns:
             os.fchown(fd, run.uid, run.uid)
         os.close(fd)
-        limits = run.limits
-        if req.get("compile"):
-            # The build's own processes (gcc runs cc1, as, collect2 and ld, and sleeps 15 s retrying a fork
-            # the limit refuses) count against COMPILE_PROCESSES; the program's limit is set after it.
-            limits = limits | {"processes": max(int(limits["processes"]), COMPILE_PROCESSES)}
-        jail.drop_privileges(limits, run.uid, run.ns)
+        jail.drop_privileges(run.limits, run.uid, run.ns, building=bool(req.get("compile")))
         if run.ns:
             jail.clear_user_keyrings()  # as the programs' uid, before anything of this run runs
         if req.get("compile") and not _compile(req["compile"], env, run.limits):
             os._exit(1)
         if req.get("compile"):
             os.close(NOTE_FD)  # trusted notes end here: untrusted code never holds it
-        processes = int(run.limits["processes"]) if run.ns and req.get("compile") else None
+        processes = int(run.limits["processes"]) if run.ns and req.get("compile") else None  # after a build
         jail.apply_run_limits(float(run.limits["cpu_seconds"]), int(run.limits["memory_mb"]), processes)
         if req.get("run") == ["<python>"]:
             code = pyrun.run(req["program"], req["filename"], env, run.judged, run.code, rpc)
@@ -571,15 +543,15 @@ def main() -> None:
         PROC_FD = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         PROC_FD = -1  # no /proc: run namespaces are never judged empty, so never reused (still correct)
-    hello = json.loads(read_frame(REQ_FD))
+    hello = json.loads(jail.read_frame(REQ_FD))
     isolation, why, cgroup = jail.setup_worker(hello.get("extra_readonly", []))
     _preload(hello.get("preload", []))
     cg_path = cgroup.path if cgroup else None
-    write_frame(RESP_FD, json.dumps({"isolation": isolation, "reason": why, "cgroup": cg_path}).encode())
+    jail.write_frame(RESP_FD, json.dumps({"isolation": isolation, "reason": why, "cgroup": cg_path}).encode())
     worker = Worker(isolation, int(hello["uid"]), cgroup)
     while True:
         try:
-            req = json.loads(read_frame(REQ_FD))
+            req = json.loads(jail.read_frame(REQ_FD))
         except EOFError:
             worker.judges.kill()
             worker.parser.kill()
@@ -598,9 +570,9 @@ def main() -> None:
                 "isolation": isolation,
                 "message": f"{type(e).__name__}: {e}"[:300],
             }
-            write_frame(RESP_FD, json.dumps(result).encode())
+            jail.write_frame(RESP_FD, json.dumps(result).encode())
             return  # the request stream may be out of step: the pool starts a fresh worker
-        write_frame(RESP_FD, json.dumps(result).encode())
+        jail.write_frame(RESP_FD, json.dumps(result).encode())
 
 
 if __name__ == "__main__":
