@@ -61,16 +61,16 @@ def check_program(program: Program, *, language: str, limits: Limits, at: str = 
             raise TypeError(f"{at}judge must be a Judge or None, got {type(program.judge).__name__}")
         if runner is not LANGUAGES["python"]:
             raise ValueError(f"{at}judge: a Judge can only check Python programs, not {lang!r}")
-    if program.limits is not None:  # the call's own limits are checked once, by the caller
-        check_rlimits(program.limits, f"{at}limits")
-    processes = (program.limits or limits).processes
-    if processes < runner.min_processes:
-        where = f"{at}limits" if program.limits is not None else "limits"
+    # The limits this program runs under, and their name in messages.
+    own, name = (program.limits, f"{at}limits") if program.limits is not None else (limits, "limits")
+    if own is not limits:  # the call's own limits are checked once, by the caller
+        check_rlimits(own, name)
+    if own.processes < runner.min_processes:
         raise ValueError(
-            f"{where}.processes={processes}: a {lang} program needs at least {runner.min_processes} "
+            f"{name}.processes={own.processes}: a {lang} program needs at least {runner.min_processes} "
             "processes and threads to start"
         )
-    disk = (program.limits or limits).disk_mb
+    disk = own.disk_mb
     total = _size(program.source, source_name) + _check_files(program.files, f"{at}files", runner)
     if total > disk << 20:
         what = (
