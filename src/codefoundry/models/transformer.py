@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codefoundry.models.attention import causal_attention
 from codefoundry.models.config import ModelConfig
 from codefoundry.models.fused_ce import IGNORE, linear_cross_entropy
 from codefoundry.models.moe import MoE, SwiGLU
@@ -104,9 +105,12 @@ class Attention(nn.Module):
                 # New queries see every cached key and, among themselves, only earlier ones.
                 mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
             causal = mask is None and T > 1
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_kv != self.n_heads
-        )  # (B, H, T, hd)
+        if causal and cache is None:
+            y = causal_attention(q, k, v)  # (B, H, T, hd)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_kv != self.n_heads
+            )
         return self.out(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
 
 
