@@ -1,4 +1,4 @@
-"""Causal attention, forward and backward, in query chunks (`codefoundry.models.attention`) vs one call.
+"""Causal attention, forward and backward, in query chunks (`codefoundry.models.cpu_ops`) vs one call.
 
 The shapes of the `10m` model's attention (8 query heads, 4 key/value heads, head dim 32) at a constant
 4096 tokens a batch (batch = 4096 / length), on CPU. For each length, one causal
@@ -20,7 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from codefoundry.models.attention import ChunkedCausal
+from codefoundry.models.cpu_ops import ChunkedCausal
 
 
 def measure(T: int, args: argparse.Namespace) -> dict:

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from codefoundry.models.attention import causal_attention
 from codefoundry.models.config import ModelConfig
+from codefoundry.models.cpu_ops import causal_attention, rms_norm, rope
 from codefoundry.models.fused_ce import IGNORE, linear_cross_entropy
 from codefoundry.models.moe import MoE, SwiGLU
 
@@ -38,7 +38,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def rope_tables(cfg: ModelConfig, length: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,6 +53,9 @@ def rope_tables(cfg: ModelConfig, length: int, device=None) -> tuple[torch.Tenso
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     # x: (B, H, T, hd); cos/sin broadcast as (T, hd) or (B, 1, T, hd)
+    fused = rope(x, cos, sin)
+    if fused is not None:
+        return fused
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
