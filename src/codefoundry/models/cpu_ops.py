@@ -106,23 +106,24 @@ class ChunkedCausal(torch.autograd.Function):
             out, lse = _forward(q[:, :, a:b], k[:, :, :b], v[:, :, :b], 0.0, **_chunk_args(i, a, b, q.dtype))
             outs.append(out)
             lses.append(lse)
-        ctx.bounds = bounds
-        ctx.save_for_backward(q, k, v, *outs, *lses)
         # Joined as (B, T, H, d) and returned as its (B, H, T, d) view, so that the caller's
-        # transpose(1, 2).reshape(B, T, H * d) is a view, not a copy.
-        return torch.cat([out.transpose(1, 2) for out in outs], dim=1).transpose(1, 2)
+        # transpose(1, 2).reshape(B, T, H * d) is a view, not a copy. Backward reads its chunks' rows of
+        # this output, so the chunks' own outputs need not be kept.
+        joined = torch.cat([part.transpose(1, 2) for part in outs], dim=1).transpose(1, 2)
+        ctx.bounds = bounds
+        ctx.save_for_backward(q, k, v, joined, *lses)
+        return joined
 
     @staticmethod
     def backward(ctx, grad):
-        q, k, v, *saved = ctx.saved_tensors
+        q, k, v, out, *lses = ctx.saved_tensors
         bounds = ctx.bounds
-        outs, lses = saved[: len(bounds)], saved[len(bounds) :]
         grad_q, grad_k, grad_v = [], None, None
         # Last chunk first: it sees every key, so its key/value gradients start the sums.
         for i in reversed(range(len(bounds))):
             a, b = bounds[i]
             gq, gk, gv = _backward(
-                grad[:, :, a:b], q[:, :, a:b], k[:, :, :b], v[:, :, :b], outs[i], lses[i], 0.0,
+                grad[:, :, a:b], q[:, :, a:b], k[:, :, :b], v[:, :, :b], out[:, :, a:b], lses[i], 0.0,
                 **_chunk_args(i, a, b, q.dtype),
             )  # fmt: skip
             grad_q.append(gq)
