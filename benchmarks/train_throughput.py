@@ -28,7 +28,6 @@ import torch
 from codefoundry.models.config import config_for_size
 from codefoundry.models.hf import to_transformers
 from codefoundry.models.transformer import Transformer
-from codefoundry.train.pretrain import adamw
 
 
 def llama_like(model: Transformer):
@@ -40,11 +39,10 @@ def llama_like(model: Transformer):
 
 
 def optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
-    """`codefoundry pretrain`'s AdamW (fused on CPU), for both models: decay on matrices only."""
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
-    return adamw(groups, 1e-3, (0.9, 0.95), torch.device("cpu"))
+    return torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.95), foreach=True)
 
 
 def step_ours(model, opt, ids, *, logits: bool = False):

@@ -134,7 +134,7 @@ def test_weight_decay_groups_exclude_norms_and_biases():
     assert all(n.endswith(("norm.weight", "bias")) for n in kept)
     assert len(decayed) + len(kept) == len(list(model.parameters()))
     cfg = PretrainConfig(data="x", tokenizer="x", out="x")
-    assert build_optimizer(model, cfg, torch.device("cpu")).defaults["fused"] is True
+    assert build_optimizer(model, cfg, torch.device("cpu")).defaults["foreach"] is True
 
 
 def test_lr_schedule_warmup_then_cosine_to_min_lr():

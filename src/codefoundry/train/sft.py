@@ -40,7 +40,7 @@ from codefoundry.models import checkpoint as ckpt
 from codefoundry.models.transformer import Transformer
 from codefoundry.train import sft_data as D
 from codefoundry.train.metrics import METRICS, MetricsLogger, plot_curves
-from codefoundry.train.pretrain import adamw, amp_dtype, autocast, param_groups
+from codefoundry.train.pretrain import amp_dtype, autocast, param_groups
 from codefoundry.train.trainer_state import (
     CHECKPOINT,
     TRAINER_STATE,
@@ -235,7 +235,10 @@ class SFTRun:
 
         resumed = self.load_resume(resume_from) if resume_from else {}
         self.raw.to(self.device).train()
-        self.optimizer = adamw(param_groups(self.raw, cfg.weight_decay), cfg.lr, cfg.betas, self.device)
+        impl = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.raw, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, **impl
+        )
         self.step = resumed.get("step", 0)
         self.elapsed_before = resumed.get("elapsed_s", 0.0)
         self.response_tokens = resumed.get("response_tokens", 0)
