@@ -153,9 +153,14 @@ def test_rope_function_matches_the_rotate_half_form(table_shape):
     assert torch.autograd.gradcheck(lambda b: RopeFunction.apply(b.transpose(1, 2), cos, sin), (base,))
 
 
-def test_rope_dispatch_leaves_small_or_other_inputs_to_the_caller():
+def test_rope_dispatch_keeps_the_plain_form_for_small_or_other_inputs(monkeypatch):
+    calls = []
+    monkeypatch.setattr(RopeFunction, "apply", lambda *a: calls.append(a) or _plain_rope(*a))
     cos = sin = torch.ones(512, 32)
-    assert rope(torch.randn(1, 8, 512, 32), cos, sin) is None  # 2^17 elements: decoding-sized
-    assert rope(torch.randn(8, 8, 512, 32).bfloat16(), cos, sin) is None
-    assert rope(torch.randn(8, 8, 512, 32), cos.requires_grad_(), sin) is None
-    assert rope(torch.randn(8, 8, 512, 32), torch.ones(512, 32), torch.ones(512, 32)) is not None
+    x = torch.randn(1, 8, 512, 32)  # 2^17 elements: decoding-sized
+    torch.testing.assert_close(rope(x, cos, sin), _plain_rope(x, cos, sin), rtol=0, atol=0)
+    rope(torch.randn(8, 8, 512, 32).bfloat16(), cos.bfloat16(), sin.bfloat16())
+    rope(torch.randn(8, 8, 512, 32), cos.clone().requires_grad_(), sin)
+    assert calls == []
+    rope(torch.randn(8, 8, 512, 32), cos, sin)
+    assert len(calls) == 1

@@ -63,13 +63,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return F.rms_norm(x, (x.shape[-1],), weight, eps)
 
 
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor | None:
-    """Rotary embeddings, rotate-half convention (x (..., T, d); cos and sin broadcast to it), through
-    `RopeFunction` where it pays; None where the caller should use the plain form."""
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embeddings, rotate-half convention: x cos + (-x2, x1) sin for the halves x1, x2 of the last
+    dim (x (..., T, d); cos and sin broadcast to it)."""
     tables = cos.dtype == sin.dtype == x.dtype and not (cos.requires_grad or sin.requires_grad)
     if _eager_cpu(x) and x.numel() >= MIN_ELEMENTS and tables:
         return RopeFunction.apply(x, cos, sin)
-    return None
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
 
 
 def _eager_cpu(t: torch.Tensor) -> bool:

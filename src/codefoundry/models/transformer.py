@@ -53,12 +53,7 @@ def rope_tables(cfg: ModelConfig, length: int, device=None) -> tuple[torch.Tenso
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     # x: (B, H, T, hd); cos/sin broadcast as (T, hd) or (B, 1, T, hd)
-    fused = rope(x, cos, sin)
-    if fused is not None:
-        return fused
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+    return rope(x, cos, sin)
 
 
 @dataclass
