@@ -110,6 +110,7 @@ def test_batches_of_prepacked_weights_agree_with_one_row_at_a_time(kw, min_eleme
     # least PACKED_MIN_ELEMENTS entries: every matrix of this small model (min_elements 0), or none of them.
     assert decode_weights.PACKED_MIN_ROWS <= 9
     monkeypatch.setattr(decode_weights, "PACKED_MIN_ELEMENTS", min_elements)
+    monkeypatch.setattr(decode_weights, "SPLIT_MIN_COLUMNS", 1 << 30)  # no matrix split by columns
     model = _model(**kw)
     prompts = _prompts((3, 8, 1, 5, 5, 12, 2, 7, 4))
     together = generate(model, prompts, max_new_tokens=10)
@@ -119,6 +120,44 @@ def test_batches_of_prepacked_weights_agree_with_one_row_at_a_time(kw, min_eleme
         for layer in model.layers:
             layer.attn.out.weight.mul_(-2.0)
     assert generate(model, prompts, max_new_tokens=10)[3] == _greedy_by_recomputation(model, prompts[3], 10)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("kw", [{}, {"qkv_bias": True, "tie_embeddings": False}])
+def test_weights_split_by_columns_across_threads_decode_the_same(threads, kw, monkeypatch):
+    # With several threads the step's matrices are stored as one slice of output columns per thread and
+    # multiplied by one bmm (at one row only the largest ones, and never the head at batch sizes that pack).
+    # 3 threads: the tiny model's widths are even, so some matrices take fewer slices than threads.
+    monkeypatch.setattr(decode_weights, "SPLIT_MIN_COLUMNS", 8)
+    monkeypatch.setattr(decode_weights, "SPLIT_MIN_ELEMENTS", 0)
+    model = _model(**kw)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for rows in (1, 9):
+            layers, head = decode_weights.step_weights(model, rows)
+            block = model.layers[0]
+            h = torch.randn(rows, model.cfg.dim)
+            x = torch.randn(rows, model.cfg.dim)
+            with torch.no_grad():
+                gate, up = layers[0].gate_up(h * block.mlp_norm.weight.reciprocal() / model.cfg.dim**0.5)
+                want = block.mlp.gate_up(h).chunk(2, dim=-1)
+                assert torch.allclose(gate, want[0], atol=1e-5) and torch.allclose(up, want[1], atol=1e-5)
+                a = torch.randn(rows, block.mlp.down.weight.shape[1])
+                assert torch.allclose(layers[0].down(a, x), x + block.mlp.down(a), atol=1e-5)
+                assert torch.allclose(layers[0].out(h, x), x + block.attn.out(h), atol=1e-5)
+                assert torch.allclose(head(h), model.lm_head(h), atol=1e-5)
+        prompts = _prompts((3, 8, 1, 5, 5, 12, 2, 7, 4))
+        together = generate(model, prompts, max_new_tokens=10)
+        alone = [generate(model, [p], max_new_tokens=10)[0] for p in prompts]
+    finally:
+        torch.set_num_threads(before)
+    assert together == alone
+    assert together[5] == _greedy_by_recomputation(model, prompts[5], 10)
+    assert decode_weights._split("packed", torch.zeros(24, 4), 2).shape == (2, 4, 12)
+    assert decode_weights._split("packed", torch.zeros(24, 4), 5).shape == (3, 4, 8)  # slices of >= 8 columns
+    assert decode_weights._split("packed", torch.zeros(40, 4), 3).shape == (2, 4, 20)  # 3 does not divide 40
+    assert decode_weights._split("views", torch.zeros(24, 4), 2) is None
 
 
 def test_models_too_large_to_copy_decode_through_views_of_the_weights(monkeypatch):

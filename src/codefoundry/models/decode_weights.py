@@ -26,7 +26,10 @@ import torch
 from codefoundry.models.moe import SwiGLU
 from codefoundry.models.transformer import Transformer
 
-__all__ = ["COPY_LIMIT", "PACKED_MIN_ELEMENTS", "PACKED_MIN_ROWS", "StepLayer", "step_weights"]
+__all__ = [
+    "COPY_LIMIT", "PACKED_MIN_ELEMENTS", "PACKED_MIN_ROWS", "SPLIT_MIN_COLUMNS", "SPLIT_MIN_ELEMENTS",
+    "StepLayer", "step_weights",
+]  # fmt: skip
 
 # The step's weight matrices in the layout the CPU multiplies fastest, per model, reused while the model's
 # weights are the same tensors at the same version (an optimizer step or a load makes new copies):
@@ -39,19 +42,30 @@ __all__ = ["COPY_LIMIT", "PACKED_MIN_ELEMENTS", "PACKED_MIN_ROWS", "StepLayer", 
 #   at least PACKED_MIN_ELEMENTS entries: a packed product costs ~20 us more per call than `x @ W_t`, which
 #   a small matrix never earns back (the `tiny` model generated 28k instead of 21k tok/s at batch 32
 #   unpacked; `mini` at 16: 5.6k vs 5.0k; `10m` the same either way, its smallest matrix being 64k).
+#   With two or more threads, the blocks' matrices are split instead into one slice of output columns per
+#   thread, stored (pieces, in, out / pieces), and multiplied by one `torch.bmm` (MKL's batched product,
+#   one slice per thread): at 16 rows neither MKL's nor oneDNN's single product keeps two threads busy
+#   (for the 10m model's blocks, per layer, 2 threads: 274 vs 355 us packed; gate/up 155 vs 166, Q/K/V
+#   41 vs 63, output 24 vs 48, down 54 vs 78). The same values: each output column is the same dot
+#   product. The head stays packed (844 vs 1098 us split). Greedy batch 16, `generate_ab.py`: +3% to
+#   +11% tok/s over three runs (median per-round ratios 1.04-1.07), tokens identical.
+#   Below PACKED_MIN_ROWS rows, matrices of at least SPLIT_MIN_ELEMENTS entries (the 10m model's gate/up
+#   and head) are split the same way: at one row, 51 vs 69 us and 256 vs 399 us; greedy batch 1 +9%.
 # Models whose matrices exceed COPY_LIMIT bytes, and other devices, use transposed views instead, with
 # nothing folded or fused (see the module docstring).
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 COPY_LIMIT = 1 << 30
 PACKED_MIN_ROWS = 8
 PACKED_MIN_ELEMENTS = 1 << 16
+SPLIT_MIN_COLUMNS = 64  # the narrowest slice of output columns a thread gets in the split layout
+SPLIT_MIN_ELEMENTS = 1 << 18  # below PACKED_MIN_ROWS rows, only matrices this large are split
 
 
 @dataclass(frozen=True)
 class StepLayer:
     """One block of the decoding step. `qkv(h)` = h @ W_qkv.T (+ bias); `out(y, x)` = x + y @ W_out.T;
-    `gate_up(h)` = h @ W_gate_up.T and `down(a, x)` = x + a @ W_down.T, the two None for a mixture of
-    experts. `attn_scale` / `mlp_scale`: the RMSNorm weight the step multiplies by before `qkv` /
+    `gate_up(h)` = (gate, up), the two halves of h @ W_gate_up.T, and `down(a, x)` = x + a @ W_down.T, the
+    two None for a mixture of experts. `attn_scale` / `mlp_scale`: the RMSNorm weight the step multiplies by before `qkv` /
     `gate_up`, or None where it is folded into that matrix, times sqrt(dim) (then the norm takes no
     weight and no mean: x / sqrt(sum(x^2) + dim * eps))."""
 
@@ -81,6 +95,9 @@ def step_weights(model: Transformer, rows: int) -> tuple[list[StepLayer], Callab
         kind = "packed"
     else:
         kind = "transposed"
+    # The split layout's slices per matrix (fp32 only: that is what was measured).
+    split_ok = kind in ("packed", "transposed") and present[0].dtype == torch.float32
+    pieces = torch.get_num_threads() if split_ok else 1
     # Folding needs copies, and fp32: other dtypes keep F.rms_norm, which computes in fp32.
     fold = kind != "views" and present[0].dtype == torch.float32
     norms = [w for block in blocks for w in (block.attn_norm.weight, block.mlp_norm.weight)]
@@ -89,19 +106,19 @@ def step_weights(model: Transformer, rows: int) -> tuple[list[StepLayer], Callab
     hit = _CACHE.get(model)
     if (
         hit
-        and hit[0] == (kind, fold)
+        and hit[0] == (kind, fold, pieces)
         and all(a is b for a, b in zip(hit[1], tensors, strict=True))
         and hit[2] == versions
     ):
         return hit[3]
-    made = _make(model, blocks, kind, fold, rows)
+    made = _make(model, blocks, kind, fold, rows, pieces)
     if kind != "views":  # one layout per model at a time: each is a full copy of the weights
-        _CACHE[model] = ((kind, fold), tensors, versions, made)
+        _CACHE[model] = ((kind, fold, pieces), tensors, versions, made)
     return made
 
 
 def _make(
-    model: Transformer, blocks: list, kind: str, fold: bool, rows: int
+    model: Transformer, blocks: list, kind: str, fold: bool, rows: int, pieces: int
 ) -> tuple[list[StepLayer], Callable]:
     scale = math.sqrt(model.cfg.dim)
     layers = []
@@ -114,25 +131,34 @@ def _make(
         gate_up = down = None
         if dense:
             gu_w = block.mlp.gate_up.weight.detach()
-            gate_up = _linear(kind, gu_w * (mlp_norm * scale) if fold else gu_w, None, rows)
-            down = _linear_add(kind, block.mlp.down.weight, rows, fold)
+            gate_up = _halves(kind, gu_w * (mlp_norm * scale) if fold else gu_w, rows, pieces)
+            down = _linear_add(kind, block.mlp.down.weight, rows, fold, pieces)
         layers.append(
             StepLayer(
                 attn_scale=None if fold else attn_norm,
-                qkv=_linear(kind, qkv_w, block.attn.qkv.bias, rows),
-                out=_linear_add(kind, block.attn.out.weight, rows, fold),
+                qkv=_linear(kind, qkv_w, block.attn.qkv.bias, rows, pieces),
+                out=_linear_add(kind, block.attn.out.weight, rows, fold, pieces),
                 mlp_scale=None if fold and dense else mlp_norm,
                 gate_up=gate_up,
                 down=down,
             )
         )
-    return layers, _linear(kind, model.lm_head.weight, None, rows)
+    # The packed head is faster than the split one at 16 rows (844 vs 1098 us for the 10m model's).
+    return layers, _linear(kind, model.lm_head.weight, None, rows, 1 if kind == "packed" else pieces)
 
 
-def _linear(kind: str, w: torch.Tensor, bias: torch.Tensor | None, rows: int) -> Callable:
-    """x -> x @ w.T (+ bias) in `kind`'s layout."""
+def _linear(kind: str, w: torch.Tensor, bias: torch.Tensor | None, rows: int, pieces: int) -> Callable:
+    """x -> x @ w.T (+ bias) in `kind`'s layout, split in `pieces` slices of columns where that applies."""
     w = w.detach()
     b = None if bias is None else bias.detach()
+    split = _split(kind, w, pieces)
+    if split is not None:
+
+        def product(x: torch.Tensor) -> torch.Tensor:
+            y = torch.bmm(x.expand(split.shape[0], -1, -1), split)  # (pieces, rows, out / pieces)
+            return y.transpose(0, 1).reshape(x.shape[0], -1)
+
+        return product if b is None else lambda x: product(x) + b
     packed = _packed(kind, w, rows)
     if packed is not None:
         return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
@@ -142,17 +168,46 @@ def _linear(kind: str, w: torch.Tensor, bias: torch.Tensor | None, rows: int) ->
     return lambda x: torch.addmm(b, x, wt)
 
 
-def _linear_add(kind: str, w: torch.Tensor, rows: int, fused: bool) -> Callable:
-    """(y, x) -> x + y @ w.T (no bias), the add fused into the product where `fused`."""
+def _linear_add(kind: str, w: torch.Tensor, rows: int, fused: bool, pieces: int) -> Callable:
+    """(y, x) -> x + y @ w.T (no bias), the add fused into the product where `fused` (for the split layout,
+    into the copy that joins the slices)."""
     if not fused:
-        product = _linear(kind, w, None, rows)
+        product = _linear(kind, w, None, rows, pieces)
         return lambda y, x: x + product(y)
     w = w.detach()
+    split = _split(kind, w, pieces)
+    if split is not None:
+        p = split.shape[0]
+        return lambda y, x: torch.add(
+            x.view(x.shape[0], p, -1), torch.bmm(y.expand(p, -1, -1), split).transpose(0, 1)
+        ).view(x.shape[0], -1)
     packed = _packed(kind, w, rows)
     if packed is not None:
         return lambda y, x: torch.ops.mkldnn._linear_pointwise.binary(y, x, packed, None, "add")
     wt = _transposed(kind, w)
     return lambda y, x: torch.addmm(x, y, wt)
+
+
+def _halves(kind: str, w: torch.Tensor, rows: int, pieces: int) -> Callable:
+    """h -> (h @ w[:n].T, h @ w[n:].T) for w of 2n rows (the gate and the up projection)."""
+    split = _split(kind, w, pieces)
+    if split is not None and split.shape[0] == 2:  # the slices are the halves: no join
+        return lambda h: torch.bmm(h.expand(2, -1, -1), split).unbind(0)
+    product = _linear(kind, w, None, rows, pieces)
+    return lambda h: product(h).chunk(2, dim=-1)
+
+
+def _split(kind: str, w: torch.Tensor, pieces: int) -> torch.Tensor | None:
+    """w (out, in) as `pieces` slices of w.T's columns, (pieces, in, out / pieces), where `kind` packs,
+    `pieces` >= 2 and each slice has at least SPLIT_MIN_COLUMNS columns (fewer slices where that needs
+    it); else None."""
+    out = w.shape[0]
+    pieces = min(pieces, out // SPLIT_MIN_COLUMNS)
+    while pieces >= 2 and out % pieces:
+        pieces -= 1
+    if pieces < 2 or not (kind == "packed" or (kind == "transposed" and w.numel() >= SPLIT_MIN_ELEMENTS)):
+        return None
+    return w.view(pieces, out // pieces, w.shape[1]).transpose(1, 2).contiguous()
 
 
 def _packed(kind: str, w: torch.Tensor, rows: int) -> torch.Tensor | None:

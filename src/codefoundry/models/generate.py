@@ -406,7 +406,7 @@ class _Step:
             if layer.gate_up is None:  # a mixture of experts: its own module
                 x = x + block.mlp(h)
             else:
-                gate, up = layer.gate_up(h).chunk(2, dim=-1)
+                gate, up = layer.gate_up(h)
                 x = layer.down(F.silu(gate) * up, x)
         cache.length = start + T
         return self.head(_rms_norm(x, m.norm.weight, self.eps)).view(B, T, -1), x.view(B, T, -1)
