@@ -194,6 +194,17 @@ def test_same_seed_same_samples():
     assert all(len(row) == 12 for row in a)
 
 
+def test_greedy_argmax_matches_torch_on_ties_nan_and_strided_rows():
+    from codefoundry.models.generate import _argmax
+
+    x = torch.randn(16, 100)
+    x[3, 5] = x[3, 50] = 99.0  # a tie: the first index
+    x[4, 7] = x[4, 9] = float("nan")  # NaN is the maximum, the first one
+    for logits in (x, x[:, ::3], x.double(), x.to(torch.bfloat16)):
+        got = _argmax(logits)
+        assert got.dtype == torch.int64 and torch.equal(got, logits.argmax(dim=-1))
+
+
 def test_top_k_one_and_tiny_top_p_are_greedy():
     model = _model(init_std=0.02)
     prompts = _prompts()

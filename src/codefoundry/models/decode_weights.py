@@ -28,7 +28,7 @@ from codefoundry.models.transformer import Transformer
 
 __all__ = [
     "COPY_LIMIT", "PACKED_MIN_ELEMENTS", "PACKED_MIN_ROWS", "SPLIT_MIN_COLUMNS", "SPLIT_MIN_ELEMENTS",
-    "StepLayer", "step_weights",
+    "SPLIT_SLICES_PER_THREAD", "StepLayer", "step_weights",
 ]  # fmt: skip
 
 # The step's weight matrices in the layout the CPU multiplies fastest, per model, reused while the model's
@@ -42,13 +42,16 @@ __all__ = [
 #   at least PACKED_MIN_ELEMENTS entries: a packed product costs ~20 us more per call than `x @ W_t`, which
 #   a small matrix never earns back (the `tiny` model generated 28k instead of 21k tok/s at batch 32
 #   unpacked; `mini` at 16: 5.6k vs 5.0k; `10m` the same either way, its smallest matrix being 64k).
-#   With two or more threads, the blocks' matrices are split instead into one slice of output columns per
-#   thread, stored (pieces, in, out / pieces), and multiplied by one `torch.bmm` (MKL's batched product,
-#   one slice per thread): at 16 rows neither MKL's nor oneDNN's single product keeps two threads busy
-#   (for the 10m model's blocks, per layer, 2 threads: 274 vs 355 us packed; gate/up 155 vs 166, Q/K/V
-#   41 vs 63, output 24 vs 48, down 54 vs 78). The same values: each output column is the same dot
-#   product. The head stays packed (844 vs 1098 us split). Greedy batch 16, `generate_ab.py`: +3% to
-#   +11% tok/s over three runs (median per-round ratios 1.04-1.07), tokens identical.
+#   With two or more threads, the blocks' matrices are split instead into slices of output columns,
+#   SPLIT_SLICES_PER_THREAD per thread, stored (slices, in, out / slices), and multiplied by one
+#   `torch.bmm` (MKL's batched product shares the slices among the threads): at 16 rows neither MKL's nor
+#   oneDNN's single product keeps two threads busy (for the 10m model's blocks, per layer, 2 threads, one
+#   slice per thread: 274 vs 355 us packed; gate/up 155 vs 166, Q/K/V 41 vs 63, output 24 vs 48, down 54
+#   vs 78), and slices of <= ~180 KB stay in the L2 cache (gate/up in 8 slices: 130 vs 159 us in 2). The
+#   same values: each output column is the same dot product. The head stays packed (844 vs 1098 us
+#   split). Greedy batch 16, `generate_ab.py`, tokens identical: one slice per thread +3% to +11% over
+#   packing (three runs; median per-round ratios 1.04-1.07), then four per thread over one +8%, +0.5%
+#   and +5.6% (three runs of 9-15 rounds; eight per thread: +5%).
 #   Below PACKED_MIN_ROWS rows, matrices of at least SPLIT_MIN_ELEMENTS entries (the 10m model's gate/up
 #   and head) are split the same way: at one row, 51 vs 69 us and 256 vs 399 us; greedy batch 1 +9%.
 # Models whose matrices exceed COPY_LIMIT bytes, and other devices, use transposed views instead, with
@@ -59,6 +62,7 @@ PACKED_MIN_ROWS = 8
 PACKED_MIN_ELEMENTS = 1 << 16
 SPLIT_MIN_COLUMNS = 64  # the narrowest slice of output columns a thread gets in the split layout
 SPLIT_MIN_ELEMENTS = 1 << 18  # below PACKED_MIN_ROWS rows, only matrices this large are split
+SPLIT_SLICES_PER_THREAD = 4  # from PACKED_MIN_ROWS rows on: smaller slices stay in the L2 cache
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,8 @@ def step_weights(model: Transformer, rows: int) -> tuple[list[StepLayer], Callab
         kind = "transposed"
     # The split layout's slices per matrix (fp32 only: that is what was measured).
     split_ok = kind in ("packed", "transposed") and present[0].dtype == torch.float32
-    pieces = torch.get_num_threads() if split_ok else 1
+    per_thread = SPLIT_SLICES_PER_THREAD if kind == "packed" else 1
+    pieces = per_thread * torch.get_num_threads() if split_ok else 1
     # Folding needs copies, and fp32: other dtypes keep F.rms_norm, which computes in fp32.
     fold = kind != "views" and present[0].dtype == torch.float32
     norms = [w for block in blocks for w in (block.attn_norm.weight, block.mlp_norm.weight)]
