@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from codefoundry.models.moe import SwiGLU
 from codefoundry.models.transformer import Transformer
@@ -68,16 +69,16 @@ SPLIT_SLICES_PER_THREAD = 4  # from PACKED_MIN_ROWS rows on: smaller slices stay
 @dataclass(frozen=True)
 class StepLayer:
     """One block of the decoding step. `qkv(h)` = h @ W_qkv.T (+ bias); `out(y, x)` = x + y @ W_out.T;
-    `gate_up(h)` = (gate, up), the two halves of h @ W_gate_up.T, and `down(a, x)` = x + a @ W_down.T, the
-    two None for a mixture of experts. `attn_scale` / `mlp_scale`: the RMSNorm weight the step multiplies by before `qkv` /
-    `gate_up`, or None where it is folded into that matrix, times sqrt(dim) (then the norm takes no
+    `swiglu(h)` = silu(h @ W_gate.T) * (h @ W_up.T) and `down(a, x)` = x + a @ W_down.T, the two None for a
+    mixture of experts. `attn_scale` / `mlp_scale`: the RMSNorm weight the step multiplies by before `qkv` /
+    `swiglu`, or None where it is folded into that matrix, times sqrt(dim) (then the norm takes no
     weight and no mean: x / sqrt(sum(x^2) + dim * eps))."""
 
     attn_scale: torch.Tensor | None
     qkv: Callable
     out: Callable
     mlp_scale: torch.Tensor | None
-    gate_up: Callable | None
+    swiglu: Callable | None
     down: Callable | None
 
 
@@ -133,10 +134,10 @@ def _make(
         qkv_w = block.attn.qkv.weight.detach()
         if fold:
             qkv_w = qkv_w * (attn_norm * scale)  # (out, in) * (in,): a new tensor, the model's untouched
-        gate_up = down = None
+        swiglu = down = None
         if dense:
             gu_w = block.mlp.gate_up.weight.detach()
-            gate_up = _halves(kind, gu_w * (mlp_norm * scale) if fold else gu_w, rows, pieces)
+            swiglu = _swiglu(kind, gu_w * (mlp_norm * scale) if fold else gu_w, rows, pieces)
             down = _linear_add(kind, block.mlp.down.weight, rows, fold, pieces)
         layers.append(
             StepLayer(
@@ -144,7 +145,7 @@ def _make(
                 qkv=_linear(kind, qkv_w, block.attn.qkv.bias, rows, pieces),
                 out=_linear_add(kind, block.attn.out.weight, rows, fold, pieces),
                 mlp_scale=None if fold and dense else mlp_norm,
-                gate_up=gate_up,
+                swiglu=swiglu,
                 down=down,
             )
         )
@@ -193,13 +194,28 @@ def _linear_add(kind: str, w: torch.Tensor, rows: int, fused: bool, pieces: int)
     return lambda y, x: torch.addmm(x, y, wt)
 
 
-def _halves(kind: str, w: torch.Tensor, rows: int, pieces: int) -> Callable:
-    """h -> (h @ w[:n].T, h @ w[n:].T) for w of 2n rows (the gate and the up projection)."""
+def _swiglu(kind: str, w: torch.Tensor, rows: int, pieces: int) -> Callable:
+    """h -> silu(h @ w[:n].T) * (h @ w[n:].T) for w of 2n rows (the gate, then the up projection). Split in
+    an even number of slices, the first half of the slices is the gate: the activation runs on contiguous
+    slices and only its result is joined (35 vs 40 us a layer at 16 rows, with eight slices)."""
     split = _split(kind, w, pieces)
-    if split is not None and split.shape[0] == 2:  # the slices are the halves: no join
-        return lambda h: torch.bmm(h.expand(2, -1, -1), split).unbind(0)
+    if split is not None and split.shape[0] % 2 == 0:
+        half = split.shape[0] // 2
+
+        def act(h: torch.Tensor) -> torch.Tensor:
+            y = torch.bmm(h.expand(2 * half, -1, -1), split)  # (slices, rows, n / half)
+            if half == 1:
+                return F.silu(y[0]).mul_(y[1])
+            return F.silu(y[:half]).mul_(y[half:]).transpose(0, 1).reshape(h.shape[0], -1)
+
+        return act
     product = _linear(kind, w, None, rows, pieces)
-    return lambda h: product(h).chunk(2, dim=-1)
+
+    def act(h: torch.Tensor) -> torch.Tensor:
+        gate, up = product(h).chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+    return act
 
 
 def _split(kind: str, w: torch.Tensor, pieces: int) -> torch.Tensor | None:

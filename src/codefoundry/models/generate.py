@@ -412,11 +412,8 @@ class _Step:
                 qk = qk.to(self.dtype)
             x = layer.out(self._attend(i, qk, qkv.narrow(2, H + Hkv, Hkv), start), x)
             h = self._norm(x, layer.mlp_scale)
-            if layer.gate_up is None:  # a mixture of experts: its own module
-                x = x + block.mlp(h)
-            else:
-                gate, up = layer.gate_up(h)
-                x = layer.down(F.silu(gate) * up, x)
+            # A mixture of experts (no swiglu) runs its own module.
+            x = x + block.mlp(h) if layer.swiglu is None else layer.down(layer.swiglu(h), x)
         cache.length = start + T
         return self.head(_rms_norm(x, m.norm.weight, self.eps)).view(B, T, -1), x.view(B, T, -1)
 
