@@ -23,9 +23,12 @@ def _reference(h, w, targets, upstream):
     return loss.detach(), h.grad, w.grad
 
 
+@pytest.mark.parametrize("slices", [1, 5, 2])  # the vocabulary (50) in 1, 5 or 2 blocks per chunk on CPU
 @pytest.mark.parametrize("chunk", [1, 7 * 50, 1 << 21])  # one row, 7 rows (37 = 5 x 7 + 2), everything
-def test_loss_and_gradients_match_the_unfused_path(monkeypatch, chunk):
+def test_loss_and_gradients_match_the_unfused_path(monkeypatch, chunk, slices):
     monkeypatch.setattr(fused_ce, "CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(fused_ce, "CPU_VOCAB_SLICES", slices)
+    assert fused_ce._slices(torch.device("cpu"), torch.float32, 50) == slices
     gen = torch.Generator().manual_seed(0)
     h = torch.randn(37, 16, generator=gen, requires_grad=True)
     w = (torch.randn(50, 16, generator=gen) * 3).requires_grad_()  # large logits: the max shift matters
@@ -37,6 +40,14 @@ def test_loss_and_gradients_match_the_unfused_path(monkeypatch, chunk):
     assert float(loss.detach()) == pytest.approx(float(want), rel=1e-6)
     torch.testing.assert_close(h.grad, want_h, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(w.grad, want_w, rtol=1e-4, atol=1e-6)
+
+
+def test_vocabulary_blocks_only_where_they_divide_it_and_only_for_fp32_on_cpu(monkeypatch):
+    monkeypatch.setattr(fused_ce, "CPU_VOCAB_SLICES", 4)
+    assert fused_ce._slices(torch.device("cpu"), torch.float32, 8192) == 4
+    assert fused_ce._slices(torch.device("cpu"), torch.float32, 50) == 1
+    assert fused_ce._slices(torch.device("cpu"), torch.bfloat16, 8192) == 1
+    assert fused_ce._slices(torch.device("meta"), torch.float32, 8192) == 1
 
 
 def test_every_target_ignored_gives_nan_like_cross_entropy_and_no_grad_takes_the_plain_path():
