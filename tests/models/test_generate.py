@@ -154,10 +154,20 @@ def test_weights_split_by_columns_across_threads_decode_the_same(threads, kw, mo
         torch.set_num_threads(before)
     assert together == alone
     assert together[5] == _greedy_by_recomputation(model, prompts[5], 10)
-    assert decode_weights._split("packed", torch.zeros(24, 4), 2).shape == (2, 4, 12)
-    assert decode_weights._split("packed", torch.zeros(24, 4), 5).shape == (3, 4, 8)  # slices of >= 8 columns
-    assert decode_weights._split("packed", torch.zeros(40, 4), 3).shape == (2, 4, 20)  # 3 does not divide 40
-    assert decode_weights._split("views", torch.zeros(24, 4), 2) is None
+    torch.set_num_threads(2)
+    try:
+        assert decode_weights._split("packed", torch.zeros(24, 4), 2).shape == (2, 4, 12)
+        assert decode_weights._split("packed", torch.zeros(24, 4), 5).shape == (3, 4, 8)  # >= 8 columns
+        assert decode_weights._split("packed", torch.zeros(40, 4), 3).shape == (
+            2,
+            4,
+            20,
+        )  # 3 does not divide 40
+        assert decode_weights._split("views", torch.zeros(24, 4), 2) is None
+        torch.set_num_threads(4)  # 3 slices of >= 8 columns for 4 threads: one would idle
+        assert decode_weights._split("packed", torch.zeros(24, 4), 8) is None
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_models_too_large_to_copy_decode_through_views_of_the_weights(monkeypatch):

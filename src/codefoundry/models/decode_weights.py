@@ -219,14 +219,19 @@ def _swiglu(kind: str, w: torch.Tensor, rows: int, pieces: int) -> Callable:
 
 
 def _split(kind: str, w: torch.Tensor, pieces: int) -> torch.Tensor | None:
-    """w (out, in) as `pieces` slices of w.T's columns, (pieces, in, out / pieces), where `kind` packs,
-    `pieces` >= 2 and each slice has at least SPLIT_MIN_COLUMNS columns (fewer slices where that needs
-    it); else None."""
+    """w (out, in) as `pieces` slices of w.T's columns, (pieces, in, out / pieces), where `kind` packs (or
+    is transposed, for a matrix of SPLIT_MIN_ELEMENTS or more), each slice has at least SPLIT_MIN_COLUMNS
+    columns (fewer slices where that needs it) and there are at least as many slices as threads, and 2;
+    else None."""
     out = w.shape[0]
     pieces = min(pieces, out // SPLIT_MIN_COLUMNS)
     while pieces >= 2 and out % pieces:
         pieces -= 1
-    if pieces < 2 or not (kind == "packed" or (kind == "transposed" and w.numel() >= SPLIT_MIN_ELEMENTS)):
+    # Fewer slices than threads would leave threads idle where the single product uses them all (a small
+    # matrix on a many-core machine): keep the other layout there.
+    if pieces < max(2, torch.get_num_threads()):
+        return None
+    if not (kind == "packed" or (kind == "transposed" and w.numel() >= SPLIT_MIN_ELEMENTS)):
         return None
     return w.view(pieces, out // pieces, w.shape[1]).transpose(1, 2).contiguous()
 
