@@ -221,8 +221,8 @@ def _swiglu(kind: str, w: torch.Tensor, rows: int, pieces: int) -> Callable:
 def _split(kind: str, w: torch.Tensor, pieces: int) -> torch.Tensor | None:
     """w (out, in) as `pieces` slices of w.T's columns, (pieces, in, out / pieces), where `kind` packs (or
     is transposed, for a matrix of SPLIT_MIN_ELEMENTS or more), each slice has at least SPLIT_MIN_COLUMNS
-    columns (fewer slices where that needs it) and there are at least as many slices as threads, and 2;
-    else None."""
+    columns (fewer slices where that needs it), and there are at least two slices and at least as many as
+    threads; else None."""
     out = w.shape[0]
     pieces = min(pieces, out // SPLIT_MIN_COLUMNS)
     while pieces >= 2 and out % pieces:
