@@ -51,6 +51,11 @@ OnText = Callable[[int, str], None]  # on_text(row, piece): the row's text, piec
 
 FIM_STOPS = (EOT, FIM_PAD, FILE_SEP)
 PLAIN_STOPS = (EOT, FILE_SEP)
+# When the rows still decoding fall to this fraction of the batch's rows, the finished rows are dropped from
+# the batch (KV cache, mask, positions), so a batch whose rows end at different lengths does not run every
+# step at its full size until the longest row ends. 1.0: as soon as any row ends (each costs one row's copy
+# of the cache at most); 0: never (benchmarks/generate_ragged.py measures both).
+COMPACT_BELOW = 1.0
 
 
 # -- token ids -> bytes -------------------------------------------------------------------------------------
@@ -144,6 +149,10 @@ class _Sampler:
     def __init__(self, temperature: float, top_k: int, top_p: float, seed: int | None, device) -> None:
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.gen = None
+        # Set by the decoding loop once it has dropped finished rows: the batch's original size and, for
+        # each row still in it, its original row (see `_draw`).
+        self.batch: int | None = None
+        self.live: torch.Tensor | None = None
         if temperature > 0:
             self.gen = torch.Generator(device=device)
             if seed is None:
@@ -161,7 +170,7 @@ class _Sampler:
             logits = logits.masked_fill(logits < kth, float("-inf"))
         if self.top_p < 1.0:
             logits = _nucleus(logits, self.top_p)
-        return _draw(logits.softmax(dim=-1), self.gen)
+        return _draw(logits.softmax(dim=-1), self.gen, self.batch, self.live)
 
 
 def _argmax(logits: torch.Tensor) -> torch.Tensor:
@@ -188,14 +197,20 @@ def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(probs < threshold, float("-inf"))
 
 
-def _draw(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def _draw(probs: torch.Tensor, gen: torch.Generator, batch: int | None = None,
+          live: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """One token per row of probs (B, V) by inverting the cumulative distribution: one uniform draw per row
     instead of `torch.multinomial`'s per-row set-up (on CPU 5-10x faster at sampling batch sizes). A token
     of probability 0 is never drawn: its cumulative value equals its predecessor's, and `u` stays below the
-    row's total."""
+    row's total. For a batch whose finished rows were dropped (`live`: the original row of each row left,
+    of `batch`), one uniform is still drawn per original row and the live rows take theirs: a row's
+    samples do not depend on when the others finished."""
     cdf = probs.cumsum(dim=-1)  # (B, V); on CPU accumulated in float64, each entry rounded once
     total = cdf[:, -1:]
-    u = torch.rand(total.shape, generator=gen, device=probs.device, dtype=probs.dtype) * total
+    u = torch.rand((batch or len(probs), 1), generator=gen, device=probs.device, dtype=probs.dtype)
+    if live is not None:
+        u = u.index_select(0, live)
+    u = u * total
     u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, u, right=True).squeeze(1)
 
@@ -336,27 +351,50 @@ def _decode(model: Transformer, prompts: list[list[int]], rows: _Rows, sample: _
     else:
         logits = _prefill(model, ids, cache, None, None)
     step = _Step(model, cache, keys)
-    active = list(range(B))
+    live = list(range(B))  # the prompt of each row of the batch's tensors (each, until rows are dropped)
+    running = list(range(B))  # the rows of the batch still decoding
     temperature = sample.temperature or 1.0
     for _ in range(rows.max_new):
         raw = logits
         if first is not None:
             logits = logits.masked_fill(~first, float("-inf"))
             first = None
-        tokens = sample(logits)  # (B,)
+        tokens = sample(logits)  # (rows,)
         values = tokens.tolist()
         if rows.logprobs is None:
-            active = [b for b in active if not rows.push(b, values[b])]
+            running = [b for b in running if not rows.push(live[b], values[b])]
         else:
             chosen = (
                 (raw.float() / temperature).log_softmax(-1).gather(1, tokens[:, None]).squeeze(1).tolist()
             )
-            active = [b for b in active if not rows.push(b, values[b], chosen[b])]
-        if not active:
+            running = [b for b in running if not rows.push(live[b], values[b], chosen[b])]
+        if not running:
             break
         if positions is not None:
             positions += 1
-        logits = step(tokens.view(B, 1), positions)[0][:, 0]  # (B, V)
+        if len(running) < len(live) and len(running) <= COMPACT_BELOW * len(live):
+            # Drop the finished rows: each later step then costs what the rows still decoding need.
+            order = _fill_holes(running)
+            keep = torch.tensor(order, device=device)
+            cache.keep_rows(order)
+            step.keep_rows(keep)
+            tokens = tokens.index_select(0, keep)
+            if positions is not None:
+                positions = positions.index_select(0, keep)
+            live = [live[b] for b in order]
+            running = list(range(len(live)))
+            sample.batch, sample.live = B, torch.tensor(live, device=device)
+        logits = step(tokens.view(len(live), 1), positions)[0][:, 0]  # (rows, V)
+
+
+def _fill_holes(running: list[int]) -> list[int]:
+    """The batch rows to keep, `running` (ascending), in their new order: a running row below len(running)
+    stays where it is, and the running rows past it fill the finished rows' places, so that each finished
+    row costs at most one row's copy of the KV cache."""
+    n = len(running)
+    movers = [b for b in running if b >= n]
+    kept = set(running)
+    return [i if i in kept else movers.pop() for i in range(n)]
 
 
 def _prefill(model: Transformer, ids, cache: KVCache, positions, mask) -> torch.Tensor:
@@ -390,6 +428,12 @@ class _Step:
         self.keys = keys  # (B, 1, 1, S), -inf on padding, else 0; None for an unpadded batch
         self.layers, self.head = step_weights(model, cache.k[0].shape[0])
         self.dim_eps = torch.full((1,), cfg.dim * cfg.norm_eps, device=cache.k[0].device)  # folded norms
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Follow `KVCache.keep_rows`: the padding mask keeps the same rows (the weights' layout stays the
+        one chosen for the batch it started with; every layout multiplies any number of rows)."""
+        if self.keys is not None:
+            self.keys = self.keys.index_select(0, rows)
 
     def __call__(
         self, tokens: torch.Tensor, positions: torch.Tensor | None

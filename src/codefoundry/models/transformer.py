@@ -76,6 +76,25 @@ class KVCache:
     def capacity(self) -> int:
         return self.k[0].shape[2]
 
+    def keep_rows(self, rows: list[int]) -> None:
+        """Keep only batch rows `rows`, renumbered 0, 1, ... in that order; row rows[i] must be i or a row
+        at or past len(rows) (the order `generate` drops finished rows in: the last rows fill the holes).
+        Each moved row's filled positions are copied down in place and every tensor becomes a view of its
+        first len(rows) rows, so nothing is allocated."""
+        n_rows = self.k[0].shape[0]
+        if not rows or len(set(rows)) != len(rows) or any(not (r == i or r >= len(rows)) or r >= n_rows
+                                                          for i, r in enumerate(rows)):  # fmt: skip
+            raise ValueError(
+                f"KVCache.keep_rows: rows must be distinct, each i or >= {len(rows)}, got {rows}"
+            )
+        n = self.length
+        for tensors in (self.k, self.v):
+            for i, t in enumerate(tensors):
+                for to, row in enumerate(rows):
+                    if row != to:
+                        t[to, :, :n].copy_(t[row, :, :n])
+                tensors[i] = t[: len(rows)]
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
