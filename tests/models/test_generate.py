@@ -31,7 +31,7 @@ from codefoundry.models.infill_eval import (  # noqa: E402
     heldout_functions,
     syntax_valid_fraction,
 )
-from codefoundry.models.transformer import KVCache, Transformer  # noqa: E402
+from codefoundry.models.transformer import Transformer  # noqa: E402
 
 VOCAB = 300
 
@@ -336,72 +336,6 @@ def test_a_callback_returning_true_ends_its_row():
     model = _model()
     out = generate(model, _prompts((4, 4)), max_new_tokens=10, on_token=lambda r, t: r == 1)
     assert len(out[0]) == 10 and len(out[1]) == 1
-
-
-def _ending_at(lengths):
-    """An on_token callback that ends row r after lengths[r] tokens."""
-    counts = [0] * len(lengths)
-
-    def on_token(row: int, token: int) -> bool:
-        counts[row] += 1
-        return counts[row] >= lengths[row]
-
-    return on_token
-
-
-def _count_drops(monkeypatch) -> list[int]:
-    """The batch sizes KVCache.keep_rows shrinks to, as generation calls it."""
-    sizes: list[int] = []
-    original = KVCache.keep_rows
-
-    def spy(self, rows):
-        sizes.append(len(rows))
-        return original(self, rows)
-
-    monkeypatch.setattr(KVCache, "keep_rows", spy)
-    return sizes
-
-
-@pytest.mark.parametrize("kw", [{}, {"moe_experts": 4}, {"qkv_bias": True, "tie_embeddings": False}])
-@pytest.mark.parametrize("lengths", [(1, 9, 16, 3, 5, 16, 2, 12), (16, 2, 2, 2)])
-def test_dropping_finished_rows_changes_no_row(kw, lengths, monkeypatch):
-    # Rows end at different lengths (a callback here; stop ids and strings end rows the same way), so the
-    # batch drops its finished rows as it goes: each row must still get what it gets alone, padded prompts
-    # included (the mask and positions follow the rows), greedy and sampled.
-    model = _model(**kw)
-    prompts = _prompts((1, 6, 11, 4, 9, 2, 7, 3)[: len(lengths)])
-    drops = _count_drops(monkeypatch)
-    got = generate(model, prompts, max_new_tokens=16, on_token=_ending_at(lengths))
-    assert drops == sorted(set(drops), reverse=True) and drops[-1] >= 1
-    assert len(drops) == len(set(lengths)) - 1  # a drop whenever rows end and others go on
-    assert [len(r) for r in got] == list(lengths)
-    alone = [generate(model, [p], max_new_tokens=n)[0] for p, n in zip(prompts, lengths, strict=True)]
-    assert got == alone
-    sampled = dict(max_new_tokens=16, temperature=1.0, top_p=0.9, seed=3)
-    logprobs: list[list[float]] = []
-    with_drops = generate(model, prompts, on_token=_ending_at(lengths), logprobs=logprobs, **sampled)
-    monkeypatch.setattr("codefoundry.models.generate.COMPACT_BELOW", 0.0)
-    drops.clear()
-    kept_logprobs: list[list[float]] = []
-    kept = generate(model, prompts, on_token=_ending_at(lengths), logprobs=kept_logprobs, **sampled)
-    assert not drops and with_drops == kept
-    assert torch.allclose(torch.tensor(sum(logprobs, [])), torch.tensor(sum(kept_logprobs, [])), atol=1e-5)
-
-
-def test_keep_rows_moves_the_filled_positions_of_the_kept_rows():
-    cfg = config_for_size("tiny", VOCAB, max_seq_len=16)
-    cache = KVCache.empty(cfg, 5, 16, layers=2, device="cpu", dtype=torch.float32)
-    for t in (*cache.k, *cache.v):
-        t.copy_(torch.randn(t.shape))
-    cache.length = 7
-    before = [t.clone() for t in (*cache.k, *cache.v)]
-    cache.keep_rows([0, 4, 3])  # rows 1 and 2 ended: 4 and 3 take their places
-    for old, new in zip(before, (*cache.k, *cache.v), strict=True):
-        assert new.shape[0] == 3 and new.is_contiguous()
-        assert torch.equal(new[:, :, :7], old[[0, 4, 3], :, :7])
-    for bad in ([], [1, 0], [0, 0], [0, 1, 2, 3]):  # a row moved up, twice, past the end
-        with pytest.raises(ValueError, match="keep_rows"):
-            cache.keep_rows(bad)
 
 
 def test_fim_prompt_layout_is_prefix_suffix_middle(tok):

@@ -1,7 +1,7 @@
 """The decoding step's weight matrices, in the layout the CPU multiplies fastest at the step's batch size.
 
 `step_weights(model, rows)` gives, per layer, a `StepLayer` (the Q/K/V, output, gate/up and down
-projections), and the output head x -> x @ W.T; `generate`'s `_Step` calls them. The layouts are copies of
+projections), and the output head x -> x @ W.T; `codefoundry.models.step` calls them. The layouts are copies of
 the weights, cached per model and remade when a weight changes (see below).
 
 Two more things fold into the copies of an fp32 model on the CPU, each an operation fewer per use (together
@@ -29,7 +29,7 @@ from codefoundry.models.transformer import Transformer
 
 __all__ = [
     "COPY_LIMIT", "PACKED_MIN_ELEMENTS", "PACKED_MIN_ROWS", "SPLIT_MIN_COLUMNS", "SPLIT_MIN_ELEMENTS",
-    "SPLIT_SLICES_PER_THREAD", "StepLayer", "step_weights",
+    "SPLIT_SLICES_PER_THREAD", "Add", "GatedProduct", "Product", "StepLayer", "step_weights",
 ]  # fmt: skip
 
 # The step's weight matrices in the layout the CPU multiplies fastest, per model, reused while the model's
@@ -75,11 +75,11 @@ class StepLayer:
     weight and no mean: x / sqrt(sum(x^2) + dim * eps))."""
 
     attn_scale: torch.Tensor | None
-    qkv: Callable
-    out: Callable
+    qkv: Product
+    out: Add
     mlp_scale: torch.Tensor | None
-    swiglu: Callable | None
-    down: Callable | None
+    swiglu: GatedProduct | None
+    down: Add | None
 
 
 def step_weights(model: Transformer, rows: int) -> tuple[list[StepLayer], Callable]:
@@ -153,69 +153,215 @@ def _make(
     return layers, _linear(kind, model.lm_head.weight, None, rows, 1 if kind == "packed" else pieces)
 
 
-def _linear(kind: str, w: torch.Tensor, bias: torch.Tensor | None, rows: int, pieces: int) -> Callable:
+# Each product below is a callable for the step (`Product(x)`, `Add(y, x)` = x + y @ W.T, `SwiGLU(h)`) and can
+# also be bound to fixed buffers (`bind`), for the step whose activations stay in place from token to token
+# (generate's `_StaticStep`): the bound call writes its result into the buffer given, with every view of
+# the buffers made once, and allocates nothing (the split products through `out=`). A layout with no
+# `out=` form binds as a copy of its result.
+class Product:
+    """x -> x @ W.T (+ bias)."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def bind(self, x: torch.Tensor, out: torch.Tensor) -> Callable[[], None]:
+        """A call that writes x @ W.T (+ bias) into `out`, reading the buffer `x` as it is then."""
+        return lambda: out.copy_(self(x))
+
+
+class _Split(Product):
+    """Over slices of the output columns, one `torch.bmm`: split (slices, in, out / slices)."""
+
+    def __init__(self, split: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.split, self.bias = split, bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.bmm(x.expand(self.split.shape[0], -1, -1), self.split)  # (slices, rows, out / slices)
+        y = y.transpose(0, 1).reshape(x.shape[0], -1)
+        return y if self.bias is None else y + self.bias
+
+    def bind(self, x: torch.Tensor, out: torch.Tensor) -> Callable[[], None]:
+        p, rows = self.split.shape[0], x.shape[0]
+        xs, parts = x.expand(p, -1, -1), x.new_empty(p, rows, self.split.shape[2])
+        joined, columns = out.view(rows, p, -1), parts.transpose(0, 1)
+        split, bias = self.split, self.bias
+
+        def run() -> None:
+            torch.bmm(xs, split, out=parts)
+            joined.copy_(columns)
+            if bias is not None:
+                out.add_(bias)
+
+        return run
+
+
+class _Packed(Product):
+    """oneDNN's prepacked product."""
+
+    def __init__(self, packed: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.packed, self.bias = packed, bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+class _Matrix(Product):
+    """x @ W_t, W_t (in, out) a transposed copy or a view."""
+
+    def __init__(self, wt: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.wt, self.bias = wt, bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.wt if self.bias is None else torch.addmm(self.bias, x, self.wt)
+
+    def bind(self, x: torch.Tensor, out: torch.Tensor) -> Callable[[], None]:
+        wt, bias = self.wt, self.bias
+        if bias is None:
+            return lambda: torch.mm(x, wt, out=out)
+        return lambda: torch.addmm(bias, x, wt, out=out)
+
+
+def _linear(kind: str, w: torch.Tensor, bias: torch.Tensor | None, rows: int, pieces: int) -> Product:
     """x -> x @ w.T (+ bias) in `kind`'s layout, split in `pieces` slices of columns where that applies."""
     w = w.detach()
     b = None if bias is None else bias.detach()
     split = _split(kind, w, pieces)
     if split is not None:
-
-        def product(x: torch.Tensor) -> torch.Tensor:
-            y = torch.bmm(x.expand(split.shape[0], -1, -1), split)  # (pieces, rows, out / pieces)
-            return y.transpose(0, 1).reshape(x.shape[0], -1)
-
-        return product if b is None else lambda x: product(x) + b
+        return _Split(split, b)
     packed = _packed(kind, w, rows)
     if packed is not None:
-        return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
-    wt = _transposed(kind, w)
-    if b is None:
-        return lambda x: x @ wt
-    return lambda x: torch.addmm(b, x, wt)
+        return _Packed(packed, b)
+    return _Matrix(_transposed(kind, w), b)
 
 
-def _linear_add(kind: str, w: torch.Tensor, rows: int, fused: bool, pieces: int) -> Callable:
+class Add:
+    """(y, x) -> x + y @ W.T (no bias)."""
+
+    def __call__(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def bind(self, x: torch.Tensor) -> Callable[[torch.Tensor], None]:
+        """A call y -> None that adds y @ W.T into the buffer `x` in place."""
+        return lambda y: x.copy_(self(y, x))
+
+
+class _Unfused(Add):
+    def __init__(self, product: Product) -> None:
+        self.product = product
+
+    def __call__(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x + self.product(y)
+
+
+class _SplitAdd(Add):
+    """The add fused into the copy that joins the slices."""
+
+    def __init__(self, split: torch.Tensor) -> None:
+        self.split = split
+
+    def __call__(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        p = self.split.shape[0]
+        parts = torch.bmm(y.expand(p, -1, -1), self.split).transpose(0, 1)
+        return torch.add(x.view(x.shape[0], p, -1), parts).view(x.shape[0], -1)
+
+    def bind(self, x: torch.Tensor) -> Callable[[torch.Tensor], None]:
+        p, rows = self.split.shape[0], x.shape[0]
+        parts = x.new_empty(p, rows, self.split.shape[2])
+        split, columns, into = self.split, parts.transpose(0, 1), x.view(rows, p, -1)
+
+        def run(y: torch.Tensor) -> None:
+            torch.bmm(y.expand(p, -1, -1), split, out=parts)
+            into.add_(columns)
+
+        return run
+
+
+class _PackedAdd(Add):
+    """oneDNN's prepacked product with a fused add."""
+
+    def __init__(self, packed: torch.Tensor) -> None:
+        self.packed = packed
+
+    def __call__(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise.binary(y, x, self.packed, None, "add")
+
+
+class _MatrixAdd(Add):
+    def __init__(self, wt: torch.Tensor) -> None:
+        self.wt = wt
+
+    def __call__(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(x, y, self.wt)
+
+    def bind(self, x: torch.Tensor) -> Callable[[torch.Tensor], None]:
+        wt = self.wt
+        return lambda y: x.addmm_(y, wt)
+
+
+def _linear_add(kind: str, w: torch.Tensor, rows: int, fused: bool, pieces: int) -> Add:
     """(y, x) -> x + y @ w.T (no bias), the add fused into the product where `fused` (for the split layout,
     into the copy that joins the slices)."""
     if not fused:
-        product = _linear(kind, w, None, rows, pieces)
-        return lambda y, x: x + product(y)
+        return _Unfused(_linear(kind, w, None, rows, pieces))
     w = w.detach()
     split = _split(kind, w, pieces)
     if split is not None:
-        p = split.shape[0]
-        return lambda y, x: torch.add(
-            x.view(x.shape[0], p, -1), torch.bmm(y.expand(p, -1, -1), split).transpose(0, 1)
-        ).view(x.shape[0], -1)
+        return _SplitAdd(split)
     packed = _packed(kind, w, rows)
     if packed is not None:
-        return lambda y, x: torch.ops.mkldnn._linear_pointwise.binary(y, x, packed, None, "add")
-    wt = _transposed(kind, w)
-    return lambda y, x: torch.addmm(x, y, wt)
+        return _PackedAdd(packed)
+    return _MatrixAdd(_transposed(kind, w))
 
 
-def _swiglu(kind: str, w: torch.Tensor, rows: int, pieces: int) -> Callable:
-    """h -> silu(h @ w[:n].T) * (h @ w[n:].T) for w of 2n rows (the gate, then the up projection). Split in
-    an even number of slices, the first half of the slices is the gate: the activation runs on contiguous
-    slices and only its result is joined (35 vs 40 us a layer at 16 rows, with eight slices)."""
-    split = _split(kind, w, pieces)
-    if split is not None and split.shape[0] % 2 == 0:
-        half = split.shape[0] // 2
+class GatedProduct:
+    """h -> silu(h @ W_gate.T) * (h @ W_up.T)."""
 
-        def act(h: torch.Tensor) -> torch.Tensor:
-            y = torch.bmm(h.expand(2 * half, -1, -1), split)  # (slices, rows, n / half)
-            if half == 1:
-                return F.silu(y[0]).mul_(y[1])
-            return F.silu(y[:half]).mul_(y[half:]).transpose(0, 1).reshape(h.shape[0], -1)
+    def __init__(self, product: Product) -> None:
+        self.product = product
 
-        return act
-    product = _linear(kind, w, None, rows, pieces)
-
-    def act(h: torch.Tensor) -> torch.Tensor:
-        gate, up = product(h).chunk(2, dim=-1)
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        gate, up = self.product(h).chunk(2, dim=-1)
         return F.silu(gate) * up
 
-    return act
+    def bind(self, h: torch.Tensor, out: torch.Tensor) -> Callable[[], None]:
+        """A call that writes the activation of the buffer `h` into `out`."""
+        return lambda: out.copy_(self(h))
+
+
+class _SplitGated(GatedProduct):
+    """Split in an even number of slices, the first half of them the gate: the activation runs on the
+    contiguous slices and only its result is joined (35 vs 40 us a layer at 16 rows, with eight slices)."""
+
+    def __init__(self, split: torch.Tensor) -> None:
+        self.split, self.half = split, split.shape[0] // 2
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        y = torch.bmm(h.expand(2 * self.half, -1, -1), self.split)  # (slices, rows, n / half)
+        if self.half == 1:
+            return F.silu(y[0]).mul_(y[1])
+        return F.silu(y[: self.half]).mul_(y[self.half :]).transpose(0, 1).reshape(h.shape[0], -1)
+
+    def bind(self, h: torch.Tensor, out: torch.Tensor) -> Callable[[], None]:
+        p, rows = self.split.shape[0], h.shape[0]
+        hs, parts = h.expand(p, -1, -1), h.new_empty(p, rows, self.split.shape[2])
+        gate, up = parts[: self.half], parts[self.half :]
+        split, columns, joined = self.split, gate.transpose(0, 1), out.view(rows, self.half, -1)
+
+        def run() -> None:
+            torch.bmm(hs, split, out=parts)
+            F.silu(gate, inplace=True)
+            gate.mul_(up)
+            joined.copy_(columns)
+
+        return run
+
+
+def _swiglu(kind: str, w: torch.Tensor, rows: int, pieces: int) -> GatedProduct:
+    """h -> silu(h @ w[:n].T) * (h @ w[n:].T) for w of 2n rows (the gate, then the up projection)."""
+    split = _split(kind, w, pieces)
+    if split is not None and split.shape[0] % 2 == 0:
+        return _SplitGated(split)
+    return GatedProduct(_linear(kind, w, None, rows, pieces))
 
 
 def _split(kind: str, w: torch.Tensor, pieces: int) -> torch.Tensor | None:

@@ -5,7 +5,8 @@ greedy decoding with the model's own MTP modules.
 `generate` works on token ids. A batch is left-padded to its longest prompt: padding keys are masked
 and each row's rotary positions start at 0 where its prompt starts (a batch without padding needs
 neither). One `KVCache` of prompt + max_new positions is allocated up front; the prompt runs in one
-forward (`Transformer`'s blocks, last-position logits only), then each new token in one `_Step`.
+forward (`Transformer`'s blocks, last-position logits only), then each new token in one `Step`
+(`codefoundry.models.step`).
 
 Stop strings are matched on the bytes of each row's last tokens, and only when the new token holds the
 last byte of some stop string. The ids a row returns include the token that completed a stop string;
@@ -28,9 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from codefoundry.models.decode_weights import step_weights
+from codefoundry.models.step import Step
 from codefoundry.models.tokenizer import EOT, FILE_SEP, FIM_PAD
 from codefoundry.models.transformer import KVCache, Transformer
 
@@ -350,7 +350,7 @@ def _decode(model: Transformer, prompts: list[list[int]], rows: _Rows, sample: _
         )
     else:
         logits = _prefill(model, ids, cache, None, None)
-    step = _Step(model, cache, keys)
+    step = Step(model, cache, keys, static=True)
     live = list(range(B))  # the prompt of each row of the batch's tensors (each, until rows are dropped)
     running = list(range(B))  # the rows of the batch still decoding
     temperature = sample.temperature or 1.0
@@ -408,100 +408,6 @@ def _prefill(model: Transformer, ids, cache: KVCache, positions, mask) -> torch.
     return model.lm_head(model.norm(x[:, -1]))  # (B, V)
 
 
-class _Step:
-    """A forward over a few new tokens per row (a decoding step, or a speculative check of drafts): the
-    arithmetic of `Transformer.forward`, in fewer operations (one rotary op for Q and K, no mask for a
-    single unpadded token, weights in the layout CPUs read fastest, the norm weights and the residual adds
-    folded into the products: `decode_weights`), because at sampling batch sizes a step costs per
-    operation and per byte of weights read, not per FLOP. Checked token for token against
-    `Transformer.forward` in the tests."""
-
-    def __init__(self, model: Transformer, cache: KVCache, keys: torch.Tensor | None) -> None:
-        cfg = model.cfg
-        self.model, self.cache = model, cache
-        self.heads, self.kv_heads, self.eps = cfg.n_heads, cfg.n_kv_heads, cfg.norm_eps
-        half = cfg.head_dim // 2
-        # rotate_half(x) * sin == roll(x, half) * [-sin[:half], sin[half:]]: fold the sign into the table.
-        self.cos = model.rope_cos  # (max_seq_len, hd), fp32
-        self.sin = torch.cat([-model.rope_sin[:, :half], model.rope_sin[:, half:]], dim=-1)
-        self.half, self.dtype = half, model.embed.weight.dtype
-        self.keys = keys  # (B, 1, 1, S), -inf on padding, else 0; None for an unpadded batch
-        self.layers, self.head = step_weights(model, cache.k[0].shape[0])
-        self.dim_eps = torch.full((1,), cfg.dim * cfg.norm_eps, device=cache.k[0].device)  # folded norms
-
-    def keep_rows(self, rows: torch.Tensor) -> None:
-        """Follow `KVCache.keep_rows`: the padding mask keeps the same rows (the weights' layout stays the
-        one chosen for the batch it started with; every layout multiplies any number of rows)."""
-        if self.keys is not None:
-            self.keys = self.keys.index_select(0, rows)
-
-    def __call__(
-        self, tokens: torch.Tensor, positions: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens (B, T) at `positions` (B, T), or unpadded from cache.length on -> (logits (B, T, V),
-        hidden (B, T, dim): the last block's output, as `Output.hidden`)."""
-        m, cache = self.model, self.cache
-        (B, T), H, Hkv, start = tokens.shape, self.heads, self.kv_heads, cache.length
-        if positions is None:
-            cos, sin = self.cos[start : start + T, None], self.sin[start : start + T, None]  # (T, 1, hd)
-        else:
-            cos, sin = self.cos[positions].unsqueeze(2), self.sin[positions].unsqueeze(2)  # (B, T, 1, hd)
-        x = F.embedding(tokens.reshape(-1), m.embed.weight)  # (B*T, dim)
-        for i, (block, layer) in enumerate(zip(m.layers, self.layers, strict=True)):
-            qkv = layer.qkv(self._norm(x, layer.attn_scale)).view(B, T, H + 2 * Hkv, -1)
-            # narrow, not qkv[:, :, :n]: one view op instead of one per dimension (~2 us each)
-            qk = qkv.narrow(2, 0, H + Hkv)  # (B, T, H + Hkv, hd): the query heads, then the key heads
-            qk = torch.addcmul(qk * cos, qk.roll(self.half, dims=-1), sin)
-            if qk.dtype != self.dtype:  # the tables are fp32, as in Transformer.forward
-                qk = qk.to(self.dtype)
-            x = layer.out(self._attend(i, qk, qkv.narrow(2, H + Hkv, Hkv), start), x)
-            h = self._norm(x, layer.mlp_scale)
-            # A mixture of experts (no swiglu) runs its own module.
-            x = x + block.mlp(h) if layer.swiglu is None else layer.down(layer.swiglu(h), x)
-        cache.length = start + T
-        return self.head(_rms_norm(x, m.norm.weight, self.eps)).view(B, T, -1), x.view(B, T, -1)
-
-    def _norm(self, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-        """RMSNorm by `scale`, or, where the weight is folded into the next product (scale None, see
-        `decode_weights`), x / sqrt(|x|^2 + dim * eps): three kernels (norm, eps + norm^2, rsqrt) before
-        the multiply, half the time of squaring, summing and adding (~10 vs ~19 us at 1 and 16 rows)."""
-        if scale is not None:
-            return _rms_norm(x, scale, self.eps)
-        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-        return x * torch.rsqrt(torch.addcmul(self.dim_eps, norm, norm))
-
-    def _attend(self, layer: int, qk: torch.Tensor, v_new: torch.Tensor, start: int) -> torch.Tensor:
-        """Write the new keys and values at `start`, attend; qk (B, T, H + Hkv, hd), v_new (B, T, Hkv, hd)
-        -> (B*T, H*hd)."""
-        (B, T), H, Hkv = qk.shape[:2], self.heads, self.kv_heads
-        k, v = self.cache.k[layer], self.cache.v[layer]  # (B, Hkv, capacity, hd)
-        k.narrow(2, start, T).copy_(qk.narrow(2, H, Hkv).transpose(1, 2))
-        v.narrow(2, start, T).copy_(v_new.transpose(1, 2))
-        k, v = k.narrow(2, 0, start + T), v.narrow(2, 0, start + T)
-        if T == 1:
-            # One query per row sees every cached key, padding aside. SDPA's CPU kernel is ~2x faster here
-            # than attention as two batched matmuls at batch 1 (the same at 16), measured on torch 2.13.
-            mask = None if self.keys is None else self.keys[..., : start + 1]
-        elif self.keys is not None:
-            raise ValueError("_Step: several new tokens per row need an unpadded batch")
-        else:
-            # New queries see every cached key and, among themselves, only earlier ones.
-            mask = torch.ones(T, start + T, dtype=torch.bool, device=qk.device).tril(start)
-        y = F.scaled_dot_product_attention(
-            qk.narrow(2, 0, H).transpose(1, 2), k, v, attn_mask=mask, enable_gqa=self.kv_heads != self.heads
-        )
-        return y.transpose(1, 2).reshape(B * T, -1)  # (B, H, T, hd) -> (B*T, H*hd)
-
-
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """`F.rms_norm(x, (dim,), weight, eps)`, for fp32 as five plain ops: on CPU for a few rows, ~3% of a
-    decoding step faster than the fused op, which dispatches more sub-operations (same values, tested
-    through the step's token-for-token checks). Other dtypes keep the fused op, which computes in fp32."""
-    if x.dtype != torch.float32:
-        return F.rms_norm(x, (x.shape[-1],), weight, eps)
-    return x * torch.rsqrt(x.square().mean(-1, keepdim=True).add_(eps)) * weight
-
-
 # -- self-speculative decoding ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SpeculativeResult:
@@ -543,7 +449,7 @@ def _speculative(model: Transformer, prompt: list[int], rows: _Rows, row: int) -
     out = model(torch.tensor([prompt], device=device), cache=cache)
     inputs[0, : len(prompt)] = out.hidden[0]
     tokens = list(prompt)
-    step = _Step(model, cache, None)
+    step = Step(model, cache, None)
     pending = int(out.logits[0, -1].argmax())  # the main model's next token, not yet in its cache
     drafted = accepted = 0
     forwards = 1
