@@ -152,7 +152,7 @@ class StaticStep:
         heads = qkv.view(rows, H + 2 * Hkv, hd)
         self.qk_in = heads.narrow(1, 0, H + Hkv)  # the query heads, then the key heads, before rotation
         self.qk = buffer(rows, H + Hkv, hd)
-        self.halves = [  # (rotated half, the other half of the input, the signed sine's half)
+        self.halves = [  # (a half of the rotated output, the other half of the input), lower then upper
             (self.qk.narrow(2, 0, half), self.qk_in.narrow(2, half, half)),
             (self.qk.narrow(2, half, half), self.qk_in.narrow(2, 0, half)),
         ]
