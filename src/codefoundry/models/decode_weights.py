@@ -1,8 +1,8 @@
 """The decoding step's weight matrices, in the layout the CPU multiplies fastest at the step's batch size.
 
 `step_weights(model, rows)` gives, per layer, a `StepLayer` (the Q/K/V, output, gate/up and down
-projections), and the output head x -> x @ W.T; `codefoundry.models.step` calls them. The layouts are copies of
-the weights, cached per model and remade when a weight changes (see below).
+projections), and the output head x -> x @ W.T; `codefoundry.models.step` calls them. The layouts are
+copies of the weights, cached per model and remade when a weight changes (see below).
 
 Two more things fold into the copies of an fp32 model on the CPU, each an operation fewer per use (together
 +12% greedy tokens/s at batch 1 and +6% at 16 for the 10m model, tokens identical; benchmarks/README.md):
@@ -153,11 +153,11 @@ def _make(
     return layers, _linear(kind, model.lm_head.weight, None, rows, 1 if kind == "packed" else pieces)
 
 
-# Each product below is a callable for the step (`Product(x)`, `Add(y, x)` = x + y @ W.T, `SwiGLU(h)`) and can
-# also be bound to fixed buffers (`bind`), for the step whose activations stay in place from token to token
-# (generate's `_StaticStep`): the bound call writes its result into the buffer given, with every view of
-# the buffers made once, and allocates nothing (the split products through `out=`). A layout with no
-# `out=` form binds as a copy of its result.
+# Each product below is a callable for the step (`Product(x)`, `Add(y, x)` = x + y @ W.T, `GatedProduct(h)`)
+# and can also be bound to fixed buffers (`bind`), for the step whose activations stay in place from token
+# to token (`codefoundry.models.step.StaticStep`): the bound call writes its result into the buffer given,
+# with every view of the buffers made once, and allocates nothing (through `out=` or in place). A layout
+# with no `out=` form (oneDNN's packed product) binds as a copy of its result.
 class Product:
     """x -> x @ W.T (+ bias)."""
 

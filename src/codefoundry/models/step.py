@@ -171,6 +171,7 @@ class StaticStep:
             for layer in step.layers
         ]  # fmt: skip
         self.embed = model.embed.weight.detach()
+        self.gqa = Hkv != H
 
     def _normalise(self) -> None:
         """h = x / sqrt(|x|^2 + dim * eps), as `Step._norm` computes it (the weight is folded)."""
@@ -190,7 +191,6 @@ class StaticStep:
         torch.index_select(step.cos, 0, positions.view(-1), out=self.cos_rows)
         torch.index_select(step.sin, 0, positions.view(-1), out=self.sin_rows)
         mask = None if step.keys is None else step.keys[..., : start + 1]
-        gqa = step.kv_heads != step.heads
         torch.index_select(self.embed, 0, tokens, out=self.x)
         for i, (qkv, out, swiglu, down) in enumerate(self.calls):
             self._normalise()
@@ -201,9 +201,8 @@ class StaticStep:
             k, v = cache.k[i], cache.v[i]
             k.narrow(2, start, 1).copy_(self.k_new)
             v.narrow(2, start, 1).copy_(self.v_new)
-            y = F.scaled_dot_product_attention(
-                self.q, k.narrow(2, 0, start + 1), v.narrow(2, 0, start + 1), attn_mask=mask, enable_gqa=gqa
-            )
+            keys, values = k.narrow(2, 0, start + 1), v.narrow(2, 0, start + 1)
+            y = F.scaled_dot_product_attention(self.q, keys, values, attn_mask=mask, enable_gqa=self.gqa)
             out(y.view(self.rows, -1))
             self._normalise()
             swiglu()
