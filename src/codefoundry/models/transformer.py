@@ -85,7 +85,8 @@ class KVCache:
         if not rows or len(set(rows)) != len(rows) or any(not (r == i or r >= len(rows)) or r >= n_rows
                                                           for i, r in enumerate(rows)):  # fmt: skip
             raise ValueError(
-                f"KVCache.keep_rows: rows must be distinct, each i or >= {len(rows)}, got {rows}"
+                f"KVCache.keep_rows: rows must be distinct rows of the {n_rows}, rows[i] being i or "
+                f">= {len(rows)}; got {rows}"
             )
         n = self.length
         for tensors in (self.k, self.v):
