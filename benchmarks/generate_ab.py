@@ -26,27 +26,29 @@ from codefoundry.models.transformer import Transformer
 
 
 def load_other(models_dir: Path) -> types.ModuleType:
-    """The other copy's generate.py, with its own decode_weights.py (the rest of the package is shared)."""
-    modules = {}
-    for name in ("decode_weights", "generate"):
-        spec = importlib.util.spec_from_file_location(
-            f"codefoundry.models._ab_{name}", models_dir / f"{name}.py"
-        )
+    """The other copy's generate.py, with its own decode_weights.py and step.py where it has one (the rest
+    of the package is shared)."""
+    modules: dict[str, types.ModuleType] = {}
+    for name in ("decode_weights", "step", "generate"):
+        path = models_dir / f"{name}.py"
+        if not path.exists():  # step.py is newer than some commits worth comparing against
+            continue
+        spec = importlib.util.spec_from_file_location(f"codefoundry.models._ab_{name}", path)
         module = importlib.util.module_from_spec(spec)
-        modules[name] = sys.modules[spec.name] = module  # dataclasses look their module up there
-        # generate.py imports `codefoundry.models.decode_weights`: point that name at the other copy's
-        # module while generate.py loads.
-        saved = sys.modules.get("codefoundry.models.decode_weights")
-        if name == "generate":
-            sys.modules["codefoundry.models.decode_weights"] = modules["decode_weights"]
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        # Its imports of `codefoundry.models.decode_weights` (and `.step`) must find the other copy's
+        # modules: point those names at them while it loads.
+        saved = {dep: sys.modules.get(f"codefoundry.models.{dep}") for dep in modules}
+        sys.modules.update({f"codefoundry.models.{dep}": mod for dep, mod in modules.items()})
         try:
             spec.loader.exec_module(module)
         finally:
-            if name == "generate":
-                if saved is None:
-                    sys.modules.pop("codefoundry.models.decode_weights", None)
+            for dep, old in saved.items():
+                if old is None:
+                    sys.modules.pop(f"codefoundry.models.{dep}", None)
                 else:
-                    sys.modules["codefoundry.models.decode_weights"] = saved
+                    sys.modules[f"codefoundry.models.{dep}"] = old
+        modules[name] = module
     return modules["generate"]
 
 

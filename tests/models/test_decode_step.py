@@ -1,7 +1,7 @@
 """The decoding loop's own machinery: rows that end leave the batch (`KVCache.keep_rows`) without changing
 any row's tokens; the fixed-buffer step (`StaticStep`) against the eager one (`Step`), the same logits from
 the same cache over the weight layouts of `decode_weights` (transposed copies, prepacked, split by
-columns), padded and unpadded batches, Q/K/V bias and an untied head; and which step `generate` takes."""
+columns, panels for the small-row kernel), padded and unpadded batches, Q/K/V bias and an untied head; and which step `generate` takes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from codefoundry.models import decode_weights  # noqa: E402
+from codefoundry.models import decode_weights, small_gemm  # noqa: E402
 from codefoundry.models import generate as generate_module  # noqa: E402
 from codefoundry.models.config import config_for_size  # noqa: E402
 from codefoundry.models.generate import generate  # noqa: E402
@@ -17,10 +17,12 @@ from codefoundry.models.step import StaticStep, Step  # noqa: E402
 from codefoundry.models.transformer import KVCache, Transformer  # noqa: E402
 
 VOCAB = 300
+TORCH = {"PANELS_MAX_ROWS": 0}  # PyTorch's products, as where the small-row kernel cannot be built
 LAYOUTS = {
-    "transposed": {"PACKED_MIN_ROWS": 1 << 30, "SPLIT_MIN_COLUMNS": 1 << 30},
-    "packed": {"PACKED_MIN_ROWS": 1, "PACKED_MIN_ELEMENTS": 0, "SPLIT_MIN_COLUMNS": 1 << 30},
-    "split": {"PACKED_MIN_ROWS": 1, "SPLIT_MIN_COLUMNS": 8, "SPLIT_MIN_ELEMENTS": 0},
+    "transposed": {**TORCH, "PACKED_MIN_ROWS": 1 << 30, "SPLIT_MIN_COLUMNS": 1 << 30},
+    "packed": {**TORCH, "PACKED_MIN_ROWS": 1, "PACKED_MIN_ELEMENTS": 0, "SPLIT_MIN_COLUMNS": 1 << 30},
+    "split": {**TORCH, "PACKED_MIN_ROWS": 1, "SPLIT_MIN_COLUMNS": 8, "SPLIT_MIN_ELEMENTS": 0},
+    "panels": {"PANELS_MAX_ROWS": 64},  # the small-row kernel (skipped where it is unavailable)
 }
 
 
@@ -129,6 +131,8 @@ def test_keep_rows_moves_the_filled_positions_of_the_kept_rows():
 @pytest.mark.parametrize("kw", [{}, {"qkv_bias": True, "tie_embeddings": False}])
 @pytest.mark.parametrize("rows,padded", [(1, False), (9, False), (9, True)])
 def test_the_fixed_buffer_step_gives_the_eager_steps_logits(layout, kw, rows, padded, monkeypatch):
+    if layout == "panels" and small_gemm.library() is None:
+        pytest.skip(f"the small-row kernel is unavailable here: {small_gemm.why_not()}")
     for name, value in LAYOUTS[layout].items():
         monkeypatch.setattr(decode_weights, name, value)
     model = _model(**kw)
@@ -138,6 +142,7 @@ def test_the_fixed_buffer_step_gives_the_eager_steps_logits(layout, kw, rows, pa
         eager = Step(model, cache, keys)
         fixed = Step(model, cache, keys, static=True)
         assert fixed.static and not eager.static
+        assert isinstance(eager.layers[0].qkv, decode_weights._Panels) == (layout == "panels")
         for _ in range(3):  # three tokens: the buffers are reused, the cache grows
             want, want_hidden = eager(tokens, positions)
             cache.length -= 1

@@ -111,6 +111,7 @@ def test_batches_of_prepacked_weights_agree_with_one_row_at_a_time(kw, min_eleme
     assert decode_weights.PACKED_MIN_ROWS <= 9
     monkeypatch.setattr(decode_weights, "PACKED_MIN_ELEMENTS", min_elements)
     monkeypatch.setattr(decode_weights, "SPLIT_MIN_COLUMNS", 1 << 30)  # no matrix split by columns
+    monkeypatch.setattr(decode_weights, "PANELS_MAX_ROWS", 0)  # nor multiplied by the small-row kernel
     model = _model(**kw)
     prompts = _prompts((3, 8, 1, 5, 5, 12, 2, 7, 4))
     together = generate(model, prompts, max_new_tokens=10)
@@ -130,6 +131,7 @@ def test_weights_split_by_columns_across_threads_decode_the_same(threads, kw, mo
     # 3 threads: the tiny model's widths are even, so some matrices take fewer slices than threads.
     monkeypatch.setattr(decode_weights, "SPLIT_MIN_COLUMNS", 8)
     monkeypatch.setattr(decode_weights, "SPLIT_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(decode_weights, "PANELS_MAX_ROWS", 0)
     model = _model(**kw)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -1,0 +1,235 @@
+"""The decoding step's products on x86-64 CPUs: y = x @ W.T (+ bias) (+ y) for a few rows x, by a small C
+kernel (`small_gemm.c`) compiled on first use with the system's C compiler.
+
+Why: at the row counts of decoding (1-64), MKL's and oneDNN's fp32 kernels run far below what the CPU
+can do. With 16 rows against the 10m model's matrices, 2 threads, this VM: gate/up (1408 x 256) 80-97 us
+here against 195-212 us for `x @ W_t` and 122-201 us packed; the head (8192 x 256) 549-688 us against
+1.1 ms packed (benchmarks/README.md). The kernel keeps a panel of 16 output columns streaming through
+the cache while six rows of x each hold two accumulators in registers; the libraries' kernels are
+tuned for large products, where repacking the input pays off.
+
+`library()` is None, and callers keep PyTorch's products, wherever the kernel cannot run as intended:
+not Linux x86-64, no AVX2/FMA, no C compiler, a failed build or self-check, `CODEFOUNDRY_NATIVE=0`, or a
+PyTorch that does not share its OpenMP runtime (the kernel's threads must be PyTorch's own: a second
+runtime's threads would fight them for the cores). The built library is cached under
+$CODEFOUNDRY_CACHE (default ~/.cache/codefoundry)/native, keyed by the source, flags and compiler.
+
+The values: each output is a plain in-order sum of fused multiply-adds, so it may differ from MKL's in
+the last bits (as MKL's own kernels differ between row counts); the decoding tests check the step's logits
+against the model's forward.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+__all__ = ["PANEL", "adder", "bound", "library", "matmul", "panels", "why_not"]
+
+PANEL = 16  # output columns per panel, as in small_gemm.c
+SOURCE = Path(__file__).with_name("small_gemm.c")
+FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
+_ARGS = (ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p,
+         ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ctypes.c_int)  # fmt: skip
+
+
+@functools.cache
+def library() -> Callable | None:
+    """The kernel's entry point (`cf_small_gemm`), built and checked once per process; None where it cannot
+    run as intended (see the module docstring; `why_not()` says which)."""
+    fn, _ = _load()
+    return fn
+
+
+def why_not() -> str | None:
+    """Why `library()` is None, or None when it is not."""
+    return _load()[1]
+
+
+@functools.cache
+def _load() -> tuple[Callable | None, str | None]:
+    if os.environ.get("CODEFOUNDRY_NATIVE", "1") == "0":
+        return None, "disabled by CODEFOUNDRY_NATIVE=0"
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        return None, f"needs Linux on x86-64, not {sys.platform} on {platform.machine()}"
+    if not _cpu_flags() >= {"avx2", "fma"}:
+        return None, "the CPU lacks AVX2 or FMA"
+    before = _openmp_runtimes()
+    if len(before) != 1:
+        return None, f"PyTorch has {len(before)} OpenMP runtimes loaded, not one to share"
+    try:
+        path = _build()
+        lib = ctypes.CDLL(str(path))
+    except (OSError, subprocess.SubprocessError, RuntimeError) as e:
+        return None, f"could not build or load {SOURCE.name}: {e}"
+    if _openmp_runtimes() != before:
+        return None, "the kernel loaded an OpenMP runtime of its own"
+    fn = lib.cf_small_gemm
+    fn.argtypes, fn.restype = _ARGS, None
+    if not _self_check(fn):
+        return None, "the kernel's self-check failed"
+    return fn, None
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _openmp_runtimes() -> set[str]:
+    """The OpenMP runtime libraries mapped into this process (PyTorch's, once torch is imported)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            return {line.split()[-1] for line in f if "libgomp" in line or "libiomp" in line}
+    except OSError:
+        return set()
+
+
+def _build() -> Path:
+    """The compiled library: from the cache when the same source, flags and compiler built it, else
+    compiled now (~1 s) into a temporary name and renamed, so concurrent builders never see half a file."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler or not shutil.which(compiler):
+        raise RuntimeError("no C compiler (cc, gcc or $CC)")
+    real = Path(shutil.which(compiler)).resolve()
+    stat = real.stat()
+    key = hashlib.sha256(
+        SOURCE.read_bytes() + repr((FLAGS, str(real), stat.st_size, stat.st_mtime_ns)).encode()
+    ).hexdigest()[:16]
+    root = Path(os.environ.get("CODEFOUNDRY_CACHE") or Path.home() / ".cache" / "codefoundry") / "native"
+    target = root / f"small_gemm-{key}.so"
+    if target.exists():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".small_gemm-{key}.{os.getpid()}.so"
+    done = subprocess.run([compiler, *FLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    if done.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"{compiler} exited {done.returncode}: {done.stderr.strip()[-300:]}")
+    os.replace(tmp, target)
+    return target
+
+
+def _self_check(fn: Callable) -> bool:
+    """A few products of odd shapes, with bias and accumulation, against PyTorch's."""
+    g = torch.Generator().manual_seed(0)
+    for rows, k, n in ((1, 3, 16), (7, 40, 48), (13, 33, 32)):
+        x, w = torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g)
+        bias, base = torch.randn(n, generator=g), torch.randn(rows, n, generator=g)
+        want = torch.addmm(base + bias, x, w.t())
+        got = base.clone()
+        _call(fn, x, panels(w), got, bias, True, 2)
+        if not torch.allclose(got, want, atol=1e-4, rtol=1e-4):
+            return False
+    return True
+
+
+def panels(w: torch.Tensor) -> torch.Tensor:
+    """w (out, in), fp32, out a multiple of PANEL -> its panels, (out / PANEL, in, PANEL) contiguous: panel p
+    holds w.T's columns p*PANEL .. p*PANEL + PANEL - 1."""
+    out, inner = w.shape
+    if w.dtype != torch.float32 or w.device.type != "cpu" or out % PANEL:
+        raise ValueError(f"panels: need an fp32 CPU matrix with a multiple of {PANEL} rows, got "
+                         f"{tuple(w.shape)} {w.dtype} on {w.device}")  # fmt: skip
+    return w.detach().t().reshape(inner, out // PANEL, PANEL).permute(1, 0, 2).contiguous()
+
+
+def _check(x: torch.Tensor, p: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None) -> None:
+    n = p.shape[0] * PANEL
+    problems = [
+        x.dim() != 2 or x.dtype != torch.float32 or x.device.type != "cpu" or x.stride(1) != 1,
+        x.shape[1] != p.shape[1],
+        out.dim() != 2 or out.dtype != torch.float32 or out.stride(1) != 1 or tuple(out.shape) != (x.shape[0], n),
+        bias is not None and (bias.shape != (n,) or bias.dtype != torch.float32 or not bias.is_contiguous()),
+        not p.is_contiguous() or p.data_ptr() % 32 != 0,
+    ]  # fmt: skip
+    if any(problems):
+        raise ValueError(
+            f"small_gemm: x {tuple(x.shape)} {x.dtype} strides {x.stride()}, panels {tuple(p.shape)}, out "
+            f"{tuple(out.shape)} strides {out.stride()}: need fp32 CPU rows with unit stride, x (m, k), "
+            f"panels (n / {PANEL}, k, {PANEL}), out (m, n)"
+        )
+
+
+def _call(fn, x, p, out, bias, accumulate: bool, threads: int) -> None:
+    fn(x.data_ptr(), x.stride(0), p.data_ptr(), p.shape[1], p.shape[0] * PANEL, out.data_ptr(), out.stride(0),
+       x.shape[0], None if bias is None else bias.data_ptr(), int(accumulate), threads)  # fmt: skip
+
+
+def matmul(
+    x: torch.Tensor,
+    p: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    accumulate: bool = False,
+) -> torch.Tensor:
+    """x (m, k) @ W.T (+ bias), W given as its `panels`, into `out` (new when None; with `accumulate`,
+    added to what `out` holds) on PyTorch's number of threads. Needs `library()`."""
+    fn = library()
+    if fn is None:
+        raise RuntimeError(f"small_gemm: the kernel is unavailable: {why_not()}")
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    if out is None:
+        if accumulate:
+            raise ValueError("small_gemm: accumulate needs an out to add to")
+        out = x.new_empty(x.shape[0], p.shape[0] * PANEL)
+    _check(x, p, out, bias)
+    _call(fn, x, p, out, bias, accumulate, torch.get_num_threads())
+    return out
+
+
+def bound(
+    x: torch.Tensor, p: torch.Tensor, out: torch.Tensor, *, bias: torch.Tensor | None = None,
+    accumulate: bool = False,
+) -> Callable[[], None]:  # fmt: skip
+    """`matmul` from the fixed buffer `x` into the fixed buffer `out`, as a call with its arguments made
+    once (the buffers, the panels and the bias must outlive it and keep their storage). The thread count
+    is PyTorch's at binding."""
+    fn = library()
+    if fn is None:
+        raise RuntimeError(f"small_gemm: the kernel is unavailable: {why_not()}")
+    _check(x, p, out, bias)
+    return functools.partial(
+        fn, x.data_ptr(), x.stride(0), p.data_ptr(), p.shape[1], p.shape[0] * PANEL, out.data_ptr(),
+        out.stride(0), x.shape[0], None if bias is None else bias.data_ptr(), int(accumulate),
+        torch.get_num_threads(),
+    )  # fmt: skip
+
+
+def adder(p: torch.Tensor, out: torch.Tensor) -> Callable[[torch.Tensor], None]:
+    """A call y -> None that adds y @ W.T (W given as its `panels`) into the fixed buffer `out` in place,
+    for inputs y that change from call to call but keep `out`'s rows and W's inner width."""
+    fn = library()
+    if fn is None:
+        raise RuntimeError(f"small_gemm: the kernel is unavailable: {why_not()}")
+    k, n, rows = p.shape[1], p.shape[0] * PANEL, out.shape[0]
+    _check(out.new_empty(rows, k), p, out, None)
+    shape, tail = (rows, k), (p.data_ptr(), k, n, out.data_ptr(), out.stride(0), rows, None, 1,
+                              torch.get_num_threads())  # fmt: skip
+
+    def run(y: torch.Tensor) -> None:
+        if y.shape != shape or y.stride(1) != 1 or y.dtype != torch.float32:
+            raise ValueError(f"small_gemm: an input of {tuple(y.shape)} {y.dtype} strides {y.stride()} "
+                             f"where ({rows}, {k}) fp32 rows of unit stride were bound")  # fmt: skip
+        fn(y.data_ptr(), y.stride(0), *tail)
+
+    return run
