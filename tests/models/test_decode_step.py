@@ -148,8 +148,12 @@ def test_the_fixed_buffer_step_gives_the_eager_steps_logits(layout, kw, rows, pa
             cache.length -= 1
             got, hidden = fixed(tokens, positions)
             assert isinstance(fixed._fixed, StaticStep) and cache.length == length + 1
-            assert torch.allclose(got, want, atol=1e-5, rtol=1e-5), (got - want).abs().max()
-            assert torch.allclose(hidden, want_hidden, atol=1e-5, rtol=1e-5)
+            # Within 1e-5 of each tensor's largest magnitude: the kernel's in-order sums (and its norm and
+            # rotary op, fused multiply-adds) round differently from PyTorch's ops in the last bits.
+            assert (got - want).abs().max() <= 1e-5 * want.abs().max(), (got - want).abs().max()
+            assert (hidden - want_hidden).abs().max() <= 1e-5 * want_hidden.abs().max()
+            if layout != "panels":  # the same PyTorch ops on both sides: the same values
+                assert torch.equal(got, want) and torch.equal(hidden, want_hidden)
             tokens = want[:, -1].argmax(-1, keepdim=True)
             if positions is not None:
                 positions = positions + 1

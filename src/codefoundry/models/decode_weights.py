@@ -31,7 +31,7 @@ from codefoundry.models.transformer import Transformer
 
 __all__ = [
     "COPY_LIMIT", "PACKED_MIN_ELEMENTS", "PACKED_MIN_ROWS", "PANELS_MAX_ROWS", "SPLIT_MIN_COLUMNS", "SPLIT_MIN_ELEMENTS",
-    "SPLIT_SLICES_PER_THREAD", "Add", "GatedProduct", "Product", "StepLayer", "step_weights",
+    "SPLIT_SLICES_PER_THREAD", "Add", "GatedProduct", "Product", "StepLayer", "in_panels", "step_weights",
 ]  # fmt: skip
 
 # The step's weight matrices in the layout the CPU multiplies fastest, per model, reused while the model's
@@ -466,6 +466,12 @@ def _transposed(kind: str, w: torch.Tensor) -> torch.Tensor:
     if kind == "views" or w.shape[1] > w.shape[0]:
         return w.t()
     return w.t().contiguous()
+
+
+def in_panels(layers: list[StepLayer]) -> bool:
+    """Whether these layers' products run through `small_gemm`'s kernel (and so its elementwise calls can
+    serve the step too)."""
+    return all(isinstance(layer.qkv, _Panels) for layer in layers)
 
 
 def _panels_fit(mats: list[torch.Tensor]) -> bool:

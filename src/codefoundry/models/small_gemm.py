@@ -1,5 +1,6 @@
 """The decoding step's products on x86-64 CPUs: y = x @ W.T (+ bias) (+ y) for a few rows x, by a small C
-kernel (`small_gemm.c`) compiled on first use with the system's C compiler.
+kernel (`small_gemm.c`) compiled on first use with the system's C compiler; and, from the same library,
+the step's folded RMSNorm and its rotary op with the cache writes (`elementwise`), one call each.
 
 Why: at the row counts of decoding (1-64), MKL's and oneDNN's fp32 kernels run far below what the CPU
 can do. With 16 rows against the 10m model's matrices, 2 threads, this VM: gate/up (1408 x 256) 80-97 us
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["PANEL", "adder", "bound", "library", "matmul", "panels", "why_not"]
+__all__ = ["PANEL", "adder", "bound", "elementwise", "library", "matmul", "panels", "why_not"]
 
 PANEL = 16  # output columns per panel, as in small_gemm.c
 SOURCE = Path(__file__).with_name("small_gemm.c")
@@ -76,9 +77,25 @@ def _load() -> tuple[Callable | None, str | None]:
         return None, "the kernel loaded an OpenMP runtime of its own"
     fn = lib.cf_small_gemm
     fn.argtypes, fn.restype = _ARGS, None
+    norm, rotate = lib.cf_norm_rows, lib.cf_rotate_store
+    norm.argtypes, norm.restype = _NORM_ARGS, None
+    rotate.argtypes, rotate.restype = _ROTATE_ARGS, None
     if not _self_check(fn):
         return None, "the kernel's self-check failed"
+    _ELEMENTWISE.extend([norm, rotate])
     return fn, None
+
+
+_ELEMENTWISE: list = []  # cf_norm_rows and cf_rotate_store, once the library has loaded and checked itself
+_NORM_ARGS = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_float)
+_ROTATE_ARGS = (ctypes.c_void_p, *[ctypes.c_long] * 4, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long,
+                ctypes.c_void_p, *[ctypes.c_long] * 4, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long)  # fmt: skip
+
+
+def elementwise() -> tuple[Callable, Callable] | None:
+    """The decoding step's two elementwise entry points of the same library, (cf_norm_rows,
+    cf_rotate_store), where `library()` is available (see small_gemm.c for their arguments); else None."""
+    return (_ELEMENTWISE[0], _ELEMENTWISE[1]) if library() is not None else None
 
 
 def _cpu_flags() -> set[str]:

@@ -7,10 +7,14 @@ Both repeat the arithmetic of `Transformer.forward` in fewer operations, with th
 
 from __future__ import annotations
 
+import ctypes
+import functools
+
 import torch
 import torch.nn.functional as F
 
-from codefoundry.models.decode_weights import step_weights
+from codefoundry.models import small_gemm
+from codefoundry.models.decode_weights import in_panels, step_weights
 from codefoundry.models.transformer import KVCache, Transformer
 
 __all__ = ["StaticStep", "Step", "rms_norm"]
@@ -172,6 +176,33 @@ class StaticStep:
         ]  # fmt: skip
         self.embed = model.embed.weight.detach()
         self.gqa = Hkv != H
+        self.native = self._native(qkv, n, rows, dim)
+
+    def _native(self, qkv: torch.Tensor, table_rows: int, rows: int, dim: int):
+        """Where the products run through `small_gemm`'s panels, its elementwise calls too: the folded norm
+        (one call for four ops) and the rotary op with the cache writes (one for five). (norm, rotate) bound
+        to this step's buffers, or None."""
+        step, cache, native = self.step, self.step.cache, small_gemm.elementwise()
+        k, v = cache.k[0], cache.v[0]
+        if (
+            native is None
+            or not in_panels(step.layers)
+            or dim % 8
+            or k.stride() != v.stride()
+            or k.stride(3) != 1
+        ):
+            return None
+        norm_rows, rotate_store = native
+        norm = functools.partial(norm_rows, self.x.data_ptr(), self.h.data_ptr(), rows, dim,
+                                 ctypes.c_float(dim * step.eps))  # fmt: skip
+        hd = self.qk.shape[2]
+        rotate = functools.partial(
+            rotate_store, qkv.data_ptr(), rows, step.heads, step.kv_heads, hd, self.cos.data_ptr(),
+            self.sin_rows.data_ptr(), hd if table_rows > 1 else 0, self.qk.data_ptr(),
+            self.qk.stride(0), *k.stride()[:3],
+        )  # fmt: skip
+        self.qkv_buffer = qkv  # the rotate call reads it: keep it alive with the step
+        return norm, rotate
 
     def _normalise(self) -> None:
         """h = x / sqrt(|x|^2 + dim * eps), as `Step._norm` computes it (the weight is folded)."""
@@ -192,19 +223,23 @@ class StaticStep:
         torch.index_select(step.sin, 0, positions.view(-1), out=self.sin_rows)
         mask = None if step.keys is None else step.keys[..., : start + 1]
         torch.index_select(self.embed, 0, tokens, out=self.x)
+        norm, rotate = self.native or (self._normalise, None)
         for i, (qkv, out, swiglu, down) in enumerate(self.calls):
-            self._normalise()
-            qkv()
-            torch.mul(self.qk_in, self.cos, out=self.qk)
-            for (rotated, other), sine in zip(self.halves, self.sines, strict=True):
-                rotated.addcmul_(other, sine)
             k, v = cache.k[i], cache.v[i]
-            k.narrow(2, start, 1).copy_(self.k_new)
-            v.narrow(2, start, 1).copy_(self.v_new)
+            norm()
+            qkv()
+            if rotate is not None:
+                rotate(k.data_ptr(), v.data_ptr(), start)
+            else:
+                torch.mul(self.qk_in, self.cos, out=self.qk)
+                for (rotated, other), sine in zip(self.halves, self.sines, strict=True):
+                    rotated.addcmul_(other, sine)
+                k.narrow(2, start, 1).copy_(self.k_new)
+                v.narrow(2, start, 1).copy_(self.v_new)
             keys, values = k.narrow(2, 0, start + 1), v.narrow(2, 0, start + 1)
             y = F.scaled_dot_product_attention(self.q, keys, values, attn_mask=mask, enable_gqa=self.gqa)
             out(y.view(self.rows, -1))
-            self._normalise()
+            norm()
             swiglu()
             down(self.act)
         cache.length = start + 1
