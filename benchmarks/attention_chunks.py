@@ -1,11 +1,13 @@
-"""Causal attention, forward and backward, in query chunks (`codefoundry.models.cpu_ops`) vs one call.
+"""Causal attention, forward and backward, in query chunks (`codefoundry.models.cpu_ops`) and through the C
+kernel (`attention.c`, `cpu_ops.NativeCausal`) vs one PyTorch call.
 
 The shapes of the `10m` model's attention (8 query heads, 4 key/value heads, head dim 32) at a constant
 4096 tokens a batch (batch = 4096 / length), on CPU. For each length, one causal
 `scaled_dot_product_attention` call and `ChunkedCausal` at each chunk size run forward and backward,
 alternating, the order reversed every round; reported: the median time of each and its speedup over the
 single call. The window in which `causal_attention` takes chunks (`MIN_TOKENS..MAX_TOKENS`) and `CHUNK`
-come from this table.
+come from this table, and so does `NATIVE_MAX_TOKENS`, up to which the C kernel (where it builds) comes
+first.
 
     python benchmarks/attention_chunks.py --lengths 256,384,512,768,1024,2048 --chunks 32,64,128,256
 """
@@ -20,7 +22,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from codefoundry.models.cpu_ops import ChunkedCausal
+from codefoundry.models import native
+from codefoundry.models.cpu_ops import ChunkedCausal, NativeCausal
 
 
 def measure(T: int, args: argparse.Namespace) -> dict:
@@ -36,6 +39,8 @@ def measure(T: int, args: argparse.Namespace) -> dict:
     for c in (int(x) for x in args.chunks.split(",")):
         if 2 * c <= T:
             arms[f"chunks of {c}"] = lambda c=c: ChunkedCausal.apply(q, k, v, c)
+    if native.library() is not None and args.head_dim % 16 == 0:
+        arms["C kernel"] = lambda: NativeCausal.apply(q, k, v)
     times: dict[str, list[float]] = {name: [] for name in arms}
     for r in range(args.rounds + 1):
         for name, run in list(arms.items())[:: 1 if r % 2 == 0 else -1]:

@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from codefoundry.models import decode_weights, small_gemm  # noqa: E402
+from codefoundry.models import decode_weights, native, small_gemm  # noqa: E402
 from codefoundry.models.config import config_for_size  # noqa: E402
 from codefoundry.models.transformer import Transformer  # noqa: E402
 
@@ -84,12 +84,12 @@ def test_it_refuses_what_it_cannot_multiply():
 
 
 @needs_kernel
-def test_the_build_is_cached_by_source_and_compiler(tmp_path, monkeypatch):
+def test_the_build_is_cached_by_sources_and_compiler(tmp_path, monkeypatch):
     monkeypatch.setenv("CODEFOUNDRY_CACHE", str(tmp_path))
-    first = small_gemm._build()
+    first = native._build()
     assert first.parent == tmp_path / "native" and first.exists()
     stamp = first.stat().st_mtime_ns
-    assert small_gemm._build() == first and first.stat().st_mtime_ns == stamp  # not rebuilt
+    assert native._build() == first and first.stat().st_mtime_ns == stamp  # not rebuilt
     assert [f.name for f in first.parent.iterdir()] == [first.name]  # no temporary file left
 
 

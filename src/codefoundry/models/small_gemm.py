@@ -1,5 +1,5 @@
 """The decoding step's products on x86-64 CPUs: y = x @ W.T (+ bias) (+ y) for a few rows x, by a small C
-kernel (`small_gemm.c`) compiled on first use with the system's C compiler; and, from the same library,
+kernel (`small_gemm.c`, built by `codefoundry.models.native`); and, from the same library,
 the step's folded RMSNorm and its rotary op with the cache writes (`elementwise`), one call each.
 
 Why: at the row counts of decoding (1-64), MKL's and oneDNN's fp32 kernels run far below what the CPU
@@ -9,11 +9,8 @@ here against 195-212 us for `x @ W_t` and 122-201 us packed; the head (8192 x 25
 the cache while six rows of x each hold two accumulators in registers; the libraries' kernels are
 tuned for large products, where repacking the input pays off.
 
-`library()` is None, and callers keep PyTorch's products, wherever the kernel cannot run as intended:
-not Linux x86-64, no AVX2/FMA, no C compiler, a failed build or self-check, `CODEFOUNDRY_NATIVE=0`, or a
-PyTorch that does not share its OpenMP runtime (the kernel's threads must be PyTorch's own: a second
-runtime's threads would fight them for the cores). The built library is cached under
-$CODEFOUNDRY_CACHE (default ~/.cache/codefoundry)/native, keyed by the source, flags and compiler.
+`library()` is None, and callers keep PyTorch's products, wherever the kernels cannot run as intended
+(`codefoundry.models.native`, which builds and loads them, says when) or this kernel's self-check fails.
 
 The values: each output is a plain in-order sum of fused multiply-adds, so it may differ from MKL's in
 the last bits (as MKL's own kernels differ between row counts); the decoding tests check the step's logits
@@ -22,126 +19,44 @@ against the model's forward.
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
+from codefoundry.models import native
+
 __all__ = ["PANEL", "adder", "bound", "elementwise", "library", "matmul", "panels", "why_not"]
 
-PANEL = 16  # output columns per panel, as in small_gemm.c
-SOURCE = Path(__file__).with_name("small_gemm.c")
-FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
-_ARGS = (ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p,
-         ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ctypes.c_int)  # fmt: skip
+PANEL = 16  # output columns per panel, as in panels.h
 
 
-@functools.cache
 def library() -> Callable | None:
-    """The kernel's entry point (`cf_small_gemm`), built and checked once per process; None where it cannot
-    run as intended (see the module docstring; `why_not()` says which)."""
-    fn, _ = _load()
-    return fn
+    """The kernel's entry point (`cf_small_gemm`), checked once per process against PyTorch's product;
+    None where `native.library()` is None or the check fails (`why_not()` says which)."""
+    return _checked()[0]
 
 
 def why_not() -> str | None:
     """Why `library()` is None, or None when it is not."""
-    return _load()[1]
+    return _checked()[1]
 
 
 @functools.cache
-def _load() -> tuple[Callable | None, str | None]:
-    if os.environ.get("CODEFOUNDRY_NATIVE", "1") == "0":
-        return None, "disabled by CODEFOUNDRY_NATIVE=0"
-    if sys.platform != "linux" or platform.machine() != "x86_64":
-        return None, f"needs Linux on x86-64, not {sys.platform} on {platform.machine()}"
-    if not _cpu_flags() >= {"avx2", "fma"}:
-        return None, "the CPU lacks AVX2 or FMA"
-    before = _openmp_runtimes()
-    if len(before) != 1:
-        return None, f"PyTorch has {len(before)} OpenMP runtimes loaded, not one to share"
-    try:
-        path = _build()
-        lib = ctypes.CDLL(str(path))
-    except (OSError, subprocess.SubprocessError, RuntimeError) as e:
-        return None, f"could not build or load {SOURCE.name}: {e}"
-    if _openmp_runtimes() != before:
-        return None, "the kernel loaded an OpenMP runtime of its own"
-    fn = lib.cf_small_gemm
-    fn.argtypes, fn.restype = _ARGS, None
-    norm, rotate = lib.cf_norm_rows, lib.cf_rotate_store
-    norm.argtypes, norm.restype = _NORM_ARGS, None
-    rotate.argtypes, rotate.restype = _ROTATE_ARGS, None
-    if not _self_check(fn):
+def _checked() -> tuple[Callable | None, str | None]:
+    lib = native.library()
+    if lib is None:
+        return None, native.why_not()
+    if not _self_check(lib.cf_small_gemm):
         return None, "the kernel's self-check failed"
-    _ELEMENTWISE.extend([norm, rotate])
-    return fn, None
-
-
-_ELEMENTWISE: list = []  # cf_norm_rows and cf_rotate_store, once the library has loaded and checked itself
-_NORM_ARGS = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_float)
-_ROTATE_ARGS = (ctypes.c_void_p, *[ctypes.c_long] * 4, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long,
-                ctypes.c_void_p, *[ctypes.c_long] * 4, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long)  # fmt: skip
+    return lib.cf_small_gemm, None
 
 
 def elementwise() -> tuple[Callable, Callable] | None:
     """The decoding step's two elementwise entry points of the same library, (cf_norm_rows,
     cf_rotate_store), where `library()` is available (see small_gemm.c for their arguments); else None."""
-    return (_ELEMENTWISE[0], _ELEMENTWISE[1]) if library() is not None else None
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def _openmp_runtimes() -> set[str]:
-    """The OpenMP runtime libraries mapped into this process (PyTorch's, once torch is imported)."""
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
-            return {line.split()[-1] for line in f if "libgomp" in line or "libiomp" in line}
-    except OSError:
-        return set()
-
-
-def _build() -> Path:
-    """The compiled library: from the cache when the same source, flags and compiler built it, else
-    compiled now (~1 s) into a temporary name and renamed, so concurrent builders never see half a file."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not compiler or not shutil.which(compiler):
-        raise RuntimeError("no C compiler (cc, gcc or $CC)")
-    real = Path(shutil.which(compiler)).resolve()
-    stat = real.stat()
-    key = hashlib.sha256(
-        SOURCE.read_bytes() + repr((FLAGS, str(real), stat.st_size, stat.st_mtime_ns)).encode()
-    ).hexdigest()[:16]
-    root = Path(os.environ.get("CODEFOUNDRY_CACHE") or Path.home() / ".cache" / "codefoundry") / "native"
-    target = root / f"small_gemm-{key}.so"
-    if target.exists():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".small_gemm-{key}.{os.getpid()}.so"
-    done = subprocess.run([compiler, *FLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
-    if done.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"{compiler} exited {done.returncode}: {done.stderr.strip()[-300:]}")
-    os.replace(tmp, target)
-    return target
+    lib = native.library()
+    return (lib.cf_norm_rows, lib.cf_rotate_store) if library() is not None else None
 
 
 def _self_check(fn: Callable) -> bool:
