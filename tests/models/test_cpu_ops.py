@@ -5,10 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from codefoundry.models import cpu_ops
+from codefoundry.models import cpu_ops, native
 from codefoundry.models.config import config_for_size
 from codefoundry.models.cpu_ops import (
     ChunkedCausal,
+    NativeCausal,
     RMSNormFunction,
     RopeFunction,
     causal_attention,
@@ -58,25 +59,43 @@ def test_dispatch_takes_chunks_only_where_measured_to_help():
         assert not chunked(q)
 
 
+def _loss_and_grads(model, ids):
+    model.zero_grad(set_to_none=True)
+    loss = model(ids[:, :-1], ids[:, 1:]).loss
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
 def test_causal_attention_on_both_paths_gives_the_model_the_same_loss_and_gradients(monkeypatch):
     torch.manual_seed(0)
     model = Transformer(config_for_size("tiny", vocab_size=97, max_seq_len=512)).double()
     ids = torch.randint(0, 97, (2, 301))
-
-    def loss_and_grads():
-        model.zero_grad(set_to_none=True)
-        loss = model(ids[:, :-1], ids[:, 1:]).loss
-        loss.backward()
-        return loss.detach(), [p.grad.clone() for p in model.parameters()]
-
     assert chunked(torch.zeros(1, 1, 300, 8, dtype=torch.float64))
-    loss, grads = loss_and_grads()
+    loss, grads = _loss_and_grads(model, ids)
     monkeypatch.setattr(cpu_ops, "MAX_TOKENS", 0)  # every call through one SDPA call
     assert not chunked(torch.zeros(1, 1, 300, 8, dtype=torch.float64))
-    ref_loss, ref_grads = loss_and_grads()
+    ref_loss, ref_grads = _loss_and_grads(model, ids)
     torch.testing.assert_close(loss, ref_loss, rtol=0, atol=1e-12)
     for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+@pytest.mark.skipif(native.library() is None, reason="no C kernels here")
+def test_the_model_trains_to_the_same_loss_and_gradients_through_the_c_kernel(monkeypatch):
+    torch.manual_seed(0)
+    model = Transformer(config_for_size("tiny", vocab_size=97, max_seq_len=512))
+    ids = torch.randint(0, 97, (2, 301))
+    calls = []
+    original = NativeCausal.apply
+    monkeypatch.setattr(NativeCausal, "apply", lambda *a: calls.append(1) or original(*a))
+    loss, grads = _loss_and_grads(model, ids)
+    assert len(calls) == model.cfg.n_layers  # fp32, head size 16: every layer through attention.c
+    monkeypatch.setattr(cpu_ops, "NATIVE_MAX_TOKENS", 0)  # PyTorch's path (chunked at 300 tokens)
+    ref_loss, ref_grads = _loss_and_grads(model, ids)
+    assert len(calls) == model.cfg.n_layers
+    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=1e-5)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)
 
 
 def test_causal_attention_without_gradients_matches_sdpa():

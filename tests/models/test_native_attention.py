@@ -1,15 +1,13 @@
 """Causal attention through attention.c (`cpu_ops.NativeCausal`): values and gradients against PyTorch's SDPA
 in fp64, over odd lengths, grouped and plain heads, head sizes 16-64 and the strided views the model
-passes; where `causal_attention` takes it; and the model's loss and gradients on it against PyTorch's path."""
+passes; and where `causal_attention` takes it (the model's loss and gradients on it: test_cpu_ops.py)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from codefoundry.models import cpu_ops, native
-from codefoundry.models.config import config_for_size
 from codefoundry.models.cpu_ops import NativeCausal, causal_attention, native_attention
-from codefoundry.models.transformer import Transformer
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason=f"no C kernels here: {native.why_not()}")
 
@@ -64,28 +62,3 @@ def test_dispatch_takes_the_kernel_only_where_it_runs(monkeypatch):
         assert not native_attention(q, k)
     monkeypatch.setattr(native, "library", lambda: None)
     assert not native_attention(q, k)
-
-
-def test_the_model_trains_to_the_same_loss_and_gradients_on_both_paths(monkeypatch):
-    torch.manual_seed(0)
-    model = Transformer(config_for_size("tiny", vocab_size=97, max_seq_len=512))
-    assert model.cfg.head_dim % 16 == 0
-    ids = torch.randint(0, 97, (2, 301))
-
-    def loss_and_grads():
-        model.zero_grad(set_to_none=True)
-        loss = model(ids[:, :-1], ids[:, 1:]).loss
-        loss.backward()
-        return loss.detach(), [p.grad.clone() for p in model.parameters()]
-
-    calls = []
-    original = NativeCausal.apply
-    monkeypatch.setattr(NativeCausal, "apply", lambda *a: calls.append(1) or original(*a))
-    loss, grads = loss_and_grads()
-    assert len(calls) == model.cfg.n_layers
-    monkeypatch.setattr(cpu_ops, "NATIVE_MAX_TOKENS", 0)  # PyTorch's path (chunked at 300 tokens)
-    ref_loss, ref_grads = loss_and_grads()
-    assert len(calls) == model.cfg.n_layers
-    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=1e-5)
-    for got, want in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)
