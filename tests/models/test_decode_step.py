@@ -176,3 +176,13 @@ def test_generate_takes_the_fixed_buffer_step_where_the_layout_allows(monkeypatc
     generate(_model(moe_experts=4), prompts, max_new_tokens=4)  # a MoE block: the eager step
     generate(_model().to(torch.bfloat16), prompts, max_new_tokens=4)  # not fp32
     assert calls == []
+
+
+def test_the_fixed_buffer_step_refuses_a_position_past_the_cache():
+    if small_gemm.library() is None:
+        pytest.skip(f"the small-row kernel is unavailable here: {small_gemm.why_not()}")
+    model = _model()
+    cache, keys, positions, tokens = _prefilled(model, 2, False)
+    cache.length = cache.k[0].shape[2]  # full: the next token has no place
+    with torch.inference_mode(), pytest.raises(IndexError, match="past the KV cache"):
+        Step(model, cache, keys, static=True)(tokens, positions)

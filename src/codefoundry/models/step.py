@@ -224,6 +224,8 @@ class StaticStep:
         mask = None if step.keys is None else step.keys[..., : start + 1]
         torch.index_select(self.embed, 0, tokens, out=self.x)
         norm, rotate = self.native or (self._normalise, None)
+        if rotate is not None and start >= cache.k[0].shape[2]:  # the C call would write past the cache
+            raise IndexError(f"StaticStep: position {start} is past the KV cache's {cache.k[0].shape[2]}")
         for i, (qkv, out, swiglu, down) in enumerate(self.calls):
             k, v = cache.k[i], cache.v[i]
             norm()
