@@ -177,8 +177,7 @@ class NativeCausal(torch.autograd.Function):
             q.data_ptr(), _strides(q), k.data_ptr(), _strides(k), v.data_ptr(), _strides(v), out.data_ptr(),
             _strides(out), lse.data_ptr(), B, H, Hkv, T, d, d**-0.5, torch.get_num_threads(),
         )  # fmt: skip
-        if failed:
-            raise MemoryError(f"causal attention: no memory for the kernel's buffers at {B}x{H}x{T}x{d}")
+        _no_memory_if(failed, q)
         ctx.save_for_backward(q, k, v, out, lse)
         return out
 
@@ -195,9 +194,13 @@ class NativeCausal(torch.autograd.Function):
             dk.data_ptr(), _strides(dk), dv.data_ptr(), _strides(dv), B, H, Hkv, T, d, d**-0.5,
             torch.get_num_threads(),
         )  # fmt: skip
-        if failed:
-            raise MemoryError(f"causal attention: no memory for the kernel's buffers at {B}x{H}x{T}x{d}")
+        _no_memory_if(failed, q)
         return dq, dk, dv
+
+
+def _no_memory_if(failed: int, q: torch.Tensor) -> None:
+    if failed:
+        raise MemoryError(f"causal attention: no memory for the C kernel's buffers at q {tuple(q.shape)}")
 
 
 def _unit_last(t: torch.Tensor) -> torch.Tensor:

@@ -100,9 +100,21 @@ def _check(x: torch.Tensor, p: torch.Tensor, out: torch.Tensor, bias: torch.Tens
         )
 
 
+def _kernel() -> Callable:
+    fn = library()
+    if fn is None:
+        raise RuntimeError(f"small_gemm: the kernel is unavailable: {why_not()}")
+    return fn
+
+
+def _args(x, p, out, bias, accumulate: bool, threads: int) -> tuple:
+    """cf_small_gemm's arguments, x's pointer and row stride first."""
+    return (x.data_ptr(), x.stride(0), p.data_ptr(), p.shape[1], p.shape[0] * PANEL, out.data_ptr(),
+            out.stride(0), x.shape[0], None if bias is None else bias.data_ptr(), int(accumulate), threads)  # fmt: skip
+
+
 def _call(fn, x, p, out, bias, accumulate: bool, threads: int) -> None:
-    fn(x.data_ptr(), x.stride(0), p.data_ptr(), p.shape[1], p.shape[0] * PANEL, out.data_ptr(), out.stride(0),
-       x.shape[0], None if bias is None else bias.data_ptr(), int(accumulate), threads)  # fmt: skip
+    fn(*_args(x, p, out, bias, accumulate, threads))
 
 
 def matmul(
@@ -115,9 +127,7 @@ def matmul(
 ) -> torch.Tensor:
     """x (m, k) @ W.T (+ bias), W given as its `panels`, into `out` (new when None; with `accumulate`,
     added to what `out` holds) on PyTorch's number of threads. Needs `library()`."""
-    fn = library()
-    if fn is None:
-        raise RuntimeError(f"small_gemm: the kernel is unavailable: {why_not()}")
+    fn = _kernel()
     if x.stride(-1) != 1:
         x = x.contiguous()
     if out is None:
@@ -136,27 +146,19 @@ def bound(
     """`matmul` from the fixed buffer `x` into the fixed buffer `out`, as a call with its arguments made
     once (the buffers, the panels and the bias must outlive it and keep their storage). The thread count
     is PyTorch's at binding."""
-    fn = library()
-    if fn is None:
-        raise RuntimeError(f"small_gemm: the kernel is unavailable: {why_not()}")
+    fn = _kernel()
     _check(x, p, out, bias)
-    return functools.partial(
-        fn, x.data_ptr(), x.stride(0), p.data_ptr(), p.shape[1], p.shape[0] * PANEL, out.data_ptr(),
-        out.stride(0), x.shape[0], None if bias is None else bias.data_ptr(), int(accumulate),
-        torch.get_num_threads(),
-    )  # fmt: skip
+    return functools.partial(fn, *_args(x, p, out, bias, accumulate, torch.get_num_threads()))
 
 
 def adder(p: torch.Tensor, out: torch.Tensor) -> Callable[[torch.Tensor], None]:
     """A call y -> None that adds y @ W.T (W given as its `panels`) into the fixed buffer `out` in place,
     for inputs y that change from call to call but keep `out`'s rows and W's inner width."""
-    fn = library()
-    if fn is None:
-        raise RuntimeError(f"small_gemm: the kernel is unavailable: {why_not()}")
-    k, n, rows = p.shape[1], p.shape[0] * PANEL, out.shape[0]
-    _check(out.new_empty(rows, k), p, out, None)
-    shape, tail = (rows, k), (p.data_ptr(), k, n, out.data_ptr(), out.stride(0), rows, None, 1,
-                              torch.get_num_threads())  # fmt: skip
+    fn = _kernel()
+    k, rows = p.shape[1], out.shape[0]
+    like = out.new_empty(rows, k)  # what each y must look like
+    _check(like, p, out, None)
+    shape, tail = like.shape, _args(like, p, out, None, True, torch.get_num_threads())[2:]
 
     def run(y: torch.Tensor) -> None:
         if y.shape != shape or y.stride(1) != 1 or y.dtype != torch.float32:
