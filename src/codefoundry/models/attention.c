@@ -111,14 +111,14 @@ int cf_attention_forward(const float *q, strides qs, const float *k, strides ks,
 #pragma omp parallel for num_threads(threads) schedule(dynamic)
     for (long task = 0; task < B * Hkv; task++) {
         long b = task / Hkv, g = task % Hkv;
-        float *kp = aligned_alloc(64, sizeof(float) * tp * d), *vp = aligned_alloc(64, sizeof(float) * tp * d);
-        float *s = aligned_alloc(64, sizeof(float) * BQ * tp);
-        if (!kp || !vp || !s) {
-            free(kp), free(vp), free(s);
+        /* one block per task, carved up; every piece a multiple of 16 floats, so each stays 64-byte aligned */
+        float *kp = aligned_alloc(64, sizeof(float) * (2 * tp * d + BQ * tp));
+        if (!kp) {
 #pragma omp atomic write
             failed = 1;
             continue;
         }
+        float *vp = kp + tp * d, *s = vp + tp * d;
         pack_rows_as_columns(k + b * ks.b + g * ks.h, ks.t, T, tp, d, kp);
         pack_columns(v + b * vs.b + g * vs.h, vs.t, T, tp, d, vp);
         for (long h = g * group; h < (g + 1) * group; h++)
@@ -147,7 +147,7 @@ int cf_attention_forward(const float *q, strides qs, const float *k, strides ks,
                 }
                 panels_gemm(s, tp, vp, tp * PANEL, nk, d, o + b * os.b + h * os.h + i0 * os.t, os.t, m, 0);
             }
-        free(kp), free(vp), free(s);
+        free(kp);
     }
     return failed;
 }
@@ -163,17 +163,16 @@ int cf_attention_backward(const float *q, strides qs, const float *k, strides ks
     for (long task = 0; task < B * Hkv; task++) {
         long b = task / Hkv, g = task % Hkv;
         size_t f = sizeof(float);
-        float *kp = aligned_alloc(64, f * tp * d), *vtp = aligned_alloc(64, f * tp * d), *kn = aligned_alloc(64, f * tp * d);
-        float *p = aligned_alloc(64, f * BQ * tp), *dp = aligned_alloc(64, f * BQ * tp);
-        float *pt = aligned_alloc(64, f * tp * BQ), *dst = aligned_alloc(64, f * tp * BQ);
-        float *qp = aligned_alloc(64, f * BQ * d), *dop = aligned_alloc(64, f * BQ * d);
-        float *dka = aligned_alloc(64, f * tp * d), *dva = aligned_alloc(64, f * tp * d);
-        if (!kp || !vtp || !kn || !p || !dp || !pt || !dst || !qp || !dop || !dka || !dva) {
-            free(kp), free(vtp), free(kn), free(p), free(dp), free(pt), free(dst), free(qp), free(dop), free(dka), free(dva);
+        /* one block per task, carved up as in the forward pass */
+        float *kp = aligned_alloc(64, f * (5 * tp * d + 4 * BQ * tp + 2 * BQ * d));
+        if (!kp) {
 #pragma omp atomic write
             failed = 1;
             continue;
         }
+        float *vtp = kp + tp * d, *kn = vtp + tp * d, *dka = kn + tp * d, *dva = dka + tp * d;
+        float *p = dva + tp * d, *dp = p + BQ * tp, *pt = dp + BQ * tp, *dst = pt + tp * BQ;
+        float *qp = dst + tp * BQ, *dop = qp + BQ * d;
         memset(dka, 0, f * tp * d), memset(dva, 0, f * tp * d);
         const float *kg = k + b * ks.b + g * ks.h, *vg = v + b * vs.b + g * vs.h;
         pack_rows_as_columns(kg, ks.t, T, tp, d, kp);
@@ -219,7 +218,7 @@ int cf_attention_backward(const float *q, strides qs, const float *k, strides ks
             memcpy(dk + b * dks.b + g * dks.h + t * dks.t, dka + t * d, f * d);
             memcpy(dv + b * dvs.b + g * dvs.h + t * dvs.t, dva + t * d, f * d);
         }
-        free(kp), free(vtp), free(kn), free(p), free(dp), free(pt), free(dst), free(qp), free(dop), free(dka), free(dva);
+        free(kp);
     }
     return failed;
 }

@@ -1,5 +1,5 @@
-/* The decoding step's C kernels (see small_gemm.py, which builds and loads this file with attention.c, and
- * says why they exist): the products of a few rows against panels of 16 output columns (panels.h), with
+/* The decoding step's C kernels (built with attention.c by native.py; small_gemm.py calls them and says
+ * why they exist): the products of a few rows against panels of 16 output columns (panels.h), with
  * threads (OpenMP, the runtime PyTorch already loaded) taking contiguous runs of panels; the folded RMS
  * norm; the rotary op with the cache writes.
  */
