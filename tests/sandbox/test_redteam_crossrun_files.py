@@ -255,6 +255,52 @@ def test_posix_and_sysv_ipc_do_not_carry_over(one_worker):
     assert_contained(r, Status.FAILED)
 
 
+_IPC_LEFT = {  # one kind of IPC object left behind, and how the next run looks for it
+    "mq": (
+        "q = libc.mq_open(NAME, os.O_CREAT | os.O_RDWR, 0o600, None)\nok = q >= 0",
+        "found = libc.mq_open(NAME, os.O_RDONLY, 0, None) >= 0",
+    ),
+    "msg": ("ok = libc.msgget(KEY, 0o1600) >= 0", "found = libc.msgget(KEY, 0) >= 0"),
+    "sem": ("ok = libc.semget(KEY, 1, 0o1600) >= 0", "found = libc.semget(KEY, 0, 0) >= 0"),
+    "shm": ("ok = libc.shmget(KEY, 4096, 0o1600) >= 0", "found = libc.shmget(KEY, 0, 0) >= 0"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_IPC_LEFT))
+def test_one_ipc_object_alone_does_not_carry_over(one_worker, kind):
+    """Runs share an IPC namespace while they leave it empty (runspace.py); each kind of object must be
+    seen on its own, so that a run leaving only that one still gets the namespace discarded."""
+    make, look = _IPC_LEFT[kind]
+    name, key = b"/cfrt_" + secrets.token_hex(6).encode(), 0x43470000 + secrets.randbelow(0xFFFF)
+    common = (
+        f"import ctypes, os, sys\nlibc = ctypes.CDLL(None, use_errno=True)\nNAME, KEY = {name!r}, {key}\n"
+    )
+    writer = common + make + "\nprint('MADE', ok)\n"
+    reader = common + look + "\nprint('FOUND', found)\nsys.exit(0 if found else 1)\n"
+    w, r = execute_many([writer, reader], workers=1, limits=FAST, progress=False)
+    needs_namespaces(w)
+    assert "MADE True" in w.stdout, brief(w)
+    assert "FOUND False" in r.stdout, brief(r)
+    assert_contained(r, Status.FAILED)
+
+
+def test_runs_that_leave_no_ipc_object_share_one_namespace(one_worker):
+    """The other side of the above: a run that removes what it made leaves the namespace to the next run,
+    whose new segment then gets a later id (a fresh namespace starts again at 0). That the ids count up is
+    the covert channel the zygote's docstring names for IPC."""
+    prog = src("""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        shmid = libc.shmget(0, 4096, 0o1600)  # IPC_PRIVATE
+        print('ID', shmid, libc.shmctl(shmid, 0, None))  # IPC_RMID
+    """)
+    first, second = execute_many([prog, prog], workers=1, limits=FAST, progress=False)
+    needs_namespaces(first)
+    ids = [int(r.stdout.split()[1]) for r in (first, second)]
+    assert all(r.stdout.split()[2] == "0" for r in (first, second)), (brief(first), brief(second))
+    assert ids[1] != ids[0], f"the second run got a fresh IPC namespace: ids {ids}"
+
+
 def test_abstract_socket_of_a_forked_daemon_dies_with_the_run(one_worker):
     """The network namespace (and so the abstract Unix socket names) is the worker's, shared by its runs: a
     listener left by an ordinary forked daemon must be gone when the next run starts."""

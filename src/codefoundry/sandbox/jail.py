@@ -12,7 +12,6 @@ import signal
 import socket
 import struct
 import sys
-import time
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
@@ -511,90 +510,3 @@ def receive_into(sock: socket.socket, buf: bytearray, max_fds: int) -> tuple[int
             return None
         got += n
     return size, fds, flag
-
-
-class RunNamespace:
-    """A PID namespace whose pid 1 is an idle process, reused by consecutive runs as long as each leaves
-    it empty (the program reaped, init without children: no daemon, no zombie); otherwise init is
-    killed, which makes the kernel kill everything in it, and the next run gets a fresh one.
-
-    Init is `sh -c 'read _'` started with posix_spawn (a vfork: no copy of the zygote's memory), reading a
-    pipe only the zygote writes to, so that it ends, with its namespace, should the zygote die. Where
-    there is no shell, init is a clone of the zygote that pauses (and dies with it)."""
-
-    def __init__(self, shell: str, proc_fd: int, own_pidfd: int) -> None:
-        self.shell, self.proc_fd, self.own_pidfd = shell, proc_fd, own_pidfd
-        self.init_pid, self.pidfd, self.keepalive = -1, -1, -1
-        self.killed = False
-
-    def enter(self) -> None:
-        if self.init_pid < 0:
-            self._spawn()  # leaves our next child to be born in the new namespace
-        else:
-            setns(self.pidfd, CLONE_NEWPID)
-
-    def _spawn(self) -> None:
-        if not self.shell:
-            self.init_pid = clone(CLONE_NEWPID)
-            if self.init_pid == 0:
-                _pause_forever()
-            self.pidfd = os.pidfd_open(self.init_pid)
-            setns(self.pidfd, CLONE_NEWPID)
-            return
-        read_end, self.keepalive = os.pipe()
-        unshare(CLONE_NEWPID)
-        try:
-            self.init_pid = os.posix_spawn(self.shell, [self.shell, "-c", "read _"], {},
-                                           file_actions=[(os.POSIX_SPAWN_DUP2, read_end, 0)])  # fmt: skip
-        except OSError:
-            setns(self.own_pidfd, CLONE_NEWPID)
-            os.close(self.keepalive)
-            raise
-        finally:
-            os.close(read_end)
-        self.pidfd = os.pidfd_open(self.init_pid)
-
-    def empty(self) -> bool:
-        """Init has no children: every process the program started is gone and reaped."""
-        try:
-            fd = os.open(f"{self.init_pid}/task/{self.init_pid}/children", os.O_RDONLY, dir_fd=self.proc_fd)
-        except OSError:
-            return False
-        try:
-            return not os.read(fd, 64).strip()
-        finally:
-            os.close(fd)
-
-    def kill(self) -> None:
-        if self.init_pid > 0 and not self.killed:
-            kill_pid(self.init_pid)
-            self.killed = True
-
-    def discard(self, reap_others=None) -> None:
-        """Kill init (and so the namespace) and reap it. `reap_others()`, if given, is called until init is
-        reaped: a process of the namespace whose parent is not init (CLONE_PARENT) must be reaped by its
-        parent before init can finish its exit."""
-        if self.init_pid < 0:
-            return
-        self.kill()
-        if reap_others is None:
-            os.waitpid(self.init_pid, 0)
-        else:
-            while not os.waitpid(self.init_pid, os.WNOHANG)[0]:
-                reap_others()
-                time.sleep(0.0005)
-        for fd in (self.pidfd, self.keepalive):
-            if fd >= 0:
-                os.close(fd)
-        self.init_pid, self.pidfd, self.keepalive = -1, -1, -1
-        self.killed = False
-
-
-def _pause_forever() -> None:
-    try:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # should the zygote die first
-        os.closerange(0, 1 << 16)
-        while True:
-            signal.pause()
-    finally:
-        os._exit(0)

@@ -19,11 +19,14 @@ What is isolated (level "namespaces", when the worker may create namespaces: roo
   template, a long-lived root copy of the zygote holding nothing but its socket and the fds programs
   need, with CLONE_PARENT: the program is the zygote's own child (signals and wait4 behave as anywhere
   else), yet the zygote never forks per run, and so does not pay a copy-on-write fault for each page
-  its pumping and bookkeeping write while the program lives. It takes a fresh IPC namespace of its own. When the program has been reaped, the zygote looks at init's children: none (no daemon, no
-  orphan, no zombie left) and the namespace is reused by the next run; any, and init is killed, which
-  makes the kernel kill everything in the namespace before the run is reported, and the next run gets a
-  fresh one. Either way nothing outlives a run; SysV shared memory and queues die with the program's
-  IPC namespace. There is no /proc inside.
+  its pumping and bookkeeping write while the program lives. The program is born in init's IPC
+  namespace too. When the program has been reaped, the zygote looks at init's children and at the IPC
+  namespace's objects (runspace.py): no child (no daemon, no orphan, no zombie left) and no SysV segment,
+  queue or semaphore set and no POSIX message queue, and both namespaces are reused by the next run;
+  anything, and init is killed, which makes the kernel kill everything in the PID namespace before the
+  run is reported and destroy the IPC namespace with its objects, and the next run gets a fresh pair.
+  Either way nothing outlives a run. (Where the IPC namespace's objects cannot be counted, each program
+  takes a fresh IPC namespace of its own.) There is no /proc inside.
 - Privileges: the program runs as an unprivileged uid/gid chosen at random per worker, with no
   supplementary groups and no_new_privs, so rlimits cannot be raised and root's files (/etc/shadow)
   stay unreadable although the sandbox runs as root. Its environment holds only PATH, HOME, LANG, TMPDIR.
@@ -66,7 +69,8 @@ Not covered between runs of one worker (covert channels, both ends of which are 
 creates and removes files leaves its directories tidy, so they are reused, and the tmpfs inode numbers
 the next run sees tell how many files it made; an abstract Unix socket kept alive only by a cycle of
 in-flight descriptors stays connectable, in the worker's network namespace, until the kernel's socket
-garbage collector frees it (well under a second). Everything else a run could leave (processes,
+garbage collector frees it (well under a second); SysV IPC ids count up in an IPC namespace that runs
+share, so a run that made and removed objects tells the next how many. Everything else a run could leave (processes,
 including CLONE_PARENT children, which the zygote reaps itself; files; directory modes and extended
 attributes; IPC objects; kernel keyrings, cleared at the start of every run; locks and flags on its
 stdin, a fresh open of /dev/null each run; the request itself, wiped from the template after each clone)
@@ -122,6 +126,7 @@ _compiled = globals().get("_compiled")
 
 
 jail = _load("jail")
+runspace = _load("runspace")
 rpc = _load("rpc")
 testcode = _load("testcode")
 judge = _load("judge")
@@ -131,6 +136,7 @@ REQ_FD, RESP_FD = 3, 4  # replaced from argv at start-up
 JUDGED_EXIT_GRACE = 0.5  # seconds a judged program has to exit after its judge finished
 JUDGE_STUCK_SECONDS = 3.0  # after the program was killed, how long the judge may take to report
 OWN_PIDFD = -1  # the zygote's own PID namespace, to return to after starting a run's program
+OWN_IPC_FD = -1  # the zygote's own IPC namespace (nsfs), to return to from the runs' one
 SHELL = next((p for p in ("/bin/sh", "/usr/bin/sh") if os.access(p, os.X_OK)), "")
 PROC_FD = -1  # the host's /proc, kept from before pivot_root: to see whether a run's init has children
 NOTE_FD = 5  # in the program's process: trusted notes (a failed compile), closed before untrusted code runs
@@ -148,6 +154,7 @@ class Run:
         self.workdir = workdir or ("/work" if self.ns else _temp_dir())
         self.tmpdir = "/tmp" if self.ns else self.workdir
         self.code = b""  # a Python program's code object, marshalled by the parse helper (or b"")
+        self.ipc_ready = False  # born in the run namespace's IPC namespace (else it takes a fresh one)
 
 
 def _temp_dir() -> str:
@@ -165,7 +172,11 @@ class Worker:
         self.judges = judge.JudgeServer(uid + 1, isolation == "namespaces", jail=jail, testcode=testcode)
         self.parser = results.ParseServer(uid, isolation == "namespaces", jail=jail)
         self.forker = Forker(isolation, cgroup) if jail.SYSCALL is not None else None
-        self.space = jail.RunNamespace(SHELL, PROC_FD, OWN_PIDFD) if isolation == "namespaces" else None
+        self.space = (
+            runspace.RunNamespace(SHELL, PROC_FD, OWN_PIDFD, OWN_IPC_FD)
+            if isolation == "namespaces"
+            else None
+        )
         # Forked now, before any request is read: forked in the middle of a run, a helper (the template
         # above all, which every program is a copy of) kept that run's request in its stack's frames.
         for helper in self._helpers():
@@ -228,15 +239,15 @@ class Forker:
     def __init__(self, isolation: str, cgroup) -> None:
         self.process = jail.Helper(lambda sock_fd: _template(sock_fd, isolation, cgroup))
 
-    def fork(self, run: Run, keep: dict[int, int], pidns: int) -> int:
+    def fork(self, run: Run, keep: dict[int, int], pidns: int, ipc: bool = False) -> int:
         """The program's pid; `keep` maps the fds it gets to the zygote's fds; pidns: a pidfd of the
-        run's init (the program is born in its PID namespace) or -1. `run.code` travels after the
-        request, as raw bytes."""
+        run's init (the program is born in its PID namespace, and with `ipc` in its IPC namespace too) or
+        -1. `run.code` travels after the request, as raw bytes."""
         sock = self.process.socket()
         head = json.dumps({"req": run.req, "workdir": run.workdir, "targets": list(keep)}).encode()
         body = struct.pack(">I", len(head)) + head + run.code
         fds = [*keep.values(), *([pidns] if pidns >= 0 else [])]
-        jail.send_with_fds(sock, body, fds, flag=int(pidns >= 0))
+        jail.send_with_fds(sock, body, fds, flag=0 if pidns < 0 else 1 + 2 * ipc)  # bits the template reads
         reply = b""
         while len(reply) < 4:
             chunk = sock.recv(4 - len(reply))
@@ -256,7 +267,10 @@ def _template(sock_fd: int, isolation: str, cgroup) -> None:
     # Only what the programs need: a run's pipes open in the zygote when this was forked must not stay
     # open here (their readers would never see the end of them).
     previous = 0
-    for fd in sorted({sock_fd, OWN_PIDFD} | ({cgroup.fd, cgroup.parent_fd} if cgroup is not None else set())):
+    for fd in sorted(
+        {sock_fd, OWN_PIDFD, OWN_IPC_FD} - {-1}
+        | ({cgroup.fd, cgroup.parent_fd} if cgroup is not None else set())
+    ):
         os.closerange(previous, fd)
         previous = fd + 1
     os.closerange(previous, 1 << 16)
@@ -266,10 +280,11 @@ def _template(sock_fd: int, isolation: str, cgroup) -> None:
     sock = socket.socket(fileno=sock_fd)
     body = bytearray(1 << 16)  # each run's request, wiped after its clone
     while (message := jail.receive_into(sock, body, 16)) is not None:
-        size, fds, in_space = message
-        pidns = fds.pop() if in_space else -1
+        size, fds, flag = message
+        pidns = fds.pop() if flag & 1 else -1
+        ipc = jail.CLONE_NEWIPC if flag & 2 else 0
         if pidns >= 0:
-            jail.setns(pidns, jail.CLONE_NEWPID)
+            jail.setns(pidns, jail.CLONE_NEWPID | ipc)
         try:
             pid = jail.clone(jail.CLONE_PARENT)
         except OSError as e:
@@ -282,12 +297,15 @@ def _template(sock_fd: int, isolation: str, cgroup) -> None:
                 msg = json.loads(body[4 : 4 + head])
                 run = Run(msg["req"], isolation, msg["workdir"])
                 run.code = bytes(body[4 + head : size])
+                run.ipc_ready = bool(ipc)
                 program_main(run, dict(zip(msg["targets"], fds, strict=True)), cgroup)  # ends the process
             finally:
                 os._exit(70)  # should it ever return or raise: never back into the caller
         body[:size] = bytes(size)  # the program has its copy; later runs must find none
         if pidns >= 0:
             jail.setns(OWN_PIDFD, jail.CLONE_NEWPID)
+            if ipc:
+                jail.setns(OWN_IPC_FD, jail.CLONE_NEWIPC)
             os.close(pidns)
         for fd in fds:
             os.close(fd)
@@ -348,7 +366,7 @@ def start(run: Run, judges, known, cgroup=None, space=None, forker: Forker | Non
     if forker is not None:
         if space is not None:
             jail.setns(OWN_PIDFD, jail.CLONE_NEWPID)  # the template forks the program, not we
-        pid = forker.fork(run, keep, space.pidfd if space is not None else -1)
+        pid = forker.fork(run, keep, space.pidfd, space.shares_ipc) if space else forker.fork(run, keep, -1)
     else:  # no raw clone on this architecture (process-level isolation only): fork here
         pid = os.fork()
         if pid == 0:
@@ -373,7 +391,7 @@ def start(run: Run, judges, known, cgroup=None, space=None, forker: Forker | Non
 def watch(
     run: Run,
     pid: int,
-    space: "jail.RunNamespace | None",
+    space: "runspace.RunNamespace | None",
     judges: "judge.JudgeServer",
     fds: dict[str, int],
     started: float,
@@ -454,13 +472,13 @@ def _kill_run(pid: int, space) -> None:
 
 # -- inside the run: init and the program's process ---------------------------------------------------------
 def program_main(run: Run, keep: dict[int, int], cgroup) -> None:
-    """Take a fresh IPC namespace, join the memory cgroup, arrange fds, drop privileges, then compile and
+    """Take a fresh IPC namespace (unless born in the run's), join the memory cgroup, arrange fds, drop privileges, then compile and
     exec, or run Python in this warm interpreter."""
     code = 70
     try:
-        if run.ns:
-            jail.unshare(jail.CLONE_NEWIPC)  # SysV shared memory and queues die with the program
-        else:
+        if run.ns and not run.ipc_ready:
+            jail.unshare(jail.CLONE_NEWIPC)  # SysV and POSIX IPC objects die with the program
+        elif not run.ns:
             os.setpgid(0, 0)
         if cgroup is not None:
             cgroup.join()
@@ -534,7 +552,7 @@ def _preload(modules: list[str]) -> None:
 
 
 def main() -> None:
-    global REQ_FD, RESP_FD, OWN_PIDFD, PROC_FD
+    global REQ_FD, RESP_FD, OWN_PIDFD, OWN_IPC_FD, PROC_FD
     REQ_FD, RESP_FD = int(sys.argv[1]), int(sys.argv[2])
     for fd in (REQ_FD, RESP_FD):
         os.set_inheritable(fd, False)  # nothing we exec (a run's init) may hold the worker's pipes
@@ -545,6 +563,7 @@ def main() -> None:
         PROC_FD = -1  # no /proc: run namespaces are never judged empty, so never reused (still correct)
     hello = json.loads(jail.read_frame(REQ_FD))
     isolation, why, cgroup = jail.setup_worker(hello.get("extra_readonly", []))
+    OWN_IPC_FD = runspace.own_ipc_namespace(PROC_FD) if isolation == "namespaces" else -1
     _preload(hello.get("preload", []))
     cg_path = cgroup.path if cgroup else None
     jail.write_frame(RESP_FD, json.dumps({"isolation": isolation, "reason": why, "cgroup": cg_path}).encode())
