@@ -93,6 +93,7 @@ daemon that leaves the process group escapes. The level is reported in every res
 """
 
 import json
+import marshal
 import os
 import select
 import signal
@@ -244,7 +245,7 @@ class Forker:
         run's init (the program is born in its PID namespace, and with `ipc` in its IPC namespace too) or
         -1. `run.code` travels after the request, as raw bytes."""
         sock = self.process.socket()
-        head = json.dumps({"req": run.req, "workdir": run.workdir, "targets": list(keep)}).encode()
+        head = marshal.dumps({"req": run.req, "workdir": run.workdir, "targets": list(keep)})
         body = struct.pack(">I", len(head)) + head + run.code
         fds = [*keep.values(), *([pidns] if pidns >= 0 else [])]
         jail.send_with_fds(sock, body, fds, flag=0 if pidns < 0 else 1 + 2 * ipc)  # bits the template reads
@@ -294,7 +295,7 @@ def _template(sock_fd: int, isolation: str, cgroup) -> None:
                 # Decoded here, not before the clone: every page the template writes costs it a fault
                 # after each clone (measured: 64 more a run there, 8 fewer in the program's process).
                 (head,) = struct.unpack(">I", body[:4])
-                msg = json.loads(body[4 : 4 + head])
+                msg = marshal.loads(body[4 : 4 + head])
                 run = Run(msg["req"], isolation, msg["workdir"])
                 run.code = bytes(body[4 + head : size])
                 run.ipc_ready = bool(ipc)
@@ -333,9 +334,9 @@ def _warm_run_path() -> None:
               "disk_mb": 1, "open_files": 16, "output_bytes": 1024, "compile_seconds": 1.0}  # fmt: skip
     req = {"program": "pass\n", "filename": pyrun.PYTHON_FILENAME, "compile": None, "run": ["<python>"],
            "limits": limits, "stdin": "", "files": {}, "uid": 1, "judged": True}  # fmt: skip
-    head = json.dumps({"req": req, "workdir": "/work", "targets": [0, 1, 2, 3, 4]}).encode()
+    head = marshal.dumps({"req": req, "workdir": "/work", "targets": [0, 1, 2, 3, 4]})
     for _ in range(10):
-        msg = json.loads(head)
+        msg = marshal.loads(head)
         Run(msg["req"], "namespaces", msg["workdir"])
         pyrun.run_env("/work", "/tmp")
 
