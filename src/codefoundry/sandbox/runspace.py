@@ -130,6 +130,8 @@ class RunNamespace:
                 self.mqueue_fd = self._in_ipc(_mqueue_root)
                 self.mqueue_size = os.fstat(self.mqueue_fd).st_size
             except OSError:
+                if self.mqueue_fd >= 0:
+                    os.close(self.mqueue_fd)
                 self.mqueue_fd = -1  # runs take IPC namespaces of their own
 
     def _in_ipc(self, call):
