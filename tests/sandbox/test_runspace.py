@@ -43,7 +43,8 @@ SCRIPT = textwrap.dedent("""
         assert libc.shmget(0x43480001, 4096, 0o1600) >= 0
 
     def queue():
-        assert ctypes.CDLL("librt.so.1", use_errno=True).mq_open(b"/cfrt_q", os.O_CREAT | os.O_RDWR, 0o600, None) >= 0
+        rt = ctypes.CDLL("librt.so.1", use_errno=True)
+        assert rt.mq_open(b"/cfrt_q", os.O_CREAT | os.O_RDWR, 0o600, None) >= 0
 
     def daemon():
         if os.fork() == 0:

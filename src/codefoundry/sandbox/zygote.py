@@ -70,11 +70,11 @@ creates and removes files leaves its directories tidy, so they are reused, and t
 the next run sees tell how many files it made; an abstract Unix socket kept alive only by a cycle of
 in-flight descriptors stays connectable, in the worker's network namespace, until the kernel's socket
 garbage collector frees it (well under a second); SysV IPC ids count up in an IPC namespace that runs
-share, so a run that made and removed objects tells the next how many. Everything else a run could leave (processes,
-including CLONE_PARENT children, which the zygote reaps itself; files; directory modes and extended
-attributes; IPC objects; kernel keyrings, cleared at the start of every run; locks and flags on its
-stdin, a fresh open of /dev/null each run; the request itself, wiped from the template after each clone)
-is removed or checked before the next run (tests/sandbox/test_redteam_crossrun.py).
+share, so a run that made and removed objects tells the next how many. Everything else a run could
+leave (processes, including CLONE_PARENT children, which the zygote reaps itself; files; directory modes
+and extended attributes; IPC objects; kernel keyrings, cleared at the start of every run; locks and
+flags on its stdin, a fresh open of /dev/null each run; the request itself, wiped from the template
+after each clone) is removed or checked before the next run (tests/sandbox/test_redteam_crossrun.py).
 
 Not covered: the kernel is shared (no seccomp filter, no gVisor: a kernel exploit escapes, and a program
 may create user namespaces of its own); CPU time is limited per process, not per run (a run's CPU use is
@@ -473,8 +473,8 @@ def _kill_run(pid: int, space) -> None:
 
 # -- inside the run: init and the program's process ---------------------------------------------------------
 def program_main(run: Run, keep: dict[int, int], cgroup) -> None:
-    """Take a fresh IPC namespace (unless born in the run's), join the memory cgroup, arrange fds, drop privileges, then compile and
-    exec, or run Python in this warm interpreter."""
+    """Take a fresh IPC namespace (unless born in the run's), join the memory cgroup, arrange fds, drop
+    privileges, then compile and exec, or run Python in this warm interpreter."""
     code = 70
     try:
         if run.ns and not run.ipc_ready:
