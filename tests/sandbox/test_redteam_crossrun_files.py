@@ -18,7 +18,7 @@ import secrets
 import time
 
 import pytest
-from crossrun_kit import reversed_token
+from crossrun_kit import reversed_token, zygotes
 from redteam_kit import (
     FAST,
     assert_contained,
@@ -299,6 +299,33 @@ def test_runs_that_leave_no_ipc_object_share_one_namespace(one_worker):
     ids = [int(r.stdout.split()[1]) for r in (first, second)]
     assert all(r.stdout.split()[2] == "0" for r in (first, second)), (brief(first), brief(second))
     assert ids[1] != ids[0], f"the second run got a fresh IPC namespace: ids {ids}"
+
+
+def _worker_fds() -> int:
+    """Open fds of this process's zygotes and of their long-lived children (template, judge, parse helper,
+    the run namespace's init)."""
+
+    def children(pid: int) -> list[int]:
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                return [int(c) for c in f.read().split()]
+        except OSError:
+            return []
+
+    pids = [p for z in zygotes() for p in (z, *children(z))]
+    return sum(len(os.listdir(f"/proc/{p}/fd")) for p in pids if os.path.isdir(f"/proc/{p}/fd"))
+
+
+def test_discarded_run_namespaces_leave_no_fd_behind(one_worker):
+    """Every run that leaves an IPC object gets its namespaces discarded (init killed, its pidfd, pipe and
+    mqueue mount closed) and the next run a fresh pair: over many such runs the worker's fds stay flat."""
+    leave = "import ctypes\nprint(ctypes.CDLL(None).semget(0, 1, 0o1600) >= 0)\n"  # IPC_PRIVATE, kept
+    first = execute_many([leave] * 3, workers=1, limits=FAST, progress=False)
+    needs_namespaces(first[0])
+    before = _worker_fds()
+    more = execute_many([leave] * 40, workers=1, limits=FAST, progress=False)
+    assert all(r.stdout.strip() == "True" for r in more), brief(more[0])
+    assert _worker_fds() <= before, (before, _worker_fds())
 
 
 def test_abstract_socket_of_a_forked_daemon_dies_with_the_run(one_worker):
