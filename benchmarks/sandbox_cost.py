@@ -1,7 +1,8 @@
 """Where a sandbox run's cost goes: CPU time and page faults per judged HumanEval run, for each process
 of one worker (the parent, the zygote, the programs it reaps, the template, the judge, the parse helper),
 read from /proc before and after. Page faults are the steady figure on a noisy VM: each process that a
-run forks pays one for every page it writes.
+run forks pays one for every page it writes. Work the kernel defers to its own threads (tearing down a
+namespace, say) is in no process of ours and so not here: compare /proc/stat's busy time for that.
 
     python benchmarks/sandbox_cost.py [--reps 1] [--rounds 4] [--against DIR]
 
