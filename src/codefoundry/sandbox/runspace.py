@@ -28,8 +28,8 @@ import time
 # jail.py as the zygote loaded it (zygote._load registers the modules it loads), or as a package module.
 jail = sys.modules.get("codefoundry_jail") or importlib.import_module("codefoundry.sandbox.jail")
 
-# (shmctl, msgctl, semctl); fsopen, fsconfig and fsmount are 430-432 on every architecture.
-_SYSV_CALLS = {"x86_64": (31, 71, 66), "aarch64": (195, 187, 191)}
+# (shmctl, msgctl, semctl) here, or None; fsopen, fsconfig and fsmount are 430-432 on every architecture.
+_SYSV_CALLS = {"x86_64": (31, 71, 66), "aarch64": (195, 187, 191)}.get(os.uname().machine)
 _FSOPEN, _FSCONFIG, _FSMOUNT = 430, 431, 432
 SHM_INFO, MSG_INFO, SEM_INFO = 14, 12, 19
 FSOPEN_CLOEXEC, FSCONFIG_CMD_CREATE, FSMOUNT_CLOEXEC = 1, 6, 1
@@ -56,7 +56,7 @@ def _mqueue_root() -> int:
 
 def sysv_objects() -> int:
     """SysV shared memory segments, message queues and semaphore sets in the current IPC namespace."""
-    shmctl, msgctl, semctl = _SYSV_CALLS[os.uname().machine]
+    shmctl, msgctl, semctl = _SYSV_CALLS
     info = (ctypes.c_int * 32)()  # room for struct shm_info, msginfo and seminfo
     at = ctypes.addressof(info)
     _call(shmctl, 0, SHM_INFO, at)
@@ -102,7 +102,7 @@ class RunNamespace:
             jail.setns(self.pidfd, jail.CLONE_NEWPID)
 
     def _spawn(self) -> None:
-        ipc = jail.CLONE_NEWIPC if self.own_ipc_fd >= 0 else 0
+        ipc = jail.CLONE_NEWIPC if self.own_ipc_fd >= 0 and _SYSV_CALLS else 0
         if not self.shell:
             self.init_pid = jail.clone(jail.CLONE_NEWPID | ipc)
             if self.init_pid == 0:
