@@ -215,8 +215,8 @@ def test_user_keyrings_do_not_carry_over(one_worker):
 
 
 def test_posix_and_sysv_ipc_do_not_carry_over(one_worker):
-    """POSIX message queues and SysV message queues and semaphores live in the IPC namespace, which each
-    run's program takes fresh (SysV shared memory is covered in test_redteam_resources.py)."""
+    """POSIX message queues and SysV message queues and semaphores live in the IPC namespace, which runs
+    share only while each leaves it empty (SysV shared memory is covered in test_redteam_resources.py)."""
     name = b"/cfrt_" + secrets.token_hex(6).encode()
     key = 0x43460000 + secrets.randbelow(0xFFFF)
     common = src(f"""
