@@ -2,9 +2,10 @@
 of one worker (the parent, the zygote, the programs it reaps, the template, the judge, the parse helper),
 read from /proc before and after. Page faults are the steady figure on a noisy VM: each process that a
 run forks pays one for every page it writes. Work the kernel defers to its own threads (tearing down a
-namespace, say) is in no process of ours and so not here: compare /proc/stat's busy time for that.
+namespace, say) is in no process of ours and so not here: `--workers N` adds, to each round, a timed
+pass with N workers and the whole machine's busy CPU a run from /proc/stat, which counts it.
 
-    python benchmarks/sandbox_cost.py [--reps 1] [--rounds 4] [--against DIR]
+    python benchmarks/sandbox_cost.py [--reps 1] [--rounds 4] [--against DIR] [--workers 2]
 
 `--against DIR` alternates the installed sandbox with the sandbox package in DIR (a copy of
 `src/codefoundry/sandbox` at another commit) round by round, in one process, and reports both: the way
@@ -105,11 +106,38 @@ def measure(programs: list[Program]) -> dict[str, dict[str, float]]:
     return out
 
 
+def _busy_ticks() -> int:
+    """Clock ticks every CPU of the machine has spent busy (all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return sum(fields) - fields[3] - fields[4]
+
+
+def machine(programs: list[Program], workers: int) -> dict[str, float]:
+    """One pass of `programs` on `workers` fresh workers: samples/s, and busy CPU a run across the machine
+    (every process and kernel thread, so work the kernel defers after a run counts too)."""
+    shutdown()
+    execute_many(programs[:8], workers=workers, progress=False)  # start and warm the workers
+    busy, t = _busy_ticks(), time.perf_counter()
+    execute_many(programs, workers=workers, progress=False)
+    wall = time.perf_counter() - t
+    time.sleep(0.2)  # what the kernel does after the last run
+    return {
+        "samples_per_s": len(programs) / wall,
+        "busy_ms": (_busy_ticks() - busy) / TICK / len(programs) * 1e3,
+    }
+
+
+def _machine_text(m: dict[str, float]) -> str:
+    return f"{m['samples_per_s']:.1f} samples/s, machine busy {m['busy_ms']:.2f} ms a run"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=1, help="times the 164 problems are repeated per round")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--against", help="another sandbox package directory to alternate with")
+    ap.add_argument("--workers", type=int, help="also time a pass with this many workers (see above)")
     ap.add_argument("--json")
     args = ap.parse_args()
     problems = humaneval.load() * args.reps
@@ -128,16 +156,25 @@ def main() -> None:
             row = rounds[name][-1]
             print(f"{name}: " + "  ".join(f"{k} {v['cpu_ms']:.2f} ms / {v['faults']:.0f} faults"
                                           for k, v in row.items() if isinstance(v, dict)), flush=True)  # fmt: skip
+            if args.workers:
+                row["machine"] = machine(programs, args.workers)
+                print(f"{name}: {args.workers} workers {_machine_text(row['machine'])}", flush=True)
     sandbox_worker.ZYGOTE, sandbox_worker._START = sides["installed"]
     shutdown()
     summary = {
         name: {part: {k: statistics.median(r[part][k] for r in rows if part in r) for k in ("cpu_ms", "faults")}
-               for part in rows[0] if isinstance(rows[0][part], dict)}
+               for part in rows[0] if isinstance(rows[0][part], dict) and part != "machine"}
         for name, rows in rounds.items()
     }  # fmt: skip
     for name, parts in summary.items():
         print(f"median per run, {name}: " + ", ".join(
             f"{part} {v['cpu_ms']:.2f} ms / {v['faults']:.0f} faults" for part, v in parts.items()))  # fmt: skip
+        if args.workers:
+            rows = [r["machine"] for r in rounds[name]]
+            parts["machine"] = {
+                k: statistics.median(r[k] for r in rows) for k in ("samples_per_s", "busy_ms")
+            }
+            print(f"median, {name}, {args.workers} workers: {_machine_text(parts['machine'])}")
     if args.json:
         Path(args.json).write_text(json.dumps({"rounds": rounds, "median": summary}, indent=2) + "\n")
 
