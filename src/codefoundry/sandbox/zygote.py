@@ -240,15 +240,16 @@ class Forker:
     def __init__(self, isolation: str, cgroup) -> None:
         self.process = jail.Helper(lambda sock_fd: _template(sock_fd, isolation, cgroup))
 
-    def fork(self, run: Run, keep: dict[int, int], pidns: int, ipc: bool = False) -> int:
-        """The program's pid; `keep` maps the fds it gets to the zygote's fds; pidns: a pidfd of the
-        run's init (the program is born in its PID namespace, and with `ipc` in its IPC namespace too) or
-        -1. `run.code` travels after the request, as raw bytes."""
+    def fork(self, run: Run, keep: dict[int, int], space: "runspace.RunNamespace | None") -> int:
+        """The program's pid; `keep` maps the fds it gets to the zygote's fds; with `space`, it is born in
+        the run's PID namespace (and IPC one, where shared). `run.code` follows the request, as raw bytes."""
         sock = self.process.socket()
         head = marshal.dumps({"req": run.req, "workdir": run.workdir, "targets": list(keep)})
         body = struct.pack(">I", len(head)) + head + run.code
-        fds = [*keep.values(), *([pidns] if pidns >= 0 else [])]
-        jail.send_with_fds(sock, body, fds, flag=0 if pidns < 0 else 1 + 2 * ipc)  # bits the template reads
+        fds, flag = list(keep.values()), 0  # flag bits for the template: 1, init's pidfd last; 2, IPC too
+        if space is not None:
+            fds, flag = [*fds, space.pidfd], 1 + 2 * space.shares_ipc
+        jail.send_with_fds(sock, body, fds, flag=flag)
         reply = b""
         while len(reply) < 4:
             chunk = sock.recv(4 - len(reply))
@@ -367,7 +368,7 @@ def start(run: Run, judges, known, cgroup=None, space=None, forker: Forker | Non
     if forker is not None:
         if space is not None:
             jail.setns(OWN_PIDFD, jail.CLONE_NEWPID)  # the template forks the program, not we
-        pid = forker.fork(run, keep, space.pidfd, space.shares_ipc) if space else forker.fork(run, keep, -1)
+        pid = forker.fork(run, keep, space)
     else:  # no raw clone on this architecture (process-level isolation only): fork here
         pid = os.fork()
         if pid == 0:
