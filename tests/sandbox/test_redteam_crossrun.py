@@ -24,6 +24,7 @@ import time
 from crossrun_kit import CLONE_PARENT, reversed_token, zygotes
 from redteam_kit import (
     FAST,
+    _proc_table,
     assert_contained,
     assert_healthy,
     brief,
@@ -272,6 +273,27 @@ def test_clone_parent_zombie_does_not_hang_the_worker(one_worker):
     needs_namespaces(r)
     assert r.passed and "left a zombie" in r.stdout, brief(r)
     assert_healthy()
+
+
+def _worker_processes() -> set[int]:
+    """The long-lived Python children of this test's one worker (template, judge, parse helper)."""
+    (zygote,) = zygotes()
+    return {pid for pid, (_, ppid, state, cmd) in _proc_table().items()
+            if ppid == zygote and b"python" in cmd and state != "Z"}  # fmt: skip
+
+
+def test_signals_to_its_process_group_reach_no_worker_process(one_worker):
+    """No PID namespace bounds a process group. A program left in the zygote's group reached the parse
+    helper, which runs under the programs' uid, with kill(0, ...): SIGSTOP stalled the next run for 5 s,
+    SIGKILL killed the helper. Each program leads a session and group of its own."""
+    first = execute("import os\nprint(os.getpgid(0) == os.getsid(0) == os.getpid())\n", limits=FAST)
+    assert first.passed and first.stdout == "True\n", brief(first)
+    helpers = _worker_processes()
+    r = execute("import os, signal\nos.kill(0, signal.SIGKILL)\n", limits=FAST)
+    assert_contained(r, Status.KILLED)
+    after = execute("print(6 * 7)\n", limits=FAST)
+    assert after.passed and after.stdout == "42\n", brief(after)
+    assert _worker_processes() == helpers, "a worker process was killed and replaced"
 
 
 def test_no_descriptors_beyond_the_standard_three():

@@ -474,14 +474,14 @@ def _kill_run(pid: int, space) -> None:
 
 # -- inside the run: init and the program's process ---------------------------------------------------------
 def program_main(run: Run, keep: dict[int, int], cgroup) -> None:
-    """Take a fresh IPC namespace (unless born in the run's), join the memory cgroup, arrange fds, drop
-    privileges, then compile and exec, or run Python in this warm interpreter."""
+    """Take a session of its own (no terminal; the parse helper has the programs' uid) and a fresh IPC
+    namespace (unless born in the run's), join the memory cgroup, arrange fds, drop privileges, then
+    compile and exec, or run Python in this warm interpreter."""
     code = 70
     try:
+        os.setsid()  # no PID namespace bounds the zygote's group: kill(0, SIGSTOP) reached the parse helper
         if run.ns and not run.ipc_ready:
             jail.unshare(jail.CLONE_NEWIPC)  # SysV and POSIX IPC objects die with the program
-        elif not run.ns:
-            os.setpgid(0, 0)
         if cgroup is not None:
             cgroup.join()
         jail.arrange_fds(keep)
