@@ -1,9 +1,8 @@
 """The sandbox worker: a warm, single-threaded fork server that runs one untrusted program per clone.
 
-Started by `worker.py` (`python -I -S`, running this file as `zygote.py REQ_FD RESP_FD`, compiled in a
-throwaway child: `worker._START`) with an empty environment; standard library only. It reads requests
-from REQ_FD and writes one response per request to RESP_FD (frames of a 4-byte big-endian length and a
-JSON body).
+Started by `worker.py` (`python -I -S` running this file as `zygote.py REQ_FD RESP_FD`, compiled in a
+throwaway child: `worker._START`) with an empty environment; standard library only. It reads requests from
+REQ_FD and writes a response to each on RESP_FD (frames: a 4-byte big-endian length, a JSON body).
 
 What is isolated (level "namespaces", when the worker may create namespaces: root or CAP_SYS_ADMIN):
 - Network: the worker lives in its own network namespace, made once, with no device up, so no address
@@ -26,7 +25,8 @@ What is isolated (level "namespaces", when the worker may create namespaces: roo
   anything, and init is killed, which makes the kernel kill everything in the PID namespace before the
   run is reported and destroy the IPC namespace with its objects, and the next run gets a fresh pair.
   Either way nothing outlives a run. (Where the IPC namespace's objects cannot be counted, each program
-  takes a fresh IPC namespace of its own.) There is no /proc inside.
+  takes a fresh IPC namespace of its own.) There is no /proc inside. Each program leads a session of its
+  own: process groups span PID namespaces, and the zygote's holds the parse helper (the programs' uid).
 - Privileges: the program runs as an unprivileged uid/gid chosen at random per worker, with no
   supplementary groups and no_new_privs, so rlimits cannot be raised and root's files (/etc/shadow)
   stay unreadable although the sandbox runs as root. Its environment holds only PATH, HOME, LANG, TMPDIR.
@@ -87,9 +87,10 @@ programs behave as it likes (as with that uid it could already trace them); the 
 them. Programs in languages other than Python run under the same OS isolation but have no judge process:
 their verdict is their exit status, which they control.
 
-Without namespace privileges the level is "process": rlimits, an own process group that is killed at the
-end, a temporary work directory and an empty environment; no network or filesystem isolation, and a
-daemon that leaves the process group escapes. The level is reported in every result.
+Without namespace privileges the level is "process": rlimits, a session of its own whose process group
+is killed at the end, a temporary work directory and an empty environment; no network or filesystem
+isolation, the caller's uid (its other processes can be signalled), and a daemon that leaves the process
+group escapes. The level is reported in every result.
 """
 
 import json
@@ -474,9 +475,8 @@ def _kill_run(pid: int, space) -> None:
 
 # -- inside the run: init and the program's process ---------------------------------------------------------
 def program_main(run: Run, keep: dict[int, int], cgroup) -> None:
-    """Take a session of its own (no terminal; the parse helper has the programs' uid) and a fresh IPC
-    namespace (unless born in the run's), join the memory cgroup, arrange fds, drop privileges, then
-    compile and exec, or run Python in this warm interpreter."""
+    """Take a session of its own and a fresh IPC namespace (unless born in the run's), join the memory
+    cgroup, arrange fds, drop privileges, then compile and exec, or run Python in this warm interpreter."""
     code = 70
     try:
         os.setsid()  # no PID namespace bounds the zygote's group: kill(0, SIGSTOP) reached the parse helper
