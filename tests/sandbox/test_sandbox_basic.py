@@ -221,6 +221,37 @@ def test_process_level_fallback_runs_and_says_so():
     assert "weaker isolation" in out.stderr
 
 
+def test_process_level_daemon_that_leaves_the_session_is_killed():
+    """At process level a double-forked `setsid` daemon leaves the run's process group. It used to be
+    orphaned to pid 1 and live on, and, holding the run's stdout, to keep the worker waiting until the pool
+    gave up (63 s, then `sandbox_error`). The zygote is now a child subreaper: the daemon is orphaned to it
+    and killed after the run, which ends normally."""
+    daemon = (
+        "import os, time\n"
+        "r, w = os.pipe()\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        os.write(w, str(os.getpid()).encode())\n"
+        "        time.sleep(3600)\n"
+        "    os._exit(0)\n"
+        "os.close(w)\n"
+        "print(os.read(r, 64).decode())\n"
+    )
+    code = (
+        "import os, time\n"
+        "from codefoundry.sandbox import execute, Limits\n"
+        f"r = execute({daemon!r}, limits=Limits(cpu_seconds=1))\n"
+        "time.sleep(0.2)\n"
+        "pid = int(r.stdout)\n"
+        "alive = os.path.exists(f'/proc/{pid}') and open(f'/proc/{pid}/stat').read().split()[2] != 'Z'\n"
+        "print(r.isolation.value, r.status.value, alive, round(r.wall_seconds))\n"
+    )
+    env = dict(os.environ, CODEFOUNDRY_SANDBOX_ISOLATION="process")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["process", "ok", "False", "0"], out.stdout + out.stderr
+
+
 def test_cli_run_json(tmp_path):
     prog = tmp_path / "p.py"
     prog.write_text("print('cli')\n")

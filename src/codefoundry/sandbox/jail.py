@@ -19,7 +19,7 @@ CLONE_PARENT = 0x00008000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
 _SYSCALLS = {
     "x86_64": {"clone": 56, "pivot_root": 155, "keyctl": 250},
     "aarch64": {"clone": 220, "pivot_root": 41, "keyctl": 219},
@@ -192,17 +192,24 @@ def receive_with_fds(sock: socket.socket, max_fds: int) -> tuple[bytes, list[int
     return bytes(body), fds, flag
 
 
+def _process_level(why: str) -> tuple[str, str, None]:
+    """The weaker level. The zygote becomes a child subreaper: a daemon that leaves the run's session is
+    orphaned to it instead of to pid 1, and killed after the run (`reap_strays`)."""
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+    return "process", why, None
+
+
 def setup_worker(extra_ro: list[str]) -> tuple[str, str, "MemoryCgroup | None"]:
     """Enter the worker's own network, mount, IPC and UTS namespaces and pivot into a read-only root.
     Returns the isolation level reached, why when it is the weaker one, and the worker's memory cgroup."""
     if os.environ.get("CODEFOUNDRY_SANDBOX_ISOLATION") == "process":
-        return "process", "namespaces disabled by CODEFOUNDRY_SANDBOX_ISOLATION=process", None
+        return _process_level("namespaces disabled by CODEFOUNDRY_SANDBOX_ISOLATION=process")
     if os.geteuid() != 0 or SYSCALL is None:
-        return "process", "not root (or an unknown architecture): cannot create namespaces", None
+        return _process_level("not root (or an unknown architecture): cannot create namespaces")
     try:
         unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
     except OSError as e:
-        return "process", f"namespaces unavailable ({e})", None
+        return _process_level(f"namespaces unavailable ({e})")
     cgroup = MemoryCgroup.create(f"codefoundry-worker-{os.getpid()}")
     mount("none", "/", None, MS_REC | MS_PRIVATE)
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=755")
@@ -314,6 +321,22 @@ def reap(pids: list[int]) -> None:
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass
+
+
+STRAY_ROUNDS = 64  # at process level: generations of a daemon's tree killed after a run
+
+
+def reap_strays(proc_fd: int, known, stray: list[int], rounds: int) -> None:
+    """`reap(stray)`, then scan again (`known()` gives the known children) and reap what is new, up to
+    `rounds` scans in all. At process level the zygote is a child subreaper: a stray's children are handed
+    to it as the stray dies, so each round takes the next generation of a daemon's tree (one that forks
+    faster than this kills may outlast it)."""
+    for left in range(rounds - 1, -1, -1):
+        if not stray:
+            return
+        reap(stray)
+        if left:
+            stray = stray_children(proc_fd, known())
 
 
 def _expose(path: str) -> None:

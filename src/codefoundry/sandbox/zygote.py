@@ -89,8 +89,9 @@ their verdict is their exit status, which they control.
 
 Without namespace privileges the level is "process": rlimits, a session of its own whose process group
 is killed at the end, a temporary work directory and an empty environment; no network or filesystem
-isolation, the caller's uid (its other processes can be signalled), and a daemon that leaves the process
-group escapes. The level is reported in every result.
+isolation, and the caller's uid (its other processes can be signalled). The zygote is a child subreaper:
+a daemon that leaves the session is orphaned to it and killed after the run, unless it forks faster than
+the zygote kills. The level is reported in every result.
 """
 
 import json
@@ -171,14 +172,11 @@ class Worker:
         self.cgroup = cgroup
         self.disk_mb = -1
         self.dirty = True
-        self.judges = judge.JudgeServer(uid + 1, isolation == "namespaces", jail=jail, testcode=testcode)
-        self.parser = results.ParseServer(uid, isolation == "namespaces", jail=jail)
+        namespaces = isolation == "namespaces"
+        self.judges = judge.JudgeServer(uid + 1, namespaces, jail=jail, testcode=testcode)
+        self.parser = results.ParseServer(uid, namespaces, jail=jail)
         self.forker = Forker(isolation, cgroup) if jail.SYSCALL is not None else None
-        self.space = (
-            runspace.RunNamespace(SHELL, PROC_FD, OWN_PIDFD, OWN_IPC_FD)
-            if isolation == "namespaces"
-            else None
-        )
+        self.space = runspace.RunNamespace(SHELL, PROC_FD, OWN_PIDFD, OWN_IPC_FD) if namespaces else None
         # Forked now, before any request is read: forked in the middle of a run, a helper (the template
         # above all, which every program is a copy of) kept that run's request in its stack's frames.
         for helper in self._helpers():
@@ -432,7 +430,7 @@ def watch(
                 stray = jail.stray_children(PROC_FD, known())
                 if space is None or not space.empty() or stray:
                     _kill_run(pid, space)  # leftovers (daemons, zombies): init's end takes them all down
-                jail.reap(stray)
+                jail.reap_strays(PROC_FD, known, stray, 1 if space is not None else jail.STRAY_ROUNDS)
                 continue
             chunk = os.read(fd, 65536)
             name = by_fd[fd]
