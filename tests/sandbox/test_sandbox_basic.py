@@ -207,6 +207,12 @@ def test_isolation_level_reported():
     assert execute("pass").isolation is (Isolation.NAMESPACES if os.geteuid() == 0 else Isolation.PROCESS)
 
 
+def _at_process_level(code: str) -> subprocess.CompletedProcess:
+    """`code` run by a fresh interpreter whose sandbox is forced to the process level."""
+    env = dict(os.environ, CODEFOUNDRY_SANDBOX_ISOLATION="process")
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
 def test_process_level_fallback_runs_and_says_so():
     code = (
         "from codefoundry.sandbox import execute, Limits, Judge\n"
@@ -215,8 +221,7 @@ def test_process_level_fallback_runs_and_says_so():
         "t = execute('while True: pass', limits=Limits(cpu_seconds=1))\n"
         "print(r.isolation.value, r.stdout.strip(), j.passed, t.status.value)\n"
     )
-    env = dict(os.environ, CODEFOUNDRY_SANDBOX_ISOLATION="process")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    out = _at_process_level(code)
     assert out.stdout.split() == ["process", "4", "True", "timeout"], out.stderr
     assert "weaker isolation" in out.stderr
 
@@ -247,8 +252,7 @@ def test_process_level_daemon_that_leaves_the_session_is_killed():
         "alive = os.path.exists(f'/proc/{pid}') and open(f'/proc/{pid}/stat').read().split()[2] != 'Z'\n"
         "print(r.isolation.value, r.status.value, alive, round(r.wall_seconds))\n"
     )
-    env = dict(os.environ, CODEFOUNDRY_SANDBOX_ISOLATION="process")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    out = _at_process_level(code)
     assert out.stdout.split() == ["process", "ok", "False", "0"], out.stdout + out.stderr
 
 
