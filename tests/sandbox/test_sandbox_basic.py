@@ -256,6 +256,21 @@ def test_process_level_daemon_that_leaves_the_session_is_killed():
     assert out.stdout.split() == ["process", "ok", "False", "0"], out.stdout + out.stderr
 
 
+def test_process_level_runs_leave_no_work_directory():
+    """At process level each run gets a temporary work directory; one whose program did not parse (never
+    started) was left behind, empty, once per such run."""
+    code = (
+        "import glob, tempfile\n"
+        "from codefoundry.sandbox import execute_many\n"
+        "before = set(glob.glob(tempfile.gettempdir() + '/cf-run-*'))\n"
+        "rs = execute_many(['def f(:', 'print(1)', 'open(\"x\", \"w\").write(\"y\")'] * 3, workers=1)\n"
+        "left = set(glob.glob(tempfile.gettempdir() + '/cf-run-*')) - before\n"
+        "print(rs[0].isolation.value, [r.status.value for r in rs[:3]], len(left))\n"
+    )
+    out = _at_process_level(code)
+    assert out.stdout.split("\n")[0] == "process ['failed', 'ok', 'ok'] 0", out.stdout + out.stderr
+
+
 def test_cli_run_json(tmp_path):
     prog = tmp_path / "p.py"
     prog.write_text("print('cli')\n")

@@ -88,8 +88,8 @@ them. Programs in languages other than Python run under the same OS isolation bu
 their verdict is their exit status, which they control.
 
 Without namespace privileges the level is "process": rlimits, a session of its own whose process group
-is killed at the end, a temporary work directory and an empty environment; no network or filesystem
-isolation, and the caller's uid (its other processes can be signalled). The zygote is a child subreaper:
+is killed at the end, a temporary work directory and an empty environment; no network, filesystem or
+IPC isolation, and the caller's uid (its other processes can be signalled). The zygote is a subreaper:
 a daemon that leaves the session is orphaned to it and killed after the run, unless it forks faster than
 the zygote kills. The level is reported in every result.
 """
@@ -196,6 +196,8 @@ class Worker:
         python = req.get("run") == ["<python>"]
         report, code = self.parser.check(req["program"], req["filename"]) if python else (None, b"")
         if report is not None:  # a judged run's tests are still read: the request stream stays in step
+            if not run.ns:
+                os.rmdir(run.workdir)  # made for the run, still empty: nothing ran
             tests = (json.loads(jail.read_frame(REQ_FD)).get("tests") or []) if run.judged else []
             return results.not_run(run, report, tests) | {"extra": {"memory_cgroup": self.cgroup is not None}}
         disk = int(run.limits["disk_mb"])
