@@ -323,14 +323,15 @@ def reap(pids: list[int]) -> None:
             pass
 
 
-STRAY_ROUNDS = 64  # at process level: generations of a daemon's tree killed after a run
+STRAY_ROUNDS = 64  # generations of a daemon's tree killed after a run
 
 
-def reap_strays(proc_fd: int, known, stray: list[int], rounds: int) -> None:
-    """`reap(stray)`, then scan again (`known()` gives the known children) and reap what is new, up to
-    `rounds` scans in all. At process level the zygote is a child subreaper: a stray's children are handed
-    to it as the stray dies, so each round takes the next generation of a daemon's tree (one that forks
-    faster than this kills may outlast it)."""
+def reap_strays(proc_fd: int, known, stray: list[int], rounds: int = STRAY_ROUNDS) -> None:
+    """`reap(stray)`, then scan again (`known()` gives the known children) and reap what is new, until a
+    scan finds none or after `rounds` scans. At process level the zygote is a child subreaper: a stray's
+    children are handed to it as the stray dies, so each round takes the next generation of a daemon's
+    tree (one that forks faster than this kills may outlast it). With namespaces a stray's children go to
+    the run's init instead, and the second scan finds nothing."""
     for left in range(rounds - 1, -1, -1):
         if not stray:
             return

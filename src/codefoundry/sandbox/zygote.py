@@ -432,7 +432,7 @@ def watch(
                 stray = jail.stray_children(PROC_FD, known())
                 if space is None or not space.empty() or stray:
                     _kill_run(pid, space)  # leftovers (daemons, zombies): init's end takes them all down
-                jail.reap_strays(PROC_FD, known, stray, 1 if space is not None else jail.STRAY_ROUNDS)
+                jail.reap_strays(PROC_FD, known, stray)
                 continue
             chunk = os.read(fd, 65536)
             name = by_fd[fd]
