@@ -23,6 +23,7 @@ import os
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import codefoundry.sandbox.worker as sandbox_worker
@@ -40,14 +41,15 @@ def _stat(pid: int) -> dict[str, int]:
     }  # fmt: skip
 
 
-def _processes() -> dict[int, dict[str, int]]:
+def processes(read: Callable[[int], dict] = _stat) -> dict[int, dict]:
+    """pid -> `read(pid)` for every process on the machine (`sandbox_soak.py` reads /proc/PID/status)."""
     out = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                out[int(name)] = _stat(int(name))
-            except (OSError, IndexError):
-                pass  # gone meanwhile
+                out[int(name)] = read(int(name))
+            except (OSError, IndexError, ValueError):
+                pass  # gone meanwhile (a file read half-way through its exit)
     return out
 
 
@@ -77,9 +79,9 @@ def measure(programs: list[Program]) -> dict[str, dict[str, float]]:
     shutdown()
     execute_many(programs[:4], workers=1, progress=False)  # start and warm the worker
     me = os.getpid()
-    before, self0 = _processes(), resource.getrusage(resource.RUSAGE_SELF)
+    before, self0 = processes(), resource.getrusage(resource.RUSAGE_SELF)
     execute_many(programs, workers=1, progress=False)
-    after, self1 = _processes(), resource.getrusage(resource.RUSAGE_SELF)
+    after, self1 = processes(), resource.getrusage(resource.RUSAGE_SELF)
     n = len(programs)
     zygote = next(p for p, s in after.items() if s["ppid"] == me and p in before)
     z0, z1 = before[zygote], after[zygote]

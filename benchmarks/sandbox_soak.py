@@ -38,6 +38,7 @@ from pathlib import Path
 
 from codefoundry.sandbox import ExecutionResult, Limits, Program, Status, execute_many, shutdown
 from codefoundry.tasks import humaneval
+from sandbox_cost import processes  # the same walk over /proc
 
 LIMITS = Limits(cpu_seconds=2, memory_mb=256, processes=16, open_files=64, disk_mb=8, file_size_mb=4,
                 output_bytes=1 << 16)  # fmt: skip
@@ -203,17 +204,6 @@ def _cmd(pid: int) -> str:
         return f.read().split(b"\0")[0].decode(errors="replace").rsplit("/", 1)[-1]
 
 
-def _table() -> dict[int, dict[str, str]]:
-    out = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                out[int(name)] = _status(int(name))
-            except (OSError, ValueError):
-                pass  # gone meanwhile
-    return out
-
-
 def _count_lines(path: str) -> int:
     try:
         with open(path) as f:
@@ -231,7 +221,7 @@ def _entries(path: str) -> int:
 
 def snapshot() -> dict:
     me = os.getpid()
-    table = _table()
+    table = processes(_status)
     children: dict[int, list[int]] = {}
     for pid, st in table.items():
         children.setdefault(int(st.get("PPid", "0")), []).append(pid)

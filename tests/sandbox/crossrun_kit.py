@@ -20,6 +20,13 @@ def zygotes() -> list[int]:
     return [pid for pid, (_, ppid, _, cmd) in _proc_table().items() if ppid == me and b"zygote.py" in cmd]
 
 
+def worker_children() -> dict[int, tuple[int, int, str, bytes]]:
+    """The live children of this process's zygotes (template, judge, parse helper, the run namespace's
+    init), as `_proc_table` gives them: pid -> (uid, ppid, state, cmdline)."""
+    table, workers = _proc_table(), set(zygotes())
+    return {pid: row for pid, row in table.items() if row[1] in workers and row[2] != "Z"}
+
+
 def _worker_cgroups() -> set[str]:
     """The memory cgroups the sandbox's workers make, under this process's own."""
     found = set()

@@ -21,10 +21,9 @@ import signal
 import threading
 import time
 
-from crossrun_kit import CLONE_PARENT, reversed_token, zygotes
+from crossrun_kit import CLONE_PARENT, reversed_token, worker_children, zygotes
 from redteam_kit import (
     FAST,
-    _proc_table,
     assert_contained,
     assert_healthy,
     brief,
@@ -277,9 +276,8 @@ def test_clone_parent_zombie_does_not_hang_the_worker(one_worker):
 
 def _worker_processes() -> set[int]:
     """The long-lived Python children of this test's one worker (template, judge, parse helper)."""
-    (zygote,) = zygotes()
-    return {pid for pid, (_, ppid, state, cmd) in _proc_table().items()
-            if ppid == zygote and b"python" in cmd and state != "Z"}  # fmt: skip
+    assert len(zygotes()) == 1
+    return {pid for pid, (_, _, _, cmd) in worker_children().items() if b"python" in cmd}
 
 
 def test_signals_to_its_process_group_reach_no_worker_process(one_worker):

@@ -18,7 +18,7 @@ import secrets
 import time
 
 import pytest
-from crossrun_kit import reversed_token, zygotes
+from crossrun_kit import reversed_token, worker_children, zygotes
 from redteam_kit import (
     FAST,
     assert_contained,
@@ -304,15 +304,7 @@ def test_runs_that_leave_no_ipc_object_share_one_namespace(one_worker):
 def _worker_fds() -> int:
     """Open fds of this process's zygotes and of their long-lived children (template, judge, parse helper,
     the run namespace's init)."""
-
-    def children(pid: int) -> list[int]:
-        try:
-            with open(f"/proc/{pid}/task/{pid}/children") as f:
-                return [int(c) for c in f.read().split()]
-        except OSError:
-            return []
-
-    pids = [p for z in zygotes() for p in (z, *children(z))]
+    pids = [*zygotes(), *worker_children()]
     return sum(len(os.listdir(f"/proc/{p}/fd")) for p in pids if os.path.isdir(f"/proc/{p}/fd"))
 
 
