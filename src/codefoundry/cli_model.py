@@ -28,6 +28,8 @@ HELP = {
     "moe_experts": "experts per mixture-of-experts layer (0 = dense)",
     "resume": "continue from OUT/checkpoint",
     "time_limit_s": "stop cleanly (checkpoint + report) after this many seconds",
+    "dtype": "auto (bf16 autocast where the hardware multiplies bf16 natively: CUDA, CPUs with AVX512-BF16 "
+    "or AMX; else fp32), fp32 or bf16",
 }
 
 

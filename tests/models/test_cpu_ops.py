@@ -56,7 +56,7 @@ def test_dispatch_takes_chunks_only_where_measured_to_help():
     assert not chunked(torch.zeros(1, 2, cpu_ops.MAX_TOKENS + 1, 8))
     assert not chunked(q.to(torch.bfloat16))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not chunked(q)
+        assert chunked(q)  # autocast's attention inputs are fp32 (Attention casts them back)
 
 
 def _loss_and_grads(model, ids):
@@ -78,6 +78,31 @@ def test_causal_attention_on_both_paths_gives_the_model_the_same_loss_and_gradie
     torch.testing.assert_close(loss, ref_loss, rtol=0, atol=1e-12)
     for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+def test_under_cpu_autocast_the_products_run_in_bf16_and_attention_in_fp32(monkeypatch):
+    """bf16 autocast on a CPU (what `--dtype auto` picks where the CPU has bf16 products): the projections
+    come out in bf16, attention gets them back in fp32 and takes our fp32 path (the C kernel or the
+    chunks), and the loss stays within bf16 rounding of the fp32 model's."""
+    torch.manual_seed(0)
+    model = Transformer(config_for_size("tiny", vocab_size=97, max_seq_len=512))
+    ids = torch.randint(0, 97, (2, 301))
+    seen = []
+    original = cpu_ops.causal_attention
+    monkeypatch.setattr(
+        "codefoundry.models.transformer.causal_attention",
+        lambda q, k, v: seen.append((q.dtype, k.dtype, v.dtype)) or original(q, k, v),
+    )
+    fp32 = model(ids[:, :-1], ids[:, 1:]).loss
+    assert set(seen) == {(torch.float32,) * 3}
+    seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids[:, :-1], ids[:, 1:])
+        assert model.layers[0].attn.qkv(torch.zeros(1, model.cfg.dim)).dtype == torch.bfloat16
+    assert set(seen) == {(torch.float32,) * 3} and len(seen) == model.cfg.n_layers
+    assert abs(out.loss.item() - fp32.item()) < 0.02 * fp32.item()
+    out.loss.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
 
 
 @pytest.mark.skipif(native.library() is None, reason="no C kernels here")
@@ -142,11 +167,11 @@ def test_rms_norm_dispatch_keeps_torch_for_small_or_other_inputs(monkeypatch):
     w = torch.ones(256)
     rms_norm(torch.randn(2, 4, 256), w, 1e-5)  # decoding-sized
     rms_norm(torch.randn(8, 512, 256).bfloat16(), w.bfloat16(), 1e-5)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        rms_norm(torch.randn(8, 512, 256), w, 1e-5)
     assert calls == []
     rms_norm(torch.randn(8, 512, 256), w, 1e-5)
-    assert len(calls) == 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rms_norm(torch.randn(8, 512, 256), w, 1e-5)  # fp32 under autocast: the residual stream
+    assert len(calls) == 2
 
 
 def _plain_rope(x, cos, sin):

@@ -59,6 +59,7 @@ def test_dispatch_takes_the_kernel_only_where_it_runs(monkeypatch):
     long = torch.zeros(1, 2, cpu_ops.NATIVE_MAX_TOKENS + 1, 16)
     assert not native_attention(long, long)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not native_attention(q, k)
+        assert native_attention(q, k)  # fp32 inputs under autocast (Attention casts them back)
+        assert not native_attention(q.bfloat16(), k.bfloat16())
     monkeypatch.setattr(native, "library", lambda: None)
     assert not native_attention(q, k)

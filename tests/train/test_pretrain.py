@@ -26,6 +26,7 @@ from codefoundry.train.data import DataConfig, PretrainData  # noqa: E402
 from codefoundry.train.pretrain import (  # noqa: E402
     PretrainConfig,
     accumulate,
+    amp_dtype,
     build_model,
     build_optimizer,
     lr_at,
@@ -284,6 +285,19 @@ def test_bad_inputs_fail_with_one_line(corpus, tok_dir, dense_run, tmp_path):
         replace(cfg, steps=0)
     with pytest.raises(ValueError, match=r"PretrainConfig.dtype: invalid value 'fp16'"):
         replace(cfg, dtype="fp16")
+
+
+def test_auto_dtype_is_bf16_only_where_the_cpu_multiplies_bf16_natively(monkeypatch):
+    cpu = torch.device("cpu")
+    for avx512_bf16, amx, want in [(True, False, torch.bfloat16), (False, True, torch.bfloat16),
+                                   (False, False, None)]:  # fmt: skip
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert amp_dtype("auto", cpu) == want
+        assert amp_dtype("fp32", cpu) is None and amp_dtype("bf16", cpu) == torch.bfloat16
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")  # a torch without the probes
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert amp_dtype("auto", cpu) is None
 
 
 def test_metrics_truncation_and_torn_lines(tmp_path):

@@ -32,8 +32,10 @@ transpose), where the rotate-half form concatenates a negated half and autograd 
 4.0 ms forward and backward for the 10m model's queries at 8 x 512 tokens.
 
 Below `MIN_ELEMENTS` an autograd function's fixed cost (~30 us) outweighs what these save, so decoding
-keeps PyTorch's ops. Everything else (CUDA, torch.compile, autocast, bf16, an attention mask, a KV cache)
-goes through PyTorch's own `scaled_dot_product_attention`, `rms_norm` and the rotate-half form unchanged.
+keeps PyTorch's ops. Under CPU autocast the inputs that reach these functions are fp32 (the residual
+stream, and Q/K/V cast back by `Attention`), so bf16 training keeps them. Everything else (CUDA,
+torch.compile, bf16 tensors, an attention mask, a KV cache) goes through PyTorch's own
+`scaled_dot_product_attention`, `rms_norm` and the rotate-half form unchanged.
 """
 
 from __future__ import annotations
@@ -105,7 +107,6 @@ def _eager_cpu(t: torch.Tensor) -> bool:
     return (
         t.device.type == "cpu"
         and t.dtype in (torch.float32, torch.float64)
-        and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
     )
 

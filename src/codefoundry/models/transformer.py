@@ -106,9 +106,12 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, cache: KVCache | None, layer: int, mask: torch.Tensor | None):
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split(
-            [self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], dim=-1
-        )
+        qkv = self.qkv(x)
+        if qkv.dtype != x.dtype and x.device.type == "cpu":
+            # CPU autocast: the products run in bf16, attention in fp32 (see cpu_ops: the C kernel is
+            # fp32, and PyTorch's bf16 CPU flash kernel was the slower of the two).
+            qkv = qkv.to(x.dtype)
+        q, k, v = qkv.split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], dim=-1)
         q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, hd)
         v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
@@ -158,7 +161,8 @@ class MTPModule(nn.Module):
 
     def forward(self, h_prev, emb_next, cos, sin, cache=None, layer=0, mask=None):
         x = self.proj(torch.cat([self.hidden_norm(h_prev), self.embed_norm(emb_next)], dim=-1))
-        return self.block(x, cos, sin, cache, layer, mask)
+        # Under autocast the projection comes out in bf16: the residual stream stays in the trunk's dtype.
+        return self.block(x.to(h_prev.dtype), cos, sin, cache, layer, mask)
 
 
 @dataclass

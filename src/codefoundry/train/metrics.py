@@ -181,7 +181,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype, peak_tflops: float | No
         for key, flops in PEAK_FLOPS.items():
             if key in name:
                 return flops, f"table ({name})"
-    flops = measure_matmul_flops(device, torch.float32 if device.type == "cpu" else dtype)
+    flops = measure_matmul_flops(device, dtype)  # the products' dtype: bf16 under autocast
     return flops, f"measured ({device.type} {str(dtype).removeprefix('torch.')} matmul)"
 
 

@@ -85,7 +85,7 @@ class PretrainConfig:
     mtp_weight: float = 0.3
     moe_experts: int = 0  # 0 = dense
     moe_top_k: int = 2
-    dtype: str = "auto"  # auto: bf16 autocast on CUDA with bf16 support, else fp32 | fp32 | bf16
+    dtype: str = "auto"  # auto: bf16 autocast where the hardware has bf16 products (amp_dtype) | fp32 | bf16
     compile: bool = False
     seed: int = 0
     eval_every: int = 250  # steps between validations (0 = only at the end)
@@ -171,9 +171,22 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
 
 
 def amp_dtype(name: str, device: torch.device) -> Amp:
-    """The autocast dtype (None = plain fp32). Weights and optimizer state always stay fp32."""
-    auto = name == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return torch.bfloat16 if name == "bf16" or auto else None
+    """The autocast dtype (None = plain fp32). Weights and optimizer state always stay fp32. `auto` is
+    bf16 where the hardware multiplies bf16 natively: CUDA devices that support it, and CPUs with
+    AVX512-BF16 or AMX (elsewhere a CPU emulates bf16, slower than fp32)."""
+    if name == "auto":
+        return torch.bfloat16 if native_bf16(device) else None
+    return torch.bfloat16 if name == "bf16" else None
+
+
+def native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    # torch.cpu's private probes (present in torch >= 2.3); a torch without them gets fp32.
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
 def autocast(device: torch.device, dtype: Amp) -> AbstractContextManager:

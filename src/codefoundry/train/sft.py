@@ -85,7 +85,7 @@ class SFTConfig:
     log_every: int = 10
     resume: bool = False
     device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "auto"  # auto (bf16 autocast on CUDA) | fp32 | bf16
+    dtype: str = "auto"  # auto (bf16 autocast where the hardware has bf16 products) | fp32 | bf16
     progress: bool = True
 
     def __post_init__(self) -> None:
