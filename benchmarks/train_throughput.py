@@ -9,9 +9,13 @@ the fused output head + cross-entropy; `--unfused` adds a third arm, ours with t
 as transformers does, which isolates what the fused loss is worth. `--interleave` alternates single steps
 instead (steps x repeat pairs, the order swapped every pair) and reports the median of the per-pair
 ratios, so that the VM's drift, which moves a round of several steps by 20%, hits both sides alike.
+`--dtype bf16` runs both sides' steps under CPU autocast, as `codefoundry pretrain` does by default on CPUs
+with bf16 products (AVX512-BF16, AMX).
 
     python benchmarks/train_throughput.py --size 10m --batch 8 --seq-len 512 --steps 5 --repeat 5
     python benchmarks/train_throughput.py --size 10m --batch 8 --seq-len 512 --steps 4 --repeat 3 --interleave
+    python benchmarks/train_throughput.py --size 10m --batch 8 --seq-len 512 --steps 4 --repeat 3 --interleave \
+        --dtype bf16
 """
 
 from __future__ import annotations
@@ -70,6 +74,19 @@ def step_ours_unfused(model, opt, ids):
     return step_ours(model, opt, ids, logits=True)
 
 
+def under_autocast(step, dtype: torch.dtype | None):
+    """`step` run under CPU autocast to `dtype` (None: as it is), the way `codefoundry pretrain` runs its
+    steps with `--dtype bf16` (the default on CPUs with bf16 products)."""
+    if dtype is None:
+        return step
+
+    def run(model, opt, ids):
+        with torch.autocast("cpu", dtype=dtype):
+            return step(model, opt, ids)
+
+    return run
+
+
 def timed(step, model, opt, batches) -> float:
     t0 = time.perf_counter()
     for ids in batches:
@@ -97,8 +114,13 @@ def main() -> None:
         action="store_true",
         help="alternate single steps (steps x repeat pairs) instead of rounds of --steps; median pair ratio",
     )
+    ap.add_argument(
+        "--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: both sides under CPU autocast"
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_throughput.json"))
     args = ap.parse_args()
+    amp = torch.bfloat16 if args.dtype == "bf16" else None
+    arm_ours, arm_hf, arm_unfused = (under_autocast(f, amp) for f in (step_ours, step_hf, step_ours_unfused))
     if args.interleave and args.unfused:
         ap.error("--unfused times rounds of steps; it is not available with --interleave")
     torch.set_num_threads(args.threads)
@@ -121,10 +143,10 @@ def main() -> None:
         b = float(hf(input_ids=batches[0], labels=batches[0]).loss)
     print(f"initial loss: codefoundry {a:.5f}  transformers {b:.5f}")
 
-    timed(step_ours, run_ours, opt_ours, batches[:2])  # warm-up (allocator, kernels, compilation)
+    timed(arm_ours, run_ours, opt_ours, batches[:2])  # warm-up (allocator, kernels, compilation)
     if args.unfused:
-        timed(step_ours_unfused, run_ours, opt_ours, batches[:2])
-    timed(step_hf, run_hf, opt_hf, hf_batches[:2])
+        timed(arm_unfused, run_ours, opt_ours, batches[:2])
+    timed(arm_hf, run_hf, opt_hf, hf_batches[:2])
     tokens = args.batch * args.seq_len * args.steps
     ours_tps, hf_tps, unfused_tps, pair_ratios = [], [], [], []
     if args.interleave:
@@ -133,8 +155,8 @@ def main() -> None:
         for r in range(args.repeat * args.steps):
             i = r % len(batches)
             arms = [
-                ("ours", step_ours, run_ours, opt_ours, batches[i]),
-                ("hf", step_hf, run_hf, opt_hf, hf_batches[i]),
+                ("ours", arm_ours, run_ours, opt_ours, batches[i]),
+                ("hf", arm_hf, run_hf, opt_hf, hf_batches[i]),
             ]
             took = {}
             for name, step, model, opt, ids in arms if r % 2 == 0 else arms[::-1]:
@@ -145,11 +167,11 @@ def main() -> None:
         print("pair ratios:", " ".join(f"{x:.2f}" for x in pair_ratios))
         print(f"median pair ratio {statistics.median(pair_ratios):.2f}x")
     for r in range(0 if args.interleave else args.repeat):
-        ours_tps.append(tokens / timed(step_ours, run_ours, opt_ours, batches))
-        hf_tps.append(tokens / timed(step_hf, run_hf, opt_hf, hf_batches))
+        ours_tps.append(tokens / timed(arm_ours, run_ours, opt_ours, batches))
+        hf_tps.append(tokens / timed(arm_hf, run_hf, opt_hf, hf_batches))
         line = f"round {r + 1}: codefoundry {ours_tps[-1]:8.0f} tok/s   transformers {hf_tps[-1]:8.0f} tok/s"
         if args.unfused:
-            unfused_tps.append(tokens / timed(step_ours_unfused, run_ours, opt_ours, batches))
+            unfused_tps.append(tokens / timed(arm_unfused, run_ours, opt_ours, batches))
             line += f"   codefoundry unfused {unfused_tps[-1]:8.0f} tok/s"
         print(line)
     mo, mh = statistics.median(ours_tps), statistics.median(hf_tps)
@@ -167,6 +189,7 @@ def main() -> None:
         "steps_per_round": args.steps,
         "threads": args.threads,
         "compile": args.compile,
+        "dtype": args.dtype,
         "codefoundry_tokens_per_s": ours_tps,
         "transformers_tokens_per_s": hf_tps,
         "ratio_median": mo / mh,
