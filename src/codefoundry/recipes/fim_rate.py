@@ -154,7 +154,7 @@ def run_cell(cfg: FIMRateConfig, rate: float, data: dict[str, Any]) -> dict[str,
                            "unigram_loss": summary["unigram_loss"],
                            "curve": _curve(Path(summary["metrics"])), "params": summary["params"],
                            "tokens": summary["tokens"], "pretrain_s": round(summary["elapsed_s"], 1)}  # fmt: skip
-    row.update(_evaluate(cfg, Path(summary["checkpoint"]), data, cell))
+    row.update(_evaluate(cfg, Path(summary["checkpoint"]), data, cell, dtype=summary["dtype"]))
     row["wall_s"] = round(row["pretrain_s"] + row["eval_s"], 1)  # the pretraining counts its resumed parts
     row = json.loads(json.dumps(row))  # as a rerun reads it back (tuples as lists)
     write_json(marker, row)
@@ -188,10 +188,13 @@ def _curve(metrics: Path) -> list[tuple[int, float]]:
     return sorted(points.items())
 
 
-def _evaluate(cfg: FIMRateConfig, checkpoint: Path, data: dict[str, Any], cell: Path) -> dict[str, Any]:
-    """Left-to-right loss per held-out window; FIM loss and exact match on stdlib functions, FIM on the
-    built-in problems; the syntax-valid fraction of sampled bodies. The middles written go to
-    `cell/completions.jsonl`; per-example values under "per_example" (for the paired differences)."""
+def _evaluate(
+    cfg: FIMRateConfig, checkpoint: Path, data: dict[str, Any], cell: Path, *, dtype: str = "float32"
+) -> dict[str, Any]:
+    """Left-to-right loss per held-out window (under the autocast `dtype` the pretraining evaluated in);
+    FIM loss and exact match on stdlib functions, FIM on the built-in problems; the syntax-valid fraction
+    of sampled bodies. The middles written go to `cell/completions.jsonl`; per-example values under
+    "per_example" (for the paired differences)."""
     from codefoundry.models import checkpoint as ckpt
     from codefoundry.models import infill_eval
     from codefoundry.models import tokenizer as cft
@@ -201,7 +204,7 @@ def _evaluate(cfg: FIMRateConfig, checkpoint: Path, data: dict[str, Any], cell: 
     started = time.perf_counter()
     net, tok = ckpt.load(checkpoint, device=cfg.device), cft.load(checkpoint)
     held = PretrainData(DataConfig(data["shards"], seq_len=cfg.seq_len, fim_rate=0.0, seed=cfg.seed), tok)
-    losses = _window_losses(net, held.val_batches(cfg.batch_size, cfg.eval_batches))
+    losses = _window_losses(net, held.val_batches(cfg.batch_size, cfg.eval_batches), dtype=dtype)
     # the functions fim_evaluation draws (same texts, limit and seed), for the loss and the syntax check
     functions = infill_eval.heldout_functions(held.val_texts(), limit=cfg.fim_examples, seed=cfg.seed)
     if not losses or not functions:
@@ -244,15 +247,19 @@ def _mean_ci(key: str, values: list[float], seed: int) -> dict[str, float]:
     return {key: mean, f"{key}_low": low, f"{key}_high": high}
 
 
-def _window_losses(net: Any, batches: list) -> list[float]:
+def _window_losses(net: Any, batches: list, *, dtype: str = "float32") -> list[float]:
     """The mean next-token loss (nats/token) of each held-out window, in order; their mean is the
-    pretraining's held-out loss (every window has `seq_len` targets)."""
+    pretraining's held-out loss (every window has `seq_len` targets) when `dtype` is the autocast dtype
+    its summary names ("bfloat16" where the hardware multiplies bf16 natively, else "float32")."""
     import torch
     import torch.nn.functional as F
 
+    from codefoundry.train.pretrain import autocast
+
     device = net.embed.weight.device
+    amp = None if dtype == "float32" else getattr(torch, dtype)
     losses: list[float] = []
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, amp):
         for inputs, targets in batches:
             logits = net(inputs.to(device)).logits  # (B, T, V)
             ce = F.cross_entropy(
