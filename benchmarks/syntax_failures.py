@@ -42,6 +42,9 @@ def main() -> None:
     ap.add_argument("--temperatures", default="0.8,0.2,0")
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--max-new", type=int, default=128)
+    ap.add_argument(
+        "--top-p", type=float, default=1.0, help="sample from this nucleus (1 = the whole distribution)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
@@ -52,11 +55,11 @@ def main() -> None:
                                              seed=args.seed)  # fmt: skip
     if not examples:
         raise SystemExit(f"{args.data}: no held-out functions")
-    out = {"checkpoint": args.checkpoint, "functions": len(examples), "temperatures": {}}
+    out = {"checkpoint": args.checkpoint, "functions": len(examples), "top_p": args.top_p, "temperatures": {}}
     for temperature in (float(t) for t in args.temperatures.split(",")):
         records: list[dict] = []
         summary = infill_eval.syntax_valid_fraction(
-            model, tok, examples, n=1, temperature=temperature, seed=args.seed, max_new_tokens=args.max_new,
+            model, tok, examples, n=1, temperature=temperature, seed=args.seed, max_new_tokens=args.max_new, top_p=args.top_p,
             records=records,
         )  # fmt: skip
         errors = collections.Counter(

@@ -26,6 +26,7 @@ HELP = {
     "fim_rate": "fraction of documents turned into fill-in-the-middle examples",
     "mtp_depth": "multi-token-prediction depth D (0 = none)",
     "moe_experts": "experts per mixture-of-experts layer (0 = dense)",
+    "optimizer": "adamw, or muon (Muon for the blocks' matrices, AdamW for embeddings and norms; one --lr)",
     "resume": "continue from OUT/checkpoint",
     "time_limit_s": "stop cleanly (checkpoint + report) after this many seconds",
     "dtype": "auto (bf16 autocast where the hardware multiplies bf16 natively: CUDA, CPUs with AVX512-BF16 "

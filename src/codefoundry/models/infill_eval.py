@@ -176,10 +176,11 @@ def syntax_valid_fraction(
     temperature: float,
     seed: int,
     max_new_tokens: int,
+    top_p: float = 1.0,
     batch_size: int = 16,
     records: list[dict] | None = None,
 ) -> dict:
-    """Sample `n` bodies per example after its header; the fraction that make a function `ast.parse`
+    """Sample `n` bodies per example after its header (at `temperature`, from the nucleus `top_p`); the fraction that make a function `ast.parse`
     accepts. A body ends at the first non-blank line indented no deeper than the `def` (cut there), at
     <|endoftext|> or <|file_sep|>, or after max_new_tokens. `records`, when given, gets one dict per
     sample: name, body, ended (False when the token budget ran out first) and error (None when it parses)."""
@@ -200,7 +201,7 @@ def syntax_valid_fraction(
         ]
         new = min(max_new_tokens, cap - max(map(len, prompts)))
         out = generate(
-            model, prompts, max_new_tokens=new, temperature=temperature,
+            model, prompts, max_new_tokens=new, temperature=temperature, top_p=top_p,
             seed=seed * 1_000_003 + start, stop_ids=stop_ids,
             on_token=lambda row, tok, w=watchers: w[row].push(tok), first_tokens=firsts,
         )  # fmt: skip

@@ -1,5 +1,6 @@
-"""The pretraining loop (`codefoundry pretrain`): AdamW with warmup + cosine, gradient accumulation and
-clipping, bf16 autocast on GPUs, optional `torch.compile`, DDP under torchrun, atomic checkpoints with
+"""The pretraining loop (`codefoundry pretrain`): AdamW, or Muon for the blocks' matrices (muon.py), with
+warmup + cosine, gradient accumulation and clipping, bf16 autocast where the hardware multiplies bf16
+natively, optional `torch.compile`, DDP under torchrun, atomic checkpoints with
 exact resume, metrics (JSONL, TensorBoard, a loss plot) and a final summary.
 
 One process per device. Under torchrun (`WORLD_SIZE` > 1 in the environment) each rank draws its own
@@ -41,6 +42,7 @@ from codefoundry.models.config import SIZES, config_for_size
 from codefoundry.models.transformer import Transformer
 from codefoundry.paths import output_dir
 from codefoundry.train.metrics import METRICS, MetricsLogger, flops_per_token, peak_flops, plot_curves
+from codefoundry.train.muon import Muon, Optimizers, muon_groups
 from codefoundry.train.trainer_state import (
     CHECKPOINT,
     TRAINER_STATE,
@@ -77,6 +79,7 @@ class PretrainConfig:
     min_lr: float | None = None  # the cosine's floor; None = lr / 10
     warmup: int | None = None  # linear-warmup steps; None = min(steps // 10, 200)
     weight_decay: float = 0.1  # on matrices and embeddings only (ndim >= 2)
+    optimizer: str = "adamw"  # adamw | muon (Muon for the blocks' matrices, AdamW for the rest; muon.py)
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0  # max global grad norm; 0 = no clipping (the norm is still logged)
     fim_rate: float = 0.5
@@ -115,6 +118,7 @@ class PretrainConfig:
             "min_lr": self.min_lr is None or 0 <= self.min_lr <= self.lr,
             "warmup": self.warmup is None or self.warmup >= 0,
             "weight_decay": self.weight_decay >= 0,
+            "optimizer": self.optimizer in ("adamw", "muon"),
             "betas": len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
             "grad_clip": self.grad_clip >= 0,
             "dtype": self.dtype in ("auto", "fp32", "bf16"),
@@ -147,18 +151,29 @@ def build_model(cfg: PretrainConfig, vocab_size: int) -> Transformer:
     return Transformer(mcfg)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(params: nn.Module | list[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
     """Two AdamW groups: matrices and embeddings (ndim >= 2) decay; norms' gains and biases do not."""
     decay, no_decay = [], []
-    for p in model.parameters():  # a tied head is the embedding: parameters() yields it once
+    # a tied head is the embedding: parameters() yields it once
+    for p in params.parameters() if isinstance(params, nn.Module) else params:
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, cfg: PretrainConfig, device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module, cfg: PretrainConfig, device: torch.device
+) -> torch.optim.AdamW | Optimizers:
+    """AdamW over everything, or (`optimizer="muon"`) Muon over the blocks' matrices and AdamW over the
+    rest, at one learning rate and weight decay (Muon's update is scaled to AdamW's RMS)."""
     impl = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, **impl)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, **impl)
+    groups, rest = muon_groups(model)
+    ns_dtype = torch.bfloat16 if native_bf16(device) else torch.float32
+    muon = Muon(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, ns_dtype=ns_dtype)
+    adamw = torch.optim.AdamW(param_groups(rest, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, **impl)
+    return Optimizers(muon=muon, adamw=adamw)
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -388,7 +403,7 @@ class Run:
         return self.finish(stopped, self.step - start_step)
 
     def train_step(self) -> dict[str, torch.Tensor]:
-        """One optimizer step: micro-batches, clip, AdamW at this step's lr. Advances `self.step`."""
+        """One optimizer step: micro-batches, clip, the optimizer at this step's lr. Advances `self.step`."""
         cfg, step = self.cfg, self.step
         micro = [self.data.batch(step, m, cfg.batch_size) for m in range(cfg.grad_accum)]
         no_sync = self.ddp.no_sync if self.ddp else None

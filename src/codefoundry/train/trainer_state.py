@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 CHECKPOINT = "checkpoint"
 TRAINER_STATE = "trainer_state.pt"
 # Fields that change the model's parameters: a resume must keep them.
-SHAPE_FIELDS = ("size", "shape", "moe_experts", "moe_top_k", "mtp_depth")
+# what a resumed run must share with its checkpoint: the model's shape and the optimizer state's kind
+SHAPE_FIELDS = ("size", "shape", "moe_experts", "moe_top_k", "mtp_depth", "optimizer")
 
 
 def param_digest(model: nn.Module) -> str:
@@ -96,7 +97,7 @@ def load_checkpoint(path: Path, model: Transformer, cfg: PretrainConfig) -> dict
     for name in SHAPE_FIELDS:
         if name == "moe_top_k" and not cfg.moe_experts:
             continue
-        if saved.get(name) != getattr(cfg, name):
+        if saved.get(name, "adamw" if name == "optimizer" else None) != getattr(cfg, name):  # older: AdamW
             raise ValueError(
                 f"{path}: cannot resume with {name}={getattr(cfg, name)!r}:"
                 f" the checkpoint was trained with {name}={saved.get(name)!r}"
