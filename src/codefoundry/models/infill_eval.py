@@ -180,10 +180,11 @@ def syntax_valid_fraction(
     batch_size: int = 16,
     records: list[dict] | None = None,
 ) -> dict:
-    """Sample `n` bodies per example after its header (at `temperature`, from the nucleus `top_p`); the fraction that make a function `ast.parse`
-    accepts. A body ends at the first non-blank line indented no deeper than the `def` (cut there), at
-    <|endoftext|> or <|file_sep|>, or after max_new_tokens. `records`, when given, gets one dict per
-    sample: name, body, ended (False when the token budget ran out first) and error (None when it parses)."""
+    """Sample `n` bodies per example after its header (at `temperature`, from the nucleus `top_p`); the
+    fraction that make a function `ast.parse` accepts. A body ends at the first non-blank line indented no
+    deeper than the `def` (cut there), at <|endoftext|> or <|file_sep|>, or after max_new_tokens.
+    `records`, when given, gets one dict per sample: name, body, ended (False when the token budget ran
+    out first) and error (None when it parses)."""
     if not examples:
         raise ValueError("syntax_valid_fraction: no examples")
     table = token_bytes(tokenizer)
