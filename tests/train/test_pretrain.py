@@ -125,7 +125,7 @@ def test_checkpoint_loads_and_matches_the_trained_weights(dense_run):
 
 def test_weight_decay_groups_exclude_norms_and_biases():
     model = Transformer(config_for_size("tiny", 512, qkv_bias=True, mtp_depth=1))
-    decay, no_decay = param_groups(model, 0.1)
+    decay, no_decay = param_groups(model.parameters(), 0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}

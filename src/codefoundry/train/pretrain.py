@@ -28,7 +28,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -151,11 +151,11 @@ def build_model(cfg: PretrainConfig, vocab_size: int) -> Transformer:
     return Transformer(mcfg)
 
 
-def param_groups(params: nn.Module | list[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: matrices and embeddings (ndim >= 2) decay; norms' gains and biases do not."""
+def param_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups: matrices and embeddings (ndim >= 2) decay; norms' gains and biases do not.
+    A tied head is the embedding: `model.parameters()` yields it once."""
     decay, no_decay = [], []
-    # a tied head is the embedding: parameters() yields it once
-    for p in params.parameters() if isinstance(params, nn.Module) else params:
+    for p in params:
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -168,7 +168,9 @@ def build_optimizer(
     rest, at one learning rate and weight decay (Muon's update is scaled to AdamW's RMS)."""
     impl = {"fused": True} if device.type == "cuda" else {"foreach": True}
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, **impl)
+        return torch.optim.AdamW(
+            param_groups(model.parameters(), cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, **impl
+        )
     groups, rest = muon_groups(model)
     ns_dtype = torch.bfloat16 if native_bf16(device) else torch.float32
     muon = Muon(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, ns_dtype=ns_dtype)

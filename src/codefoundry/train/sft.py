@@ -237,7 +237,7 @@ class SFTRun:
         self.raw.to(self.device).train()
         impl = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.raw, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, **impl
+            param_groups(self.raw.parameters(), cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, **impl
         )
         self.step = resumed.get("step", 0)
         self.elapsed_before = resumed.get("elapsed_s", 0.0)

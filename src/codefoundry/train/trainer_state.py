@@ -27,6 +27,8 @@ TRAINER_STATE = "trainer_state.pt"
 # Fields that change the model's parameters: a resume must keep them.
 # what a resumed run must share with its checkpoint: the model's shape and the optimizer state's kind
 SHAPE_FIELDS = ("size", "shape", "moe_experts", "moe_top_k", "mtp_depth", "optimizer")
+# what a checkpoint written before a field existed was trained with
+OLDER_DEFAULTS = {"optimizer": "adamw"}
 
 
 def param_digest(model: nn.Module) -> str:
@@ -97,10 +99,11 @@ def load_checkpoint(path: Path, model: Transformer, cfg: PretrainConfig) -> dict
     for name in SHAPE_FIELDS:
         if name == "moe_top_k" and not cfg.moe_experts:
             continue
-        if saved.get(name, "adamw" if name == "optimizer" else None) != getattr(cfg, name):  # older: AdamW
+        trained = saved.get(name, OLDER_DEFAULTS.get(name))
+        if trained != getattr(cfg, name):
             raise ValueError(
                 f"{path}: cannot resume with {name}={getattr(cfg, name)!r}:"
-                f" the checkpoint was trained with {name}={saved.get(name)!r}"
+                f" the checkpoint was trained with {name}={trained!r}"
             )
     vocab = ckpt.load_config(path).vocab_size
     if vocab != model.cfg.vocab_size:
