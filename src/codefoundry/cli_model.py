@@ -24,11 +24,15 @@ HELP = {
     "size": "named model size (tiny, mini, 10m, small, 100m, 300m, 1b)",
     "shape": "a model shape dim,n_layers,n_heads,n_kv_heads instead of a named size",
     "fim_rate": "fraction of documents turned into fill-in-the-middle examples",
+    "fim_line_rate": "fraction of FIM examples split at line starts, the middle whole lines (the rest at any "
+    "character)",
     "mtp_depth": "multi-token-prediction depth D (0 = none)",
     "moe_experts": "experts per mixture-of-experts layer (0 = dense)",
     "optimizer": "adamw, or muon (Muon for the blocks' matrices, AdamW for embeddings and norms; one --lr)",
     "resume": "continue from OUT/checkpoint",
     "time_limit_s": "stop cleanly (checkpoint + report) after this many seconds",
+    "time_budget_s": "fit the run into this many seconds: after the warmup, --steps is lowered to what the "
+    "measured step time leaves room for (8%% kept for evaluations and checks), and the cosine ends there",
     "dtype": "auto (bf16 autocast where the hardware multiplies bf16 natively: CUDA, CPUs with AVX512-BF16 "
     "or AMX; else fp32), fp32 or bf16",
 }

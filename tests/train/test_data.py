@@ -135,24 +135,95 @@ def test_fim_rows_hold_whole_documents_in_the_chosen_order(corpus, tok, spm_rate
     d = data(root, tok, seq_len=256, fim_rate=1.0, spm_rate=spm_rate, holdout=0)
     pre, mid, suf = D.fim_sentinels(tok)
     eot = tok.token_to_id(cft.EOT)
-    whole = n_psm_with_prefix = 0
+    raw, corpus_bytes = token_bytes(tok), "".join(texts).encode("utf-8")
+    whole = n_psm_with_prefix = fitted = 0
     for step in range(4):
         x, y = d.batch(step, 0, 4)
         for row in torch.cat([x, y[:, -1:]], dim=1).tolist():
             segs = np.split(np.array(row), np.flatnonzero(np.array(row) == eot))
-            # segments strictly between two EOTs are complete documents, all turned into FIM
-            for seg in (s[1:].tolist() for s in segs[1:-1]):
+            # segments strictly between two EOTs are complete documents, all turned into FIM ...
+            last = len(segs) - 2 if row[-1] == eot else len(segs) - 1
+            for seg in (s[1:].tolist() for s in segs[1:last]):
                 if not seg:
                     continue
                 assert reconstruct(tok, seg) in texts
                 n_psm_with_prefix += seg[1] != suf
                 whole += 1
+            # ... but the one that ends the row: fitted to it, its suffix's end and prefix's head may be
+            # gone, never its middle, so prefix, middle and suffix are still one run of the corpus
+            if row[-1] == eot and len(segs) > 2 and len(segs[-2]) > 1:
+                seg = segs[-2][1:].tolist()
+                i_suf, i_mid = seg.index(suf), seg.index(mid)
+                p_, s_, m_ = seg[1:i_suf], seg[i_suf + 1 : i_mid], seg[i_mid + 1 :]
+                if i_suf == 1:  # SPM: prefix and middle both after <|fim_middle|>
+                    p_ = []
+                assert b"".join(raw[i] for i in [*p_, *m_, *s_]) in corpus_bytes
+                fitted += 1
             # the first segment is the tail of a document (its first tokens may hold a cut character)
             first = segs[0].tolist()
             if len(segs) > 1 and first and first[0] == pre:
                 assert any(t.endswith(reconstruct(tok, first).lstrip("\ufffd")) for t in texts)
-    assert whole > 10
+    assert whole > 10 and fitted > 5
     assert (n_psm_with_prefix > 0) == (spm_rate == 0.0)
+
+
+def test_fim_middles_end_with_an_eot_when_the_window_cuts_the_document(tmp_path, tok):
+    """Documents longer than the window: the piece is cut at the window's end, yet its middle must end
+    inside the row and be followed by <|endoftext|>, as a model's middle has to stop at inference."""
+    text = "".join(f"def g{i}(a, b):\n    return a * {i} + b\n\n" for i in range(400))
+    (tmp_path / "long.py").write_text(text, encoding="utf-8")
+    d = data(tmp_path, tok, seq_len=128, fim_rate=1.0, holdout=0, world_size=1)
+    pre, mid, suf = D.fim_sentinels(tok)
+    eot = tok.token_to_id(cft.EOT)
+    raw, text_bytes = token_bytes(tok), text.encode("utf-8")
+    ends = []
+    for step in range(6):
+        x, y = d.batch(step, 0, 4)
+        for row in torch.cat([x, y[:, -1:]], dim=1).tolist():
+            assert row[0] == pre and row.count(mid) == 1
+            i_suf, i_mid = row.index(suf), row.index(mid)
+            if eot not in row:  # only a middle too long for the row is cut
+                assert len(row) - i_mid - 1 > 128 // 4
+                continue
+            i_end = row.index(eot)
+            assert i_end > i_mid
+            ends.append(i_end)
+            before = [] if i_suf == 1 else row[1:i_suf]  # PSM's prefix; SPM has it after <|fim_middle|>
+            run = [*before, *row[i_mid + 1 : i_end], *row[i_suf + 1 : i_mid]]  # prefix, middle, suffix
+            assert b"".join(raw[i] for i in run) in text_bytes  # one run of the text: the middle is whole
+            assert b"".join(raw[i] for i in row[i_end + 1 :]) in text_bytes  # then plain text
+    # where the middle ends varies: always at the row's end, the EOT's position would give it away
+    assert len(ends) >= 20 and len(set(ends)) >= 10 and sum(e == 128 for e in ends) < len(ends) / 4
+
+
+def test_line_level_fim_splits_at_line_starts(corpus, tok):
+    rng = np.random.default_rng(3)
+    text = "def f(x):\n    y = x + 1\n    return y\n\nprint(f(2))"
+    seen = set()
+    for _ in range(200):
+        prefix, middle, suffix = D.fim_split(text, rng, lines=True)
+        assert prefix + middle + suffix == text
+        assert prefix in ("", text) or prefix.endswith("\n")  # the text's end counts as a line start
+        assert suffix in ("", text) or text[len(text) - len(suffix) - 1] == "\n"  # it starts a line
+        seen.add(middle)
+    assert "    y = x + 1\n    return y\n" in seen and "" in seen
+    # in the rows: PSM prefixes of whole documents end at a line start (the documents are ASCII-led)
+    root, texts = corpus
+    d = data(root, tok, seq_len=256, fim_rate=1.0, spm_rate=0.0, fim_line_rate=1.0, holdout=0)
+    pre, mid, suf = D.fim_sentinels(tok)
+    eot = tok.token_to_id(cft.EOT)
+    checked = 0
+    for step in range(3):
+        x, y = d.batch(step, 0, 4)
+        for row in torch.cat([x, y[:, -1:]], dim=1).tolist():
+            segs = np.split(np.array(row), np.flatnonzero(np.array(row) == eot))
+            for seg in (s[1:].tolist() for s in segs[1:-2]):
+                if seg and seg.index(suf) > 1:
+                    assert decode(tok, seg[1 : seg.index(suf)]).endswith("\n")
+                    checked += 1
+    assert checked > 5
+    with pytest.raises(ValueError, match="fim_line_rate"):
+        D.DataConfig(str(root), fim_line_rate=1.5)
 
 
 def token_bytes(tok) -> list[bytes]:

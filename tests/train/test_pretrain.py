@@ -253,6 +253,38 @@ def test_time_limit_stops_cleanly_with_a_checkpoint(corpus, tok_dir, tmp_path):
     assert (tmp_path / "summary.json").is_file() and summary["val_loss"] is not None
 
 
+def test_time_budget_fits_the_steps_and_a_resume_keeps_them(corpus, tok_dir, tmp_path, monkeypatch):
+    import types
+
+    from codefoundry.train import budget as P
+    from codefoundry.train import pretrain as loop
+
+    # The loop's clock, replaced by one that reads 1 s later at each look: the steps it times take a
+    # fixed number of "seconds", whatever this machine's speed, so the fitted count is deterministic.
+    ticks = iter(range(10**9))
+    clock = types.SimpleNamespace(perf_counter=lambda: float(next(ticks)))
+    monkeypatch.setattr(loop, "time", clock)
+    monkeypatch.setattr(P, "time", clock)
+    cfg = small(corpus, tok_dir, tmp_path, steps=1000, warmup=P.FIT_AFTER, time_budget_s=300)
+    summary = pretrain(cfg)
+    fitted = summary["steps"]
+    assert summary["stopped"] == "completed" and summary["step"] == fitted and P.FIT_AFTER < fitted < 200
+    lrs = [r["lr"] for r in train_records(tmp_path)]
+    assert len(lrs) == fitted and lrs[P.FIT_AFTER - 1] == cfg.lr  # warmup done, then the new cosine
+    assert all(a > b for a, b in zip(lrs[P.FIT_AFTER :], lrs[P.FIT_AFTER + 1 :], strict=False))
+    assert lrs[-1] < 0.12 * cfg.lr  # it fell to min_lr (lr / 10) at the fitted end, not cut short
+    state = torch.load(tmp_path / "checkpoint" / "trainer_state.pt", weights_only=True)
+    assert state["fitted_steps"] == fitted
+    assert pretrain(replace(cfg, resume=True))["steps"] == fitted  # a resume keeps the choice
+    # a budget spent by the time the steps are timed ends the run there; one with room changes nothing
+    spent = pretrain(replace(cfg, out=str(tmp_path / "spent"), time_budget_s=1.0))
+    assert spent["step"] == spent["steps"] == P.FIT_AFTER
+    roomy = pretrain(replace(cfg, out=str(tmp_path / "roomy"), steps=P.FIT_AFTER + 4, time_budget_s=1e6))
+    assert roomy["steps"] == roomy["step"] == P.FIT_AFTER + 4
+    with pytest.raises(ValueError, match="time_budget_s"):
+        small(corpus, tok_dir, tmp_path, time_budget_s=0)
+
+
 def test_resume_after_a_kill_mid_swap_continues_a_finished_run(dense_run, tmp_path):
     # A kill between save_checkpoint's two renames leaves checkpoint.old (complete) and no checkpoint;
     # a kill while writing leaves a partial checkpoint.tmp. Resume must use .old and ignore .tmp.

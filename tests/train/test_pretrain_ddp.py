@@ -81,6 +81,16 @@ def test_two_ranks_train_an_moe_in_sync(inputs, tmp_path):
     assert all("aux" in r and "expert_load_max" in r for r in records)
 
 
+def test_two_ranks_stop_together_at_the_step_a_time_budget_fits(inputs, tmp_path):
+    from codefoundry.train.budget import FIT_AFTER
+
+    # a budget spent before the steps are timed: rank 0's count (here the step it fitted at) on both
+    cfg = config(inputs, tmp_path / "budget", steps=1000, warmup=1, time_budget_s=1e-3)
+    summary = torchrun(cfg, tmp_path)
+    assert summary["step"] == summary["steps"] == FIT_AFTER
+    assert_in_sync(summary, tmp_path / "budget", FIT_AFTER)
+
+
 @pytest.fixture(scope="module")
 def cut_and_resumed(inputs, tmp_path_factory):
     """A dense DDP run stopped cleanly after step 1 by its time limit, then resumed on both ranks to 3."""

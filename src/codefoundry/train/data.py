@@ -14,7 +14,11 @@ Training windows are nanoGPT-style: random offsets into the training stream, dra
 seeded by (seed, step, micro, rank), so a batch is a pure function of its arguments: resuming at a step
 reproduces the data and ranks never share a batch. Windows cross document boundaries (the model sees
 `<|endoftext|>` between documents). FIM is applied per document piece inside a window (context-level
-FIM, as in BigCode's Megatron `permute`), in PSM or SPM order.
+FIM, as in BigCode's Megatron `permute`), in PSM or SPM order. Every FIM middle ends inside its row and
+is followed by `<|endoftext|>`, also when the window cut the document: the piece's suffix gives up its
+far end (then its prefix its head) to make room: cut at the row's end instead, a middle would almost
+never end in training, and a model would not learn to stop one. A `fim_line_rate` share of FIM pieces
+is split at line starts, so the middle is whole lines, as when an editor asks for a body or a block.
 
 Document text is encoded with special-token strings treated as plain text, so a source file that
 contains the literal string `<|endoftext|>` does not forge a document boundary.
@@ -55,6 +59,7 @@ class DataConfig:
     seq_len: int = 512
     fim_rate: float = 0.5  # probability that a document piece is turned into a FIM example
     spm_rate: float = 0.5  # among FIM examples, the fraction in SPM order (the rest PSM)
+    fim_line_rate: float = 0.5  # among FIM examples, the fraction split at line starts (the rest anywhere)
     holdout: float = 0.02  # fraction of documents held out for validation
     seed: int = 0
     suffixes: tuple[str, ...] = (".py",)
@@ -67,6 +72,7 @@ class DataConfig:
             "seq_len": self.seq_len >= 1,
             "fim_rate": 0.0 <= self.fim_rate <= 1.0,
             "spm_rate": 0.0 <= self.spm_rate <= 1.0,
+            "fim_line_rate": 0.0 <= self.fim_line_rate <= 1.0,
             "holdout": 0.0 <= self.holdout < 1.0,
             "seed": self.seed >= 0,
             "suffixes": len(self.suffixes) > 0,
@@ -132,9 +138,15 @@ def plain_text_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
     return plain_text_copy(tokenizer)
 
 
-def fim_split(text: str, rng: np.random.Generator) -> tuple[str, str, str]:
-    """(prefix, middle, suffix) at two character positions drawn uniformly in [0, len] and sorted."""
-    a, b = sorted(int(x) for x in rng.integers(0, len(text) + 1, size=2))
+def fim_split(text: str, rng: np.random.Generator, *, lines: bool = False) -> tuple[str, str, str]:
+    """(prefix, middle, suffix) at two character positions drawn uniformly in [0, len] and sorted; with
+    `lines`, drawn among the starts of lines (and the end), so the middle is whole lines, as when an
+    editor asks for a body or a block."""
+    if not lines:
+        a, b = sorted(int(x) for x in rng.integers(0, len(text) + 1, size=2))
+        return text[:a], text[a:b], text[b:]
+    starts = [0, *(i + 1 for i, c in enumerate(text) if c == "\n"), len(text)]
+    a, b = sorted(starts[int(x)] for x in rng.integers(0, len(starts), size=2))
     return text[:a], text[a:b], text[b:]
 
 
@@ -312,6 +324,7 @@ class _Fim:
     parts: tuple[str, str, str]
     trail: list[int]
     spm: bool
+    keep: float  # the share of its context a piece the window cut keeps (PretrainData._fim_fitted)
 
 
 class PretrainData:
@@ -406,28 +419,61 @@ class PretrainData:
         if not text:
             return None
         spm = bool(rng.random() < self.cfg.spm_rate)
+        # drawn only when used: at rate 0 the generator's sequence is that of a config without it
+        lines = self.cfg.fim_line_rate > 0 and bool(rng.random() < self.cfg.fim_line_rate)
         ids = piece.tolist()
-        return _Fim(ids[:lead], fim_split(text, rng), ids[len(ids) - trail :], spm)
+        parts = fim_split(text, rng, lines=lines)
+        return _Fim(ids[:lead], parts, ids[len(ids) - trail :], spm, float(rng.random()))
 
     def _assemble(
         self, plan: list[list[int] | _Fim], encoded: Iterator[list[int]], resume: int
     ) -> np.ndarray:
         """The planned row cut to seq_len + 1 tokens (int64); `resume` is where the window ended."""
+        need, n = self.cfg.seq_len + 1, self.n_train_tokens
         ids: list[int] = []
-        for seg in plan:
+        for k, seg in enumerate(plan):
             if isinstance(seg, _Fim):
                 # edge tokens holding a cut character stay beside their text: before P, after S
                 prefix, middle, suffix = seg.lead + next(encoded), next(encoded), next(encoded) + seg.trail
-                ids += fim_layout(prefix, middle, suffix, self._sentinels, spm=seg.spm)
+                ended = k + 1 < len(plan)  # the document's EOT follows the piece in the window
+                room = need - len(ids)
+                ids += self._fim_fitted(prefix, middle, suffix, seg.spm, room, None if ended else seg.keep)
             else:
                 ids += seg
-        need, n = self.cfg.seq_len + 1, self.n_train_tokens
         while len(ids) < need:  # rare: FIM came out shorter than the slack; continue with plain tokens
             resume %= n
             more = self.train.read(resume, min(need - len(ids), n - resume))
             ids += more.tolist()
             resume += len(more)
         return np.asarray(ids[:need], dtype=np.int64)
+
+    def _fim_fitted(
+        self,
+        prefix: list[int],
+        middle: list[int],
+        suffix: list[int],
+        spm: bool,
+        room: int,
+        keep: float | None,
+    ) -> list[int]:
+        """A FIM piece laid out so that its middle ends inside the row and is followed by <|endoftext|>,
+        as at inference, where the middle must stop where the suffix takes over. `keep` None: the
+        document's own EOT comes next in the plan. Else the window cut the piece (its document goes on):
+        it gets its EOT here, and its context only the share `keep` of what fits, so that the rest of
+        the row is plain text. Fitted to the row's end every time, the EOT would always sit at the row's
+        last position, and a model learns to end middles by position (seen: p(EOT) 0.97 there, 0.07
+        elsewhere). Context is cut from the suffix's far end, then from the prefix's head (a prompt is
+        trimmed the same way); only a middle too long for the row on its own is cut, without its EOT."""
+        over = len(prefix) + len(middle) + len(suffix) + 4 - room  # 3 sentinels and the EOT
+        if keep is not None:
+            over = max(over, 0) + round((1 - keep) * max(0, len(prefix) + len(suffix) - max(over, 0)))
+        if over > 0:
+            cut = min(over, len(suffix))
+            suffix, over = suffix[: len(suffix) - cut], over - cut
+            cut = min(over, len(prefix))
+            prefix, over = prefix[cut:], over - cut
+        layout = fim_layout(prefix, middle, suffix, self._sentinels, spm=spm)
+        return layout if over > 0 or keep is None else [*layout, self._eot]
 
     def _clean_text(self, piece: np.ndarray) -> tuple[int, int, str | None]:
         """(lead, trail, text): a window edge can cut a multi-byte UTF-8 character, which decodes to U+FFFD.

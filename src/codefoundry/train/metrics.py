@@ -107,6 +107,12 @@ class MetricsLogger:
 
             self._bar = tqdm(total=total_steps, initial=resume_step, unit="step", dynamic_ncols=True)
 
+    def set_total(self, total_steps: int) -> None:
+        """The run's step count changed (a time budget fitted it): the bar's end moves there."""
+        if self._bar is not None:
+            self._bar.total = total_steps
+            self._bar.refresh()
+
     def log(self, record: Mapping[str, Any], *, prefix: str = "train") -> None:
         """Write one record (it must carry `step`); numbers go to TensorBoard as `prefix/name`."""
         if not self.enabled:

@@ -1,13 +1,12 @@
 """The pretraining loop (`codefoundry pretrain`): AdamW, or Muon for the blocks' matrices (muon.py), with
 warmup + cosine, gradient accumulation and clipping, bf16 autocast where the hardware multiplies bf16
-natively, optional `torch.compile`, DDP under torchrun, atomic checkpoints with
-exact resume, metrics (JSONL, TensorBoard, a loss plot) and a final summary.
+natively, optional `torch.compile`, DDP under torchrun, atomic checkpoints with exact resume, metrics
+(JSONL, TensorBoard, a loss plot), a final summary, and `time_budget_s`: the steps fitted to a wall time.
 
 One process per device. Under torchrun (`WORLD_SIZE` > 1 in the environment) each rank draws its own
 batches (`PretrainData` is seeded by (seed, step, micro, rank)), gradients are averaged by DDP once per
 optimizer step (`no_sync` on the earlier micro-batches), and only rank 0 logs, evaluates and saves.
-`batch_size` is the per-rank micro-batch: one optimizer step sees
-batch_size * grad_accum * world_size * seq_len tokens.
+`batch_size` is the per-rank micro-batch: a step sees batch_size * grad_accum * world_size * seq_len tokens.
 
 Exact resume: the checkpoint holds the weights (fp32), the optimizer state, the step and the RNG states;
 the data is a pure function of the step and nothing in the loop draws random numbers, so a resumed run
@@ -30,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +40,7 @@ from torch import nn
 from codefoundry.models.config import SIZES, config_for_size
 from codefoundry.models.transformer import Transformer
 from codefoundry.paths import output_dir
+from codefoundry.train.budget import TimeBudget
 from codefoundry.train.metrics import METRICS, MetricsLogger, flops_per_token, peak_flops, plot_curves
 from codefoundry.train.muon import Muon, Optimizers, muon_groups
 from codefoundry.train.trainer_state import (
@@ -84,6 +84,7 @@ class PretrainConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 = no clipping (the norm is still logged)
     fim_rate: float = 0.5
     spm_rate: float = 0.5
+    fim_line_rate: float = 0.5  # among FIM examples, the fraction split at line starts (the rest anywhere)
     mtp_depth: int = 0
     mtp_weight: float = 0.3
     moe_experts: int = 0  # 0 = dense
@@ -97,6 +98,7 @@ class PretrainConfig:
     log_every: int = 10
     resume: bool = False  # continue from OUT/checkpoint
     time_limit_s: float | None = None  # stop cleanly (save, evaluate, report) once exceeded
+    time_budget_s: float | None = None  # fit the step count to this wall time (train/budget.py)
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True  # a tqdm bar on rank 0
     peak_tflops: float | None = None  # the device's peak, for MFU; None = table (GPUs) or a timing
@@ -128,8 +130,10 @@ class PretrainConfig:
             "save_every": self.save_every >= 0,
             "log_every": self.log_every >= 1,
             "time_limit_s": self.time_limit_s is None or self.time_limit_s > 0,
+            "time_budget_s": self.time_budget_s is None or self.time_budget_s > 0,
             "fim_rate": 0 <= self.fim_rate <= 1,
             "spm_rate": 0 <= self.spm_rate <= 1,
+            "fim_line_rate": 0 <= self.fim_line_rate <= 1,
             "moe_experts": self.moe_experts >= 0,
             "mtp_depth": self.mtp_depth >= 0,
         }
@@ -344,8 +348,9 @@ class Run:
         self.tok = cft.load(self.tok_dir)
         self.amp = amp_dtype(cfg.dtype, device)
         dcfg = DataConfig(
-            cfg.data, seq_len=cfg.seq_len, fim_rate=cfg.fim_rate, spm_rate=cfg.spm_rate, seed=cfg.seed
-        )
+            cfg.data, seq_len=cfg.seq_len, fim_rate=cfg.fim_rate, spm_rate=cfg.spm_rate,
+            fim_line_rate=cfg.fim_line_rate, seed=cfg.seed,
+        )  # fmt: skip
         self.data = PretrainData(dcfg, self.tok, rank=ranks.rank, world_size=ranks.world_size)
         self.val = self.data.val_batches(cfg.batch_size, cfg.eval_batches) if ranks.main else []
 
@@ -354,7 +359,14 @@ class Run:
         self.raw.to(device).train()
         self.model, self.ddp = wrap_model(self.raw, cfg, device, distributed=ranks.world_size > 1)
         self.optimizer = build_optimizer(self.raw, cfg, device)  # after loading: load_state assigns tensors
-        self.step, self.lr = resumed.get("step", 0), lr_at(resumed.get("step", 0), cfg)
+        self.step = resumed.get("step", 0)
+        fitted = resumed.get("fitted_steps")  # a time budget's step count, when one was fitted
+        self.budget = (
+            TimeBudget(cfg.time_budget_s, cfg.steps, self.step, fitted) if cfg.time_budget_s else None
+        )
+        if self.budget and self.budget.fitted is not None:
+            self.cfg = cfg = replace(cfg, steps=self.budget.fitted)
+        self.lr = lr_at(self.step, cfg)
         self.elapsed_before = resumed.get("elapsed_s", 0.0)
         if resumed:
             self.optimizer.load_state_dict(resumed["optimizer"])
@@ -376,12 +388,14 @@ class Run:
         cfg = self.cfg
         start_step, stopped = self.step, "completed"
         window_tokens, window_s, mark = 0, 0.0, time.perf_counter()
-        while self.step < cfg.steps:
+        while self.step < self.cfg.steps:
             stats = self.train_step()
+            if self.budget:
+                self.fit_to_budget()
             window_tokens += self.tokens_per_step
             if self.out_of_time():
                 stopped = "time_limit"
-            last = self.step == cfg.steps or stopped != "completed"
+            last = self.step >= self.cfg.steps or stopped != "completed"
             if self.step % cfg.log_every == 0 or last:
                 window_s += self.stamp(mark)
                 self.log_train(stats, window_tokens / window_s)
@@ -420,6 +434,20 @@ class Run:
         self.step += 1
         self.lr = lr
         return stats
+
+    def fit_to_budget(self) -> None:
+        """`time_budget_s`: the step count `budget.TimeBudget` fits (rank 0's on every rank) becomes `steps`."""
+        fit = self.budget.after_step(
+            self.step, warmup=self.cfg.warmup, eval_every=self.cfg.eval_every, elapsed_s=self.elapsed()
+        )
+        if fit is None:
+            return
+        if self.ranks.world_size > 1:
+            fit_t = torch.tensor(fit, device=self.device)
+            dist.broadcast(fit_t, src=0)
+            self.budget.fitted = fit = int(fit_t)
+        self.cfg = replace(self.cfg, steps=fit)
+        self.logger.set_total(fit)
 
     def stamp(self, mark: float) -> float:
         """Seconds since `mark`, after the device has finished the queued work."""
@@ -474,7 +502,8 @@ class Run:
     def save(self) -> None:
         if not self.ranks.main:
             return
-        state = {"step": self.step, "elapsed_s": self.elapsed(), "config": asdict(self.cfg)}
+        state = {"step": self.step, "elapsed_s": self.elapsed(), "config": asdict(self.cfg),
+                 "fitted_steps": self.budget.fitted if self.budget else None}  # fmt: skip
         save_checkpoint(self.out, self.raw, self.optimizer, state, tokenizer=self.tok_dir)
 
     def finish(self, stopped: str, steps_run: int) -> dict[str, Any]:

@@ -1,0 +1,135 @@
+"""How a checkpoint fills in the middle of held-out functions: does its middle start where the prefix
+stops, and does it stop where the suffix takes over?
+
+For each held-out function (a body of 1-15 lines, as `codefoundry pretrain`'s final evaluation draws
+them) the PSM prompt `<|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>` is built as `models.completion`
+builds it (P keeps its end, S its start, about evenly, so prompt and body fit the context), and:
+
+- teacher-forced: the loss (nats/token) of the real body's tokens, of its first three tokens, and of
+  the `<|endoftext|>` after it (what ends a middle in training), with the model's probability of that
+  end token;
+- greedy: the middle the model writes (up to `--max-new` tokens): whether it ended with an end token
+  before the budget, whether it reproduces the body exactly (trailing whitespace aside), and whether its
+  first line does.
+
+Bodies longer than `--max-body` tokens are left out, so that every scored end token fits the context.
+
+    python benchmarks/fim_middles.py runs/a/checkpoint runs/b/checkpoint --limit 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sysconfig
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from codefoundry.models import checkpoint, infill_eval
+from codefoundry.models import tokenizer as cft
+from codefoundry.models.generate import FIM_STOPS, decode, generate, token_bytes
+from codefoundry.models.tokenizer import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, special_id
+
+try:
+    from syntax_failures import heldout_texts
+except ModuleNotFoundError:  # run from another directory
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from syntax_failures import heldout_texts
+
+
+def prompt_ids(tok, example, room: int) -> tuple[list[int], list[int]]:
+    """(PSM prompt ids, body ids) with prefix end and suffix start kept within `room` tokens."""
+    p, s, m = (e.ids for e in tok.encode_batch([example.prefix, example.suffix, example.middle],
+                                               add_special_tokens=False))  # fmt: skip
+    keep_s = min(len(s), room // 2)
+    keep_p = min(len(p), room - keep_s)
+    keep_s = min(len(s), room - keep_p)
+    pre, suf, mid = (special_id(tok, t) for t in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE))
+    return [pre, *p[len(p) - keep_p :], suf, *s[:keep_s], mid], m
+
+
+def measure(path: str, examples, *, max_body: int, max_new: int) -> dict:
+    net, tok = checkpoint.load(path), cft.load(path)
+    net.eval()
+    cap, eot = net.cfg.max_seq_len, special_id(tok, EOT)
+    stops = [special_id(tok, t) for t in FIM_STOPS]
+    table = token_bytes(tok)
+    body, first, end, p_end = [], [], [], []
+    ended = exact = first_line = scored = 0
+    with torch.no_grad():
+        for e in examples:
+            # teacher-forced: prompt + body + EOT must fit the context
+            target_room = cap - 3 - (max_body + 1) + 1
+            prompt, middle = prompt_ids(tok, e, target_room)
+            if not middle or len(middle) > max_body:
+                continue
+            scored += 1
+            target = [*middle, eot]
+            ids = torch.tensor([prompt + target[:-1]])
+            logits = net(ids).logits[0, len(prompt) - 1 :].float()  # (len(target), V)
+            losses = F.cross_entropy(logits, torch.tensor(target), reduction="none")
+            body.append(losses[:-1].mean().item())
+            first.append(losses[:3].mean().item())
+            end.append(losses[-1].item())
+            p_end.append(float(torch.exp(-losses[-1])))
+            # greedy: the prompt trimmed so that max_new tokens fit after it
+            prompt, _ = prompt_ids(tok, e, cap - 3 - max_new)
+            out = generate(net, [prompt], max_new_tokens=max_new, temperature=0.0, stop_ids=stops)[0]
+            text = decode(table, out)
+            ended += len(out) < max_new
+            exact += text.rstrip() == e.middle.rstrip()
+            first_line += text.split("\n", 1)[0].rstrip() == e.middle.split("\n", 1)[0].rstrip()
+    if not scored:
+        raise SystemExit(f"{path}: no held-out body of at most {max_body} tokens")
+    mean = statistics.mean
+    return {
+        "checkpoint": path,
+        "functions": scored,
+        "body_loss": mean(body),
+        "first3_loss": mean(first),
+        "end_loss": mean(end),
+        "p_end_median": statistics.median(p_end),
+        "greedy_ended": ended / scored,
+        "exact_match": exact / scored,
+        "first_line_match": first_line / scored,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("checkpoints", nargs="+")
+    ap.add_argument("--data", default=sysconfig.get_paths()["stdlib"], help="the pretraining data directory")
+    ap.add_argument("--holdout", type=float, default=0.02, help="pretraining's held-out fraction")
+    ap.add_argument("--limit", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--max-body", type=int, default=100, help="longest body scored, in tokens")
+    ap.add_argument("--max-new", type=int, default=128, help="greedy middle's token budget")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    examples = infill_eval.heldout_functions(heldout_texts(Path(args.data), args.holdout), limit=args.limit,
+                                             seed=args.seed)  # fmt: skip
+    if not examples:
+        raise SystemExit(f"{args.data}: no held-out functions")
+    rows = [measure(c, examples, max_body=args.max_body, max_new=args.max_new) for c in args.checkpoints]
+    print(
+        "| checkpoint | functions | body loss | first 3 tokens | end token | p(end) median | greedy ended "
+        "| exact | first line |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['checkpoint']} | {r['functions']} | {r['body_loss']:.3f} | {r['first3_loss']:.3f} | "
+              f"{r['end_loss']:.3f} | {r['p_end_median']:.3f} | {r['greedy_ended']:.1%} | "
+              f"{r['exact_match']:.1%} | {r['first_line_match']:.1%} |")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
