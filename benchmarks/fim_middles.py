@@ -30,8 +30,9 @@ import torch.nn.functional as F
 
 from codefoundry.models import checkpoint, infill_eval
 from codefoundry.models import tokenizer as cft
+from codefoundry.models.completion import fim_prompt_ids
 from codefoundry.models.generate import FIM_STOPS, decode, generate, token_bytes
-from codefoundry.models.tokenizer import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, special_id
+from codefoundry.models.tokenizer import EOT, special_id
 
 try:
     from syntax_failures import heldout_texts
@@ -43,14 +44,9 @@ except ModuleNotFoundError:  # run from another directory
 
 
 def prompt_ids(tok, example, room: int) -> tuple[list[int], list[int]]:
-    """(PSM prompt ids, body ids) with prefix end and suffix start kept within `room` tokens."""
-    p, s, m = (e.ids for e in tok.encode_batch([example.prefix, example.suffix, example.middle],
-                                               add_special_tokens=False))  # fmt: skip
-    keep_s = min(len(s), room // 2)
-    keep_p = min(len(p), room - keep_s)
-    keep_s = min(len(s), room - keep_p)
-    pre, suf, mid = (special_id(tok, t) for t in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE))
-    return [pre, *p[len(p) - keep_p :], suf, *s[:keep_s], mid], m
+    """(PSM prompt ids, body ids), prefix and suffix trimmed to `room` tokens as `complete` trims them."""
+    prompt = fim_prompt_ids(tok, example.prefix, example.suffix, budget=room + 3)  # + the 3 sentinels
+    return prompt, tok.encode(example.middle, add_special_tokens=False).ids
 
 
 def measure(path: str, examples, *, max_body: int, max_new: int) -> dict:

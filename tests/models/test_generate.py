@@ -346,6 +346,12 @@ def test_fim_prompt_layout_is_prefix_suffix_middle(tok):
         "<|fim_prefix|>def f(x):\n<|fim_suffix|>\n\nprint(f(2))\n<|fim_middle|>"
     )
     assert ids[0] == tok.token_to_id("<|fim_prefix|>") and ids[-1] == tok.token_to_id("<|fim_middle|>")
+    # with a budget, trimmed as `complete` trims a prompt: the prefix's head and the suffix's tail go
+    prefix, suffix = "x = 1\n" * 20, "y = 2\n" * 20
+    whole = fim_prompt_ids(tok, prefix, suffix)
+    n_prefix = whole.index(tok.token_to_id("<|fim_suffix|>")) - 1
+    assert fim_prompt_ids(tok, prefix, suffix, budget=15) == _fit(whole, n_prefix, 15)
+    assert len(_fit(whole, n_prefix, 15)) == 15 and fim_prompt_ids(tok, prefix, suffix, budget=10**4) == whole
 
 
 def test_fim_completion_runs_the_psm_prompt(tok, text_model):

@@ -22,9 +22,11 @@ from codefoundry.models.transformer import Transformer
 __all__ = ["complete", "complete_ids", "fim_prompt_ids", "generate_command", "special_id"]
 
 
-def fim_prompt_ids(tokenizer, prefix: str, suffix: str) -> list[int]:
-    """`<|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>` (PSM) as ids; the model writes the middle."""
-    return _fim_ids(tokenizer, prefix, suffix)[0]
+def fim_prompt_ids(tokenizer, prefix: str, suffix: str, budget: int | None = None) -> list[int]:
+    """`<|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>` (PSM) as ids; the model writes the middle. With a
+    `budget`, at most that many ids: P keeps its end and S its start, about evenly (as `complete` trims)."""
+    ids, n_prefix = _fim_ids(tokenizer, prefix, suffix)
+    return ids if budget is None else _fit(ids, n_prefix, budget)
 
 
 def _fim_ids(tokenizer, prefix: str, suffix: str) -> tuple[list[int], int]:

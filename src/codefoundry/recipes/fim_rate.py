@@ -277,22 +277,17 @@ def _middle_losses(net: Any, tok: Any, functions: list, *, tokens: int) -> dict[
     import torch
     import torch.nn.functional as F
 
-    from codefoundry.models.tokenizer import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, special_id
+    from codefoundry.models.completion import fim_prompt_ids
+    from codefoundry.models.tokenizer import EOT, special_id
 
-    pre, suf, mid, eot = (special_id(tok, t) for t in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, EOT))
+    eot = special_id(tok, EOT)
     device, cap = net.embed.weight.device, net.cfg.max_seq_len
     losses: dict[str, float] = {}
     with torch.no_grad():
         for f in functions:
-            p, s, m = (
-                e.ids for e in tok.encode_batch([f.prefix, f.suffix, f.middle], add_special_tokens=False)
-            )
-            target = [*m, eot][: min(tokens, cap - 3)]
+            target = [*tok.encode(f.middle, add_special_tokens=False).ids, eot][: min(tokens, cap - 3)]
             room = cap - 3 - len(target) + 1  # the last target token is never an input
-            keep_s = min(len(s), room // 2)
-            keep_p = min(len(p), room - keep_s)
-            keep_s = min(len(s), room - keep_p)
-            prompt = [pre, *p[len(p) - keep_p :], suf, *s[:keep_s], mid]
+            prompt = fim_prompt_ids(tok, f.prefix, f.suffix, budget=room + 3)  # + the 3 sentinels
             ids = torch.tensor([prompt + target[:-1]], device=device)  # (1, T)
             logits = net(ids).logits[0, len(prompt) - 1 :]  # (len(target), V): each predicts one target
             losses[f.name] = F.cross_entropy(logits.float(), torch.tensor(target, device=device)).item()
