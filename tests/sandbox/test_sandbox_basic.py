@@ -262,13 +262,38 @@ def test_process_level_runs_leave_no_work_directory():
     code = (
         "import glob, tempfile\n"
         "from codefoundry.sandbox import execute_many\n"
-        "before = set(glob.glob(tempfile.gettempdir() + '/cf-run-*'))\n"
+        "runs = lambda: set(glob.glob(tempfile.gettempdir() + '/cf-*/cf-run-*'))\n"
+        "before = runs()\n"
         "rs = execute_many(['def f(:', 'print(1)', 'open(\"x\", \"w\").write(\"y\")'] * 3, workers=1)\n"
-        "left = set(glob.glob(tempfile.gettempdir() + '/cf-run-*')) - before\n"
+        "left = runs() - before\n"
         "print(rs[0].isolation.value, [r.status.value for r in rs[:3]], len(left))\n"
     )
     out = _at_process_level(code)
     assert out.stdout.split("\n")[0] == "process ['failed', 'ok', 'ok'] 0", out.stdout + out.stderr
+
+
+def test_process_level_worker_killed_mid_run_leaves_no_work_directory(tmp_path):
+    """At process level a program can kill its worker (it has the worker's uid). Its work directory, a
+    temporary directory on the host, used to stay behind with what it wrote; it is made in the worker's
+    scratch directory now, which the pool removes with the dead worker."""
+    note = tmp_path / "workdir"
+    program = (
+        "import os, signal, time\n"
+        f"open({str(note)!r}, 'w').write(os.getcwd())\n"
+        "open('left.txt', 'w').write('x')\n"
+        "os.kill(os.getppid(), signal.SIGKILL)\n"
+        "time.sleep(1)\n"
+    )
+    code = (
+        "from codefoundry.sandbox import execute\n"
+        f"r = execute({program!r})\n"
+        "print(r.isolation.value, r.status.value)\n"
+    )
+    out = _at_process_level(code)
+    assert out.stdout.split() == ["process", "sandbox_error"], out.stdout + out.stderr
+    workdir = note.read_text()
+    assert "/cf-worker-" in workdir, workdir
+    assert not os.path.exists(os.path.dirname(workdir))
 
 
 def test_cli_run_json(tmp_path):

@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import select
+import shutil
 import struct
 import subprocess
 import sys
@@ -98,6 +99,9 @@ class Worker:
         hello = json.loads(self._recv(60.0))
         self.isolation = Isolation(hello["isolation"])
         self.cgroup = hello.get("cgroup")
+        # At process level: the directory the zygote makes each run's work directory in. `close` removes it
+        # once the zygote is gone, so a worker killed mid-run leaves no work directory behind.
+        self.scratch = hello.get("scratch")
         if self.isolation is not Isolation.NAMESPACES and not _warned.is_set():
             _warned.set()
             print(
@@ -171,6 +175,8 @@ class Worker:
                 os.rmdir(self.cgroup)  # empty once the worker is gone
             except OSError:
                 pass
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def _hex(data: str | bytes | None) -> str:

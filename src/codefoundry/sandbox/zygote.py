@@ -5,8 +5,7 @@ throwaway child: `worker._START`) with an empty environment; standard library on
 REQ_FD and writes a response to each on RESP_FD (frames: a 4-byte big-endian length, a JSON body).
 
 What is isolated (level "namespaces", when the worker may create namespaces: root or CAP_SYS_ADMIN):
-- Network: the worker lives in its own network namespace, made once, with no device up, so no address
-  at all, 127.0.0.1 included, can be reached.
+- Network: the worker's own network namespace (made once, no device up): no address, not even 127.0.0.1.
 - Filesystem: a private mount namespace whose root is a read-only tmpfs holding read-only, nosuid, nodev
   binds of /usr, /etc, /bin, /sbin, /lib*, /opt and the Python installation, and /dev/null, zero, full,
   random, urandom. /root, /home, /var, /run, /srv, /mnt, /sys, /proc and the host's /tmp are absent (only
@@ -54,9 +53,8 @@ the run and the judge). A program that compiles cleanly gets its code object, ma
 loads it instead of compiling. Errors found only by the compiler (`return` outside a function, say) and
 programs whose compilation warns are compiled by the run itself, which reports them as before.
 
-What every run's process needs of the interpreter and that does not change from run to run (the
-environment, `__main__`, `sys.argv`, `sys.path`, the standard streams) is prepared once, in the template,
-and inherited (pyrun.py).
+What every run's process needs of the interpreter and does not change from run to run (environment,
+`__main__`, `sys.argv`, `sys.path`, standard streams) is set up once in the template (pyrun.py) and inherited.
 
 Not covered in verdicts: a test that calls a method of an object the program returned instead of plain
 data (`result.startswith(expected)`) runs that method in the program, with the test's arguments, since
@@ -88,10 +86,10 @@ them. Programs in languages other than Python run under the same OS isolation bu
 their verdict is their exit status, which they control.
 
 Without namespace privileges the level is "process": rlimits, a session of its own whose process group
-is killed at the end, a temporary work directory and an empty environment; no network, filesystem or
-IPC isolation, and the caller's uid (its other processes can be signalled). The zygote is a subreaper:
-a daemon that leaves the session is orphaned to it and killed after the run, unless it forks faster than
-the zygote kills. The level is reported in every result.
+is killed at the end, a work directory in the worker's scratch directory (removed with the worker) and an
+empty environment; no network, filesystem or IPC isolation, and the caller's uid (its other processes can
+be signalled). The zygote is a subreaper: a daemon that leaves the session is orphaned to it and killed
+after the run, unless it forks faster than the zygote kills. The level is reported in every result.
 """
 
 import json
@@ -135,7 +133,7 @@ testcode = _load("testcode")
 judge = _load("judge")
 results = _load("verdict")
 pyrun = _load("pyrun")
-REQ_FD, RESP_FD = 3, 4  # replaced from argv at start-up
+REQ_FD, RESP_FD, SCRATCH = 3, 4, None  # replaced at start-up (SCRATCH: at process level only)
 JUDGED_EXIT_GRACE = 0.5  # seconds a judged program has to exit after its judge finished
 JUDGE_STUCK_SECONDS = 3.0  # after the program was killed, how long the judge may take to report
 OWN_PIDFD = -1  # the zygote's own PID namespace, to return to after starting a run's program
@@ -160,10 +158,10 @@ class Run:
         self.ipc_ready = False  # born in the run namespace's IPC namespace (else it takes a fresh one)
 
 
-def _temp_dir() -> str:
-    import tempfile
+def _temp_dir(prefix: str = "cf-run-") -> str:
+    import tempfile  # here, not above: only the process level needs it, and every fork would carry it
 
-    return tempfile.mkdtemp(prefix="cf-run-")
+    return tempfile.mkdtemp(prefix=prefix, dir=SCRATCH)
 
 
 class Worker:
@@ -554,7 +552,7 @@ def _preload(modules: list[str]) -> None:
 
 
 def main() -> None:
-    global REQ_FD, RESP_FD, OWN_PIDFD, OWN_IPC_FD, PROC_FD
+    global REQ_FD, RESP_FD, OWN_PIDFD, OWN_IPC_FD, PROC_FD, SCRATCH
     REQ_FD, RESP_FD = int(sys.argv[1]), int(sys.argv[2])
     for fd in (REQ_FD, RESP_FD):
         os.set_inheritable(fd, False)  # nothing we exec (a run's init) may hold the worker's pipes
@@ -567,8 +565,10 @@ def main() -> None:
     isolation, why, cgroup = jail.setup_worker(hello.get("extra_readonly", []))
     OWN_IPC_FD = runspace.own_ipc_namespace(PROC_FD) if isolation == "namespaces" else -1
     _preload(hello.get("preload", []))
+    SCRATCH = None if isolation == "namespaces" else _temp_dir("cf-worker-")  # the parent removes it
     cg_path = cgroup.path if cgroup else None
-    jail.write_frame(RESP_FD, json.dumps({"isolation": isolation, "reason": why, "cgroup": cg_path}).encode())
+    reply = {"isolation": isolation, "reason": why, "cgroup": cg_path, "scratch": SCRATCH}
+    jail.write_frame(RESP_FD, json.dumps(reply).encode())
     worker = Worker(isolation, int(hello["uid"]), cgroup)
     while True:
         try:
