@@ -85,11 +85,11 @@ programs behave as it likes (as with that uid it could already trace them); the 
 them. Programs in languages other than Python run under the same OS isolation but have no judge process:
 their verdict is their exit status, which they control.
 
-Without namespace privileges the level is "process": rlimits, a session of its own whose process group
-is killed at the end, a work directory in the worker's scratch directory (removed with the worker) and an
-empty environment; no network, filesystem or IPC isolation, and the caller's uid (its other processes can
-be signalled). The zygote is a subreaper: a daemon that leaves the session is orphaned to it and killed
-after the run, unless it forks faster than the zygote kills. The level is reported in every result.
+Without root the level is "user_namespace" where the kernel lends a user namespace (network and IPC cut
+off, no capability: `jail._user_namespace_level`), else "process"; both give rlimits, a session whose
+group is killed at the end, a work directory in the worker's scratch directory (removed with it), an empty
+environment, the caller's uid and no filesystem isolation; the zygote, a subreaper, kills a daemon that
+leaves the session after the run (unless it forks faster than the kills). Every result reports the level.
 """
 
 import json
