@@ -136,3 +136,22 @@ def test_the_same_programs_at_process_level_reach_the_server_and_leave_the_segme
     assert found["connect"] == "0", found
     assert left, "the process level is expected to leave the segment on the host"
     assert found["good"] is True and found["forged"] is False, found
+
+
+def test_where_no_user_namespace_is_lent_the_level_is_process_and_says_why():
+    """The kernel here lends user namespaces, so their refusal is played by the function that enters one
+    (in a fresh interpreter): the child that tries it first fails, and the worker stays at the process
+    level, never inside a namespace it could not finish setting up."""
+    code = (
+        "import os\n"
+        "from codefoundry.sandbox import jail\n"
+        "def refuse(uid, gid):\n"
+        "    raise OSError(1, 'unshare: Operation not permitted')\n"
+        "jail._enter_user_namespace = refuse\n"
+        "before = os.readlink('/proc/self/ns/user')\n"
+        "level, why, _ = jail._user_namespace_level()\n"
+        "print(level, before == os.readlink('/proc/self/ns/user'), why)\n"
+    )
+    out = subprocess.run([SYSTEM_PYTHON, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": str(Path(codefoundry.__file__).parents[1])})  # fmt: skip
+    assert out.stdout.startswith("process True not root, and no user namespace"), out.stdout + out.stderr

@@ -206,22 +206,28 @@ def _user_namespace_level() -> tuple[str, str, None]:
     that owns new network, IPC and UTS namespaces, so no address can be reached and no SysV object outlives
     the worker. The caller's uid and gid are mapped to themselves (files keep their owners; there is no
     root inside to exec as), then every capability the namespace gave is dropped, so no program can bring
-    a device up, mount, or trace and signal beyond what its uid already may."""
+    a device up, mount, or trace and signal beyond what its uid already may. A child tries it first: a
+    namespace entered without its id map (files could not be created in it) cannot be left again."""
     uid, gid = os.getuid(), os.getgid()
-    try:
-        unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
-    except OSError as e:
-        return _process_level(f"not root, and no user namespace ({e}): cannot create namespaces")
-    try:
-        _write_file("/proc/self/setgroups", "deny")
-        _write_file("/proc/self/uid_map", f"{uid} {uid} 1\n")
-        _write_file("/proc/self/gid_map", f"{gid} {gid} 1\n")
-        reached = "user_namespace", "not root: network and IPC cut off in a user namespace, files and uid not"
-    except OSError as e:  # the network is cut all the same; the level says only what is sure
-        reached = "process", f"not root: user namespace without an id map ({e})"
+    if (pid := os.fork()) == 0:
+        try:
+            _enter_user_namespace(uid, gid)
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    if os.waitpid(pid, 0)[1] != 0:
+        return _process_level("not root, and no user namespace with an id map lent here")
+    _enter_user_namespace(uid, gid)
     drop_capabilities()
     prctl(PR_SET_CHILD_SUBREAPER, 1)
-    return (*reached, None)
+    return "user_namespace", "not root: network and IPC cut off in a user namespace, files and uid not", None
+
+
+def _enter_user_namespace(uid: int, gid: int) -> None:
+    unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
+    _write_file("/proc/self/setgroups", "deny")
+    _write_file("/proc/self/uid_map", f"{uid} {uid} 1\n")
+    _write_file("/proc/self/gid_map", f"{gid} {gid} 1\n")
 
 
 def drop_capabilities() -> None:
