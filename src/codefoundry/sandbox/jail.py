@@ -14,14 +14,12 @@ import struct
 import sys
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
-CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUSER = 0x20000000, 0x40000000, 0x10000000
+CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 CLONE_PARENT = 0x00008000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
-PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
-_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _SYSCALLS = {
     "x86_64": {"clone": 56, "pivot_root": 155, "keyctl": 250},
     "aarch64": {"clone": 220, "pivot_root": 41, "keyctl": 219},
@@ -201,55 +199,13 @@ def _process_level(why: str) -> tuple[str, str, None]:
     return "process", why, None
 
 
-def _user_namespace_level() -> tuple[str, str, None]:
-    """Without root: the process level, inside an unprivileged user namespace (where the kernel lends one)
-    that owns new network, IPC and UTS namespaces, so no address can be reached and no SysV object outlives
-    the worker. The caller's uid and gid are mapped to themselves (files keep their owners; there is no
-    root inside to exec as), then every capability the namespace gave is dropped, so no program can bring
-    a device up, mount, or trace and signal beyond what its uid already may. A child tries it first: a
-    namespace entered without its id map (files could not be created in it) cannot be left again."""
-    uid, gid = os.getuid(), os.getgid()
-    if (pid := os.fork()) == 0:
-        try:
-            _enter_user_namespace(uid, gid)
-            os._exit(0)
-        except BaseException:
-            os._exit(1)
-    if os.waitpid(pid, 0)[1] != 0:
-        return _process_level("not root, and no user namespace with an id map lent here")
-    _enter_user_namespace(uid, gid)
-    drop_capabilities()
-    prctl(PR_SET_CHILD_SUBREAPER, 1)
-    return "user_namespace", "not root: network and IPC cut off in a user namespace, files and uid not", None
-
-
-def _enter_user_namespace(uid: int, gid: int) -> None:
-    unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
-    _write_file("/proc/self/setgroups", "deny")
-    _write_file("/proc/self/uid_map", f"{uid} {uid} 1\n")
-    _write_file("/proc/self/gid_map", f"{gid} {gid} 1\n")
-
-
-def drop_capabilities() -> None:
-    """Empty every capability set of this process (bounding, ambient, effective, permitted, inheritable):
-    neither it nor anything it starts or execs holds one again."""
-    for cap in range(64):
-        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            break  # EINVAL: past the kernel's last capability
-    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl(PR_CAP_AMBIENT)")
-    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
-    _check(_libc.capset(header, (ctypes.c_uint32 * 6)()), "capset")
-
-
 def setup_worker(extra_ro: list[str]) -> tuple[str, str, "MemoryCgroup | None"]:
     """Enter the worker's own network, mount, IPC and UTS namespaces and pivot into a read-only root.
-    Returns the isolation level reached, why when it is a weaker one, and the worker's memory cgroup."""
+    Returns the isolation level reached, why when it is the weaker one, and the worker's memory cgroup."""
     if os.environ.get("CODEFOUNDRY_SANDBOX_ISOLATION") == "process":
         return _process_level("namespaces disabled by CODEFOUNDRY_SANDBOX_ISOLATION=process")
-    if os.geteuid() != 0:
-        return _user_namespace_level()
-    if SYSCALL is None:
-        return _process_level("an unknown architecture: cannot create namespaces")
+    if os.geteuid() != 0 or SYSCALL is None:
+        return _process_level("not root (or an unknown architecture): cannot create namespaces")
     try:
         unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
     except OSError as e:

@@ -28,9 +28,6 @@ class Status(StrEnum):
 
 class Isolation(StrEnum):
     NAMESPACES = "namespaces"  # pid/net/mount/ipc/uts namespaces, private root, unprivileged uid, rlimits
-    # Without root, where the kernel lends an unprivileged user namespace: the process level, plus network,
-    # IPC and UTS namespaces of the worker's own (no network; SysV objects die with the worker).
-    USER_NAMESPACE = "user_namespace"
     PROCESS = "process"  # rlimits + own session and process group only (no privileges to do more)
 
 

@@ -4,7 +4,7 @@ Started by `worker.py` (`python -I -S` running this file as `zygote.py REQ_FD RE
 throwaway child: `worker._START`) with an empty environment; standard library only. It reads requests from
 REQ_FD and writes a response to each on RESP_FD (frames: a 4-byte big-endian length, a JSON body).
 
-What is isolated (level "namespaces", when the worker runs as root):
+What is isolated (level "namespaces", when the worker may create namespaces: root or CAP_SYS_ADMIN):
 - Network: the worker's own network namespace (made once, no device up): no address, not even 127.0.0.1.
 - Filesystem: a private mount namespace whose root is a read-only tmpfs holding read-only, nosuid, nodev
   binds of /usr, /etc, /bin, /sbin, /lib*, /opt and the Python installation, and /dev/null, zero, full,
@@ -85,11 +85,11 @@ programs behave as it likes (as with that uid it could already trace them); the 
 them. Programs in languages other than Python run under the same OS isolation but have no judge process:
 their verdict is their exit status, which they control.
 
-Without root the level is "user_namespace" where the kernel lends a user namespace (network and IPC cut
-off, no capability: `jail._user_namespace_level`), else "process"; both give rlimits, a session whose
-group is killed at the end, a work directory in the worker's scratch directory (removed with it), an empty
-environment, the caller's uid and no filesystem isolation; the zygote, a subreaper, kills a daemon that
-leaves the session after the run (unless it forks faster than the kills). Every result reports the level.
+Without namespace privileges the level is "process": rlimits, a session of its own whose group is killed
+at the end, a work directory in the worker's scratch directory (removed with it), an empty environment;
+no network, filesystem or IPC isolation, and the caller's uid: its processes, the caller's own included,
+can be signalled and traced, so verdicts are not protected there. The zygote is a subreaper: a daemon
+leaving the session is killed after the run, unless it forks faster. Every result reports the level.
 """
 
 import json
