@@ -4,7 +4,7 @@ Started by `worker.py` (`python -I -S` running this file as `zygote.py REQ_FD RE
 throwaway child: `worker._START`) with an empty environment; standard library only. It reads requests from
 REQ_FD and writes a response to each on RESP_FD (frames: a 4-byte big-endian length, a JSON body).
 
-What is isolated (level "namespaces", when the worker may create namespaces: root or CAP_SYS_ADMIN):
+What is isolated (level "namespaces", when the worker runs as root):
 - Network: the worker's own network namespace (made once, no device up): no address, not even 127.0.0.1.
 - Filesystem: a private mount namespace whose root is a read-only tmpfs holding read-only, nosuid, nodev
   binds of /usr, /etc, /bin, /sbin, /lib*, /opt and the Python installation, and /dev/null, zero, full,
