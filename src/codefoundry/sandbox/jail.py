@@ -14,12 +14,14 @@ import struct
 import sys
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
-CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
+CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUSER = 0x20000000, 0x40000000, 0x10000000
 CLONE_PARENT = 0x00008000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
+PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _SYSCALLS = {
     "x86_64": {"clone": 56, "pivot_root": 155, "keyctl": 250},
     "aarch64": {"clone": 220, "pivot_root": 41, "keyctl": 219},
@@ -192,7 +194,7 @@ def receive_with_fds(sock: socket.socket, max_fds: int) -> tuple[bytes, list[int
     return bytes(body), fds, flag
 
 
-def _process_level(why: str) -> tuple[str, str, None]:
+def process_level(why: str) -> tuple[str, str, None]:
     """The weaker level. The zygote becomes a child subreaper: a daemon that leaves the run's session is
     orphaned to it instead of to pid 1, and killed after the run (`reap_strays`)."""
     prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -203,14 +205,22 @@ def setup_worker(extra_ro: list[str]) -> tuple[str, str, "MemoryCgroup | None"]:
     """Enter the worker's own network, mount, IPC and UTS namespaces and pivot into a read-only root.
     Returns the isolation level reached, why when it is the weaker one, and the worker's memory cgroup."""
     if os.environ.get("CODEFOUNDRY_SANDBOX_ISOLATION") == "process":
-        return _process_level("namespaces disabled by CODEFOUNDRY_SANDBOX_ISOLATION=process")
+        return process_level("namespaces disabled by CODEFOUNDRY_SANDBOX_ISOLATION=process")
     if os.geteuid() != 0 or SYSCALL is None:
-        return _process_level("not root (or an unknown architecture): cannot create namespaces")
+        return process_level("not root (or an unknown architecture): cannot create namespaces")
     try:
         unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
     except OSError as e:
-        return _process_level(f"namespaces unavailable ({e})")
+        return process_level(f"namespaces unavailable ({e})")
     cgroup = MemoryCgroup.create(f"codefoundry-worker-{os.getpid()}")
+    private_root(extra_ro)
+    return "namespaces", "", cgroup
+
+
+def private_root(extra_ro: list[str]) -> None:
+    """In a fresh mount namespace: pivot into a read-only tmpfs root holding read-only binds of the system
+    directories, the Python installation and `extra_ro`, a few devices, and the mount points of the runs'
+    directories; the old root is detached."""
     mount("none", "/", None, MS_REC | MS_PRIVATE)
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=755")
     os.mkdir(NEWROOT, 0o755)
@@ -231,7 +241,6 @@ def setup_worker(extra_ro: list[str]) -> tuple[str, str, "MemoryCgroup | None"]:
     umount("/.old")
     os.rmdir("/.old")
     mount("none", "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    return "namespaces", "", cgroup
 
 
 def fresh_run_dirs(uid: int, disk_mb: int) -> None:
@@ -251,7 +260,7 @@ def tidy_run_dirs(filename: str, uid: int) -> bool:
     either could carry data, or break the next run); otherwise `fresh_run_dirs` must replace them."""
     if os.listdir("/tmp") or os.listdir("/work") != [filename]:
         return False
-    for d, mode, owner in (("/work", 0o700, uid), ("/tmp", 0o1777, 0)):
+    for d, mode, owner in (("/work", 0o700, uid), ("/tmp", 0o1777, os.getuid())):
         st = os.stat(d)
         if st.st_mode & 0o7777 != mode or st.st_uid != owner or os.listxattr(d):
             return False
@@ -376,9 +385,13 @@ def arrange_fds(keep: dict[int, int]) -> None:
                 pass
 
 
-def drop_privileges(limits: dict, uid: int, isolated: bool, *, building: bool = False) -> None:
-    """Limits that hold for everything the process starts, then the switch to the unprivileged uid; a build
-    gets BUILD_PROCESSES processes at least, lowered to the program's limit after it (`apply_run_limits`)."""
+def drop_privileges(
+    limits: dict, uid: int, isolated: bool, *, building: bool = False, dumpable: bool = True
+) -> None:
+    """Limits that hold for everything the process starts, then the switch to the unprivileged uid (kept
+    when it is already ours: the user_namespace level) and the loss of every capability; a build gets
+    BUILD_PROCESSES processes at least, lowered to the program's limit after it (`apply_run_limits`).
+    `dumpable` False: no process of the same uid can trace this one (the judge, the parse helper)."""
     rl = {
         resource.RLIMIT_FSIZE: (int(limits["file_size_mb"]) << 20,) * 2,
         resource.RLIMIT_NOFILE: (int(limits["open_files"]),) * 2,
@@ -390,11 +403,50 @@ def drop_privileges(limits: dict, uid: int, isolated: bool, *, building: bool = 
     for which, value in rl.items():
         resource.setrlimit(which, value)
     if isolated:
-        os.setgroups([])
-        os.setresgid(uid, uid, uid)
-        os.setresuid(uid, uid, uid)
-        prctl(PR_SET_DUMPABLE, 1)
+        if uid != os.getuid():
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)  # from root to another uid: every capability goes
+        else:
+            drop_capabilities()  # the same uid in a user namespace: they must be given up one by one
+        prctl(PR_SET_DUMPABLE, int(dumpable))
     prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if isolated and uid == os.getuid():
+        deny_tracing()
+
+
+# Denied to processes that share the caller's uid: reading, writing or taking over another process.
+_TRACE_CALLS = {"x86_64": (0xC000003E, (101, 310, 311, 438)), "aarch64": (0xC00000B7, (117, 270, 271, 438))}
+_SECCOMP_DENY, _SECCOMP_ALLOW, _SECCOMP_KILL = 0x00050000 | 1, 0x7FFF0000, 0x80000000  # errno EPERM
+
+
+def deny_tracing() -> None:
+    """A seccomp filter on this process and all it starts: ptrace, process_vm_readv/writev and pidfd_getfd
+    fail with EPERM (and any call of another architecture's ABI kills). Where a program shares its uid with
+    processes it must not touch (the user_namespace level), it cannot take one over even if it names it."""
+    arch, calls = _TRACE_CALLS.get(os.uname().machine, (0, ()))
+    if not calls:
+        raise OSError(0, "no seccomp filter for this architecture")
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    deny_at = 6 + len(calls)  # the index of the denying return (after 5 loads and checks, the calls, allow)
+    prog = [(ld, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, _SECCOMP_KILL), (ld, 0, 0, 0)]
+    prog.append((jge, deny_at - 5, 0, 0x40000000))  # x32 system calls
+    prog += [(jeq, deny_at - 6 - i, 0, nr) for i, nr in enumerate(calls)]
+    prog += [(ret, 0, 0, _SECCOMP_ALLOW), (ret, 0, 0, _SECCOMP_DENY)]
+    filt = (ctypes.c_uint64 * len(prog))(*(c | jt << 16 | jf << 24 | k << 32 for c, jt, jf, k in prog))
+    fprog = struct.pack("HxxxxxxQ", len(prog), ctypes.addressof(filt))
+    _check(_libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0), "prctl(PR_SET_SECCOMP)")  # a filter
+
+
+def drop_capabilities() -> None:
+    """Empty every capability set of this process (bounding, ambient, effective, permitted, inheritable).
+    Its uid is not 0, so nothing it execs gets one back (and no_new_privs ignores file capabilities)."""
+    for cap in range(64):
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            break  # EINVAL: past the kernel's last capability
+    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl(PR_CAP_AMBIENT)")
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    _check(_libc.capset(header, (ctypes.c_uint32 * 6)()), "capset")
 
 
 def clear_user_keyrings() -> None:

@@ -51,7 +51,7 @@ def _serve(
         null = os.open("/dev/null", os.O_RDWR)
         jail.arrange_fds({0: null, 1: null, 2: null, 3: sock_fd})
         os.chdir("/")
-        jail.drop_privileges(JUDGE_LIMITS, uid, isolated)
+        jail.drop_privileges(JUDGE_LIMITS, uid, isolated, dumpable=False)
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (JUDGE_MEMORY_MB << 20,) * 2)  # no CPU limit: it lives on

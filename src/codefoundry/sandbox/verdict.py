@@ -65,7 +65,7 @@ def _serve(sock_fd: int, uid: int, isolated: bool, jail: types.ModuleType) -> No
         null = os.open("/dev/null", os.O_RDWR)
         jail.arrange_fds({0: null, 1: null, 2: null, 3: sock_fd})
         os.chdir("/")
-        jail.drop_privileges(PARSER_LIMITS, uid, isolated)
+        jail.drop_privileges(PARSER_LIMITS, uid, isolated, dumpable=False)
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (PARSER_MEMORY_MB << 20,) * 2)

@@ -46,15 +46,11 @@ What is isolated (level "namespaces", when the worker runs as root):
 Python programs are compiled before forking, by the worker's parse helper (a long-lived child of the
 zygote under the programs' uid, outside every run's PID namespace), for programs of up to
 `verdict.PARSE_LIMIT` characters: compiling parses, folds constants within CPython's size limits and
-emits bytecode; nothing is run. A program that does not parse gets no process at all: it fails in phase
-"compile" with the SyntaxError report `python main.py` prints, and a judged one with every test "not
-run" (a sampled completion cut off mid-statement is the commonest failure in RL, and this saves the fork,
-the run and the judge). A program that compiles cleanly gets its code object, marshalled, and its process
-loads it instead of compiling. Errors found only by the compiler (`return` outside a function, say) and
-programs whose compilation warns are compiled by the run itself, which reports them as before.
-
-What every run's process needs of the interpreter and does not change from run to run (environment,
-`__main__`, `sys.argv`, `sys.path`, standard streams) is set up once in the template (pyrun.py) and inherited.
+emits bytecode; nothing is run. A program that does not parse gets no process: it fails in phase
+"compile" with the report `python main.py` prints (a judged one with every test "not run"). One that
+compiles cleanly gets its code object, marshalled, which its process loads instead of compiling. What
+only the compiler rejects, or what warns, the run compiles itself. What each run's interpreter needs
+and never changes is set up once in the template (pyrun.py).
 
 Not covered in verdicts: a test that calls a method of an object the program returned instead of plain
 data (`result.startswith(expected)`) runs that method in the program, with the test's arguments, since
@@ -85,11 +81,12 @@ programs behave as it likes (as with that uid it could already trace them); the 
 them. Programs in languages other than Python run under the same OS isolation but have no judge process:
 their verdict is their exit status, which they control.
 
-Without namespace privileges the level is "process": rlimits, a session of its own whose group is killed
-at the end, a work directory in the worker's scratch directory (removed with it), an empty environment;
-no network, filesystem or IPC isolation, and the caller's uid: its processes, the caller's own included,
-can be signalled and traced, so verdicts are not protected there. The zygote is a subreaper: a daemon
-leaving the session is killed after the run, unless it forks faster. Every result reports the level.
+Without root, where the kernel lends a user namespace, the level is "user_namespace": all of the above
+inside one, except that one uid serves all and there is no memory cgroup (userns.py). Otherwise it is
+"process": rlimits, a session whose group is killed after the run, a work directory in the worker's
+scratch directory, an empty environment, the caller's uid; no network, filesystem or IPC isolation, and
+the caller's own process can be signalled and traced, so verdicts are not protected there. The zygote, a
+subreaper, kills a daemon leaving the session, unless it forks faster. Every result reports the level.
 """
 
 import json
@@ -127,6 +124,7 @@ _compiled = globals().get("_compiled")
 
 
 jail = _load("jail")
+userns = _load("userns")
 runspace = _load("runspace")
 rpc = _load("rpc")
 testcode = _load("testcode")
@@ -149,9 +147,11 @@ class Run:
         self.req = req
         self.limits = req["limits"]
         self.isolation = isolation
-        self.ns = isolation == "namespaces"
+        self.ns = isolation != "process"
         self.judged = bool(req.get("judged"))
-        self.uid = int(req["uid"])  # the program's uid; the judge's is uid + 1
+        self.uid = (
+            os.getuid() if isolation == userns.LEVEL else int(req["uid"])
+        )  # the judge's: uid + 1 (root)
         self.workdir = workdir or ("/work" if self.ns else _temp_dir())
         self.tmpdir = "/tmp" if self.ns else self.workdir
         self.code = b""  # a Python program's code object, marshalled by the parse helper (or b"")
@@ -159,9 +159,7 @@ class Run:
 
 
 def _temp_dir(prefix: str = "cf-run-") -> str:
-    import tempfile  # here, not above: only the process level needs it, and every fork would carry it
-
-    return tempfile.mkdtemp(prefix=prefix, dir=SCRATCH)
+    return __import__("tempfile").mkdtemp(prefix=prefix, dir=SCRATCH)  # only the process level imports it
 
 
 class Worker:
@@ -170,8 +168,9 @@ class Worker:
         self.cgroup = cgroup
         self.disk_mb = -1
         self.dirty = True
-        namespaces = isolation == "namespaces"
-        self.judges = judge.JudgeServer(uid + 1, namespaces, jail=jail, testcode=testcode)
+        namespaces, one_uid = isolation != "process", isolation == userns.LEVEL
+        uid = os.getuid() if one_uid else uid
+        self.judges = judge.JudgeServer(uid + (not one_uid), namespaces, jail=jail, testcode=testcode)
         self.parser = results.ParseServer(uid, namespaces, jail=jail)
         self.forker = Forker(isolation, cgroup) if jail.SYSCALL is not None else None
         self.space = runspace.RunNamespace(SHELL, PROC_FD, OWN_PIDFD, OWN_IPC_FD) if namespaces else None
@@ -203,6 +202,8 @@ class Worker:
             jail.fresh_run_dirs(run.uid, disk)
             self.disk_mb = disk
         self.dirty = True
+        if self.isolation == userns.LEVEL:  # the uid's count there includes the worker's own processes
+            run.limits["processes"] = int(run.limits["processes"]) + len(self.known_children()) + 2
         oom_before = self._limit_memory(run)
         try:
             jail.write_run_files(run.workdir, run.req.get("files") or {}, run.uid if run.ns else None)
@@ -232,9 +233,8 @@ class Worker:
 
 class Forker:
     """Forks each run's program from the template, a long-lived copy of the zygote, with CLONE_PARENT: the
-    program is still the zygote's child (exit status and rusage from wait4), but the zygote itself never
-    forks per run. A process that forks pays a copy-on-write fault for every page it writes while its
-    child lives: ~256 a run for the zygote's pumping and bookkeeping; the template writes a few."""
+    program is still the zygote's child (wait4), but the zygote, whose pumping writes ~256 pages a run,
+    never forks per run and so never pays their copy-on-write faults."""
 
     def __init__(self, isolation: str, cgroup) -> None:
         self.process = jail.Helper(lambda sock_fd: _template(sock_fd, isolation, cgroup))
@@ -275,7 +275,7 @@ def _template(sock_fd: int, isolation: str, cgroup) -> None:
         os.closerange(previous, fd)
         previous = fd + 1
     os.closerange(previous, 1 << 16)
-    if isolation == "namespaces":
+    if isolation != "process":
         pyrun.prepare_runs(pyrun.run_env("/work", "/tmp"))
     _warm_run_path()
     sock = socket.socket(fileno=sock_fd)
@@ -314,10 +314,8 @@ def _template(sock_fd: int, isolation: str, cgroup) -> None:
 
 
 def _warm_run_path() -> None:
-    """In the template, before its first clone: serve a few calls over a judge channel to itself, and
-    decode a few requests as a run's process does. CPython specialises code in place once it has run a few
-    times, which each run's process would otherwise do (and copy the pages) itself: 6 and 10 fewer copied
-    pages a judged run (`benchmarks/sandbox_cost.py`; see benchmarks/README.md)."""
+    """In the template, before its first clone: serve calls over a judge channel to itself and decode
+    requests, so that CPython's in-place specialisation is done once, not copied by each run's process."""
     r1, w1 = os.pipe()
     r2, w2 = os.pipe()
     ns = {"f": lambda *a, **k: a[0] if a else None}
@@ -537,8 +535,7 @@ def _compile(cmd: list[str], env: dict[str, str], limits: dict) -> bool:
 
 # -- the server loop ---------------------------------------------------------------------------------------
 def _preload(modules: list[str]) -> None:
-    """Import the modules programs commonly use once, in the zygote, so that runs find them warm; then
-    freeze the heap so that collections in a run's process do not touch (and copy) the shared pages."""
+    """Import modules programs commonly use, then freeze the heap (collections in runs copy no pages)."""
     import gc
 
     for name in modules:
@@ -556,16 +553,19 @@ def main() -> None:
     REQ_FD, RESP_FD = int(sys.argv[1]), int(sys.argv[2])
     for fd in (REQ_FD, RESP_FD):
         os.set_inheritable(fd, False)  # nothing we exec (a run's init) may hold the worker's pipes
-    OWN_PIDFD = os.pidfd_open(os.getpid())
     try:
         PROC_FD = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         PROC_FD = -1  # no /proc: run namespaces are never judged empty, so never reused (still correct)
     hello = json.loads(jail.read_frame(REQ_FD))
-    isolation, why, cgroup = jail.setup_worker(hello.get("extra_readonly", []))
-    OWN_IPC_FD = runspace.own_ipc_namespace(PROC_FD) if isolation == "namespaces" else -1
+    isolation, why, cgroup = userns.setup_worker(hello.get("extra_readonly", []))
+    if isolation == userns.LEVEL:  # a new process, pid 1 of the worker's PID namespace, with its /proc
+        os.close(PROC_FD)
+        PROC_FD = userns.PROC_FD
+    OWN_PIDFD = os.pidfd_open(os.getpid())
+    OWN_IPC_FD = runspace.own_ipc_namespace(PROC_FD) if isolation != "process" else -1
     _preload(hello.get("preload", []))
-    SCRATCH = None if isolation == "namespaces" else _temp_dir("cf-worker-")  # the parent removes it
+    SCRATCH = None if isolation != "process" else _temp_dir("cf-worker-")  # the parent removes it
     cg_path = cgroup.path if cgroup else None
     reply = {"isolation": isolation, "reason": why, "cgroup": cg_path, "scratch": SCRATCH}
     jail.write_frame(RESP_FD, json.dumps(reply).encode())

@@ -1,0 +1,178 @@
+"""The sandbox run by a user who is not root: the `user_namespace` level (userns.py).
+
+The suite runs as root, so these tests start a fresh interpreter as uid 65534 (`setpriv`), with a copy of
+the package readable by that uid and the system's Python (root's own interpreter may live where 65534
+cannot read). Where the kernel lends unprivileged user namespaces, the worker must reach the
+`user_namespace` level: no address reachable, not even a server listening on 127.0.0.1, no SysV object
+left on the host, no capability in the program, none of the host's files or processes in sight, no way to
+trace a process even where one can be named, and a fork bomb held to the run's limit. The network, IPC
+and tracing checks are run at the plain `process` level too, where the same programs do reach the server,
+do leave their object and do trace a process of their uid, so the checks can tell the two apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import codefoundry
+
+NOBODY = 65534
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+# Run by the unprivileged interpreter: one program per check, the findings printed as one JSON line.
+_SCRIPT = """
+import json, sys
+from codefoundry.sandbox import Judge, Limits, execute
+port = int(sys.argv[1])
+net = execute(f"import socket\\ns = socket.socket()\\ns.settimeout(2)\\nprint(s.connect_ex(('127.0.0.1', {port})))")
+shm = execute(
+    "import ctypes\\nlibc = ctypes.CDLL(None, use_errno=True)\\n"
+    "print(libc.shmget(0, 4096, 0o1600))"  # IPC_PRIVATE, IPC_CREAT | 0600
+)
+caps = execute(
+    "import ctypes\\nlibc = ctypes.CDLL(None)\\nhead = (ctypes.c_uint32 * 2)(0x20080522, 0)\\n"
+    "data = (ctypes.c_uint32 * 6)()\\nlibc.capget(head, data)\\nprint(*data)"
+)
+# PTRACE_ATTACH on its own child (same uid, same PID namespace): allowed by the kernel, denied by seccomp.
+trace = execute(
+    "import ctypes, os, signal, time\\nlibc = ctypes.CDLL(None, use_errno=True)\\npid = os.fork()\\n"
+    "if pid == 0:\\n    time.sleep(5)\\n    os._exit(0)\\n"
+    "print(libc.ptrace(16, pid, 0, 0), ctypes.get_errno())\\nos.kill(pid, signal.SIGKILL)"
+)
+seen = execute("import os\\nprint(sorted(os.listdir('/')))")
+bomb = execute("import os\\nwhile True:\\n    os.fork()", limits=Limits(processes=8, cpu_seconds=2))
+after = execute("print(6 * 7)")
+judge = Judge(tests=("assert add(1, 2) == 3",), entry_point="add")
+good = execute("def add(a, b):\\n    return a + b", judge=judge)
+forged = execute("import os\\nos._exit(0)", judge=judge)
+print(json.dumps({
+    "isolation": net.isolation.value, "connect": net.stdout.strip(), "shmid": shm.stdout.strip(),
+    "caps": caps.stdout.split(), "good": good.passed, "forged": forged.passed, "trace": trace.stdout.split(),
+    "root": seen.stdout, "bomb": bomb.status.value, "after": after.stdout.strip(),
+}))
+"""
+
+
+def _can_switch_user() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to start a process as another uid"
+    if shutil.which("setpriv") is None or not os.access(SYSTEM_PYTHON, os.X_OK):
+        return f"needs setpriv and {SYSTEM_PYTHON}"
+    version = subprocess.run([SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info >= (3, 11))"],
+                             capture_output=True, text=True)  # fmt: skip
+    if version.stdout.strip() != "True":
+        return f"{SYSTEM_PYTHON} is older than 3.11"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_can_switch_user() is not None, reason=str(_can_switch_user()))
+
+
+def _as_nobody(args: list[str], env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
+    cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "env", "-i",
+           "PATH=/usr/bin:/bin", *(f"{k}={v}" for k, v in (env or {}).items()), *args]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd="/", **kw)
+
+
+@pytest.fixture(scope="module")
+def package():
+    """A copy of the package that uid 65534 can read, in a directory it can reach."""
+    root = tempfile.mkdtemp(prefix="cf-unprivileged-")
+    try:
+        shutil.copytree(Path(codefoundry.__file__).parent, Path(root) / "codefoundry")
+        for path in [root, *(str(p) for p in Path(root).rglob("*"))]:
+            os.chmod(path, 0o755 if os.path.isdir(path) else 0o644)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _nobody_segments() -> set[str]:
+    """Ids of the host's SysV shared memory segments owned by uid 65534."""
+    with open("/proc/sysvipc/shm") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return {row[1] for row in rows if len(row) > 7 and row[7] == str(NOBODY)}
+
+
+def _findings(package: str, *, level: str | None) -> tuple[dict, str]:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    env = {"PYTHONPATH": package} | ({"CODEFOUNDRY_SANDBOX_ISOLATION": level} if level else {})
+    try:
+        out = _as_nobody([SYSTEM_PYTHON, "-c", _SCRIPT, str(server.getsockname()[1])], env)
+    finally:
+        server.close()
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
+
+
+def _userns_lent() -> bool:
+    probe = _as_nobody(["unshare", "--user", "--net", "--map-current-user", "true"])
+    return probe.returncode == 0
+
+
+def test_unprivileged_worker_cuts_network_and_ipc_and_holds_no_capability(package):
+    before = _nobody_segments()
+    found, stderr = _findings(package, level=None)
+    left = _nobody_segments() - before
+    if not _userns_lent():
+        assert found["isolation"] == "process", found
+        assert "no user namespace" in stderr
+        pytest.skip("this kernel lends no unprivileged user namespace: the process level, said so")
+    assert found["isolation"] == "user_namespace", (found, stderr)
+    assert "weaker isolation" in stderr  # still weaker than root's level, and said once
+    assert found["connect"] == "101", found  # ENETUNREACH: no device is up in the worker's namespace
+    assert int(found["shmid"]) >= 0, found  # made, in the worker's IPC namespace ...
+    assert not left, left  # ... and gone with it
+    assert found["caps"] == ["0"] * 6, found  # effective, permitted, inheritable: none
+    assert found["trace"] == ["-1", "1"], found  # EPERM, from the seccomp filter
+    assert "home" not in found["root"] and "root" not in found["root"] and "proc" not in found["root"], found
+    assert found["bomb"] != "ok" and found["after"] == "42", found
+    assert found["good"] is True and found["forged"] is False, found
+
+
+def test_the_same_programs_at_process_level_reach_the_server_and_leave_the_segment(package):
+    """The contrast that shows the checks above can fail: forced to the process level, the programs
+    connect to 127.0.0.1 and leave their segment on the host (removed here)."""
+    before = _nobody_segments()
+    found, _ = _findings(package, level="process")
+    left = _nobody_segments() - before
+    for shmid in left:
+        subprocess.run(["ipcrm", "-m", shmid], check=False)
+    assert found["isolation"] == "process", found
+    assert found["connect"] == "0", found
+    assert found["trace"] == ["0", "0"], found  # the same attach works there
+    assert left, "the process level is expected to leave the segment on the host"
+    assert found["good"] is True and found["forged"] is False, found
+
+
+def test_where_no_user_namespace_is_lent_the_level_is_process_and_says_why(package):
+    """The kernel here lends user namespaces, so their refusal is played by the function that enters one
+    (in a fresh interpreter, as uid 65534): the child that tries the set-up first fails inside the new
+    namespaces, and the worker stays at the process level, never inside a namespace it could not finish
+    setting up."""
+    if not _userns_lent():
+        pytest.skip("this kernel lends no unprivileged user namespace")
+    code = (
+        "import os\n"
+        "from codefoundry.sandbox import userns\n"
+        "def refuse(extra_ro):\n"
+        "    raise OSError(1, 'mount /proc: Operation not permitted')\n"
+        "userns._inside = refuse\n"
+        "before = os.readlink('/proc/self/ns/user')\n"
+        "level, why, _ = userns.setup_worker([])\n"
+        "print(level, before == os.readlink('/proc/self/ns/user'), why)\n"
+    )
+    out = _as_nobody([SYSTEM_PYTHON, "-c", code], {"PYTHONPATH": package})
+    assert out.stdout.startswith(
+        "process True not root, and no user namespace could be set up here ([Errno 1] mount /proc"
+    ), out.stdout + out.stderr
