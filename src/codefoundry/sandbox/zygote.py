@@ -149,9 +149,8 @@ class Run:
         self.isolation = isolation
         self.ns = isolation != "process"
         self.judged = bool(req.get("judged"))
-        self.uid = (
-            os.getuid() if isolation == userns.LEVEL else int(req["uid"])
-        )  # the judge's: uid + 1 (root)
+        # The program's uid; the judge's is uid + 1 as root, the same at the user_namespace level.
+        self.uid = os.getuid() if isolation == userns.LEVEL else int(req["uid"])
         self.workdir = workdir or ("/work" if self.ns else _temp_dir())
         self.tmpdir = "/tmp" if self.ns else self.workdir
         self.code = b""  # a Python program's code object, marshalled by the parse helper (or b"")
@@ -202,8 +201,8 @@ class Worker:
             jail.fresh_run_dirs(run.uid, disk)
             self.disk_mb = disk
         self.dirty = True
-        if self.isolation == userns.LEVEL:  # the uid's count there includes the worker's own processes
-            run.limits["processes"] = int(run.limits["processes"]) + len(self.known_children()) + 2
+        if self.isolation == userns.LEVEL:  # the uid's count there has the helpers, zygote, its waiter, init
+            run.limits["processes"] = int(run.limits["processes"]) + len(self._helpers()) + 3
         oom_before = self._limit_memory(run)
         try:
             jail.write_run_files(run.workdir, run.req.get("files") or {}, run.uid if run.ns else None)
