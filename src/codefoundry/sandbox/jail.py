@@ -213,15 +213,15 @@ def setup_worker(extra_ro: list[str]) -> tuple[str, str, "MemoryCgroup | None"]:
     except OSError as e:
         return process_level(f"namespaces unavailable ({e})")
     cgroup = MemoryCgroup.create(f"codefoundry-worker-{os.getpid()}")
+    mount("none", "/", None, MS_REC | MS_PRIVATE)
     private_root(extra_ro)
     return "namespaces", "", cgroup
 
 
 def private_root(extra_ro: list[str]) -> None:
-    """In a fresh mount namespace: pivot into a read-only tmpfs root holding read-only binds of the system
-    directories, the Python installation and `extra_ro`, a few devices, and the mount points of the runs'
-    directories; the old root is detached."""
-    mount("none", "/", None, MS_REC | MS_PRIVATE)
+    """In a fresh mount namespace whose mounts were made private: pivot into a read-only tmpfs root holding
+    read-only binds of the system directories, the Python installation and `extra_ro`, a few devices, and
+    the mount points of the runs' directories; the old root is detached."""
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=755")
     os.mkdir(NEWROOT, 0o755)
     mount("tmpfs", NEWROOT, "tmpfs", MS_NOSUID | MS_NODEV, "size=2m,mode=755")
@@ -402,8 +402,9 @@ def drop_privileges(
         rl[resource.RLIMIT_NPROC] = (max(processes, BUILD_PROCESSES) if building else processes,) * 2
     for which, value in rl.items():
         resource.setrlimit(which, value)
+    same_uid = uid == os.getuid()  # the user_namespace level: no other uid to switch to
     if isolated:
-        if uid != os.getuid():
+        if not same_uid:
             os.setgroups([])
             os.setresgid(uid, uid, uid)
             os.setresuid(uid, uid, uid)  # from root to another uid: every capability goes
@@ -411,7 +412,7 @@ def drop_privileges(
             drop_capabilities()  # the same uid in a user namespace: they must be given up one by one
         prctl(PR_SET_DUMPABLE, int(dumpable))
     prctl(PR_SET_NO_NEW_PRIVS, 1)
-    if isolated and uid == os.getuid():
+    if isolated and same_uid:
         deny_tracing()
 
 

@@ -77,8 +77,7 @@ def _enter(uid: int, gid: int) -> None:
         ("uid_map", f"{uid} {uid} 1\n"),
         ("gid_map", f"{gid} {gid} 1\n"),
     ):
-        with open(f"/proc/self/{name}", "w") as f:
-            f.write(text)
+        jail._write_file(f"/proc/self/{name}", text)
 
 
 def _inside(extra_ro: list[str]) -> int:
@@ -124,12 +123,5 @@ def _wait_and_pass_on(zygote: int) -> None:
     """The process worker.py started: hold nothing (so the caller sees the zygote's pipes close when it
     ends), wait for the zygote, exit as it did. Killed, it takes the zygote along (its death signal)."""
     os.closerange(0, 1 << 16)
-    while True:
-        try:
-            _, status = os.waitpid(zygote, 0)
-            break
-        except ChildProcessError:
-            os._exit(70)
-        except InterruptedError:
-            continue
+    _, status = os.waitpid(zygote, 0)  # retried by Python on EINTR
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF if os.WIFEXITED(status) else 70)
