@@ -71,13 +71,18 @@ def assert_contained(r: ExecutionResult, *statuses: Status) -> None:
         assert r.status in statuses, brief(r)
 
 
-def needs_namespaces(r: ExecutionResult) -> None:
+def needs_namespaces(r: ExecutionResult, *, root_only: str = "") -> None:
+    """Skip where the run's isolation level lacks the defence under test: the `process` level lacks every
+    namespace defence; the `user_namespace` level (an unprivileged caller) lacks those that `root_only`
+    names, and has the rest."""
     if r.isolation == Isolation.PROCESS:
         pytest.skip(
             "the sandbox reports Isolation.PROCESS (no namespace privileges): this defence is "
             "namespace-level only"
         )
-    assert r.isolation == Isolation.NAMESPACES, brief(r)
+    if r.isolation == Isolation.USER_NAMESPACE and root_only:
+        pytest.skip(f"the user_namespace level (not root): {root_only}")
+    assert r.isolation in (Isolation.NAMESPACES, Isolation.USER_NAMESPACE), brief(r)
 
 
 def assert_healthy() -> None:

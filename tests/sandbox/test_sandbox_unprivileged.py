@@ -7,17 +7,22 @@ cannot read). Where the kernel lends unprivileged user namespaces, the worker mu
 left on the host, no capability in the program, none of the host's files or processes in sight, no way to
 trace a process even where one can be named, and a fork bomb held to the run's limit. The network, IPC
 and tracing checks are run at the plain `process` level too, where the same programs do reach the server,
-do leave their object and do trace a process of their uid, so the checks can tell the two apart.
+do leave their object and do trace a process of their uid, so the checks can tell the two apart. Last,
+the whole sandbox suite (every red-team attack and verdict-forging trick) is run by uid 65534 in its own
+pytest, so that each attack meets the `user_namespace` level too.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -79,7 +84,8 @@ pytestmark = pytest.mark.skipif(_can_switch_user() is not None, reason=str(_can_
 def _as_nobody(args: list[str], env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
     cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "env", "-i",
            "PATH=/usr/bin:/bin", *(f"{k}={v}" for k, v in (env or {}).items()), *args]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd="/", **kw)
+    kw.setdefault("timeout", 120)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd="/", **kw)
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +182,70 @@ def test_where_no_user_namespace_is_lent_the_level_is_process_and_says_why(packa
     assert out.stdout.startswith(
         "process True not root, and no user namespace could be set up here ([Errno 1] mount /proc"
     ), out.stdout + out.stderr
+
+
+def _copy_module(name: str, dest: Path) -> None:
+    """The package (or single-file module) `name` that this interpreter imports, copied into `dest`."""
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.origin, name
+    origin = Path(spec.origin)
+    if origin.name == "__init__.py":
+        shutil.copytree(origin.parent, dest / origin.parent.name)
+    else:
+        shutil.copy(origin, dest / origin.name)
+
+
+def _nobody_processes() -> list[str]:
+    """The command lines of the host's processes running as uid 65534."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid == NOBODY:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    found.append(f"{pid}: {f.read().replace(bytes(1), b' ').decode(errors='replace')}")
+        except OSError:
+            pass  # gone meanwhile
+    return found
+
+
+def test_red_team_suites_hold_at_the_user_namespace_level():
+    """The whole sandbox suite (every red-team attack, every verdict-forging trick, the cross-run and
+    basic checks) run by uid 65534, so that its workers reach the user_namespace level: nothing may fail.
+    A defence that level lacks is skipped by name (no memory cgroup; one uid for the whole worker), and
+    afterwards no process of that uid and no file of its runs is left on the host."""
+    if not _userns_lent():
+        pytest.skip("this kernel lends no unprivileged user namespace")
+    before = _nobody_processes()
+    root = Path(tempfile.mkdtemp(prefix="cf-redteam-nobody-"))
+    try:
+        (root / "lib").mkdir()
+        for name in ("codefoundry", "tqdm", "pytest", "_pytest", "pluggy", "iniconfig", "packaging", "py"):
+            if name != "py" or importlib.util.find_spec(name) is not None:
+                _copy_module(name, root / "lib")
+        shutil.copytree(Path(__file__).parent, root / "tests" / "sandbox",
+                        ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+        shutil.copy(Path(__file__).parents[2] / "pyproject.toml", root)  # the markers and warning filters
+        (root / "home").mkdir()  # the caller's home, where a secret is planted
+        for path in [root, *root.rglob("*")]:
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        os.chown(root / "home", NOBODY, NOBODY)
+        env = {"PYTHONPATH": str(root / "lib"), "HOME": str(root / "home")}
+        args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(root / "tests" / "sandbox"),
+                "--ignore", str(root / "tests" / "sandbox" / Path(__file__).name)]  # fmt: skip
+        out = _as_nobody([SYSTEM_PYTHON, *args], env, timeout=900)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    report = out.stdout[-6000:] + out.stderr[-2000:]
+    assert out.returncode == 0, report
+    counts = dict((kind, int(n)) for n, kind in re.findall(r"(\d+) (passed|skipped|failed|xfailed)", report))
+    assert counts.get("passed", 0) >= 300 and not counts.get("failed"), report
+    assert "Isolation.PROCESS" not in report, report  # no defence skipped for want of any namespace
+    skipped_here = re.findall(r"the user_namespace level \(not root\): (.*)", report)
+    assert set(skipped_here) <= {"no memory cgroup: memfd and SysV pages are outside RLIMIT_AS",
+                                 "every process of the worker runs under the caller's uid"}, report  # fmt: skip
+    deadline = time.monotonic() + 10  # a worker's namespace is torn down by the kernel after pytest exits
+    while (left := [p for p in _nobody_processes() if p not in before]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, left
+    runs = [p for p in Path(tempfile.gettempdir()).glob("cf-run-*") if p.stat().st_uid == NOBODY]
+    assert not runs, runs
