@@ -155,7 +155,9 @@ def main() -> None:
     reps = max(1, args.runs // len(problems))
     problems, records = problems * reps, records * reps
     n = len(problems)
-    out: dict = {"runs": n, "workers": args.workers, "cpu_limit_s": args.timeout}
+    out: dict = {"runs": n, "workers": args.workers, "cpu_limit_s": args.timeout,
+                 "isolation": execute("pass").isolation.value, "uid": os.getuid(),
+                 "python": f"{sys.executable} {sys.version.split()[0]}"}  # fmt: skip
 
     if args.chunk:
         out["interleaved"] = interleaved(problems, records, args)

@@ -14,6 +14,7 @@ pytest, so that each attack meets the `user_namespace` level too.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -62,6 +63,7 @@ print(json.dumps({
     "isolation": net.isolation.value, "connect": net.stdout.strip(), "shmid": shm.stdout.strip(),
     "caps": caps.stdout.split(), "good": good.passed, "forged": forged.passed, "trace": trace.stdout.split(),
     "root": seen.stdout, "bomb": bomb.status.value, "after": after.stdout.strip(),
+    "cgroup": net.extra.get("memory_cgroup"),
 }))
 """
 
@@ -81,9 +83,13 @@ def _can_switch_user() -> str | None:
 pytestmark = pytest.mark.skipif(_can_switch_user() is not None, reason=str(_can_switch_user()))
 
 
-def _as_nobody(args: list[str], env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
+def _as_nobody(args: list[str], env: dict[str, str] | None = None, *, cgroup: Path | None = None,
+               **kw) -> subprocess.CompletedProcess:  # fmt: skip
+    """`args` run as uid 65534 with only PATH and `env` in its environment; inside `cgroup` if given."""
     cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "env", "-i",
            "PATH=/usr/bin:/bin", *(f"{k}={v}" for k, v in (env or {}).items()), *args]  # fmt: skip
+    if cgroup is not None:  # joined by a shell that then becomes the command
+        cmd = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup / "cgroup.procs"), *cmd]
     kw.setdefault("timeout", 120)
     return subprocess.run(cmd, capture_output=True, text=True, cwd="/", **kw)
 
@@ -136,6 +142,7 @@ def test_unprivileged_worker_cuts_network_and_ipc_and_holds_no_capability(packag
         pytest.skip("this kernel lends no unprivileged user namespace: the process level, said so")
     assert found["isolation"] == "user_namespace", (found, stderr)
     assert "weaker isolation" in stderr  # still weaker than root's level, and said once
+    assert found["cgroup"] is False and "no memory cgroup" in stderr  # none delegated to 65534 here
     assert found["connect"] == "101", found  # ENETUNREACH: no device is up in the worker's namespace
     assert int(found["shmid"]) >= 0, found  # made, in the worker's IPC namespace ...
     assert not left, left  # ... and gone with it
@@ -208,6 +215,45 @@ def _nobody_processes() -> list[str]:
     return found
 
 
+@contextlib.contextmanager
+def _delegated_memory_cgroup():
+    """A memory cgroup handed to uid 65534 the way systemd's `Delegate=` hands one to a user (the directory
+    and its files chowned), under this process's own, with a leaf inside for the caller's processes:
+    yields that leaf, or None where none can be made here."""
+    from codefoundry.sandbox import jail
+
+    bases = jail._memory_cgroup_bases()
+    if not bases:
+        yield None
+        return
+    version, base = bases[0]
+    top = Path(base) / f"cf-delegated-{os.getpid()}"
+    try:
+        if version == 2:
+            (Path(base) / "cgroup.subtree_control").write_text("+memory")
+        top.mkdir()
+        (top / "caller").mkdir()
+        if version == 2:
+            (top / "cgroup.subtree_control").write_text("+memory")
+        for path in [top, *top.iterdir(), *(top / "caller").iterdir()]:
+            os.chown(path, NOBODY, NOBODY)
+    except OSError:
+        yield None
+        return
+    try:
+        yield top / "caller"
+    finally:
+        deadline = time.monotonic() + 10  # the worker's processes leave it as the kernel tears them down
+        for path in (top / "caller", top):
+            while path.exists():
+                try:
+                    path.rmdir()
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+
+
 def test_red_team_suites_hold_at_the_user_namespace_level():
     """The whole sandbox suite (every red-team attack, every verdict-forging trick, the cross-run and
     basic checks) run by uid 65534, so that its workers reach the user_namespace level: nothing may fail.
@@ -232,7 +278,8 @@ def test_red_team_suites_hold_at_the_user_namespace_level():
         env = {"PYTHONPATH": str(root / "lib"), "HOME": str(root / "home")}
         args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(root / "tests" / "sandbox"),
                 "--ignore", str(root / "tests" / "sandbox" / Path(__file__).name)]  # fmt: skip
-        out = _as_nobody([SYSTEM_PYTHON, *args], env, timeout=900)
+        with _delegated_memory_cgroup() as cgroup:  # so the memory bombs meet the delegated cgroup's bound
+            out = _as_nobody([SYSTEM_PYTHON, *args], env, cgroup=cgroup, timeout=900)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     report = out.stdout[-6000:] + out.stderr[-2000:]
@@ -241,8 +288,10 @@ def test_red_team_suites_hold_at_the_user_namespace_level():
     assert counts.get("passed", 0) >= 300 and not counts.get("failed"), report
     assert "Isolation.PROCESS" not in report, report  # no defence skipped for want of any namespace
     skipped_here = re.findall(r"the user_namespace level \(not root\): (.*)", report)
-    assert set(skipped_here) <= {"no memory cgroup: memfd and SysV pages are outside RLIMIT_AS",
-                                 "every process of the worker runs under the caller's uid"}, report  # fmt: skip
+    lacks = {"every process of the worker runs under the caller's uid"}
+    if cgroup is None:
+        lacks.add("no memory cgroup: memfd and SysV pages are outside RLIMIT_AS")
+    assert set(skipped_here) <= lacks, report
     deadline = time.monotonic() + 10  # a worker's namespace is torn down by the kernel after pytest exits
     while (left := [p for p in _nobody_processes() if p not in before]) and time.monotonic() < deadline:
         time.sleep(0.1)

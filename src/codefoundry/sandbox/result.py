@@ -29,7 +29,8 @@ class Status(StrEnum):
 class Isolation(StrEnum):
     NAMESPACES = "namespaces"  # pid/net/mount/ipc/uts namespaces, private root, unprivileged uid, rlimits
     # Without root, where the kernel lends a user namespace: the same namespaces and root, inside it; one
-    # uid for programs, judge and caller (kept apart by PID namespaces), no memory cgroup (userns.py).
+    # uid for programs, judge and caller (kept apart by PID namespaces), a memory cgroup only where one is
+    # delegated to the caller (userns.py).
     USER_NAMESPACE = "user_namespace"
     PROCESS = "process"  # rlimits + own session and process group only (no privileges to do more)
 

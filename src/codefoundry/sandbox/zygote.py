@@ -82,7 +82,7 @@ them. Programs in languages other than Python run under the same OS isolation bu
 their verdict is their exit status, which they control.
 
 Without root, where the kernel lends a user namespace, the level is "user_namespace": all of the above
-inside one, except that one uid serves all and there is no memory cgroup (userns.py). Otherwise it is
+inside one, except that one uid serves all and a memory cgroup needs delegating (userns.py). Otherwise it is
 "process": rlimits, a session whose group is killed after the run, a work directory in the worker's
 scratch directory, an empty environment, the caller's uid; no network, filesystem or IPC isolation, and
 the caller's own process can be signalled and traced, so verdicts are not protected there. The zygote, a
