@@ -13,8 +13,10 @@ builds it (P keeps its end, S its start, about evenly, so prompt and body fit th
   first line does.
 
 Bodies longer than `--max-body` tokens are left out, so that every scored end token fits the context.
+With `--lines` the middle is one non-blank line of each body instead (`infill_eval.heldout_lines`, as
+`codefoundry pretrain`'s single-line figure draws it), the rest of the body joined to prefix and suffix.
 
-    python benchmarks/fim_middles.py runs/a/checkpoint runs/b/checkpoint --limit 200
+    python benchmarks/fim_middles.py runs/a/checkpoint runs/b/checkpoint --limit 200 [--lines]
 """
 
 from __future__ import annotations
@@ -106,11 +108,14 @@ def main() -> None:
     ap.add_argument("--max-body", type=int, default=100, help="longest body scored, in tokens")
     ap.add_argument("--max-new", type=int, default=128, help="greedy middle's token budget")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lines", action="store_true", help="hide one line of each body, not the whole body")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     examples = infill_eval.heldout_functions(heldout_texts(Path(args.data), args.holdout), limit=args.limit,
                                              seed=args.seed)  # fmt: skip
+    if args.lines:
+        examples = infill_eval.heldout_lines(examples, seed=args.seed)
     if not examples:
         raise SystemExit(f"{args.data}: no held-out functions")
     rows = [measure(c, examples, max_body=args.max_body, max_new=args.max_new) for c in args.checkpoints]

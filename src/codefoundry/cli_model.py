@@ -68,7 +68,9 @@ def _pretrain_line(s: dict[str, Any]) -> str:
         f"{s['tokens']:,} tokens in {s['wall_s']:.0f}s ({num(s['tokens_per_s'], '.0f')} tok/s)",
     ]
     if isinstance(s.get("fim_exact_match"), dict):
-        parts.append(f"FIM exact match {s['fim_exact_match']['exact_match']:.3f}")
+        line = s.get("fim_line_match")
+        single = f" ({line['exact_match']:.3f} on single lines)" if isinstance(line, dict) else ""
+        parts.append(f"FIM exact match {s['fim_exact_match']['exact_match']:.3f}{single}")
     if isinstance(s.get("syntax_valid"), dict):
         parts.append(f"syntax-valid bodies {s['syntax_valid']['syntax_valid']:.3f}")
     return "; ".join(parts) + f" -> {s['checkpoint']} (summary.json beside it)"

@@ -29,6 +29,7 @@ from codefoundry.models.infill_eval import (  # noqa: E402
     _BodyEnd,
     fim_exact_match,
     heldout_functions,
+    heldout_lines,
     syntax_valid_fraction,
 )
 from codefoundry.models.transformer import Transformer  # noqa: E402
@@ -489,6 +490,20 @@ def test_heldout_functions_hides_short_bodies_and_keeps_the_rest():
     assert short.header == 'def short(a, b):\n    """Add."""\n'
     assert heldout_functions([SOURCE], limit=10, seed=0) == heldout_functions([SOURCE], limit=10, seed=0)
     assert len(heldout_functions([SOURCE], limit=1, seed=0)) == 1
+
+
+def test_heldout_lines_hide_one_line_of_each_body():
+    functions = heldout_functions([SOURCE], limit=10, seed=0)
+    lines = heldout_lines(functions, seed=0)
+    assert len(lines) == len(functions) and lines == heldout_lines(functions, seed=0)
+    for e, f in zip(lines, functions, strict=True):
+        assert e.prefix + e.middle + e.suffix == SOURCE
+        assert e.middle.count("\n") == 1 and e.middle.endswith("\n") and e.middle.strip()
+        assert e.middle in f.middle and e.prefix.startswith(f.prefix) and e.suffix.endswith(f.suffix)
+        assert e.header == f.header and e.name.startswith(f.name + "+")
+    assert {e.middle for e in heldout_lines(functions * 20, seed=1)} == {
+        line for f in functions for line in f.middle.splitlines(keepends=True)
+    }  # every line of a body can be the one hidden
 
 
 def test_heldout_functions_on_real_files_respects_budgets():

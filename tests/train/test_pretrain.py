@@ -351,8 +351,9 @@ def test_final_evaluation_when_infill_eval_exists(corpus, tok_dir, tmp_path):
     if "final_eval" in summary:  # the held-out file of this corpus has no short function
         assert summary["final_eval"] == "no held-out functions to infill"
         return
-    fim, syntax = summary["fim_exact_match"], summary["syntax_valid"]
+    fim, syntax, line = summary["fim_exact_match"], summary["syntax_valid"], summary["fim_line_match"]
     assert 0 < fim["n"] <= 50 and 0 <= fim["exact_match"] <= 1
+    assert line["n"] == fim["n"] and 0 <= line["exact_match"] <= line["first_line_match"] <= 1
     assert syntax["n"] == fim["n"] and 0 <= syntax["syntax_valid"] <= 1
     assert json.loads((tmp_path / "summary.json").read_text())["syntax_valid"] == syntax
 

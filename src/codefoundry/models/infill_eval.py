@@ -1,7 +1,8 @@
 """Two cheap checks of a code model on held-out source files, neither of which runs model output:
 
 - fill-in-the-middle exact match: hide the body of a short function, give the model the text before
-  and after it (FIM, PSM), and compare what it writes with the real body;
+  and after it (FIM, PSM), and compare what it writes with the real body; and the same with one line
+  of such a body hidden (`heldout_lines`), a middle short enough to be right before whole bodies are;
 - syntax validity: give the model the text up to the end of a function's header (and docstring), let
   it write the body left to right until a line comes back to the `def`'s indentation, and count the
   functions `ast.parse` accepts.
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 from codefoundry.models.completion import complete, special_id
 from codefoundry.models.generate import PLAIN_STOPS, decode_after, generate, heal_prompts, token_bytes
 
-__all__ = ["InfillExample", "fim_exact_match", "fim_matches", "heldout_functions", "syntax_valid_fraction"]
+__all__ = ["InfillExample", "final_checks", "fim_exact_match", "fim_matches", "heldout_functions", "heldout_lines",
+           "syntax_valid_fraction"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,40 @@ def heldout_functions(
             )
         )
     return examples
+
+
+def heldout_lines(functions: list[InfillExample], *, seed: int) -> list[InfillExample]:
+    """Single-line infilling: for each of `functions` (from `heldout_functions`), one non-blank line of its
+    body chosen at random (by `seed`) is the middle, with the lines around it joined to prefix and suffix."""
+    rng, examples = random.Random(seed), []
+    for e in functions:
+        lines = e.middle.splitlines(keepends=True)
+        filled = [i for i, line in enumerate(lines) if line.strip()]
+        if not filled:
+            continue
+        i = rng.choice(filled)
+        examples.append(InfillExample(prefix=e.prefix + "".join(lines[:i]), middle=lines[i],
+                                      suffix="".join(lines[i + 1 :]) + e.suffix, name=f"{e.name}+{i}",
+                                      header=e.header))  # fmt: skip
+    return examples
+
+
+def final_checks(model, tokenizer, texts: list[str], *, seed: int, seq_len: int) -> dict:
+    """What `codefoundry pretrain` ends with, on 50 held-out functions of `texts`: greedy FIM exact match
+    on whole bodies and on single lines, and the fraction of bodies sampled at temperature 0.8 that
+    parse."""
+    examples = heldout_functions(texts, limit=50, seed=seed)
+    if not examples:
+        return {"final_eval": "no held-out functions to infill"}
+    model.eval()
+    new = min(128, seq_len // 2)  # a body of up to 15 lines; the prompt keeps the other half
+    fim = fim_exact_match(model, tokenizer, examples, max_new_tokens=new)
+    lines = fim_exact_match(model, tokenizer, heldout_lines(examples, seed=seed), max_new_tokens=min(48, new))
+    # One sample per example: up to 50 sampled bodies over 50 different functions.
+    syntax = syntax_valid_fraction(
+        model, tokenizer, examples, n=1, temperature=0.8, seed=seed, max_new_tokens=new
+    )
+    return {"fim_exact_match": fim, "fim_line_match": lines, "syntax_valid": syntax}
 
 
 def _lines(text: str) -> list[str]:

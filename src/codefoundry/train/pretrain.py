@@ -559,25 +559,15 @@ class Run:
 def final_evaluation(
     model: Transformer, tokenizer: Tokenizer, data: PretrainData, cfg: PretrainConfig
 ) -> dict[str, Any]:
-    """FIM exact match and the syntax-valid fraction of sampled bodies on held-out functions, when
-    `codefoundry.models.infill_eval` is installed (else nothing)."""
+    """`infill_eval.final_checks` on the held-out texts (FIM exact match on whole bodies and single lines,
+    the syntax-valid fraction of sampled bodies), when `codefoundry.models.infill_eval` is installed."""
     try:
         from codefoundry.models import infill_eval
     except ModuleNotFoundError as e:
         if e.name != "codefoundry.models.infill_eval":
             raise
         return {}
-    examples = infill_eval.heldout_functions(data.val_texts(), limit=50, seed=cfg.seed)
-    if not examples:
-        return {"final_eval": "no held-out functions to infill"}
-    model.eval()
-    new = min(128, cfg.seq_len // 2)  # a body of up to 15 lines; the prompt keeps the other half
-    fim = infill_eval.fim_exact_match(model, tokenizer, examples, max_new_tokens=new)
-    # n samples per example: one each gives up to 50 sampled bodies over 50 different functions.
-    syntax = infill_eval.syntax_valid_fraction(
-        model, tokenizer, examples, n=1, temperature=0.8, seed=cfg.seed, max_new_tokens=new
-    )
-    return {"fim_exact_match": fim, "syntax_valid": syntax}
+    return infill_eval.final_checks(model, tokenizer, data.val_texts(), seed=cfg.seed, seq_len=cfg.seq_len)
 
 
 def main(argv: list[str] | None = None) -> int:
