@@ -238,6 +238,9 @@ def _delegated_memory_cgroup():
         for path in [top, *top.iterdir(), *(top / "caller").iterdir()]:
             os.chown(path, NOBODY, NOBODY)
     except OSError:
+        for path in (top / "caller", top):
+            with contextlib.suppress(OSError):
+                path.rmdir()
         yield None
         return
     try:
