@@ -11,7 +11,7 @@ import time
 
 from redteam_kit import _proc_table, src, wait_no_strays
 
-from codefoundry.sandbox import jail, shutdown
+from codefoundry.sandbox import cgroup, shutdown
 
 
 def zygotes() -> list[int]:
@@ -30,7 +30,7 @@ def worker_children() -> dict[int, tuple[int, int, str, bytes]]:
 def _worker_cgroups() -> set[str]:
     """The memory cgroups the sandbox's workers make, under this process's own."""
     found = set()
-    for _, base in jail._memory_cgroup_bases():
+    for _, base in cgroup.memory_cgroup_bases():
         found.update(glob.glob(os.path.join(base, "codefoundry-worker-*")))
     return found
 

@@ -71,6 +71,11 @@ def assert_contained(r: ExecutionResult, *statuses: Status) -> None:
         assert r.status in statuses, brief(r)
 
 
+# What the user_namespace level lacks by design (userns.py), as `needs_namespaces(root_only=...)` names it.
+ONE_UID = "every process of the worker runs under the caller's uid"
+NO_MEMORY_CGROUP = "no memory cgroup: memfd and SysV pages are outside RLIMIT_AS"
+
+
 def needs_namespaces(r: ExecutionResult, *, root_only: str = "") -> None:
     """Skip where the run's isolation level lacks the defence under test: the `process` level lacks every
     namespace defence; the `user_namespace` level (an unprivileged caller) lacks those that `root_only`

@@ -17,6 +17,7 @@ import time
 import pytest
 from redteam_kit import (
     FAST,
+    ONE_UID,
     _descendants,
     _kill_marked,
     _proc_table,
@@ -232,7 +233,7 @@ def test_untrusted_text_is_parsed_by_an_unprivileged_helper_not_the_root_zygote(
     """A Python program that does not parse is caught before any fork, by the worker's parse helper: a
     child of the root zygote that runs under an unprivileged uid (as does the judge server)."""
     r = run("def f(:\n    pass\n")
-    needs_namespaces(r, root_only="every process of the worker runs under the caller's uid")
+    needs_namespaces(r, root_only=ONE_UID)
     assert r.status is Status.FAILED and r.phase == "compile" and r.cpu_seconds == 0
     table = _proc_table()
     zygotes = {pid for pid, (uid, _, _, cmd) in table.items() if b"zygote.py" in cmd and uid == 0}

@@ -23,6 +23,7 @@ from redteam_kit import (
     FD_EXHAUSTION,
     FORK_BOMB,
     MEMORY_BOMB,
+    NO_MEMORY_CGROUP,
     PY_ATTACKS,
     SELF_STOP,
     SLACK,
@@ -161,7 +162,7 @@ def test_memfd_memory_is_bounded_by_the_memory_limit():
     """)
     r = run(prog, limits=HOARD_LIMITS)
     if not r.extra.get("memory_cgroup"):  # the user_namespace level has one only where it is delegated
-        needs_namespaces(r, root_only="no memory cgroup: memfd and SysV pages are outside RLIMIT_AS")
+        needs_namespaces(r, root_only=NO_MEMORY_CGROUP)
     assert_contained(r)
 
 
@@ -171,7 +172,7 @@ def test_sysv_shared_memory_is_bounded_by_the_memory_limit():
     try:
         r = run(prog, limits=HOARD_LIMITS)
         if not r.extra.get("memory_cgroup"):
-            needs_namespaces(r, root_only="no memory cgroup: memfd and SysV pages are outside RLIMIT_AS")
+            needs_namespaces(r, root_only=NO_MEMORY_CGROUP)
         assert_contained(r)
     finally:
         shutdown()  # if the segments outlived the run, drop the worker (and its IPC namespace) to free them

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
+from redteam_kit import NO_MEMORY_CGROUP, ONE_UID
 
 import codefoundry
 
@@ -220,9 +221,9 @@ def _delegated_memory_cgroup():
     """A memory cgroup handed to uid 65534 the way systemd's `Delegate=` hands one to a user (the directory
     and its files chowned), under this process's own, with a leaf inside for the caller's processes:
     yields that leaf, or None where none can be made here."""
-    from codefoundry.sandbox import jail
+    from codefoundry.sandbox import cgroup
 
-    bases = jail._memory_cgroup_bases()
+    bases = cgroup.memory_cgroup_bases()
     if not bases:
         yield None
         return
@@ -291,9 +292,9 @@ def test_red_team_suites_hold_at_the_user_namespace_level():
     assert counts.get("passed", 0) >= 300 and not counts.get("failed"), report
     assert "Isolation.PROCESS" not in report, report  # no defence skipped for want of any namespace
     skipped_here = re.findall(r"the user_namespace level \(not root\): (.*)", report)
-    lacks = {"every process of the worker runs under the caller's uid"}
+    lacks = {ONE_UID}
     if cgroup is None:
-        lacks.add("no memory cgroup: memfd and SysV pages are outside RLIMIT_AS")
+        lacks.add(NO_MEMORY_CGROUP)
     assert set(skipped_here) <= lacks, report
     deadline = time.monotonic() + 10  # a worker's namespace is torn down by the kernel after pytest exits
     while (left := [p for p in _nobody_processes() if p not in before]) and time.monotonic() < deadline:

@@ -6,12 +6,16 @@ failing operation's name.
 """
 
 import ctypes
+import importlib
 import os
 import resource
 import signal
 import socket
 import struct
 import sys
+
+# cgroup.py as the zygote loaded it (zygote._load registers the modules it loads), or as a package module.
+cgroup = sys.modules.get("codefoundry_cgroup") or importlib.import_module("codefoundry.sandbox.cgroup")
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUSER = 0x20000000, 0x40000000, 0x10000000
@@ -201,7 +205,7 @@ def process_level(why: str) -> tuple[str, str, None]:
     return "process", why, None
 
 
-def setup_worker(extra_ro: list[str]) -> tuple[str, str, "MemoryCgroup | None"]:
+def setup_worker(extra_ro: list[str]) -> tuple[str, str, "cgroup.MemoryCgroup | None"]:
     """Enter the worker's own network, mount, IPC and UTS namespaces and pivot into a read-only root.
     Returns the isolation level reached, why when it is the weaker one, and the worker's memory cgroup."""
     if os.environ.get("CODEFOUNDRY_SANDBOX_ISOLATION") == "process":
@@ -212,10 +216,10 @@ def setup_worker(extra_ro: list[str]) -> tuple[str, str, "MemoryCgroup | None"]:
         unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
     except OSError as e:
         return process_level(f"namespaces unavailable ({e})")
-    cgroup = MemoryCgroup.create(f"codefoundry-worker-{os.getpid()}")
+    memory = cgroup.create(f"codefoundry-worker-{os.getpid()}")  # on the host's paths, before pivoting
     mount("none", "/", None, MS_REC | MS_PRIVATE)
     private_root(extra_ro)
-    return "namespaces", "", cgroup
+    return "namespaces", "", memory
 
 
 def private_root(extra_ro: list[str]) -> None:
@@ -470,100 +474,6 @@ def apply_run_limits(cpu: float, memory_mb: int, processes: int | None = None) -
         resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20,) * 2)
     if processes is not None:
         resource.setrlimit(resource.RLIMIT_NPROC, (processes,) * 2)
-
-
-class MemoryCgroup:
-    """A memory cgroup (v1 or v2) holding one worker's runs, so that a run's memory is bounded as a whole:
-    anonymous memory of all its processes, memfd and SysV shared memory, files it writes to its tmpfs.
-    Created before pivot_root and used through a directory fd afterwards."""
-
-    def __init__(self, path: str, version: int) -> None:
-        self.path, self.version = path, version
-        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        self.parent_fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
-        self.limit = -1
-
-    def remove(self) -> None:
-        """Delete the (by then empty) cgroup; works after pivot_root through the parent's fd."""
-        try:
-            os.rmdir(os.path.basename(self.path), dir_fd=self.parent_fd)
-        except OSError:
-            pass
-
-    @classmethod
-    def create(cls, name: str) -> "MemoryCgroup | None":
-        for version, base in _memory_cgroup_bases():
-            path = os.path.join(base, name)
-            try:
-                if version == 2:
-                    _write_file(os.path.join(base, "cgroup.subtree_control"), "+memory")
-                os.mkdir(path)
-                return cls(path, version)
-            except OSError:
-                continue
-        return None
-
-    def _write(self, name: str, value: str) -> None:
-        fd = os.open(name, os.O_WRONLY, dir_fd=self.fd)
-        try:
-            os.write(fd, value.encode())
-        finally:
-            os.close(fd)
-
-    def _read(self, name: str) -> str:
-        fd = os.open(name, os.O_RDONLY, dir_fd=self.fd)
-        try:
-            return os.read(fd, 65536).decode()
-        finally:
-            os.close(fd)
-
-    def set_limit(self, limit_bytes: int) -> None:
-        if limit_bytes != self.limit:
-            self._write("memory.limit_in_bytes" if self.version == 1 else "memory.max", str(limit_bytes))
-            self.limit = limit_bytes
-
-    def join(self) -> None:
-        """Move the calling process (and so everything it starts) into the cgroup."""
-        self._write("cgroup.procs", "0")
-
-    def oom_kills(self) -> int:
-        text = self._read("memory.oom_control" if self.version == 1 else "memory.events")
-        for line in text.splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
-                return int(value)
-        return 0
-
-
-def _memory_cgroup_bases() -> list[tuple[int, str]]:
-    """Where this process's memory cgroup lives, for cgroup v1 and v2 (from /proc/self/{cgroup,mountinfo})."""
-    try:
-        with open("/proc/self/cgroup") as f:
-            groups = [line.rstrip("\n").split(":", 2) for line in f]
-        with open("/proc/self/mountinfo") as f:
-            mounts = [line.split() for line in f]
-    except OSError:
-        return []
-    bases = []
-    for _, controllers, rel in groups:
-        for m in mounts:
-            sep = m.index("-")
-            fstype, opts, root, point = m[sep + 1], m[sep + 3], m[3], m[4]
-            if (
-                controllers
-                and "memory" in controllers.split(",")
-                and fstype == "cgroup"
-                and "memory" in opts.split(",")
-            ):
-                bases.append((1, point + rel[len(root.rstrip("/")) :]))
-            elif not controllers and fstype == "cgroup2":
-                try:
-                    with open(os.path.join(point, "cgroup.controllers")) as f:
-                        if "memory" in f.read().split():
-                            bases.append((2, point + rel[len(root.rstrip("/")) :]))
-                except OSError:
-                    pass
-    return bases
 
 
 def _write_file(path: str, value: str) -> None:

@@ -1,6 +1,6 @@
 """The sandbox's level for a caller who is not root: "user_namespace".
 
-Loaded by path into the zygote, after jail.py (standard library only; Linux). Where the kernel lends
+Loaded by path into the zygote, after cgroup.py and jail.py (standard library only; Linux). Where the kernel lends
 unprivileged user namespaces, the worker makes one that owns new mount, network, IPC, UTS and PID
 namespaces, maps the caller's uid and gid to themselves, and from then on runs the root level's machinery
 inside it, with the capabilities that namespace gives: the same read-only pivoted root, private /work and
@@ -26,8 +26,8 @@ What differs from root's level, and why it still holds:
   (zygote, template, judge, parse helper, init, the waiting process) are added to a run's limit.
 - A memory cgroup only where one is delegated to the caller: its own memory cgroup's directory (or, on
   cgroup v2, that one's parent) owned by the caller and writable, as systemd's `Delegate=` or an
-  administrator's `chown` leaves it (`_delegated_cgroup`). The worker's cgroup is made there before the
-  user namespace is entered and used through fds, as at root's level. Elsewhere memory is bounded per
+  administrator's `chown` leaves it (cgroup.py). The worker's cgroup is made there before the user
+  namespace is entered and used through fds, as at root's level. Elsewhere memory is bounded per
   process only (RLIMIT_AS), and memfd and SysV pages, which RLIMIT_AS does not count, are not bounded as
   a whole.
 - Kernel keyrings, the host's processes and its IPC objects stay out of reach as in root's level; the
@@ -41,13 +41,14 @@ import signal
 import sys
 
 jail = sys.modules.get("codefoundry_jail") or importlib.import_module("codefoundry.sandbox.jail")
+cgroup = sys.modules.get("codefoundry_cgroup") or importlib.import_module("codefoundry.sandbox.cgroup")
 
 LEVEL = "user_namespace"
 REASON = "not root: a user namespace of the worker's own (one uid, {})"
 PROC_FD = -1  # the worker's PID namespace's /proc, once set up
 
 
-def setup_worker(extra_ro: list[str]) -> tuple[str, str, "jail.MemoryCgroup | None"]:
+def setup_worker(extra_ro: list[str]) -> tuple[str, str, "cgroup.MemoryCgroup | None"]:
     """Root's level as root (`jail.setup_worker`); otherwise this level where a user namespace is lent,
     else the process level. A child tries the whole set-up first: a user namespace entered but not set up
     (its id map refused, a mount denied) could not be left again."""
@@ -58,7 +59,7 @@ def setup_worker(extra_ro: list[str]) -> tuple[str, str, "jail.MemoryCgroup | No
     failure = _probe(uid, gid, extra_ro)
     if failure:
         return jail.process_level(f"not root, and no user namespace could be set up here ({failure})")
-    cgroup = _delegated_cgroup(f"codefoundry-worker-{os.getpid()}")  # on the host's paths, before pivoting
+    memory = cgroup.create(f"codefoundry-worker-{os.getpid()}")  # one delegated to the caller, if any
     _enter(uid, gid)
     zygote = os.fork()  # pid 1 of the worker's PID namespace
     if zygote:
@@ -66,34 +67,7 @@ def setup_worker(extra_ro: list[str]) -> tuple[str, str, "jail.MemoryCgroup | No
     jail.prctl(jail.PR_SET_PDEATHSIG, signal.SIGKILL)
     global PROC_FD
     PROC_FD = _inside(extra_ro)
-    memory = "a delegated memory cgroup" if cgroup else "no memory cgroup"
-    return LEVEL, REASON.format(memory), cgroup
-
-
-def _delegated_cgroup(name: str) -> "jail.MemoryCgroup | None":
-    """A memory cgroup for the worker's runs, made in a cgroup the caller may write: its own memory
-    cgroup, or on v2 that one's parent (a v2 cgroup that holds processes cannot give its children the
-    memory controller; a program's move needs the common parent's cgroup.procs). None where there is none,
-    or where the new cgroup has no limit the caller may set."""
-    for version, base in jail._memory_cgroup_bases():
-        limit_file = "memory.limit_in_bytes" if version == 1 else "memory.max"
-        for where in [base] if version == 1 else [base, os.path.dirname(base)]:
-            if not (os.access(where, os.W_OK) and os.access(os.path.join(where, "cgroup.procs"), os.W_OK)):
-                continue
-            path = os.path.join(where, name)
-            if version == 2 and where != base:
-                try:
-                    jail._write_file(os.path.join(where, "cgroup.subtree_control"), "+memory")
-                except OSError:
-                    pass  # not ours to change, or already on: the new cgroup's files say which
-            try:
-                os.mkdir(path)
-            except OSError:
-                continue
-            if os.access(os.path.join(path, limit_file), os.W_OK):
-                return jail.MemoryCgroup(path, version)
-            os.rmdir(path)
-    return None
+    return LEVEL, REASON.format("a delegated memory cgroup" if memory else "no memory cgroup"), memory
 
 
 def _enter(uid: int, gid: int) -> None:

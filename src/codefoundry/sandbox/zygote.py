@@ -123,6 +123,7 @@ def _load(name: str) -> types.ModuleType:
 _compiled = globals().get("_compiled")
 
 
+cgroup = _load("cgroup")  # before jail.py, which uses it
 jail = _load("jail")
 userns = _load("userns")
 runspace = _load("runspace")
