@@ -15,7 +15,17 @@ import sys
 from collections.abc import Sequence
 
 from codefoundry.models.backends.base import truncate_at_stop
-from codefoundry.models.generate import FIM_STOPS, PLAIN_STOPS, OnText, decode, generate, token_bytes
+from codefoundry.models.generate import (
+    FIM_BANNED,
+    FIM_STOPS,
+    PLAIN_BANNED,
+    PLAIN_STOPS,
+    OnText,
+    decode,
+    generate,
+    ids_of,
+    token_bytes,
+)
 from codefoundry.models.tokenizer import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, special_id
 from codefoundry.models.transformer import Transformer
 
@@ -57,8 +67,8 @@ def _fit(ids: list[int], n_prefix: int | None, budget: int) -> list[int]:
 def complete_ids(model: Transformer, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
                  stop_ids: Sequence[int] = (), stop: Sequence[str] = (), temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None, batch_size: int = 16,
-                 on_text: OnText | None = None,
-                 fim_prefix_lengths: list[int | None] | None = None) -> list[str]:  # fmt: skip
+                 on_text: OnText | None = None, fim_prefix_lengths: list[int | None] | None = None,
+                 banned_ids: Sequence[int] = ()) -> list[str]:  # fmt: skip
     """The text each prompt (as ids) continues with, cut before any stop string. Prompts run in batches
     of similar length; a prompt too long for the model is trimmed (see `_fit`)."""
     cap = model.cfg.max_seq_len
@@ -77,7 +87,7 @@ def complete_ids(model: Transformer, tokenizer, prompts: list[list[int]], *, max
             model, [fitted[i] or [special_id(tokenizer, EOT)] for i in chunk], max_new_tokens=max_new,
             temperature=temperature, top_k=top_k, top_p=top_p,
             seed=None if seed is None else seed * 1_000_003 + batch_no,  # batches draw different numbers
-            stop_ids=stop_ids, stop_strings=stop, tokenizer=tokenizer,
+            stop_ids=stop_ids, stop_strings=stop, tokenizer=tokenizer, banned_ids=banned_ids,
             on_token=(lambda row, tok, s=streams: s[row].push(tok)) if streams else None,
         )  # fmt: skip
         for j, i in enumerate(chunk):
@@ -93,7 +103,8 @@ def complete(model: Transformer, tokenizer, prompts: list[str], *, suffixes: lis
              batch_size: int = 16) -> list[str]:  # fmt: skip
     """Continue each prompt; with a (non-None) suffix, write the middle between prompt and suffix (FIM,
     PSM). Generation ends at <|endoftext|> or <|file_sep|> (and <|fim_pad|> for FIM), at a stop string,
-    or after max_new_tokens. `on_text(row, piece)` streams each row's text as it is decided."""
+    or after max_new_tokens; the FIM sentinels are never written (`generate.PLAIN_BANNED`). `on_text(row,
+    piece)` streams each row's text as it is decided."""
     suffixes = suffixes if suffixes is not None else [None] * len(prompts)
     if len(suffixes) != len(prompts):
         raise ValueError(f"complete: {len(prompts)} prompts but {len(suffixes)} suffixes")
@@ -112,6 +123,7 @@ def complete(model: Transformer, tokenizer, prompts: list[str], *, suffixes: lis
         model, tokenizer, ids, max_new_tokens=max_new_tokens, stop_ids=stop_ids, stop=stop,
         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size,
         on_text=on_text, fim_prefix_lengths=prefix_lengths,
+        banned_ids=ids_of(tokenizer, FIM_BANNED if fim else PLAIN_BANNED),
     )  # fmt: skip
 
 

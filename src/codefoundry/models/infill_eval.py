@@ -22,7 +22,15 @@ import textwrap
 from dataclasses import dataclass
 
 from codefoundry.models.completion import complete, special_id
-from codefoundry.models.generate import PLAIN_STOPS, decode_after, generate, heal_prompts, token_bytes
+from codefoundry.models.generate import (
+    PLAIN_BANNED,
+    PLAIN_STOPS,
+    decode_after,
+    generate,
+    heal_prompts,
+    ids_of,
+    token_bytes,
+)
 
 __all__ = ["InfillExample", "final_checks", "fim_exact_match", "fim_matches", "heldout_functions", "heldout_lines",
            "syntax_valid_fraction"]  # fmt: skip
@@ -218,7 +226,8 @@ def syntax_valid_fraction(
 ) -> dict:
     """Sample `n` bodies per example after its header (at `temperature`, from the nucleus `top_p`); the
     fraction that make a function `ast.parse` accepts. A body ends at the first non-blank line indented no
-    deeper than the `def` (cut there), at <|endoftext|> or <|file_sep|>, or after max_new_tokens.
+    deeper than the `def` (cut there), at <|endoftext|> or <|file_sep|>, or after max_new_tokens; the FIM
+    sentinels are never drawn, as in `completion.complete`.
     `records`, when given, gets one dict per sample: name, body, ended (False when the token budget ran
     out first) and error (None when it parses)."""
     if not examples:
@@ -241,6 +250,7 @@ def syntax_valid_fraction(
             model, prompts, max_new_tokens=new, temperature=temperature, top_p=top_p,
             seed=seed * 1_000_003 + start, stop_ids=stop_ids,
             on_token=lambda row, tok, w=watchers: w[row].push(tok), first_tokens=firsts,
+            banned_ids=ids_of(tokenizer, PLAIN_BANNED),
         )  # fmt: skip
         for (e, _), ids, watcher, skip in zip(chunk, out, watchers, skips, strict=True):
             text = decode_after(table, ids, skip)

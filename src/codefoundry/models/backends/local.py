@@ -26,6 +26,7 @@ class LocalBackend:
         from codefoundry.models import checkpoint
         from codefoundry.models import tokenizer as tokenizer_module
         from codefoundry.models.completion import special_id
+        from codefoundry.models.generate import PLAIN_BANNED, ids_of
 
         self.name = f"cf:{path}"
         if batch_size < 1:
@@ -46,6 +47,7 @@ class LocalBackend:
             self._plain_stops = [special_id(self.tokenizer, t) for t in (EOT, FILE_SEP)]
             self._chat_stops = [special_id(self.tokenizer, t) for t in (IM_END, EOT)]
             self._im_start = special_id(self.tokenizer, IM_START)
+            self._banned = ids_of(self.tokenizer, PLAIN_BANNED)  # no FIM sentinel in a completion or answer
             self._plain = tokenizer_module.plain_text_copy(self.tokenizer)
         except (checkpoint.CheckpointError, ValueError) as e:
             raise BackendError(f"{self.name}: {e}") from None
@@ -83,7 +85,7 @@ class LocalBackend:
         texts = complete_ids(
             self.model, self.tokenizer, rows, max_new_tokens=params.max_tokens, stop_ids=stop_ids,
             stop=params.stop, temperature=params.temperature, top_p=params.top_p, seed=params.seed,
-            batch_size=self.batch_size,
+            batch_size=self.batch_size, banned_ids=self._banned,
         )  # fmt: skip
         return [
             texts[i * per_prompt : (i + 1) * per_prompt] * (params.n if params.greedy else 1)
