@@ -92,10 +92,9 @@ def _fond_of(model: Transformer, prompt: list[int], token: int) -> Transformer:
 @pytest.mark.parametrize("fim", [False, True])
 def test_completions_never_write_a_fim_sentinel(tok, fim):
     prefix, suffix = "def area(w, h):\n", "\n\ndef other():\n    pass\n"
-    prompt = tokenizer_module.special_id(tok, "<|fim_prefix|>") if fim else None
     ids = tok.encode(prefix, add_special_tokens=False).ids
     if fim:
-        ids = [prompt, *ids, tok.token_to_id("<|fim_suffix|>"),
+        ids = [tokenizer_module.special_id(tok, "<|fim_prefix|>"), *ids, tok.token_to_id("<|fim_suffix|>"),
                *tok.encode(suffix, add_special_tokens=False).ids, tok.token_to_id("<|fim_middle|>")]  # fmt: skip
     sentinel = tok.token_to_id("<|fim_middle|>")
     model = _fond_of(_model(tok.get_vocab_size(), tie_embeddings=False), ids, sentinel)

@@ -64,7 +64,7 @@ print(json.dumps({
     "isolation": net.isolation.value, "connect": net.stdout.strip(), "shmid": shm.stdout.strip(),
     "caps": caps.stdout.split(), "good": good.passed, "forged": forged.passed, "trace": trace.stdout.split(),
     "root": seen.stdout, "bomb": bomb.status.value, "after": after.stdout.strip(),
-    "cgroup": net.extra.get("memory_cgroup"),
+    "cgroup": net.extra.get("memory_cgroup"), "filter": net.extra.get("syscall_filter"),
 }))
 """
 
@@ -148,7 +148,7 @@ def test_unprivileged_worker_cuts_network_and_ipc_and_holds_no_capability(packag
     assert int(found["shmid"]) >= 0, found  # made, in the worker's IPC namespace ...
     assert not left, left  # ... and gone with it
     assert found["caps"] == ["0"] * 6, found  # effective, permitted, inheritable: none
-    assert found["trace"] == ["-1", "1"], found  # EPERM, from the seccomp filter
+    assert found["trace"] == ["-1", "1"] and found["filter"] is True, found  # EPERM, from the seccomp filter
     assert "home" not in found["root"] and "root" not in found["root"] and "proc" not in found["root"], found
     assert found["bomb"] != "ok" and found["after"] == "42", found
     assert found["good"] is True and found["forged"] is False, found
@@ -164,7 +164,7 @@ def test_the_same_programs_at_process_level_reach_the_server_and_leave_the_segme
         subprocess.run(["ipcrm", "-m", shmid], check=False)
     assert found["isolation"] == "process", found
     assert found["connect"] == "0", found
-    assert found["trace"] == ["0", "0"], found  # the same attach works there
+    assert found["trace"] == ["-1", "1"] and found["filter"] is True, found  # the filter is on at every level
     assert left, "the process level is expected to leave the segment on the host"
     assert found["good"] is True and found["forged"] is False, found
 

@@ -14,8 +14,10 @@ import socket
 import struct
 import sys
 
-# cgroup.py as the zygote loaded it (zygote._load registers the modules it loads), or as a package module.
+# cgroup.py and seccomp.py as the zygote loaded them (zygote._load registers the modules it loads), or as
+# package modules.
 cgroup = sys.modules.get("codefoundry_cgroup") or importlib.import_module("codefoundry.sandbox.cgroup")
+seccomp = sys.modules.get("codefoundry_seccomp") or importlib.import_module("codefoundry.sandbox.seccomp")
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUSER = 0x20000000, 0x40000000, 0x10000000
@@ -390,12 +392,20 @@ def arrange_fds(keep: dict[int, int]) -> None:
 
 
 def drop_privileges(
-    limits: dict, uid: int, isolated: bool, *, building: bool = False, dumpable: bool = True
+    limits: dict,
+    uid: int,
+    isolated: bool,
+    *,
+    building: bool = False,
+    dumpable: bool = True,
+    clear_keyrings: bool = False,
 ) -> None:
     """Limits that hold for everything the process starts, then the switch to the unprivileged uid (kept
-    when it is already ours: the user_namespace level) and the loss of every capability; a build gets
-    BUILD_PROCESSES processes at least, lowered to the program's limit after it (`apply_run_limits`).
-    `dumpable` False: no process of the same uid can trace this one (the judge, the parse helper)."""
+    when it is already ours: the user_namespace level) and the loss of every capability, then the system
+    call filter (seccomp.py) where the worker found it works; a build gets BUILD_PROCESSES processes at
+    least, lowered to the program's limit after it (`apply_run_limits`). `dumpable` False: no process of
+    the same uid can trace this one (the judge, the parse helper). `clear_keyrings`: empty the uid's kernel
+    keyrings (where no filter denies the calls that fill them)."""
     rl = {
         resource.RLIMIT_FSIZE: (int(limits["file_size_mb"]) << 20,) * 2,
         resource.RLIMIT_NOFILE: (int(limits["open_files"]),) * 2,
@@ -416,31 +426,12 @@ def drop_privileges(
             drop_capabilities()  # the same uid in a user namespace: they must be given up one by one
         prctl(PR_SET_DUMPABLE, int(dumpable))
     prctl(PR_SET_NO_NEW_PRIVS, 1)
-    if isolated and same_uid:
-        deny_tracing()
-
-
-# Denied to processes that share the caller's uid: reading, writing or taking over another process.
-_TRACE_CALLS = {"x86_64": (0xC000003E, (101, 310, 311, 438)), "aarch64": (0xC00000B7, (117, 270, 271, 438))}
-_SECCOMP_DENY, _SECCOMP_ALLOW, _SECCOMP_KILL = 0x00050000 | 1, 0x7FFF0000, 0x80000000  # errno EPERM
-
-
-def deny_tracing() -> None:
-    """A seccomp filter on this process and all it starts: ptrace, process_vm_readv/writev and pidfd_getfd
-    fail with EPERM (and any call of another architecture's ABI kills). Where a program shares its uid with
-    processes it must not touch (the user_namespace level), it cannot take one over even if it names it."""
-    arch, calls = _TRACE_CALLS.get(os.uname().machine, (0, ()))
-    if not calls:
-        raise OSError(0, "no seccomp filter for this architecture")
-    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
-    deny_at = 6 + len(calls)  # the index of the denying return (after 5 loads and checks, the calls, allow)
-    prog = [(ld, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, _SECCOMP_KILL), (ld, 0, 0, 0)]
-    prog.append((jge, deny_at - 5, 0, 0x40000000))  # x32 system calls
-    prog += [(jeq, deny_at - 6 - i, 0, nr) for i, nr in enumerate(calls)]
-    prog += [(ret, 0, 0, _SECCOMP_ALLOW), (ret, 0, 0, _SECCOMP_DENY)]
-    filt = (ctypes.c_uint64 * len(prog))(*(c | jt << 16 | jf << 24 | k << 32 for c, jt, jf, k in prog))
-    fprog = struct.pack("HxxxxxxQ", len(prog), ctypes.addressof(filt))
-    _check(_libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0), "prctl(PR_SET_SECCOMP)")  # a filter
+    if clear_keyrings:
+        clear_user_keyrings()
+    if seccomp.ENABLED:
+        seccomp.install()  # a program's process is born under the template's: nothing to do there
+    elif isolated and same_uid:  # what keeps one uid's processes apart there (userns.py): never without it
+        raise OSError(0, "no seccomp filter at the user_namespace level")
 
 
 def drop_capabilities() -> None:

@@ -18,8 +18,9 @@ What differs from root's level, and why it still holds:
   processes and its init; the caller, the zygote, the judge and the parse helper are outside it) and
   cannot trace even what it can name: it, the judge and the parse helper hold no capability
   (`jail.drop_capabilities`; no uid 0 to exec back into) and run under a seccomp filter that denies
-  ptrace, process_vm_readv/writev and pidfd_getfd (`jail.deny_tracing`), so nothing it does reaches into
-  init, which later runs share, or into another process. The judge and the parse helper are also
+  ptrace, process_vm_readv/writev, pidfd_getfd and the rest of seccomp.py's list, so nothing it does
+  reaches into init, which later runs share, or into another process. Where the filter cannot be set,
+  this level is not used. The judge and the parse helper are also
   non-dumpable. The zygote and the template keep the namespace's capabilities (they enter the runs'
   namespaces) and only ever handle trusted data.
 - The process limit counts every process of the uid in the worker's user namespace, so the worker's own
@@ -53,10 +54,11 @@ def setup_worker(extra_ro: list[str]) -> tuple[str, str, "cgroup.MemoryCgroup | 
     else the process level. A child tries the whole set-up first: a user namespace entered but not set up
     (its id map refused, a mount denied) could not be left again."""
     disabled = os.environ.get("CODEFOUNDRY_SANDBOX_ISOLATION") == "process"
+    no_filter = jail.seccomp.probe()  # sets whether every level's processes get the filter
     if os.geteuid() == 0 or jail.SYSCALL is None or disabled:
         return jail.setup_worker(extra_ro)
     uid, gid = os.getuid(), os.getgid()
-    failure = _probe(uid, gid, extra_ro)
+    failure = f"no seccomp filter: {no_filter}" if no_filter else _probe(uid, gid, extra_ro)
     if failure:
         return jail.process_level(f"not root, and no user namespace could be set up here ({failure})")
     memory = cgroup.create(f"codefoundry-worker-{os.getpid()}")  # one delegated to the caller, if any

@@ -29,6 +29,8 @@ What is isolated (level "namespaces", when the worker runs as root):
 - Privileges: the program runs as an unprivileged uid/gid chosen at random per worker, with no
   supplementary groups and no_new_privs, so rlimits cannot be raised and root's files (/etc/shadow)
   stay unreadable although the sandbox runs as root. Its environment holds only PATH, HOME, LANG, TMPDIR.
+  A seccomp filter (seccomp.py, set once in the template that forks it; `extra["syscall_filter"]`) denies
+  it, its builds, judge and parse helper calls that reach other processes, namespaces, mounts, the kernel.
 - Limits: RLIMIT_CPU (the timeout: SIGXCPU at the limit, SIGKILL a CPU second later; a run that used
   more CPU than allowed is a timeout even when the signal came late), RLIMIT_AS per process, RLIMIT_NPROC
   (per worker uid, so one run's fork bomb does not starve another worker), RLIMIT_FSIZE, RLIMIT_NOFILE, no
@@ -66,27 +68,28 @@ in-flight descriptors stays connectable, in the worker's network namespace, unti
 garbage collector frees it (well under a second); SysV IPC ids count up in an IPC namespace that runs
 share, so a run that made and removed objects tells the next how many. Everything else a run could
 leave (processes, including CLONE_PARENT children, which the zygote reaps itself; files; directory modes
-and extended attributes; IPC objects; kernel keyrings, cleared at the start of every run; locks and
-flags on its stdin, a fresh open of /dev/null each run; the request itself, wiped from the template
-after each clone) is removed or checked before the next run (tests/sandbox/test_redteam_crossrun.py).
+and extended attributes; IPC objects; kernel keyrings, which the filter keeps programs from using and
+which are cleared at the start of every run where there is no filter; locks and flags on its stdin, a
+fresh open of /dev/null each run; the request itself, wiped from the template after each clone) is
+removed or checked before the next run (tests/sandbox/test_redteam_crossrun.py).
 
-Not covered: the kernel is shared (no seccomp filter, no gVisor: a kernel exploit escapes, and a program
-may create user namespaces of its own); CPU time is limited per process, not per run (a run's CPU use is
-bounded by processes x CPU limit and by the wall backstop); without a memory cgroup, memory is bounded per
-process only; timing side channels are open. The parse helper exposes CPython's tokenizer, parser and
-compiler to untrusted text in a process that outlives a run: a memory-safety bug there would give a
-program the programs' uid across later runs (still unprivileged, with no network and a read-only root,
-and never the judge's uid), and with it the code objects later runs load, so that it could make later
-programs behave as it likes (as with that uid it could already trace them); the root zygote never loads
-them. Programs in languages other than Python run under the same OS isolation but have no judge process:
-their verdict is their exit status, which they control.
+Not covered: the kernel is shared (no gVisor: an exploit through a call the filter allows escapes); CPU
+time is limited per process, not per run (a run's CPU use is bounded by processes x CPU limit and by the
+wall backstop); without a memory cgroup, memory is bounded per process only; timing side channels are
+open. The parse helper exposes CPython's tokenizer, parser and compiler to untrusted text in a process
+that outlives a run: a memory-safety bug there would give a program the programs' uid across later runs
+(unprivileged and filtered, with no network and a read-only root, never the judge's uid), and with it
+the code objects later runs load, so that it could make later programs behave as it likes; the root
+zygote never loads them. Programs in other languages run under the same OS isolation but have no judge
+process: their verdict is their exit status, which they control.
 
 Without root, where the kernel lends a user namespace, the level is "user_namespace": all of the above
 inside one, except that one uid serves all and a memory cgroup needs delegating (userns.py). Otherwise it is
 "process": rlimits, a session whose group is killed after the run, a work directory in the worker's
 scratch directory, an empty environment, the caller's uid; no network, filesystem or IPC isolation, and
-the caller's own process can be signalled and traced, so verdicts are not protected there. The zygote, a
-subreaper, kills a daemon leaving the session, unless it forks faster. Every result reports the level.
+the caller's own process can be signalled (and traced without the filter), so verdicts are not protected
+there. The zygote, a subreaper, kills a daemon leaving the session, unless it forks faster. Every result
+reports the level.
 """
 
 import json
@@ -123,7 +126,7 @@ def _load(name: str) -> types.ModuleType:
 _compiled = globals().get("_compiled")
 
 
-cgroup = _load("cgroup")  # before jail.py, which uses it
+cgroup, seccomp = _load("cgroup"), _load("seccomp")  # before jail.py, which uses them
 jail = _load("jail")
 userns = _load("userns")
 runspace = _load("runspace")
@@ -166,6 +169,7 @@ class Worker:
     def __init__(self, isolation: str, uid: int, cgroup) -> None:
         self.isolation = isolation
         self.cgroup = cgroup
+        self.extra = {"memory_cgroup": cgroup is not None, "syscall_filter": seccomp.ENABLED}
         self.disk_mb = -1
         self.dirty = True
         namespaces, one_uid = isolation != "process", isolation == userns.LEVEL
@@ -196,7 +200,7 @@ class Worker:
             if not run.ns:
                 os.rmdir(run.workdir)  # made for the run, still empty: nothing ran
             tests = (json.loads(jail.read_frame(REQ_FD)).get("tests") or []) if run.judged else []
-            return results.not_run(run, report, tests) | {"extra": {"memory_cgroup": self.cgroup is not None}}
+            return results.not_run(run, report, tests) | {"extra": dict(self.extra)}
         disk = int(run.limits["disk_mb"])
         if run.ns and (self.dirty or disk != self.disk_mb):
             jail.fresh_run_dirs(run.uid, disk)
@@ -215,7 +219,7 @@ class Worker:
 
                 shutil.rmtree(run.workdir, ignore_errors=True)
         self.dirty = run.ns and not jail.tidy_run_dirs(run.req["filename"], run.uid)
-        result["extra"] = {"memory_cgroup": self.cgroup is not None}
+        result["extra"] = dict(self.extra)
         if self.cgroup is not None and self.cgroup.oom_kills() > oom_before and result["status"] != "ok":
             result["status"] = "memory_exceeded"
             result["message"] = f"the run's total memory passed its limit of {run.limits['memory_mb']} MB"
@@ -278,6 +282,8 @@ def _template(sock_fd: int, isolation: str, cgroup) -> None:
     if isolation != "process":
         pyrun.prepare_runs(pyrun.run_env("/work", "/tmp"))
     _warm_run_path()
+    if seccomp.ENABLED:
+        seccomp.install()  # once: every program is born under it
     sock = socket.socket(fileno=sock_fd)
     body = bytearray(1 << 16)  # each run's request, wiped after its clone
     while (message := jail.receive_into(sock, body, 16)) is not None:
@@ -357,8 +363,7 @@ def start(run: Run, judges, known, cgroup=None, space=None, forker: Forker | Non
     note_r, note_w = os.pipe() if run.req.get("compile") else none  # only a build has trusted notes
     rpc_in, rpc_out = (os.pipe(), os.pipe()) if run.judged else (none, none)  # judge->prog, prog->judge
     keep = {0: stdin_fd, 1: out_w, 2: err_w} | ({NOTE_FD: note_w} if note_w >= 0 else {})
-    if run.judged:
-        keep |= {3: rpc_in[0], 4: rpc_out[1]}
+    keep |= {3: rpc_in[0], 4: rpc_out[1]} if run.judged else {}
     started = time.monotonic()
     if space is not None:
         space.enter()  # our next child is born in the run's PID namespace (a fresh init, if need be)
@@ -447,10 +452,8 @@ def watch(
             elif len(data[name]) < (8 << 20):
                 data[name] += chunk
     os.close(pidfd)
-    if space is not None and space.killed:
-        space.discard(
-            lambda: jail.reap(jail.stray_children(PROC_FD, known()))
-        )  # returns once every process of the namespace is gone
+    if space is not None and space.killed:  # `discard` returns once every process of the namespace is gone
+        space.discard(lambda: jail.reap(jail.stray_children(PROC_FD, known())))
     for fd in fds.values():
         if fd >= 0:
             os.close(fd)
@@ -491,9 +494,9 @@ def program_main(run: Run, keep: dict[int, int], cgroup) -> None:
         if run.ns:
             os.fchown(fd, run.uid, run.uid)
         os.close(fd)
-        jail.drop_privileges(run.limits, run.uid, run.ns, building=bool(req.get("compile")))
-        if run.ns:
-            jail.clear_user_keyrings()  # as the programs' uid, before anything of this run runs
+        # Without the filter (which denies filling them), the uid's keyrings are emptied before anything runs.
+        keyrings, build = run.ns and not seccomp.ENABLED, bool(req.get("compile"))
+        jail.drop_privileges(run.limits, run.uid, run.ns, building=build, clear_keyrings=keyrings)
         if req.get("compile") and not _compile(req["compile"], env, run.limits):
             os._exit(1)
         if req.get("compile"):
@@ -566,8 +569,7 @@ def main() -> None:
     OWN_IPC_FD = runspace.own_ipc_namespace(PROC_FD) if isolation != "process" else -1
     _preload(hello.get("preload", []))
     SCRATCH = None if isolation != "process" else _temp_dir("cf-worker-")  # the parent removes it
-    cg_path = cgroup.path if cgroup else None
-    reply = {"isolation": isolation, "reason": why, "cgroup": cg_path, "scratch": SCRATCH}
+    reply = {"isolation": isolation, "reason": why, "cgroup": cgroup and cgroup.path, "scratch": SCRATCH}
     jail.write_frame(RESP_FD, json.dumps(reply).encode())
     worker = Worker(isolation, int(hello["uid"]), cgroup)
     while True:
@@ -586,11 +588,8 @@ def main() -> None:
         try:
             result = worker.serve(req)
         except Exception as e:
-            result = {
-                "status": "sandbox_error",
-                "isolation": isolation,
-                "message": f"{type(e).__name__}: {e}"[:300],
-            }
+            message = f"{type(e).__name__}: {e}"[:300]
+            result = {"status": "sandbox_error", "isolation": isolation, "message": message}
             jail.write_frame(RESP_FD, json.dumps(result).encode())
             return  # the request stream may be out of step: the pool starts a fresh worker
         jail.write_frame(RESP_FD, json.dumps(result).encode())
