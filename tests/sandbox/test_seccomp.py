@@ -6,12 +6,15 @@ from __future__ import annotations
 import ast
 import ctypes
 import errno
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from redteam_kit import assert_contained, assert_healthy, brief, run, src
@@ -214,3 +217,41 @@ def test_threads_processes_and_other_languages_still_run():
     js = execute("require('fs').readFile('/etc/hostname', () => console.log('read'))", language="javascript")
     assert js.passed and js.stdout == "read\n", brief(js)
     assert_healthy()
+
+
+def test_without_the_filter_results_say_so_and_runs_still_work(tmp_path):
+    """Where the kernel refuses the filter (played by a copy of the package whose filter knows no
+    architecture), every result says `syscall_filter: False`, the uid's keyrings are cleared instead,
+    and runs are served as before."""
+    package = Path(seccomp.__file__).parents[1]
+    shutil.copytree(package, tmp_path / "codefoundry", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(tmp_path / "codefoundry" / "sandbox" / "seccomp.py", "a") as f:
+        f.write("\nAUDIT_ARCH = {}  # the test's: no filter for any machine\n")
+    head = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.syscall.restype = ctypes.c_long\n"
+    nr = {name: CALLS[name][COLUMN] for name in ("kcmp", "add_key", "keyctl")}
+    programs = [  # kcmp with pids 0 (ESRCH where it reaches the kernel); a key added, then looked for
+        head + f"print(libc.syscall({nr['kcmp']}, 0, 0, 0, 0, 0), ctypes.get_errno())",
+        head + f"print(libc.syscall({nr['add_key']}, b'user', b'cf-s29', b'x', 1, ctypes.c_long(-4)) > 0)",
+        head + f"print(libc.syscall({nr['keyctl']}, 10, ctypes.c_long(-4), b'user', b'cf-s29', 0) > 0)",
+    ]  # KEY_SPEC_USER_KEYRING -4, KEYCTL_SEARCH 10
+    script = textwrap.dedent(f"""
+        import json
+        from codefoundry.sandbox import execute_many
+        rs = execute_many({programs!r}, workers=1, progress=False)
+        print(json.dumps([{{"isolation": r.isolation.value, "extra": r.extra, "status": r.status.value,
+                           "stdout": r.stdout}} for r in rs]))
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    kcmp, add, search = json.loads(out.stdout.splitlines()[-1])
+    for found in (kcmp, add, search):
+        assert found["extra"]["syscall_filter"] is False and found["status"] == "ok", found
+    assert kcmp["stdout"] == f"-1 {errno.ESRCH}\n", kcmp  # kcmp reached the kernel: no such process
+    if kcmp["isolation"] != "process":  # the keyrings are the uid's: cleared before each run
+        assert add["stdout"] == "True\n" and search["stdout"] == "False\n", (add, search)
+    found = kcmp
+    if os.geteuid() == 0:
+        assert found["isolation"] == "namespaces", found
+    else:  # the user_namespace level is never used without the filter
+        assert found["isolation"] == "process", found

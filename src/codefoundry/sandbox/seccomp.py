@@ -9,7 +9,8 @@ privileges.
 
 Denied are calls that no program graded here needs and that either reach past the program's own
 processes or hand a large part of the kernel to untrusted input (the surface most container escapes use):
-- other processes: ptrace, process_vm_readv/writev, pidfd_getfd, process_madvise, kcmp;
+- other processes: ptrace, process_vm_readv/writev, pidfd_getfd, process_madvise, kcmp, move_pages,
+  migrate_pages;
 - namespaces and mounts: clone with any CLONE_NEW* flag, unshare with any but CLONE_NEWIPC, mount,
   umount2, the new mount API (fsopen ... mount_setattr), pivot_root, chroot: a program cannot make a user
   namespace of its own and be root inside it;
@@ -35,18 +36,19 @@ import struct
 # the C library's headers by tests/sandbox/test_seccomp.py.
 DENIED = {
     "ptrace": (101, 117), "process_vm_readv": (310, 270), "process_vm_writev": (311, 271),
-    "pidfd_getfd": (438, 438), "process_madvise": (440, 440), "kcmp": (312, 272), "mount": (165, 40),
-    "umount2": (166, 39), "open_tree": (428, 428), "move_mount": (429, 429), "fsopen": (430, 430),
-    "fsconfig": (431, 431), "fsmount": (432, 432), "fspick": (433, 433), "mount_setattr": (442, 442),
-    "pivot_root": (155, 41), "chroot": (161, 51), "bpf": (321, 280), "perf_event_open": (298, 241),
-    "userfaultfd": (323, 282), "kexec_load": (246, 104), "kexec_file_load": (320, 294),
-    "init_module": (175, 105), "finit_module": (313, 273), "delete_module": (176, 106),
-    "add_key": (248, 217), "request_key": (249, 218), "keyctl": (250, 219), "syslog": (103, 116),
-    "open_by_handle_at": (304, 265), "name_to_handle_at": (303, 264), "fanotify_init": (300, 262),
-    "quotactl": (179, 60), "quotactl_fd": (443, 443), "swapon": (167, 224), "swapoff": (168, 225),
-    "reboot": (169, 142), "acct": (163, 89), "settimeofday": (164, 170), "clock_settime": (227, 112),
-    "clock_adjtime": (305, 266), "adjtimex": (159, 171), "vhangup": (153, 58), "lookup_dcookie": (212, 18),
-    "iopl": (172, None), "ioperm": (173, None), "modify_ldt": (154, None), "uselib": (134, None),
+    "pidfd_getfd": (438, 438), "process_madvise": (440, 440), "kcmp": (312, 272), "move_pages": (279, 239),
+    "migrate_pages": (256, 238), "mount": (165, 40), "umount2": (166, 39), "open_tree": (428, 428),
+    "move_mount": (429, 429), "fsopen": (430, 430), "fsconfig": (431, 431), "fsmount": (432, 432),
+    "fspick": (433, 433), "mount_setattr": (442, 442), "pivot_root": (155, 41), "chroot": (161, 51),
+    "bpf": (321, 280), "perf_event_open": (298, 241), "userfaultfd": (323, 282), "kexec_load": (246, 104),
+    "kexec_file_load": (320, 294), "init_module": (175, 105), "finit_module": (313, 273),
+    "delete_module": (176, 106), "add_key": (248, 217), "request_key": (249, 218), "keyctl": (250, 219),
+    "syslog": (103, 116), "open_by_handle_at": (304, 265), "name_to_handle_at": (303, 264),
+    "fanotify_init": (300, 262), "quotactl": (179, 60), "quotactl_fd": (443, 443), "swapon": (167, 224),
+    "swapoff": (168, 225), "reboot": (169, 142), "acct": (163, 89), "settimeofday": (164, 170),
+    "clock_settime": (227, 112), "clock_adjtime": (305, 266), "adjtimex": (159, 171), "vhangup": (153, 58),
+    "lookup_dcookie": (212, 18), "iopl": (172, None), "ioperm": (173, None), "modify_ldt": (154, None),
+    "uselib": (134, None),
 }  # fmt: skip
 ABSENT = {"clone3": (435, 435), "io_uring_setup": (425, 425), "io_uring_enter": (426, 426),
           "io_uring_register": (427, 427)}  # fmt: skip
