@@ -20,9 +20,9 @@ What differs from root's level, and why it still holds:
   (`jail.drop_capabilities`; no uid 0 to exec back into) and run under a seccomp filter that denies
   ptrace, process_vm_readv/writev, pidfd_getfd and the rest of seccomp.py's list, so nothing it does
   reaches into init, which later runs share, or into another process. Where the filter cannot be set,
-  this level is not used. The judge and the parse helper are also
-  non-dumpable. The zygote and the template keep the namespace's capabilities (they enter the runs'
-  namespaces) and only ever handle trusted data.
+  this level is not used. The judge and the parse helper are also non-dumpable. The zygote and the
+  template keep the namespace's capabilities (they enter the runs' namespaces) and only ever handle
+  trusted data.
 - The process limit counts every process of the uid in the worker's user namespace, so the worker's own
   (zygote, template, judge, parse helper, init, the waiting process) are added to a run's limit.
 - A memory cgroup only where one is delegated to the caller: its own memory cgroup's directory (or, on
