@@ -88,8 +88,9 @@ def test_each_listed_call_fails_with_its_errno_and_the_rest_work():
             ("clone", seccomp.CLONE_NEWUSER | signal.SIGCHLD),
             ("unshare", seccomp.CLONE_NEWUSER),
             ("unshare", 0x20000000),
+            ("unshare", seccomp.CLONE_NEWTIME),
             ("unshare", 0),
-        ):  # NEWUSER twice, NEWPID, nothing
+        ):  # NEWUSER twice, NEWPID, NEWTIME, nothing
             ctypes.set_errno(0)
             got[f"{name}({flags:#x})"] = (
                 libc.syscall(CALLS[name][COLUMN], flags, 0, 0, 0, 0),
@@ -115,6 +116,7 @@ def test_each_listed_call_fails_with_its_errno_and_the_rest_work():
         got["clone(0x10000011)"]
         == got["unshare(0x10000000)"]
         == got["unshare(0x20000000)"]
+        == got["unshare(0x80)"]
         == (-1, errno.EPERM)
     )
     assert got["unshare(0x0)"] == (0, 0)  # no namespace: allowed

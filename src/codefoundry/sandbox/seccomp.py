@@ -52,13 +52,15 @@ DENIED = {
 }  # fmt: skip
 ABSENT = {"clone3": (435, 435), "io_uring_setup": (425, 425), "io_uring_enter": (426, 426),
           "io_uring_register": (427, 427)}  # fmt: skip
-CLONE_NEWIPC, CLONE_NEWUSER = 0x08000000, 0x10000000
-# CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET (CLONE_NEWTIME is a CSIGNAL bit for clone)
+CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWTIME = 0x08000000, 0x10000000, 0x80
+# CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET; and for unshare CLONE_NEWTIME, which for
+# clone is a bit of the exit signal (CSIGNAL) and which clone3 alone takes (ENOSYS here)
 NAMESPACE_FLAGS = (
     0x00020000 | 0x02000000 | 0x04000000 | CLONE_NEWIPC | CLONE_NEWUSER | 0x20000000 | 0x40000000
 )
 # Calls denied by their flags (args[0]): name -> ((x86_64 number, aarch64 number), the flags denied).
-FLAGGED = {"clone": ((56, 220), NAMESPACE_FLAGS), "unshare": ((272, 97), NAMESPACE_FLAGS & ~CLONE_NEWIPC)}
+FLAGGED = {"clone": ((56, 220), NAMESPACE_FLAGS),
+           "unshare": ((272, 97), (NAMESPACE_FLAGS | CLONE_NEWTIME) & ~CLONE_NEWIPC)}  # fmt: skip
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 _EPERM, _ENOSYS = 1, 38
 _RET_ALLOW, _RET_ERRNO, _RET_KILL_PROCESS = 0x7FFF0000, 0x00050000, 0x80000000
