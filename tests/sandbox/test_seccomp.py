@@ -37,13 +37,14 @@ def test_numbers_match_the_c_headers(tmp_path):
         subprocess.run(["gcc", "-o", tmp_path / "nr", tmp_path / "nr.c"], check=True)
         out = subprocess.run([tmp_path / "nr"], capture_output=True, text=True, check=True).stdout
         found = {name: int(nr) for name, nr in (line.split() for line in out.splitlines())}
-        assert found == {n: nrs[0] for n, nrs in CALLS.items()}
+        assert "ptrace" in found and found == {n: CALLS[n][0] for n in found}  # older headers lack new calls
         checked += 1
     generic = "/usr/include/asm-generic/unistd.h"
     if os.path.exists(generic):
         with open(generic) as f:
             table = {m[1]: int(m[2]) for m in re.finditer(r"#define __NR(?:3264)?_(\w+)\s+(\d+)", f.read())}
-        assert {n: table.get(n) for n in CALLS} == {n: nrs[1] for n, nrs in CALLS.items()}
+        known = [n for n in CALLS if n in table or CALLS[n][1] is None]
+        assert "ptrace" in known and {n: table.get(n) for n in known} == {n: CALLS[n][1] for n in known}
         checked += 1
     if not checked:
         pytest.skip("neither gcc with <sys/syscall.h> nor asm-generic/unistd.h here")
