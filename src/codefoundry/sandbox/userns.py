@@ -56,7 +56,9 @@ def setup_worker(extra_ro: list[str]) -> tuple[str, str, "cgroup.MemoryCgroup | 
     disabled = os.environ.get("CODEFOUNDRY_SANDBOX_ISOLATION") == "process"
     no_filter = jail.seccomp.probe()  # sets whether every level's processes get the filter
     if os.geteuid() == 0 or jail.SYSCALL is None or disabled:
-        return jail.setup_worker(extra_ro)
+        level, why, memory = jail.setup_worker(extra_ro)
+        unfiltered = f"no seccomp filter: {no_filter}" if no_filter else ""
+        return level, "; ".join(r for r in (why, unfiltered) if r), memory  # a reason: the caller warns
     uid, gid = os.getuid(), os.getgid()
     failure = f"no seccomp filter: {no_filter}" if no_filter else _probe(uid, gid, extra_ro)
     if failure:

@@ -102,7 +102,8 @@ class Worker:
         # At process level: the directory the zygote makes each run's work directory in. `close` removes it
         # once the zygote is gone, so a worker killed mid-run leaves no work directory behind.
         self.scratch = hello.get("scratch")
-        if self.isolation is not Isolation.NAMESPACES and not _warned.is_set():
+        # Below the namespaces level, or without the system-call filter (a reason given at any level)
+        if (self.isolation is not Isolation.NAMESPACES or hello["reason"]) and not _warned.is_set():
             _warned.set()
             print(
                 f"codefoundry.sandbox: weaker isolation ({hello['reason']}); results say so", file=sys.stderr
