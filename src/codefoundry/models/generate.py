@@ -538,7 +538,6 @@ def _draft(
         valid[k - 1] = n
         if k < len(valid):
             inputs[k, start:n] = h
-        drafts.append(
-            int(_banned(head(module.norm(h[-1:]))[0], ban).argmax())
-        )  # head: the output head, x -> x @ W.T
+        logits = head(module.norm(h[-1:]))[0]  # head: the output head, x -> x @ W.T
+        drafts.append(int(_banned(logits, ban).argmax()))
     return drafts

@@ -234,6 +234,7 @@ def syntax_valid_fraction(
         raise ValueError("syntax_valid_fraction: no examples")
     table = token_bytes(tokenizer)
     stop_ids = [special_id(tokenizer, t) for t in PLAIN_STOPS]
+    banned = ids_of(tokenizer, PLAIN_BANNED)
     cap = model.cfg.max_seq_len
     jobs = [(e, tokenizer.encode(e.prefix, add_special_tokens=False).ids) for e in examples for _ in range(n)]
     valid = 0
@@ -250,7 +251,7 @@ def syntax_valid_fraction(
             model, prompts, max_new_tokens=new, temperature=temperature, top_p=top_p,
             seed=seed * 1_000_003 + start, stop_ids=stop_ids,
             on_token=lambda row, tok, w=watchers: w[row].push(tok), first_tokens=firsts,
-            banned_ids=ids_of(tokenizer, PLAIN_BANNED),
+            banned_ids=banned,
         )  # fmt: skip
         for (e, _), ids, watcher, skip in zip(chunk, out, watchers, skips, strict=True):
             text = decode_after(table, ids, skip)

@@ -55,12 +55,12 @@ def setup_worker(extra_ro: list[str]) -> tuple[str, str, "cgroup.MemoryCgroup | 
     (its id map refused, a mount denied) could not be left again."""
     disabled = os.environ.get("CODEFOUNDRY_SANDBOX_ISOLATION") == "process"
     no_filter = jail.seccomp.probe()  # sets whether every level's processes get the filter
+    unfiltered = f"no seccomp filter: {no_filter}" if no_filter else ""
     if os.geteuid() == 0 or jail.SYSCALL is None or disabled:
         level, why, memory = jail.setup_worker(extra_ro)
-        unfiltered = f"no seccomp filter: {no_filter}" if no_filter else ""
         return level, "; ".join(r for r in (why, unfiltered) if r), memory  # a reason: the caller warns
     uid, gid = os.getuid(), os.getgid()
-    failure = f"no seccomp filter: {no_filter}" if no_filter else _probe(uid, gid, extra_ro)
+    failure = unfiltered or _probe(uid, gid, extra_ro)
     if failure:
         return jail.process_level(f"not root, and no user namespace could be set up here ({failure})")
     memory = cgroup.create(f"codefoundry-worker-{os.getpid()}")  # one delegated to the caller, if any
