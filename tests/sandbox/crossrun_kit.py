@@ -28,9 +28,9 @@ def worker_children() -> dict[int, tuple[int, int, str, bytes]]:
 
 
 def _worker_cgroups() -> set[str]:
-    """The memory cgroups the sandbox's workers make, under this process's own."""
+    """The cgroups the sandbox's workers make (memory; CPU time), under this process's own."""
     found = set()
-    for _, base in cgroup.memory_cgroup_bases():
+    for _, base in cgroup.bases("memory") + cgroup.bases("cpuacct"):
         found.update(glob.glob(os.path.join(base, "codefoundry-worker-*")))
     return found
 
@@ -56,7 +56,7 @@ CLONE_PARENT = src("""
 def one_worker_session():
     """One fresh worker for the test's consecutive runs; afterwards it is killed (not asked to stop: a break
     can leave it blocked, or holding a lock or a process), no unprivileged process may be left, and the
-    memory cgroup of a worker killed before it could remove it is removed here."""
+    cgroups of a worker killed before it could remove them are removed here."""
     shutdown()
     before, cgroups_before = set(_proc_table()), _worker_cgroups()
     yield

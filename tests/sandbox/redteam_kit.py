@@ -74,6 +74,7 @@ def assert_contained(r: ExecutionResult, *statuses: Status) -> None:
 # What the user_namespace level lacks by design (userns.py), as `needs_namespaces(root_only=...)` names it.
 ONE_UID = "every process of the worker runs under the caller's uid"
 NO_MEMORY_CGROUP = "no memory cgroup: memfd and SysV pages are outside RLIMIT_AS"
+NO_RUN_CPU = "no cgroup counts CPU time: it is limited per process (RLIMIT_CPU)"
 
 
 def needs_namespaces(r: ExecutionResult, *, root_only: str = "") -> None:
@@ -206,6 +207,20 @@ MEMORY_BOMB = src("""
 """)
 
 CPU_SPIN = "while True:\n    pass\n"
+
+# Three processes, each spinning for 0.6 CPU seconds: each stays under its own RLIMIT_CPU of 1 s, the run
+# as a whole uses 1.8 s and would end well before the wall-clock backstop of 3 s.
+CPU_SPREAD = src("""
+    import os, time
+    for _ in range(3):
+        if os.fork() == 0:
+            start = time.process_time()
+            while time.process_time() - start < 0.6:
+                pass
+            os._exit(0)
+    for _ in range(3):
+        os.wait()
+""")
 
 CPU_SPIN_IGNORING_SIGNALS = src("""
     import signal

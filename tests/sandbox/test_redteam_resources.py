@@ -16,6 +16,7 @@ from redteam_kit import (
     C_FORK_BOMB,
     CPU_SPIN,
     CPU_SPIN_IGNORING_SIGNALS,
+    CPU_SPREAD,
     CTYPES_SEGFAULT,
     DEEP_RECURSION,
     DISK_FILL,
@@ -24,6 +25,7 @@ from redteam_kit import (
     FORK_BOMB,
     MEMORY_BOMB,
     NO_MEMORY_CGROUP,
+    NO_RUN_CPU,
     PY_ATTACKS,
     SELF_STOP,
     SLACK,
@@ -94,6 +96,17 @@ def test_cpu_spin_ignoring_sigxcpu():
     assert_contained(r, Status.TIMEOUT)
     assert r.cpu_seconds <= FAST.cpu_seconds + 1.2, brief(r)
     assert r.wall_seconds <= FAST.wall + SLACK, brief(r)
+
+
+def test_cpu_spin_spread_over_processes():
+    """Each process stays under its own CPU limit; the run's processes together go over it: a timeout
+    for the CPU limit, well before the wall-clock backstop."""
+    r = run(CPU_SPREAD)
+    if not r.extra.get("run_cpu_limit"):  # the user_namespace level has it only where a cgroup is delegated
+        needs_namespaces(r, root_only=NO_RUN_CPU)
+    assert_contained(r, Status.TIMEOUT)
+    assert "together" in r.message and r.wall_seconds < FAST.wall, brief(r)
+    assert FAST.cpu_seconds <= r.cpu_seconds <= FAST.cpu_seconds + 0.5, brief(r)
 
 
 def test_raise_rlimits_then_allocate():

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
-from redteam_kit import NO_MEMORY_CGROUP, ONE_UID
+from redteam_kit import NO_MEMORY_CGROUP, NO_RUN_CPU, ONE_UID
 
 import codefoundry
 
@@ -65,6 +65,7 @@ print(json.dumps({
     "caps": caps.stdout.split(), "good": good.passed, "forged": forged.passed, "trace": trace.stdout.split(),
     "root": seen.stdout, "bomb": bomb.status.value, "after": after.stdout.strip(),
     "cgroup": net.extra.get("memory_cgroup"), "filter": net.extra.get("syscall_filter"),
+    "run_cpu": net.extra.get("run_cpu_limit"),
 }))
 """
 
@@ -84,13 +85,14 @@ def _can_switch_user() -> str | None:
 pytestmark = pytest.mark.skipif(_can_switch_user() is not None, reason=str(_can_switch_user()))
 
 
-def _as_nobody(args: list[str], env: dict[str, str] | None = None, *, cgroup: Path | None = None,
+def _as_nobody(args: list[str], env: dict[str, str] | None = None, *, cgroups: tuple[Path, ...] = (),
                **kw) -> subprocess.CompletedProcess:  # fmt: skip
-    """`args` run as uid 65534 with only PATH and `env` in its environment; inside `cgroup` if given."""
+    """`args` run as uid 65534 with only PATH and `env` in its environment; inside `cgroups` if given."""
     cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "env", "-i",
            "PATH=/usr/bin:/bin", *(f"{k}={v}" for k, v in (env or {}).items()), *args]  # fmt: skip
-    if cgroup is not None:  # joined by a shell that then becomes the command
-        cmd = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup / "cgroup.procs"), *cmd]
+    if cgroups:  # joined by a shell that then becomes the command
+        procs = " ".join(str(c / "cgroup.procs") for c in cgroups)
+        cmd = ["sh", "-c", 'for f in $0; do echo $$ > "$f" || exit 1; done; exec "$@"', procs, *cmd]
     kw.setdefault("timeout", 120)
     return subprocess.run(cmd, capture_output=True, text=True, cwd="/", **kw)
 
@@ -144,6 +146,7 @@ def test_unprivileged_worker_cuts_network_and_ipc_and_holds_no_capability(packag
     assert found["isolation"] == "user_namespace", (found, stderr)
     assert "weaker isolation" in stderr  # still weaker than root's level, and said once
     assert found["cgroup"] is False and "no memory cgroup" in stderr  # none delegated to 65534 here
+    assert found["run_cpu"] is False and "CPU time limited per process" in stderr
     assert found["connect"] == "101", found  # ENETUNREACH: no device is up in the worker's namespace
     assert int(found["shmid"]) >= 0, found  # made, in the worker's IPC namespace ...
     assert not left, left  # ... and gone with it
@@ -217,24 +220,24 @@ def _nobody_processes() -> list[str]:
 
 
 @contextlib.contextmanager
-def _delegated_memory_cgroup():
-    """A memory cgroup handed to uid 65534 the way systemd's `Delegate=` hands one to a user (the directory
-    and its files chowned), under this process's own, with a leaf inside for the caller's processes:
-    yields that leaf, or None where none can be made here."""
+def _delegated_cgroup(controller: str, version: int | None = None):
+    """A cgroup of `controller` ("memory" or "cpuacct") handed to uid 65534 the way systemd's `Delegate=`
+    hands one to a user (the directory and its files chowned), under this process's own, with a leaf inside
+    for the caller's processes: yields that leaf and its version, or None where none can be made here."""
     from codefoundry.sandbox import cgroup
 
-    bases = cgroup.memory_cgroup_bases()
+    bases = [b for b in cgroup.bases(controller) if version is None or b[0] == version]
     if not bases:
         yield None
         return
     version, base = bases[0]
-    top = Path(base) / f"cf-delegated-{os.getpid()}"
+    top = Path(base) / f"cf-delegated-{controller}-{os.getpid()}"
     try:
-        if version == 2:
+        if version == 2 and controller == "memory":
             (Path(base) / "cgroup.subtree_control").write_text("+memory")
         top.mkdir()
         (top / "caller").mkdir()
-        if version == 2:
+        if version == 2 and controller == "memory":
             (top / "cgroup.subtree_control").write_text("+memory")
         for path in [top, *top.iterdir(), *(top / "caller").iterdir()]:
             os.chown(path, NOBODY, NOBODY)
@@ -245,7 +248,7 @@ def _delegated_memory_cgroup():
         yield None
         return
     try:
-        yield top / "caller"
+        yield top / "caller", version
     finally:
         deadline = time.monotonic() + 10  # the worker's processes leave it as the kernel tears them down
         for path in (top / "caller", top):
@@ -282,8 +285,15 @@ def test_red_team_suites_hold_at_the_user_namespace_level():
         env = {"PYTHONPATH": str(root / "lib"), "HOME": str(root / "home")}
         args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(root / "tests" / "sandbox"),
                 "--ignore", str(root / "tests" / "sandbox" / Path(__file__).name)]  # fmt: skip
-        with _delegated_memory_cgroup() as cgroup:  # so the memory bombs meet the delegated cgroup's bound
-            out = _as_nobody([SYSTEM_PYTHON, *args], env, cgroup=cgroup, timeout=900)
+        # Delegated cgroups, so that the memory bombs meet a bound on the whole run, and the CPU spread
+        # over processes a limit on the whole run (a v2 memory cgroup counts CPU time too).
+        with contextlib.ExitStack() as stack:
+            memory = stack.enter_context(_delegated_cgroup("memory"))
+            cpu = (
+                memory if memory and memory[1] == 2 else stack.enter_context(_delegated_cgroup("cpuacct", 1))
+            )
+            leaves = tuple(dict.fromkeys(d[0] for d in (memory, cpu) if d is not None))
+            out = _as_nobody([SYSTEM_PYTHON, *args], env, cgroups=leaves, timeout=900)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     report = out.stdout[-6000:] + out.stderr[-2000:]
@@ -293,8 +303,10 @@ def test_red_team_suites_hold_at_the_user_namespace_level():
     assert "Isolation.PROCESS" not in report, report  # no defence skipped for want of any namespace
     skipped_here = re.findall(r"the user_namespace level \(not root\): (.*)", report)
     lacks = {ONE_UID}
-    if cgroup is None:
+    if memory is None:
         lacks.add(NO_MEMORY_CGROUP)
+    if cpu is None:
+        lacks.add(NO_RUN_CPU)
     assert set(skipped_here) <= lacks, report
     deadline = time.monotonic() + 10  # a worker's namespace is torn down by the kernel after pytest exits
     while (left := [p for p in _nobody_processes() if p not in before]) and time.monotonic() < deadline:

@@ -1,92 +1,177 @@
-"""The worker's memory cgroup (v1 or v2): what bounds a run's memory as a whole.
+"""The worker's cgroups (v1 or v2): what bounds a run's memory, and counts its CPU time, as a whole.
 
 Loaded by path into the zygote before jail.py (standard library only). As root the worker makes its
-cgroup in its own memory cgroup; as a caller who is not root (userns.py), where one is delegated to it.
-Both are the same rule: a cgroup directory this process may write (the directory and its cgroup.procs),
-its own memory cgroup or, on v2, that one's parent, because a v2 cgroup that holds processes cannot give
-its children the memory controller. A cgroup whose memory limit this process may not set is not used.
+cgroups in its own; as a caller who is not root (userns.py), where one is delegated to it. Both are the
+same rule: a cgroup directory this process may write (the directory and its cgroup.procs), its own cgroup
+of that hierarchy or, on v2, that one's parent, because a v2 cgroup that holds processes cannot give its
+children the memory controller. A memory cgroup whose limit this process may not set is not used.
+
+CPU time is counted by `cpuacct.usage` (v1) or `cpu.stat` (v2, present in every cgroup): the v2 memory
+cgroup where there is one, else a cgroup of its own in the v1 cpuacct hierarchy or the v2 one.
 """
 
 import os
 
 LIMIT_FILES = {1: "memory.limit_in_bytes", 2: "memory.max"}
+CPU_FILES = {1: "cpuacct.usage", 2: "cpu.stat"}
 
 
-class MemoryCgroup:
-    """A memory cgroup holding one worker's runs, so that a run's memory is bounded as a whole: anonymous
-    memory of all its processes, memfd and SysV shared memory, files it writes to its tmpfs. Created before
-    pivot_root and used through a directory fd afterwards."""
+class _Dir:
+    """One cgroup directory, used through a directory fd (it still works after pivot_root)."""
 
     def __init__(self, path: str, version: int) -> None:
         self.path, self.version = path, version
         self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         self.parent_fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
-        self.limit = -1
 
-    def remove(self) -> None:
-        """Delete the (by then empty) cgroup; works after pivot_root through the parent's fd."""
-        try:
-            os.rmdir(os.path.basename(self.path), dir_fd=self.parent_fd)
-        except OSError:
-            pass
-
-    def _write(self, name: str, value: str) -> None:
+    def write(self, name: str, value: str) -> None:
         fd = os.open(name, os.O_WRONLY, dir_fd=self.fd)
         try:
             os.write(fd, value.encode())
         finally:
             os.close(fd)
 
-    def _read(self, name: str) -> str:
+    def read(self, name: str) -> str:
         fd = os.open(name, os.O_RDONLY, dir_fd=self.fd)
         try:
             return os.read(fd, 65536).decode()
         finally:
             os.close(fd)
 
-    def set_limit(self, limit_bytes: int) -> None:
-        if limit_bytes != self.limit:
-            self._write(LIMIT_FILES[self.version], str(limit_bytes))
-            self.limit = limit_bytes
+    def remove(self) -> None:
+        try:
+            os.rmdir(os.path.basename(self.path), dir_fd=self.parent_fd)
+        except OSError:
+            pass
+
+
+class Cgroups:
+    """The cgroups holding one worker's runs, one run at a time: `memory` bounds a run's memory as a whole
+    (anonymous memory of all its processes, memfd and SysV shared memory, files it writes to its tmpfs);
+    `cpu` counts the CPU time of all its processes. Either may be None; on v2 they are one directory."""
+
+    def __init__(self, memory: _Dir | None, cpu: _Dir | None) -> None:
+        self.memory, self.cpu = memory, cpu
+        self.dirs = [d for d in (memory, cpu) if d is not None]
+        if memory is not None and cpu is memory:
+            self.dirs = [memory]
+        self.limit = -1
+
+    @property
+    def paths(self) -> list[str]:
+        return [d.path for d in self.dirs]
+
+    @property
+    def fds(self) -> set[int]:
+        return {fd for d in self.dirs for fd in (d.fd, d.parent_fd)}
+
+    def remove(self) -> None:
+        """Delete the (by then empty) cgroups."""
+        for d in self.dirs:
+            d.remove()
 
     def join(self) -> None:
-        """Move the calling process (and so everything it starts) into the cgroup."""
-        self._write("cgroup.procs", "0")
+        """Move the calling process (and so everything it starts) into the cgroups."""
+        for d in self.dirs:
+            d.write("cgroup.procs", "0")
+
+    def set_limit(self, limit_bytes: int) -> None:
+        if self.memory is not None and limit_bytes != self.limit:
+            self.memory.write(LIMIT_FILES[self.memory.version], str(limit_bytes))
+            self.limit = limit_bytes
 
     def oom_kills(self) -> int:
-        text = self._read("memory.oom_control" if self.version == 1 else "memory.events")
+        if self.memory is None:
+            return 0
+        text = self.memory.read("memory.oom_control" if self.memory.version == 1 else "memory.events")
         for line in text.splitlines():
             key, _, value = line.partition(" ")
             if key == "oom_kill":
                 return int(value)
         return 0
 
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by every process that was ever in the cgroup (user and system)."""
+        assert self.cpu is not None
+        text = self.cpu.read(CPU_FILES[self.cpu.version])
+        if self.cpu.version == 1:
+            return int(text) / 1e9
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "usage_usec":
+                return int(value) / 1e6
+        raise OSError(f"no usage_usec in {self.cpu.path}/cpu.stat")
 
-def create(name: str) -> MemoryCgroup | None:
-    """A new memory cgroup `name` where this process may make one (see the module's docstring), or None."""
-    for version, base in memory_cgroup_bases():
+
+def create(prefix: str = "codefoundry-worker") -> Cgroups | None:
+    """This process's cgroups where it may make them (see the module's docstring), or None: named
+    `prefix`-(its PID namespace)-(its pid), so that those of killed processes can be told (`_sweep`)."""
+    try:
+        name = f"{prefix}-{os.stat('/proc/self/ns/pid').st_ino}-{os.getpid()}"
+    except OSError:
+        return None  # no /proc: no way to tell another worker's cgroups from stale ones
+    memory = _make(name, "memory")
+    cpu = memory if memory is not None and memory.version == 2 and _counts_cpu(memory) else None
+    cpu = cpu or _make(name, "cpuacct")
+    return Cgroups(memory, cpu) if memory or cpu else None
+
+
+def _make(name: str, controller: str) -> _Dir | None:
+    for version, base in bases(controller):
         for where in [base] if version == 1 else [base, os.path.dirname(base)]:
             if not (os.access(where, os.W_OK) and os.access(os.path.join(where, "cgroup.procs"), os.W_OK)):
                 continue
-            if version == 2:
+            if version == 2 and controller == "memory":
                 try:
                     with open(os.path.join(where, "cgroup.subtree_control"), "w") as f:
                         f.write("+memory")
                 except OSError:
                     pass  # not ours to change, or already on: the new cgroup's files say which
+            _sweep(where, name)
             path = os.path.join(where, name)
             try:
                 os.mkdir(path)
             except OSError:
                 continue
-            if os.access(os.path.join(path, LIMIT_FILES[version]), os.W_OK):
-                return MemoryCgroup(path, version)
+            made = _Dir(path, version)
+            if controller == "memory" and os.access(os.path.join(path, LIMIT_FILES[version]), os.W_OK):
+                return made
+            if controller == "cpuacct" and _counts_cpu(made):
+                return made
+            for fd in (made.fd, made.parent_fd):
+                os.close(fd)
             os.rmdir(path)
     return None
 
 
-def memory_cgroup_bases() -> list[tuple[int, str]]:
-    """Where this process's memory cgroup lives, for cgroup v1 and v2 (from /proc/self/{cgroup,mountinfo})."""
+def _sweep(where: str, name: str) -> None:
+    """Remove the empty cgroups that workers in this PID namespace (`name` up to its last "-", then a pid)
+    left in `where` when they were killed before they could remove them (a Ray worker's end kills its
+    sandbox workers): those whose pid no longer exists."""
+    prefix = name.rpartition("-")[0] + "-"
+    try:
+        entries = os.listdir(where)
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry[len(prefix) :]
+        if entry.startswith(prefix) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            try:
+                os.rmdir(os.path.join(where, entry))
+            except OSError:
+                pass  # not empty, or not ours to remove
+
+
+def _counts_cpu(d: _Dir) -> bool:
+    try:
+        return Cgroups(None, d).cpu_seconds() >= 0
+    except (OSError, ValueError):
+        return False
+
+
+def bases(controller: str) -> list[tuple[int, str]]:
+    """Where this process's cgroup for `controller` lives, for v1 and v2 (from /proc/self/{cgroup,
+    mountinfo}); any v2 cgroup counts CPU time ("cpuacct"), memory needs the v2 memory controller."""
     try:
         with open("/proc/self/cgroup") as f:
             groups = [line.rstrip("\n").split(":", 2) for line in f]
@@ -94,23 +179,63 @@ def memory_cgroup_bases() -> list[tuple[int, str]]:
             mounts = [line.split() for line in f]
     except OSError:
         return []
-    bases = []
+    found = []
     for _, controllers, rel in groups:
         for m in mounts:
             sep = m.index("-")
             fstype, opts, root, point = m[sep + 1], m[sep + 3], m[3], m[4]
-            if (
-                controllers
-                and "memory" in controllers.split(",")
-                and fstype == "cgroup"
-                and "memory" in opts.split(",")
-            ):
-                bases.append((1, point + rel[len(root.rstrip("/")) :]))
+            where = point + rel[len(root.rstrip("/")) :]
+            if controllers and controller in controllers.split(",") and fstype == "cgroup":
+                if controller in opts.split(","):
+                    found.append((1, where))
             elif not controllers and fstype == "cgroup2":
                 try:
                     with open(os.path.join(point, "cgroup.controllers")) as f:
-                        if "memory" in f.read().split():
-                            bases.append((2, point + rel[len(root.rstrip("/")) :]))
+                        if controller == "cpuacct" or controller in f.read().split():
+                            found.append((2, where))
                 except OSError:
                     pass
-    return bases
+    return sorted(found)  # v1 first: on a hybrid system the v2 tree is the fallback
+
+
+class RunCpu:
+    """One run's CPU time as a whole where a cgroup counts it: what all the run's processes used since it
+    started, less its build's (the build has a limit of its own), and when next to look at it."""
+
+    def __init__(self, groups: Cgroups | None, req: dict, started: float, ncpu: int) -> None:
+        self.groups = groups if groups is not None and groups.cpu is not None else None
+        self.limit, self.ncpu = float(req["limits"]["cpu_seconds"]), ncpu
+        self.base = self.groups.cpu_seconds() if self.groups else 0.0
+        self.build: float | None = None if req.get("compile") else 0.0  # set once the build has ended
+        # No process of the run can have used its limit before `limit / ncpu` seconds have passed.
+        self.next = started + self.limit / ncpu if self.groups else float("inf")
+
+    def built(self, note: bytes, now: float) -> bool:
+        """The build's end, from the run's trusted notes (written before any untrusted code ran): whether
+        it succeeded, and so the program starts now."""
+        self.build = 0.0
+        for line in note.splitlines():
+            if line.startswith(b'{"build_cpu": '):
+                self.build = float(line[14:].rstrip(b"}"))
+                self.next = now + self.limit / self.ncpu if self.groups else self.next
+                return True
+        return False
+
+    def used(self) -> float:
+        assert self.groups is not None
+        return self.groups.cpu_seconds() - self.base - (self.build or 0.0)
+
+    def over(self, now: float) -> bool:
+        """Whether the run has used more CPU time than its limit; if not, look again no sooner than its
+        processes, on every CPU at once, could use the rest."""
+        if self.build is None:
+            self.next = now + 0.1  # still building
+            return False
+        left = self.limit - self.used()
+        self.next = now + max(left / self.ncpu, 0.01)
+        return left < 0
+
+    def total(self, process_cpu: float) -> float:
+        """The run's CPU time: the cgroup's count, else the program's process and the children it waited
+        for (`process_cpu`, from wait4), less the build."""
+        return self.used() if self.groups else max(0.0, process_cpu - (self.build or 0.0))

@@ -207,9 +207,9 @@ def process_level(why: str) -> tuple[str, str, None]:
     return "process", why, None
 
 
-def setup_worker(extra_ro: list[str]) -> tuple[str, str, "cgroup.MemoryCgroup | None"]:
+def setup_worker(extra_ro: list[str]) -> tuple[str, str, "cgroup.Cgroups | None"]:
     """Enter the worker's own network, mount, IPC and UTS namespaces and pivot into a read-only root.
-    Returns the isolation level reached, why when it is the weaker one, and the worker's memory cgroup."""
+    Returns the isolation level reached, why when it is the weaker one, and the worker's cgroups."""
     if os.environ.get("CODEFOUNDRY_SANDBOX_ISOLATION") == "process":
         return process_level("namespaces disabled by CODEFOUNDRY_SANDBOX_ISOLATION=process")
     if os.geteuid() != 0 or SYSCALL is None:
@@ -218,10 +218,10 @@ def setup_worker(extra_ro: list[str]) -> tuple[str, str, "cgroup.MemoryCgroup | 
         unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
     except OSError as e:
         return process_level(f"namespaces unavailable ({e})")
-    memory = cgroup.create(f"codefoundry-worker-{os.getpid()}")  # on the host's paths, before pivoting
+    groups = cgroup.create()  # on the host's paths, before pivoting
     mount("none", "/", None, MS_REC | MS_PRIVATE)
     private_root(extra_ro)
-    return "namespaces", "", memory
+    return "namespaces", "", groups
 
 
 def private_root(extra_ro: list[str]) -> None:
@@ -465,6 +465,31 @@ def apply_run_limits(cpu: float, memory_mb: int, processes: int | None = None) -
         resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20,) * 2)
     if processes is not None:
         resource.setrlimit(resource.RLIMIT_NPROC, (processes,) * 2)
+
+
+def build(cmd: list[str], env: dict[str, str], limits: dict, note_fd: int) -> bool:
+    """Compile in a child with its own CPU budget, before any untrusted code runs in this process, and note
+    on `note_fd` (trusted) how the build ended: its CPU time, which the run's limit does not count, or
+    that it failed (its messages on stderr)."""
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(err_w, 1), os.dup2(err_w, 2)
+        apply_run_limits(float(limits["compile_seconds"]), max(2048, int(limits["memory_mb"])))
+        os.execve(cmd[0], cmd, env)
+    os.close(err_w)
+    out = b""
+    while chunk := os.read(err_r, 65536):
+        out = (out + chunk)[-20000:]
+    os.close(err_r)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
+        os.write(note_fd, f'{{"build_cpu": {used.ru_utime + used.ru_stime:.6f}}}\n'.encode())
+        return True
+    os.write(2, out)
+    os.write(note_fd, b'{"phase": "compile"}\n')
+    return False
 
 
 def _write_file(path: str, value: str) -> None:

@@ -38,7 +38,9 @@ class Isolation(StrEnum):
 @dataclass(frozen=True)
 class Limits:
     """Resource limits for one run. `cpu_seconds` is what decides a timeout; `wall_seconds` is a backstop
-    (default: max(3 x CPU, CPU + 2 s)) so that sleeping or blocked programs end too."""
+    (default: max(3 x CPU, CPU + 2 s)) so that sleeping or blocked programs end too. Both count from the
+    end of a C or C++ build, which has `compile_seconds` of CPU time and a backstop of its own
+    (`build_wall`)."""
 
     cpu_seconds: float = 10.0
     wall_seconds: float | None = None
@@ -77,9 +79,14 @@ class Limits:
             return self.wall_seconds
         return max(3.0 * self.cpu_seconds, self.cpu_seconds + 2.0)
 
+    @property
+    def build_wall(self) -> float:
+        return max(3.0 * self.compile_seconds, self.compile_seconds + 2.0)
+
     def to_dict(self) -> dict[str, Any]:
         # Every field is a scalar: no need for dataclasses.asdict's deep copy (part of every request).
-        return {name: getattr(self, name) for name in _LIMIT_FIELDS} | {"wall_seconds": self.wall}
+        fields = {name: getattr(self, name) for name in _LIMIT_FIELDS}
+        return fields | {"wall_seconds": self.wall, "build_wall_seconds": self.build_wall}
 
 
 @dataclass(frozen=True)

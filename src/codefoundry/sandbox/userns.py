@@ -30,7 +30,8 @@ What differs from root's level, and why it still holds:
   administrator's `chown` leaves it (cgroup.py). The worker's cgroup is made there before the user
   namespace is entered and used through fds, as at root's level. Elsewhere memory is bounded per
   process only (RLIMIT_AS), and memfd and SysV pages, which RLIMIT_AS does not count, are not bounded as
-  a whole.
+  a whole. Likewise a run's CPU time is limited as a whole only in a delegated cgroup (any v2 one counts
+  CPU time), and per process elsewhere.
 - Kernel keyrings, the host's processes and its IPC objects stay out of reach as in root's level; the
   files the caller owns are out of reach because they are not in the new root, except the Python
   installation's, bound read-only.
@@ -49,7 +50,7 @@ REASON = "not root: a user namespace of the worker's own (one uid, {})"
 PROC_FD = -1  # the worker's PID namespace's /proc, once set up
 
 
-def setup_worker(extra_ro: list[str]) -> tuple[str, str, "cgroup.MemoryCgroup | None"]:
+def setup_worker(extra_ro: list[str]) -> tuple[str, str, "cgroup.Cgroups | None"]:
     """Root's level as root (`jail.setup_worker`); otherwise this level where a user namespace is lent,
     else the process level. A child tries the whole set-up first: a user namespace entered but not set up
     (its id map refused, a mount denied) could not be left again."""
@@ -57,13 +58,13 @@ def setup_worker(extra_ro: list[str]) -> tuple[str, str, "cgroup.MemoryCgroup | 
     no_filter = jail.seccomp.probe()  # sets whether every level's processes get the filter
     unfiltered = f"no seccomp filter: {no_filter}" if no_filter else ""
     if os.geteuid() == 0 or jail.SYSCALL is None or disabled:
-        level, why, memory = jail.setup_worker(extra_ro)
-        return level, "; ".join(r for r in (why, unfiltered) if r), memory  # a reason: the caller warns
+        level, why, groups = jail.setup_worker(extra_ro)
+        return level, "; ".join(r for r in (why, unfiltered) if r), groups  # a reason: the caller warns
     uid, gid = os.getuid(), os.getgid()
     failure = unfiltered or _probe(uid, gid, extra_ro)
     if failure:
         return jail.process_level(f"not root, and no user namespace could be set up here ({failure})")
-    memory = cgroup.create(f"codefoundry-worker-{os.getpid()}")  # one delegated to the caller, if any
+    groups = cgroup.create()  # delegated to the caller, if any
     _enter(uid, gid)
     zygote = os.fork()  # pid 1 of the worker's PID namespace
     if zygote:
@@ -71,7 +72,11 @@ def setup_worker(extra_ro: list[str]) -> tuple[str, str, "cgroup.MemoryCgroup | 
     jail.prctl(jail.PR_SET_PDEATHSIG, signal.SIGKILL)
     global PROC_FD
     PROC_FD = _inside(extra_ro)
-    return LEVEL, REASON.format("a delegated memory cgroup" if memory else "no memory cgroup"), memory
+    memory, cpu = (groups.memory, groups.cpu) if groups else (None, None)
+    said = ("a delegated memory cgroup" if memory else "no memory cgroup") + (
+        ", a delegated cgroup counting CPU time" if cpu else ", CPU time limited per process"
+    )
+    return LEVEL, REASON.format(said), groups
 
 
 def _enter(uid: int, gid: int) -> None:

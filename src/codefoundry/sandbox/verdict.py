@@ -192,6 +192,10 @@ def _status(run, res: dict, report: dict, reason: str, reaped: bool):
         return "output_limit", f"output passed {lim['output_bytes']} bytes"
     if reason == "wall":
         return "timeout", f"wall-clock backstop of {lim['wall_seconds']:g} s"
+    if reason == "build":
+        return "timeout", f"the build's wall-clock backstop of {lim['build_wall_seconds']:g} s"
+    if reason == "cpu":
+        return "timeout", f"CPU-time limit of {lim['cpu_seconds']:g} s (the run's processes together)"
     if not reaped:
         return "sandbox_error", "the run's init did not report the program's end"
     if res["phase"] == "compile":

@@ -98,7 +98,7 @@ class Worker:
         self._send({"extra_readonly": list(extra_readonly), "preload": list(PRELOAD), "uid": self.uid})
         hello = json.loads(self._recv(60.0))
         self.isolation = Isolation(hello["isolation"])
-        self.cgroup = hello.get("cgroup")
+        self.cgroups = hello.get("cgroups") or []
         # At process level: the directory the zygote makes each run's work directory in. `close` removes it
         # once the zygote is gone, so a worker killed mid-run leaves no work directory behind.
         self.scratch = hello.get("scratch")
@@ -153,7 +153,8 @@ class Worker:
         if judge is not None:
             self._send({"setup": judge.setup, "tests": list(judge.tests), "entry_point": judge.entry_point,
                         "stop_on_failure": judge.stop_on_failure})  # fmt: skip
-        reply = json.loads(self._recv(limits.wall + limits.compile_seconds + _GRACE_SECONDS))
+        build = limits.build_wall if runner.compile else 0.0
+        reply = json.loads(self._recv(limits.wall + build + _GRACE_SECONDS))
         return ExecutionResult.from_dict(reply)
 
     @property
@@ -171,9 +172,9 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        if self.cgroup:
+        for path in self.cgroups:
             try:
-                os.rmdir(self.cgroup)  # empty once the worker is gone
+                os.rmdir(path)  # empty once the worker is gone
             except OSError:
                 pass
         if self.scratch:

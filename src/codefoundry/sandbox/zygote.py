@@ -31,13 +31,17 @@ What is isolated (level "namespaces", when the worker runs as root):
   stay unreadable although the sandbox runs as root. Its environment holds only PATH, HOME, LANG, TMPDIR.
   A seccomp filter (seccomp.py, set once in the template that forks it; `extra["syscall_filter"]`) denies
   it, its builds, judge and parse helper calls that reach other processes, namespaces, mounts, the kernel.
-- Limits: RLIMIT_CPU (the timeout: SIGXCPU at the limit, SIGKILL a CPU second later; a run that used
-  more CPU than allowed is a timeout even when the signal came late), RLIMIT_AS per process, RLIMIT_NPROC
-  (per worker uid, so one run's fork bomb does not starve another worker), RLIMIT_FSIZE, RLIMIT_NOFILE, no
-  core files. Where a memory cgroup can be created (v1 or v2; `extra["memory_cgroup"]` says), the run as a
-  whole (all its processes, memfd and SysV shared memory, files it writes) is bounded by its memory limit
-  plus room for its disk, and an OOM kill there is reported as `memory_exceeded`. The zygote caps captured
-  output (a run that floods stops with `output_limit`) and enforces a wall-clock backstop.
+- Limits: the CPU time of the run as a whole where a cgroup counts it (`extra["run_cpu_limit"]`): the
+  zygote looks at the cgroup's count no sooner than the run, on every CPU at once, could have used its
+  limit, and ends the run once its processes together are past it (a timeout). Each process also has
+  RLIMIT_CPU (SIGXCPU at the limit, SIGKILL a CPU second later; a run that used more CPU than allowed is a
+  timeout even when the signal came late). A build's CPU time, which has its own limit, is never charged
+  to the run. RLIMIT_AS per process, RLIMIT_NPROC (per worker uid, so one run's fork bomb does not starve
+  another worker), RLIMIT_FSIZE, RLIMIT_NOFILE, no core files. Where a memory cgroup can be created (v1 or
+  v2; `extra["memory_cgroup"]` says), the run as a whole (all its processes, memfd and SysV shared memory,
+  files it writes) is bounded by its memory limit plus room for its disk, and an OOM kill there is
+  reported as `memory_exceeded`. The zygote caps captured output (a run that floods stops with
+  `output_limit`) and enforces a wall-clock backstop (from the build's end; a build has its own).
 - Verdicts: a judged run (`Judge`) runs its tests in the worker's judge server, a long-lived process
   under the next uid, outside every run's PID namespace: the program can neither see, signal, trace nor
   read it. The tests are read from the request stream only after the program's process exists, so they
@@ -73,18 +77,19 @@ which are cleared at the start of every run where there is no filter; locks and 
 fresh open of /dev/null each run; the request itself, wiped from the template after each clone) is
 removed or checked before the next run (tests/sandbox/test_redteam_crossrun.py).
 
-Not covered: the kernel is shared (no gVisor: an exploit through a call the filter allows escapes); CPU
-time is limited per process, not per run (a run's CPU use is bounded by processes x CPU limit and by the
-wall backstop); without a memory cgroup, memory is bounded per process only; timing side channels are
-open. The parse helper exposes CPython's tokenizer, parser and compiler to untrusted text in a process
-that outlives a run: a memory-safety bug there would give a program the programs' uid across later runs
-(unprivileged and filtered, with no network and a read-only root, never the judge's uid), and with it
-the code objects later runs load, so that it could make later programs behave as it likes; the root
-zygote never loads them. Programs in other languages run under the same OS isolation but have no judge
-process: their verdict is their exit status, which they control.
+Not covered: the kernel is shared (no gVisor: an exploit through a call the filter allows escapes);
+without a cgroup counting CPU time, CPU time is limited per process (a run's CPU use is then bounded by
+processes x CPU limit and by the wall backstop), and between the zygote's looks a run can pass its limit
+by at most 10 ms times the number of CPUs; without a memory cgroup, memory is bounded per process only;
+timing side channels are open. The parse helper exposes CPython's tokenizer, parser and compiler to
+untrusted text in a process that outlives a run: a memory-safety bug there would give a program the
+programs' uid across later runs (unprivileged and filtered, with no network and a read-only root, never
+the judge's uid), and with it the code objects later runs load, so that it could make later programs
+behave as it likes; the root zygote never loads them. Programs in other languages run under the same OS
+isolation but have no judge process: their verdict is their exit status, which they control.
 
 Without root, where the kernel lends a user namespace, the level is "user_namespace": all of the above
-inside one, except that one uid serves all and a memory cgroup needs delegating (userns.py). Otherwise it is
+inside one, except that one uid serves all and cgroups need delegating (userns.py). Otherwise it is
 "process": rlimits, a session whose group is killed after the run, a work directory in the worker's
 scratch directory, an empty environment, the caller's uid; no network, filesystem or IPC isolation, and
 the caller's own process can be signalled (and traced without the filter), so verdicts are not protected
@@ -142,7 +147,8 @@ OWN_PIDFD = -1  # the zygote's own PID namespace, to return to after starting a 
 OWN_IPC_FD = -1  # the zygote's own IPC namespace (nsfs), to return to from the runs' one
 SHELL = next((p for p in ("/bin/sh", "/usr/bin/sh") if os.access(p, os.X_OK)), "")
 PROC_FD = -1  # the host's /proc, kept from before pivot_root: to see whether a run's init has children
-NOTE_FD = 5  # in the program's process: trusted notes (a failed compile), closed before untrusted code runs
+NOTE_FD = 5  # in the program's process: trusted notes (the build's end), closed before untrusted code runs
+NCPU = max(os.cpu_count() or 1, len(os.sched_getaffinity(0)))  # read before /sys is gone: a run's CPU pace
 
 
 # -- one run, seen from the zygote ---------------------------------------------------------------------------
@@ -169,7 +175,9 @@ class Worker:
     def __init__(self, isolation: str, uid: int, cgroup) -> None:
         self.isolation = isolation
         self.cgroup = cgroup
-        self.extra = {"memory_cgroup": cgroup is not None, "syscall_filter": seccomp.ENABLED}
+        memory, cpu = (cgroup.memory, cgroup.cpu) if cgroup else (None, None)
+        self.extra = {"memory_cgroup": bool(memory), "run_cpu_limit": bool(cpu)}
+        self.extra["syscall_filter"] = seccomp.ENABLED
         self.disk_mb = -1
         self.dirty = True
         namespaces, one_uid = isolation != "process", isolation == userns.LEVEL
@@ -272,10 +280,7 @@ def _template(sock_fd: int, isolation: str, cgroup) -> None:
     # Only what the programs need: a run's pipes open in the zygote when this was forked must not stay
     # open here (their readers would never see the end of them).
     previous = 0
-    for fd in sorted(
-        {sock_fd, OWN_PIDFD, OWN_IPC_FD} - {-1}
-        | ({cgroup.fd, cgroup.parent_fd} if cgroup is not None else set())
-    ):
+    for fd in sorted({sock_fd, OWN_PIDFD, OWN_IPC_FD} - {-1} | (cgroup.fds if cgroup is not None else set())):
         os.closerange(previous, fd)
         previous = fd + 1
     os.closerange(previous, 1 << 16)
@@ -345,7 +350,7 @@ def _warm_run_path() -> None:
         pyrun.run_env("/work", "/tmp")
 
 
-def start(run: Run, judges, known, cgroup=None, space=None, forker: Forker | None = None) -> dict:
+def start(run: Run, judges, known, groups=None, space=None, forker: Forker | None = None) -> dict:
     """Clone an idle init into new PID and IPC namespaces, fork the program into them (through the
     template), hand the tests to the judge, watch. `known()`: the zygote's own long-lived children."""
     stdin_data = bytes.fromhex(run.req.get("stdin") or "")
@@ -365,6 +370,7 @@ def start(run: Run, judges, known, cgroup=None, space=None, forker: Forker | Non
     keep = {0: stdin_fd, 1: out_w, 2: err_w} | ({NOTE_FD: note_w} if note_w >= 0 else {})
     keep |= {3: rpc_in[0], 4: rpc_out[1]} if run.judged else {}
     started = time.monotonic()
+    meter = cgroup.RunCpu(groups, run.req, started, NCPU)  # before the program's process exists
     if space is not None:
         space.enter()  # our next child is born in the run's PID namespace (a fresh init, if need be)
     if forker is not None:
@@ -375,7 +381,7 @@ def start(run: Run, judges, known, cgroup=None, space=None, forker: Forker | Non
         pid = os.fork()
         if pid == 0:
             try:
-                program_main(run, keep, cgroup)  # ends the process
+                program_main(run, keep, groups)  # ends the process
             finally:
                 os._exit(70)  # should it ever return or raise: never back into the caller
     for fd in (stdin_fd, out_w, err_w, note_w, rpc_in[0], rpc_out[1]):
@@ -389,7 +395,7 @@ def start(run: Run, judges, known, cgroup=None, space=None, forker: Forker | Non
         for fd in (rpc_out[0], rpc_in[1], report_w):
             os.close(fd)
     fds = {"out": out_r, "err": err_r, "note": note_r, "report": report_r}
-    return watch(run, pid, space, judges, fds, started, known)
+    return watch(run, pid, space, judges, fds, started, known, meter)
 
 
 def watch(
@@ -400,10 +406,12 @@ def watch(
     fds: dict[str, int],
     started: float,
     known,
+    meter: "cgroup.RunCpu",
 ) -> dict:
-    """Pump output under a cap, enforce the wall-clock backstop, reap the program, collect the report."""
+    """Pump output under a cap, enforce the run's CPU limit and wall backstop, reap it, collect the report."""
     cap = int(run.limits["output_bytes"])
-    deadline = started + float(run.limits["wall_seconds"])
+    # A build has a backstop of its own; the run's starts when the build has ended (its notes end).
+    deadline = started + float(run.limits["build_wall_seconds" if meter.build is None else "wall_seconds"])
     data = {name: bytearray() for name in fds}
     by_fd = {fd: name for name, fd in fds.items() if fd >= 0}
     pidfd = os.pidfd_open(pid)
@@ -419,12 +427,15 @@ def watch(
             grace = None
             jail.kill_pid(pid)  # the verdict is in; the program is stuck (serving, spinning, ...)
         if now >= deadline and not reason:
-            reason, killed_at = "wall", now
+            reason, killed_at = "build" if meter.build is None else "wall", now
+            _kill_run(pid, space)
+        if now >= meter.next and not reason and status is None and meter.over(now):
+            reason, killed_at = "cpu", now  # its processes together: each one's RLIMIT_CPU is not enough
             _kill_run(pid, space)
         if killed_at is not None and now - killed_at > JUDGE_STUCK_SECONDS and "report" in by_fd.values():
             judges.kill()  # trusted test code that does not end: restart the judge, end the run
             killed_at = None
-        wake = min(deadline, grace or deadline)
+        wake = min(deadline, grace or deadline, meter.next if status is None else deadline)
         timeout_ms = int(max(0.0, wake - now) * 1000) if not reason else 500
         for fd, _ in poller.poll(timeout_ms):
             if fd == pidfd:
@@ -442,6 +453,9 @@ def watch(
                 del by_fd[fd]
                 if name == "report" and status is None:
                     grace = time.monotonic() + JUDGED_EXIT_GRACE
+                elif name == "note" and meter.built(bytes(data["note"]), time.monotonic()) and not reason:
+                    started = time.monotonic()  # the program's wall time starts now
+                    deadline = started + float(run.limits["wall_seconds"])
                 continue
             if name in ("out", "err"):
                 room = cap - len(data["out"]) - len(data["err"])
@@ -457,7 +471,10 @@ def watch(
     for fd in fds.values():
         if fd >= 0:
             os.close(fd)
-    return results.verdict(run, results.program_status(status), data, reason, time.monotonic() - started)
+    prog = results.program_status(status)
+    if prog:
+        prog["cpu"] = meter.total(prog["cpu"])  # every process of the run, once all have ended
+    return results.verdict(run, prog, data, reason, time.monotonic() - started)
 
 
 def _kill_run(pid: int, space) -> None:
@@ -497,9 +514,9 @@ def program_main(run: Run, keep: dict[int, int], cgroup) -> None:
         # Without the filter (which denies filling them), the uid's keyrings are emptied before anything runs.
         keyrings, build = run.ns and not seccomp.ENABLED, bool(req.get("compile"))
         jail.drop_privileges(run.limits, run.uid, run.ns, building=build, clear_keyrings=keyrings)
-        if req.get("compile") and not _compile(req["compile"], env, run.limits):
-            os._exit(1)
         if req.get("compile"):
+            if not jail.build(req["compile"], env, run.limits, NOTE_FD):
+                os._exit(1)
             os.close(NOTE_FD)  # trusted notes end here: untrusted code never holds it
         processes = int(run.limits["processes"]) if run.ns and req.get("compile") else None  # after a build
         jail.apply_run_limits(float(run.limits["cpu_seconds"]), int(run.limits["memory_mb"]), processes)
@@ -513,27 +530,6 @@ def program_main(run: Run, keep: dict[int, int], cgroup) -> None:
         except OSError:
             pass
     os._exit(code)
-
-
-def _compile(cmd: list[str], env: dict[str, str], limits: dict) -> bool:
-    """Compile in a child with its own CPU budget, before any untrusted code runs in this process."""
-    err_r, err_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.dup2(err_w, 1), os.dup2(err_w, 2)
-        jail.apply_run_limits(float(limits["compile_seconds"]), max(2048, int(limits["memory_mb"])))
-        os.execve(cmd[0], cmd, env)
-    os.close(err_w)
-    out = b""
-    while chunk := os.read(err_r, 65536):
-        out = (out + chunk)[-20000:]
-    os.close(err_r)
-    _, status = os.waitpid(pid, 0)
-    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-        return True
-    os.write(2, out)
-    os.write(NOTE_FD, json.dumps({"phase": "compile"}).encode() + b"\n")
-    return False
 
 
 # -- the server loop ---------------------------------------------------------------------------------------
@@ -569,7 +565,12 @@ def main() -> None:
     OWN_IPC_FD = runspace.own_ipc_namespace(PROC_FD) if isolation != "process" else -1
     _preload(hello.get("preload", []))
     SCRATCH = None if isolation != "process" else _temp_dir("cf-worker-")  # the parent removes it
-    reply = {"isolation": isolation, "reason": why, "cgroup": cgroup and cgroup.path, "scratch": SCRATCH}
+    reply = {
+        "isolation": isolation,
+        "reason": why,
+        "cgroups": cgroup.paths if cgroup else [],
+        "scratch": SCRATCH,
+    }
     jail.write_frame(RESP_FD, json.dumps(reply).encode())
     worker = Worker(isolation, int(hello["uid"]), cgroup)
     while True:
