@@ -74,7 +74,6 @@ def assert_contained(r: ExecutionResult, *statuses: Status) -> None:
 # What the user_namespace level lacks by design (userns.py), as `needs_namespaces(root_only=...)` names it.
 ONE_UID = "every process of the worker runs under the caller's uid"
 NO_MEMORY_CGROUP = "no memory cgroup: memfd and SysV pages are outside RLIMIT_AS"
-NO_RUN_CPU = "no cgroup counts CPU time: it is limited per process (RLIMIT_CPU)"
 
 
 def needs_namespaces(r: ExecutionResult, *, root_only: str = "") -> None:

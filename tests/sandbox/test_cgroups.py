@@ -4,11 +4,13 @@ workers do not pile up."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from redteam_kit import brief, src
@@ -26,6 +28,18 @@ HEAVY_BUILD = src("""
         while (std::clock() - start < CLOCKS_PER_SEC / 5) n++;
         std::cout << "ran" << std::endl;
     }
+""")
+
+# A grandchild spinning for 0.4 s, orphaned to the run's init: the program never waits for it.
+ORPHAN = src("""
+    import os, time
+    if os.fork() == 0:
+        if os.fork() == 0:
+            start = time.process_time()
+            while time.process_time() - start < 0.4:
+                pass
+        os._exit(0)
+    time.sleep(1.0)
 """)
 
 
@@ -63,24 +77,14 @@ def test_a_build_is_not_charged_at_the_process_level_either():
     out = subprocess.run([sys.executable, "-c", code], input=HEAVY_BUILD, env=env, capture_output=True,
                          text=True, timeout=120)  # fmt: skip
     level, status, cpu, counted = out.stdout.split()
-    assert (level, status, counted) == ("process", "ok", "False"), out.stdout + out.stderr
+    assert (level, status, counted) == ("process", "ok", "None"), out.stdout + out.stderr
     assert 0.15 <= float(cpu) < 0.5, out.stdout
 
 
 def test_an_orphans_cpu_time_is_the_runs():
     """A child the program never waits for (orphaned to the run's init) is not in the program's own
     CPU time; where a cgroup counts the run, it is in the run's."""
-    prog = src("""
-        import os, time
-        if os.fork() == 0:
-            if os.fork() == 0:
-                start = time.process_time()
-                while time.process_time() - start < 0.4:
-                    pass
-            os._exit(0)
-        time.sleep(1.0)
-    """)
-    r = execute(prog, limits=Limits(cpu_seconds=2))
+    r = execute(ORPHAN, limits=Limits(cpu_seconds=2))
     assert r.status is Status.OK, brief(r)
     if not r.extra.get("run_cpu_limit"):
         pytest.skip("no cgroup counts this worker's CPU time (limited per process)")
@@ -166,3 +170,59 @@ def test_cgroups_of_a_killed_worker_are_removed_by_the_next():
         assert again is None or all(os.path.isdir(p) for p in live.paths)
     finally:
         live.remove()
+
+
+# Three processes spinning 0.6 s each; an orphan spinning 0.4 s the program never waits for; a daemon
+# still spinning when the program, after 0.3 s of its own, ends.
+_COUNTED = src("""
+    import json, sys
+    from codefoundry.sandbox import Limits, execute
+    spread, orphan, daemon = sys.stdin.read().split("\\0")
+    out = {}
+    for name, prog, limit in (("spread", spread, 1), ("orphan", orphan, 2), ("daemon", daemon, 2)):
+        r = execute(prog, limits=Limits(cpu_seconds=limit))
+        out[name] = [r.status.value, r.cpu_seconds, r.message, r.extra.get("run_cpu_limit")]
+    print(json.dumps(out))
+""")
+DAEMON = src("""
+    import os, time
+    if os.fork() == 0:
+        os.setsid()
+        while True:
+            pass
+    start = time.process_time()
+    while time.process_time() - start < 0.3:
+        pass
+""")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the namespaces level: needs root")
+def test_without_a_cgroup_the_runs_pid_namespace_counts_its_cpu(tmp_path):
+    """Where no cgroup counts CPU time (played by a copy of the package whose cgroups count none), the
+    run's PID namespace does: every process there with the children it reaped, zombies included, and
+    what the processes left behind had used before they are killed."""
+    from redteam_kit import CPU_SPREAD
+
+    package = Path(cgroup.__file__).parents[1]
+    shutil.copytree(package, tmp_path / "codefoundry", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(tmp_path / "codefoundry" / "sandbox" / "cgroup.py", "a") as f:
+        f.write(
+            "\n\n_create = create\n\n\n"
+            "def create(prefix='codefoundry-worker'):  # the test's: memory only\n"
+            "    groups = _create(prefix)\n"
+            "    if groups is not None and groups.cpu is not None and groups.cpu is not groups.memory:\n"
+            "        groups.cpu.remove()\n"
+            "    return Cgroups(groups.memory, None) if groups is not None and groups.memory else None\n"
+        )
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", _COUNTED], input="\0".join((CPU_SPREAD, ORPHAN, DAEMON)),
+                         env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {v[3] for v in found.values()} == {"pid_namespace"}, found
+    status, cpu, message, _ = found["spread"]
+    assert status == "timeout" and "together" in message and 1.0 <= cpu <= 1.5, found
+    status, cpu, _, _ = found["orphan"]
+    assert status == "ok" and 0.35 <= cpu <= 1.0, found
+    status, cpu, _, _ = found["daemon"]
+    assert status == "ok" and 0.4 <= cpu <= 1.2, found  # the program's 0.3 s and the daemon's share

@@ -25,7 +25,6 @@ from redteam_kit import (
     FORK_BOMB,
     MEMORY_BOMB,
     NO_MEMORY_CGROUP,
-    NO_RUN_CPU,
     PY_ATTACKS,
     SELF_STOP,
     SLACK,
@@ -102,8 +101,10 @@ def test_cpu_spin_spread_over_processes():
     """Each process stays under its own CPU limit; the run's processes together go over it: a timeout
     for the CPU limit, well before the wall-clock backstop."""
     r = run(CPU_SPREAD)
-    if not r.extra.get("run_cpu_limit"):  # the user_namespace level has it only where a cgroup is delegated
-        needs_namespaces(r, root_only=NO_RUN_CPU)
+    if not r.extra.get(
+        "run_cpu_limit"
+    ):  # counted by a cgroup or the run's PID namespace: not at process level
+        needs_namespaces(r)
     assert_contained(r, Status.TIMEOUT)
     assert "together" in r.message and r.wall_seconds < FAST.wall, brief(r)
     assert FAST.cpu_seconds <= r.cpu_seconds <= FAST.cpu_seconds + 0.5, brief(r)

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
-from redteam_kit import NO_MEMORY_CGROUP, NO_RUN_CPU, ONE_UID
+from redteam_kit import CPU_SPREAD, NO_MEMORY_CGROUP, ONE_UID
 
 import codefoundry
 
@@ -38,7 +38,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 _SCRIPT = """
 import json, sys
 from codefoundry.sandbox import Judge, Limits, execute
-port = int(sys.argv[1])
+port, SPREAD = int(sys.argv[1]), sys.argv[2]
 net = execute(f"import socket\\ns = socket.socket()\\ns.settimeout(2)\\nprint(s.connect_ex(('127.0.0.1', {port})))")
 shm = execute(
     "import ctypes\\nlibc = ctypes.CDLL(None, use_errno=True)\\n"
@@ -57,6 +57,7 @@ trace = execute(
 seen = execute("import os\\nprint(sorted(os.listdir('/')))")
 bomb = execute("import os\\nwhile True:\\n    os.fork()", limits=Limits(processes=8, cpu_seconds=2))
 after = execute("print(6 * 7)")
+spread = execute(SPREAD, limits=Limits(cpu_seconds=1))
 judge = Judge(tests=("assert add(1, 2) == 3",), entry_point="add")
 good = execute("def add(a, b):\\n    return a + b", judge=judge)
 forged = execute("import os\\nos._exit(0)", judge=judge)
@@ -66,6 +67,7 @@ print(json.dumps({
     "root": seen.stdout, "bomb": bomb.status.value, "after": after.stdout.strip(),
     "cgroup": net.extra.get("memory_cgroup"), "filter": net.extra.get("syscall_filter"),
     "run_cpu": net.extra.get("run_cpu_limit"),
+    "spread": [spread.status.value, spread.message, spread.cpu_seconds],
 }))
 """
 
@@ -123,7 +125,7 @@ def _findings(package: str, *, level: str | None) -> tuple[dict, str]:
     server.listen(8)
     env = {"PYTHONPATH": package} | ({"CODEFOUNDRY_SANDBOX_ISOLATION": level} if level else {})
     try:
-        out = _as_nobody([SYSTEM_PYTHON, "-c", _SCRIPT, str(server.getsockname()[1])], env)
+        out = _as_nobody([SYSTEM_PYTHON, "-c", _SCRIPT, str(server.getsockname()[1]), CPU_SPREAD], env)
     finally:
         server.close()
     assert out.returncode == 0, out.stdout + out.stderr
@@ -146,7 +148,9 @@ def test_unprivileged_worker_cuts_network_and_ipc_and_holds_no_capability(packag
     assert found["isolation"] == "user_namespace", (found, stderr)
     assert "weaker isolation" in stderr  # still weaker than root's level, and said once
     assert found["cgroup"] is False and "no memory cgroup" in stderr  # none delegated to 65534 here
-    assert found["run_cpu"] is False and "CPU time limited per process" in stderr
+    # The run's CPU time, with no cgroup to count it, counted by its PID namespace: one limit for all.
+    assert found["run_cpu"] == "pid_namespace" and found["spread"][0] == "timeout", found
+    assert "together" in found["spread"][1] and found["spread"][2] < 1.6, found
     assert found["connect"] == "101", found  # ENETUNREACH: no device is up in the worker's namespace
     assert int(found["shmid"]) >= 0, found  # made, in the worker's IPC namespace ...
     assert not left, left  # ... and gone with it
@@ -170,6 +174,9 @@ def test_the_same_programs_at_process_level_reach_the_server_and_leave_the_segme
     assert found["trace"] == ["-1", "1"] and found["filter"] is True, found  # the filter is on at every level
     assert left, "the process level is expected to leave the segment on the host"
     assert found["good"] is True and found["forged"] is False, found
+    # CPU time limited per process there: the spread runs to its end (and is then judged on what the
+    # program and the children it waited for used), rather than being ended at the limit.
+    assert found["run_cpu"] is None and found["spread"][2] >= 1.7 and "together" not in found["spread"][1]
 
 
 def test_where_no_user_namespace_is_lent_the_level_is_process_and_says_why(package):
@@ -305,8 +312,6 @@ def test_red_team_suites_hold_at_the_user_namespace_level():
     lacks = {ONE_UID}
     if memory is None:
         lacks.add(NO_MEMORY_CGROUP)
-    if cpu is None:
-        lacks.add(NO_RUN_CPU)
     assert set(skipped_here) <= lacks, report
     deadline = time.monotonic() + 10  # a worker's namespace is torn down by the kernel after pytest exits
     while (left := [p for p in _nobody_processes() if p not in before]) and time.monotonic() < deadline:

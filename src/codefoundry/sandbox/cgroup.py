@@ -199,16 +199,20 @@ def bases(controller: str) -> list[tuple[int, str]]:
 
 
 class RunCpu:
-    """One run's CPU time as a whole where a cgroup counts it: what all the run's processes used since it
-    started, less its build's (the build has a limit of its own), and when next to look at it."""
+    """One run's CPU time as a whole: what all the run's processes used since it started, less its
+    build's (the build has a limit of its own), and when next to look at it. Counted by the worker's
+    cgroup (`count`, with `whole`: processes that ended count too), else by the run's PID namespace
+    (`runspace.RunNamespace.cpu_seconds`: the processes still there, each with the children it reaped),
+    else not at all (per process only: RLIMIT_CPU)."""
 
-    def __init__(self, groups: Cgroups | None, req: dict, started: float, ncpu: int) -> None:
-        self.groups = groups if groups is not None and groups.cpu is not None else None
+    def __init__(self, count, whole: bool, req: dict, started: float, ncpu: int) -> None:
+        self.count, self.whole = count, whole
         self.limit, self.ncpu = float(req["limits"]["cpu_seconds"]), ncpu
-        self.base = self.groups.cpu_seconds() if self.groups else 0.0
+        self.base = count() if count is not None and whole else 0.0
         self.build: float | None = None if req.get("compile") else 0.0  # set once the build has ended
+        self.left = 0.0  # what processes left when the program ended had used (counted by namespace)
         # No process of the run can have used its limit before `limit / ncpu` seconds have passed.
-        self.next = started + self.limit / ncpu if self.groups else float("inf")
+        self.next = started + self.limit / ncpu if count is not None else float("inf")
 
     def built(self, note: bytes, now: float) -> bool:
         """The build's end, from the run's trusted notes (written before any untrusted code ran): whether
@@ -217,13 +221,12 @@ class RunCpu:
         for line in note.splitlines():
             if line.startswith(b'{"build_cpu": '):
                 self.build = float(line[14:].rstrip(b"}"))
-                self.next = now + self.limit / self.ncpu if self.groups else self.next
+                self.next = now + self.limit / self.ncpu if self.count is not None else self.next
                 return True
         return False
 
     def used(self) -> float:
-        assert self.groups is not None
-        return self.groups.cpu_seconds() - self.base - (self.build or 0.0)
+        return self.count() - self.base - (self.build or 0.0)
 
     def over(self, now: float) -> bool:
         """Whether the run has used more CPU time than its limit; if not, look again no sooner than its
@@ -235,7 +238,15 @@ class RunCpu:
         self.next = now + max(left / self.ncpu, 0.01)
         return left < 0
 
+    def leftovers(self) -> None:
+        """The program has been reaped and other processes of the run are still there, about to be killed:
+        counted by namespace, what they used is taken now."""
+        if self.count is not None and not self.whole:
+            self.left = self.count()
+
     def total(self, process_cpu: float) -> float:
-        """The run's CPU time: the cgroup's count, else the program's process and the children it waited
-        for (`process_cpu`, from wait4), less the build."""
-        return self.used() if self.groups else max(0.0, process_cpu - (self.build or 0.0))
+        """The run's CPU time: the cgroup's count; else the program's process and the children it waited
+        for (`process_cpu`, from wait4) and what the leftovers used; less the build."""
+        if self.whole:
+            return self.used()
+        return max(0.0, process_cpu + self.left - (self.build or 0.0))

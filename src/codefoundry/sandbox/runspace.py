@@ -33,6 +33,7 @@ _SYSV_CALLS = {"x86_64": (31, 71, 66), "aarch64": (195, 187, 191)}.get(os.uname(
 _FSOPEN, _FSCONFIG, _FSMOUNT = 430, 431, 432
 SHM_INFO, MSG_INFO, SEM_INFO = 14, 12, 19
 FSOPEN_CLOEXEC, FSCONFIG_CMD_CREATE, FSMOUNT_CLOEXEC = 1, 6, 1
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # the unit of /proc/PID/stat's times
 
 
 def _call(number: int, *args: int) -> int:
@@ -160,6 +161,33 @@ class RunNamespace:
             return os.fstat(self.mqueue_fd).st_size == self.mqueue_size and self._in_ipc(sysv_objects) == 0
         except OSError:
             return False
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the processes in the run's PID namespace other than init, each with that of the
+        children it reaped: every process the run has had, where no cgroup counts them, as long as the
+        program is not yet reaped (the zygote reaps it, and the CLONE_PARENT children). Init reaps nothing
+        (its zombies make the namespace not empty), so all the others are there, zombies included."""
+        try:
+            ns = os.stat(f"{self.init_pid}/ns/pid", dir_fd=self.proc_fd).st_ino
+            names = os.listdir(self.proc_fd)
+        except OSError:
+            return 0.0
+        ticks = 0
+        for name in names:
+            if not name.isdigit() or int(name) == self.init_pid:
+                continue
+            try:
+                if os.stat(f"{name}/ns/pid", dir_fd=self.proc_fd).st_ino != ns:
+                    continue
+                fd = os.open(f"{name}/stat", os.O_RDONLY, dir_fd=self.proc_fd)
+                try:
+                    stat = os.read(fd, 4096)
+                finally:
+                    os.close(fd)
+            except OSError:
+                continue  # gone meanwhile
+            ticks += sum(int(f) for f in stat[stat.rindex(b")") + 2 :].split()[11:15])  # u, s, cu, cs time
+        return ticks / CLOCK_TICKS
 
     def kill(self) -> None:
         if self.init_pid > 0 and not self.killed:

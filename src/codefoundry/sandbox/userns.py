@@ -30,8 +30,8 @@ What differs from root's level, and why it still holds:
   administrator's `chown` leaves it (cgroup.py). The worker's cgroup is made there before the user
   namespace is entered and used through fds, as at root's level. Elsewhere memory is bounded per
   process only (RLIMIT_AS), and memfd and SysV pages, which RLIMIT_AS does not count, are not bounded as
-  a whole. Likewise a run's CPU time is limited as a whole only in a delegated cgroup (any v2 one counts
-  CPU time), and per process elsewhere.
+  a whole. A run's CPU time is counted as a whole by a delegated cgroup where there is one (any v2 one
+  counts CPU time), else, as at root's level without one, by the run's PID namespace (cgroup.RunCpu).
 - Kernel keyrings, the host's processes and its IPC objects stay out of reach as in root's level; the
   files the caller owns are out of reach because they are not in the new root, except the Python
   installation's, bound read-only.
@@ -72,11 +72,8 @@ def setup_worker(extra_ro: list[str]) -> tuple[str, str, "cgroup.Cgroups | None"
     jail.prctl(jail.PR_SET_PDEATHSIG, signal.SIGKILL)
     global PROC_FD
     PROC_FD = _inside(extra_ro)
-    memory, cpu = (groups.memory, groups.cpu) if groups else (None, None)
-    said = ("a delegated memory cgroup" if memory else "no memory cgroup") + (
-        ", a delegated cgroup counting CPU time" if cpu else ", CPU time limited per process"
-    )
-    return LEVEL, REASON.format(said), groups
+    memory = groups.memory if groups else None
+    return LEVEL, REASON.format("a delegated memory cgroup" if memory else "no memory cgroup"), groups
 
 
 def _enter(uid: int, gid: int) -> None:

@@ -31,17 +31,18 @@ What is isolated (level "namespaces", when the worker runs as root):
   stay unreadable although the sandbox runs as root. Its environment holds only PATH, HOME, LANG, TMPDIR.
   A seccomp filter (seccomp.py, set once in the template that forks it; `extra["syscall_filter"]`) denies
   it, its builds, judge and parse helper calls that reach other processes, namespaces, mounts, the kernel.
-- Limits: the CPU time of the run as a whole where a cgroup counts it (`extra["run_cpu_limit"]`): the
-  zygote looks at the cgroup's count no sooner than the run, on every CPU at once, could have used its
-  limit, and ends the run once its processes together are past it (a timeout). Each process also has
-  RLIMIT_CPU (SIGXCPU at the limit, SIGKILL a CPU second later; a run that used more CPU than allowed is a
-  timeout even when the signal came late). A build's CPU time, which has its own limit, is never charged
-  to the run. RLIMIT_AS per process, RLIMIT_NPROC (per worker uid, so one run's fork bomb does not starve
-  another worker), RLIMIT_FSIZE, RLIMIT_NOFILE, no core files. Where a memory cgroup can be created (v1 or
-  v2; `extra["memory_cgroup"]` says), the run as a whole (all its processes, memfd and SysV shared memory,
-  files it writes) is bounded by its memory limit plus room for its disk, and an OOM kill there is
-  reported as `memory_exceeded`. The zygote caps captured output (a run that floods stops with
-  `output_limit`) and enforces a wall-clock backstop (from the build's end; a build has its own).
+- Limits: the CPU time of the run as a whole, all its processes together, counted by the worker's cgroup
+  or else by the run's PID namespace (`extra["run_cpu_limit"]` says which): the zygote looks no sooner
+  than the run, on every CPU at once, could have used its limit, and ends it once past it (a timeout).
+  Each process also has RLIMIT_CPU (SIGXCPU at the limit, SIGKILL a CPU second later; a run that used more
+  CPU than allowed is a timeout even when the signal came late). A build's CPU time, which has its own
+  limit, is never charged to the run. RLIMIT_AS per process, RLIMIT_NPROC (per worker uid, so one run's
+  fork bomb does not starve another worker), RLIMIT_FSIZE, RLIMIT_NOFILE, no core files. Where a memory
+  cgroup can be created (v1 or v2; `extra["memory_cgroup"]` says), the run as a whole (all its processes,
+  memfd and SysV shared memory, files it writes) is bounded by its memory limit plus room for its disk,
+  and an OOM kill there is reported as `memory_exceeded`. The zygote caps captured output (a run that
+  floods stops with `output_limit`) and enforces a wall-clock backstop (from the build's end; a build has
+  its own).
 - Verdicts: a judged run (`Judge`) runs its tests in the worker's judge server, a long-lived process
   under the next uid, outside every run's PID namespace: the program can neither see, signal, trace nor
   read it. The tests are read from the request stream only after the program's process exists, so they
@@ -78,10 +79,9 @@ fresh open of /dev/null each run; the request itself, wiped from the template af
 removed or checked before the next run (tests/sandbox/test_redteam_crossrun.py).
 
 Not covered: the kernel is shared (no gVisor: an exploit through a call the filter allows escapes);
-without a cgroup counting CPU time, CPU time is limited per process (a run's CPU use is then bounded by
-processes x CPU limit and by the wall backstop), and between the zygote's looks a run can pass its limit
-by at most 10 ms times the number of CPUs; without a memory cgroup, memory is bounded per process only;
-timing side channels are open. The parse helper exposes CPython's tokenizer, parser and compiler to
+between the zygote's looks a run can pass its CPU limit by 10 ms times the number of CPUs (more where only
+its PID namespace counts it: /proc's clock ticks); without a memory cgroup, memory is bounded per process
+only; timing side channels are open. The parse helper exposes CPython's tokenizer, parser and compiler to
 untrusted text in a process that outlives a run: a memory-safety bug there would give a program the
 programs' uid across later runs (unprivileged and filtered, with no network and a read-only root, never
 the judge's uid), and with it the code objects later runs load, so that it could make later programs
@@ -90,11 +90,11 @@ isolation but have no judge process: their verdict is their exit status, which t
 
 Without root, where the kernel lends a user namespace, the level is "user_namespace": all of the above
 inside one, except that one uid serves all and cgroups need delegating (userns.py). Otherwise it is
-"process": rlimits, a session whose group is killed after the run, a work directory in the worker's
-scratch directory, an empty environment, the caller's uid; no network, filesystem or IPC isolation, and
-the caller's own process can be signalled (and traced without the filter), so verdicts are not protected
-there. The zygote, a subreaper, kills a daemon leaving the session, unless it forks faster. Every result
-reports the level.
+"process": rlimits (CPU time per process), a session whose group is killed after the run, a work directory
+in the worker's scratch directory, an empty environment, the caller's uid; no network, filesystem or IPC
+isolation, and the caller's own process can be signalled (and traced without the filter), so verdicts are
+not protected there. The zygote, a subreaper, kills a daemon leaving the session, unless it forks faster.
+Every result reports the level.
 """
 
 import json
@@ -175,12 +175,13 @@ class Worker:
     def __init__(self, isolation: str, uid: int, cgroup) -> None:
         self.isolation = isolation
         self.cgroup = cgroup
-        memory, cpu = (cgroup.memory, cgroup.cpu) if cgroup else (None, None)
-        self.extra = {"memory_cgroup": bool(memory), "run_cpu_limit": bool(cpu)}
-        self.extra["syscall_filter"] = seccomp.ENABLED
         self.disk_mb = -1
         self.dirty = True
         namespaces, one_uid = isolation != "process", isolation == userns.LEVEL
+        # What counts a run's CPU time as a whole: the worker's cgroup, else the run's PID namespace (RunCpu).
+        cpu, memory = (cgroup.cpu, cgroup.memory) if cgroup else (None, None)
+        by = "cgroup" if cpu else "pid_namespace" if namespaces and PROC_FD >= 0 else None
+        self.extra = {"memory_cgroup": bool(memory), "run_cpu_limit": by, "syscall_filter": seccomp.ENABLED}
         uid = os.getuid() if one_uid else uid
         self.judges = judge.JudgeServer(uid + (not one_uid), namespaces, jail=jail, testcode=testcode)
         self.parser = results.ParseServer(uid, namespaces, jail=jail)
@@ -370,7 +371,11 @@ def start(run: Run, judges, known, groups=None, space=None, forker: Forker | Non
     keep = {0: stdin_fd, 1: out_w, 2: err_w} | ({NOTE_FD: note_w} if note_w >= 0 else {})
     keep |= {3: rpc_in[0], 4: rpc_out[1]} if run.judged else {}
     started = time.monotonic()
-    meter = cgroup.RunCpu(groups, run.req, started, NCPU)  # before the program's process exists
+    # Before the program's process exists: the run's CPU time, counted by the worker's cgroup, else by its
+    # PID namespace (RunCpu).
+    whole = groups is not None and groups.cpu is not None
+    count = groups.cpu_seconds if whole else (space.cpu_seconds if space is not None else None)
+    meter = cgroup.RunCpu(count, whole, run.req, started, NCPU)
     if space is not None:
         space.enter()  # our next child is born in the run's PID namespace (a fresh init, if need be)
     if forker is not None:
@@ -443,6 +448,7 @@ def watch(
                 status = os.wait4(pid, 0)[1:]
                 stray = jail.stray_children(PROC_FD, known())
                 if space is None or not space.empty() or stray:
+                    meter.leftovers()
                     _kill_run(pid, space)  # leftovers (daemons, zombies): init's end takes them all down
                 jail.reap_strays(PROC_FD, known, stray)
                 continue
@@ -533,20 +539,6 @@ def program_main(run: Run, keep: dict[int, int], cgroup) -> None:
 
 
 # -- the server loop ---------------------------------------------------------------------------------------
-def _preload(modules: list[str]) -> None:
-    """Import modules programs commonly use, then freeze the heap (collections in runs copy no pages)."""
-    import gc
-
-    for name in modules:
-        try:
-            __import__(name)
-        except Exception:
-            pass
-    gc.collect()
-    gc.freeze()
-    jail.release_free_memory()  # fewer resident pages: every fork copies fewer page-table entries
-
-
 def main() -> None:
     global REQ_FD, RESP_FD, OWN_PIDFD, OWN_IPC_FD, PROC_FD, SCRATCH
     REQ_FD, RESP_FD = int(sys.argv[1]), int(sys.argv[2])
@@ -563,7 +555,7 @@ def main() -> None:
         PROC_FD = userns.PROC_FD
     OWN_PIDFD = os.pidfd_open(os.getpid())
     OWN_IPC_FD = runspace.own_ipc_namespace(PROC_FD) if isolation != "process" else -1
-    _preload(hello.get("preload", []))
+    jail.preload(hello.get("preload", []))
     SCRATCH = None if isolation != "process" else _temp_dir("cf-worker-")  # the parent removes it
     reply = {
         "isolation": isolation,
