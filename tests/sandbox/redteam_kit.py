@@ -208,7 +208,7 @@ MEMORY_BOMB = src("""
 CPU_SPIN = "while True:\n    pass\n"
 
 # Three processes, each spinning for 0.6 CPU seconds: each stays under its own RLIMIT_CPU of 1 s, the run
-# as a whole uses 1.8 s and would end well before the wall-clock backstop of 3 s.
+# as a whole uses 1.8 s.
 CPU_SPREAD = src("""
     import os, time
     for _ in range(3):

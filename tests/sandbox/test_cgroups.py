@@ -30,16 +30,20 @@ HEAVY_BUILD = src("""
     }
 """)
 
-# A grandchild spinning for 0.4 s, orphaned to the run's init: the program never waits for it.
+# A grandchild spinning for 0.4 s, orphaned to the run's init: the program never waits for it, it only
+# reads the grandchild's word that it is done.
 ORPHAN = src("""
     import os, time
+    r, w = os.pipe()
     if os.fork() == 0:
         if os.fork() == 0:
             start = time.process_time()
             while time.process_time() - start < 0.4:
                 pass
+            os.write(w, b"done")
         os._exit(0)
-    time.sleep(1.0)
+    os.close(w)
+    os.read(r, 4)
 """)
 
 
@@ -84,7 +88,7 @@ def test_a_build_is_not_charged_at_the_process_level_either():
 def test_an_orphans_cpu_time_is_the_runs():
     """A child the program never waits for (orphaned to the run's init) is not in the program's own
     CPU time; where a cgroup counts the run, it is in the run's."""
-    r = execute(ORPHAN, limits=Limits(cpu_seconds=2))
+    r = execute(ORPHAN, limits=Limits(cpu_seconds=2, wall_seconds=10))
     assert r.status is Status.OK, brief(r)
     if not r.extra.get("run_cpu_limit"):
         pytest.skip("no cgroup counts this worker's CPU time (limited per process)")
@@ -180,7 +184,7 @@ _COUNTED = src("""
     spread, orphan, daemon = sys.stdin.read().split("\\0")
     out = {}
     for name, prog, limit in (("spread", spread, 1), ("orphan", orphan, 2), ("daemon", daemon, 2)):
-        r = execute(prog, limits=Limits(cpu_seconds=limit))
+        r = execute(prog, limits=Limits(cpu_seconds=limit, wall_seconds=10))
         out[name] = [r.status.value, r.cpu_seconds, r.message, r.extra.get("run_cpu_limit")]
     print(json.dumps(out))
 """)

@@ -57,7 +57,7 @@ trace = execute(
 seen = execute("import os\\nprint(sorted(os.listdir('/')))")
 bomb = execute("import os\\nwhile True:\\n    os.fork()", limits=Limits(processes=8, cpu_seconds=2))
 after = execute("print(6 * 7)")
-spread = execute(SPREAD, limits=Limits(cpu_seconds=1))
+spread = execute(SPREAD, limits=Limits(cpu_seconds=1, wall_seconds=10))
 judge = Judge(tests=("assert add(1, 2) == 3",), entry_point="add")
 good = execute("def add(a, b):\\n    return a + b", judge=judge)
 forged = execute("import os\\nos._exit(0)", judge=judge)
