@@ -525,7 +525,7 @@ def test_body_end_is_the_first_line_back_at_the_def_indentation(tok):
     ended_at = next(i for i, t in enumerate(ids) if watcher.push(t))
     assert "def" in decode(table, ids[: ended_at + 1])[-12:]
     assert _BodyEnd(table, 4).cut(text) == "        x = 1\n\n  \n        return x\n"
-    assert _BodyEnd(table, 0).cut("    pass\n# comment\n") == "    pass\n"
+    assert _BodyEnd(table, 0).cut("    pass\n# comment\nx = 1\n") == "    pass\n# comment\n"  # no statement
 
 
 def test_first_tokens_restrict_only_the_first_new_token():

@@ -18,7 +18,6 @@ from __future__ import annotations
 import ast
 import io
 import random
-import textwrap
 from dataclasses import dataclass
 
 from codefoundry.models.completion import complete, special_id
@@ -282,9 +281,13 @@ def _indent(header: str) -> int:
 
 
 def _parse_error(header: str, body: str) -> str | None:
-    """None when the function parses, else the parser's message (without its location)."""
+    """None when the function parses, else the parser's message (without its location). A method is
+    moved left by its `def`'s indentation, each line by as much of it as it has: lines of its strings or
+    brackets may start left of the `def`, which `textwrap.dedent` would take for no common indent."""
+    indent = _indent(header)
+    lines = (header + body).splitlines(keepends=True)
     try:
-        ast.parse(textwrap.dedent(header + body))
+        ast.parse("".join(ln[min(indent, len(ln) - len(ln.lstrip(" \t\f"))) :] for ln in lines))
     except SyntaxError as e:
         return str(e.msg)
     except ValueError as e:  # a NUL byte
@@ -293,13 +296,24 @@ def _parse_error(header: str, body: str) -> str | None:
 
 
 class _BodyEnd:
-    """Watches one row's text and ends it at the first non-blank line indented <= the def's indentation."""
+    """Watches one row's text and ends it where Python ends the function: at the first line that starts a
+    logical line (not inside brackets, a string or after a backslash; not blank, not only a comment)
+    indented no deeper than the `def`. A line inside an open bracket or string may start anywhere (the
+    stdlib's dedented triple-quoted strings start at column 0): ending the body there used to cut bodies
+    that were still valid Python."""
 
     def __init__(self, table: list[bytes], indent: int, skip: int = 0) -> None:
         self.table, self.indent = table, indent
         self.skip = skip  # leading bytes of the output that belong to the (healed) prompt
         self.text = b""
-        self.line_start = 0  # where the first line not yet known to be inside the body starts
+        self._start()
+
+    def _start(self) -> None:
+        self.pos = 0  # bytes scanned so far
+        self.line_start = 0  # where the line being scanned starts
+        self.logical = True  # that line starts a logical line: its indentation decides
+        self.depth = 0  # open brackets
+        self.quote = b""  # the open string's delimiter, or b""
 
     def push(self, token: int) -> bool:
         self.text += self.table[token]
@@ -309,20 +323,67 @@ class _BodyEnd:
         return self._end(self.text) is not None
 
     def _end(self, text: bytes) -> int | None:
-        """Offset of the first line that leaves the body; lines before `line_start` are inside it."""
-        while True:
-            line_end = text.find(b"\n", self.line_start)
-            line = text[self.line_start : len(text) if line_end == -1 else line_end]
-            stripped = line.lstrip(b" \t\r\f")
-            # A line's indentation is known once it has a non-blank character.
-            if stripped and len(line) - len(stripped) <= self.indent:
-                return self.line_start
-            if line_end == -1:
-                return None
-            self.line_start = line_end + 1
+        """Offset of the line that leaves the body, scanning on from `pos`; None until one is seen. The
+        scan stops short of what the next bytes could change (a quote that may be a triple one, an escape)."""
+        i, n = self.pos, len(text)
+        while i < n:
+            if self.logical and i == self.line_start:
+                line_end = text.find(b"\n", i)
+                line = text[i : n if line_end == -1 else line_end]
+                stripped = line.lstrip(b" \t\r\f")
+                if not stripped or stripped.startswith(b"#"):  # blank or comment only: not a logical line
+                    if line_end == -1:
+                        break
+                    i = self.line_start = line_end + 1
+                    continue
+                if len(line) - len(stripped) <= self.indent:
+                    return self.line_start
+                i += len(line) - len(stripped)
+                self.logical = False
+            c = text[i : i + 1]
+            if self.quote:
+                if c == b"\\":
+                    if i + 1 >= n:
+                        break
+                    i += 2
+                elif text.startswith(self.quote, i):
+                    self.quote, i = b"", i + len(self.quote)
+                elif len(self.quote) == 3 and c == self.quote[:1] and i + 3 > n:
+                    break  # perhaps the closing quotes, not all here yet
+                elif c == b"\n":
+                    if len(self.quote) == 1:
+                        self.quote = b""  # an unterminated string: the parser will say so
+                    i = self.line_start = i + 1
+                    self.logical = len(self.quote) == 0 and self.depth == 0
+                else:
+                    i += 1
+            elif c in (b"'", b'"'):
+                if i + 3 > n and text[i:n] == c * (n - i):
+                    break  # an empty string or the start of a triple-quoted one: not known yet
+                self.quote = c * 3 if text.startswith(c * 3, i) else c
+                i += len(self.quote)
+            elif c == b"#":
+                line_end = text.find(b"\n", i)
+                if line_end == -1:
+                    break
+                i = line_end
+            elif c == b"\\":
+                if i + 1 >= n:
+                    break
+                i += 2  # a backslash and a newline: the next line continues this one
+                if text[i - 1 : i] == b"\n":
+                    self.line_start, self.logical = i, False
+            elif c == b"\n":
+                i = self.line_start = i + 1
+                self.logical = self.depth == 0
+            else:
+                self.depth += (c in b"([{") - (c in b")]}" and self.depth > 0)
+                i += 1
+        self.pos = i
+        return None
 
     def cut(self, text: str) -> str:
         """`text` (this row's decoded output) up to the line that leaves the body."""
-        self.line_start = 0
+        self._start()
         end = self._end(text.encode())
         return text if end is None else text.encode()[:end].decode("utf-8", "replace")
