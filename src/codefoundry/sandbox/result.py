@@ -133,14 +133,17 @@ class ExecutionResult:
     stdout: str = ""
     stderr: str = ""
     truncated: bool = False  # stdout or stderr was cut at Limits.output_bytes
-    cpu_seconds: float = 0.0
-    wall_seconds: float = 0.0
-    peak_memory_mb: float = 0.0
+    cpu_seconds: float = 0.0  # all the run's processes where extra["run_cpu_limit"] is set; never the build
+    wall_seconds: float = 0.0  # from the build's end, for compiled languages
+    peak_memory_mb: float = 0.0  # largest resident set of the program or a child it waited for
     isolation: Isolation = Isolation.NAMESPACES
     phase: str = "run"  # "compile": a compiled language failed to build, or Python did not parse (not run)
     tests: tuple[TestOutcome, ...] = ()  # judged runs: one outcome per test snippet, in order
     tests_completed: bool | None = None  # judged runs: the judge reached the end of the tests
     message: str = ""  # one line on why: the sandbox error, the limit hit, the compile error summary
+    # What the worker could apply: "syscall_filter" (bool), "memory_cgroup" (bool: the run's memory bounded
+    # as a whole), "run_cpu_limit" ("cgroup" or "pid_namespace": what counts the run's CPU time as a whole;
+    # None: per process only).
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

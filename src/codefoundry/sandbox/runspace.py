@@ -170,7 +170,7 @@ class RunNamespace:
         try:
             ns = os.stat(f"{self.init_pid}/ns/pid", dir_fd=self.proc_fd).st_ino
             names = os.listdir(self.proc_fd)
-        except OSError:
+        except (OSError, ValueError):  # no /proc here (then nothing counts the run as a whole)
             return 0.0
         ticks = 0
         for name in names:

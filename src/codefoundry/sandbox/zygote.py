@@ -374,7 +374,7 @@ def start(run: Run, judges, known, groups=None, space=None, forker: Forker | Non
     # Before the program's process exists: the run's CPU time, counted by the worker's cgroup, else by its
     # PID namespace (RunCpu).
     whole = groups is not None and groups.cpu is not None
-    count = groups.cpu_seconds if whole else (space.cpu_seconds if space is not None else None)
+    count = groups.cpu_seconds if whole else (space.cpu_seconds if space and PROC_FD >= 0 else None)
     meter = cgroup.RunCpu(count, whole, run.req, started, NCPU)
     if space is not None:
         space.enter()  # our next child is born in the run's PID namespace (a fresh init, if need be)
