@@ -57,7 +57,7 @@ def test_watching_token_by_token_ends_where_cutting_does(written, kept):
         assert ended == len(kept.encode())  # the first byte of the line that leaves
 
 
-def _functions_with_low_continuation_lines(limit: int = 40):
+def _functions_with_low_continuation_lines(limit: int = 15):
     """Functions of the standard library (with the source after their header) that have a line inside
     a string or brackets starting at or left of the `def`: what the check used to cut short."""
     found = []

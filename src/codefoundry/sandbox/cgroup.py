@@ -214,16 +214,14 @@ class RunCpu:
         # No process of the run can have used its limit before `limit / ncpu` seconds have passed.
         self.next = started + self.limit / ncpu if count is not None else float("inf")
 
-    def built(self, note: bytes, now: float) -> bool:
-        """The build's end, from the run's trusted notes (written before any untrusted code ran): whether
-        it succeeded, and so the program starts now."""
-        self.build = 0.0
-        for line in note.splitlines():
-            if line.startswith(b'{"build_cpu": '):
-                self.build = float(line[14:].rstrip(b"}"))
-                self.next = now + self.limit / self.ncpu if self.count is not None else self.next
-                return True
-        return False
+    def built(self, build_cpu: float | None, now: float) -> bool:
+        """The build's end, from the run's trusted notes (written before any untrusted code ran): its CPU
+        time, or None when it failed. Whether it succeeded, and so the program starts now."""
+        self.build = float(build_cpu or 0.0)
+        if build_cpu is None:
+            return False
+        self.next = now + self.limit / self.ncpu if self.count is not None else self.next
+        return True
 
     def used(self) -> float:
         return self.count() - self.base - (self.build or 0.0)

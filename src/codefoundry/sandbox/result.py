@@ -35,6 +35,11 @@ class Isolation(StrEnum):
     PROCESS = "process"  # rlimits + own session and process group only (no privileges to do more)
 
 
+def _backstop(cpu_seconds: float) -> float:
+    """A wall-clock backstop for `cpu_seconds` of CPU time: max(3 x CPU, CPU + 2 s)."""
+    return max(3.0 * cpu_seconds, cpu_seconds + 2.0)
+
+
 @dataclass(frozen=True)
 class Limits:
     """Resource limits for one run. `cpu_seconds` is what decides a timeout; `wall_seconds` is a backstop
@@ -75,13 +80,11 @@ class Limits:
 
     @property
     def wall(self) -> float:
-        if self.wall_seconds is not None:
-            return self.wall_seconds
-        return max(3.0 * self.cpu_seconds, self.cpu_seconds + 2.0)
+        return self.wall_seconds if self.wall_seconds is not None else _backstop(self.cpu_seconds)
 
     @property
     def build_wall(self) -> float:
-        return max(3.0 * self.compile_seconds, self.compile_seconds + 2.0)
+        return _backstop(self.compile_seconds)
 
     def to_dict(self) -> dict[str, Any]:
         # Every field is a scalar: no need for dataclasses.asdict's deep copy (part of every request).

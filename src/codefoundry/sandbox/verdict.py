@@ -149,7 +149,7 @@ def program_status(status: tuple | None) -> dict:
     }
 
 
-def _json_lines(data: bytes) -> dict:
+def json_lines(data: bytes) -> dict:
     merged: dict = {}
     for line in data.splitlines():
         try:
@@ -162,7 +162,7 @@ def _json_lines(data: bytes) -> dict:
 
 
 def verdict(run, prog: dict, data: dict, reason: str, wall: float) -> dict:
-    note = _json_lines(bytes(data["note"]))
+    note = json_lines(bytes(data["note"]))
     res: dict = {
         "stdout": bytes(data["out"]).decode("utf-8", "replace"),
         "stderr": bytes(data["err"]).decode("utf-8", "replace"),
@@ -175,7 +175,7 @@ def verdict(run, prog: dict, data: dict, reason: str, wall: float) -> dict:
         "cpu_seconds": round(float(prog.get("cpu", 0.0)), 4),
         "peak_memory_mb": round(float(prog.get("maxrss_kb", 0)) / 1024, 2),
     }
-    report = _json_lines(bytes(data["report"])) if run.judged else {}
+    report = json_lines(bytes(data["report"])) if run.judged else {}
     if run.judged:
         tests = report.get("tests") if isinstance(report.get("tests"), list) else []
         res["tests"] = [{"passed": bool(t[0]), "error": str(t[1])[:300]} for t in tests]

@@ -459,9 +459,11 @@ def watch(
                 del by_fd[fd]
                 if name == "report" and status is None:
                     grace = time.monotonic() + JUDGED_EXIT_GRACE
-                elif name == "note" and meter.built(bytes(data["note"]), time.monotonic()) and not reason:
-                    started = time.monotonic()  # the program's wall time starts now
-                    deadline = started + float(run.limits["wall_seconds"])
+                elif name == "note" and not reason:
+                    build_cpu = results.json_lines(data["note"]).get("build_cpu")  # None: it failed
+                    if meter.built(build_cpu, time.monotonic()):
+                        started = time.monotonic()  # the program's wall time starts now
+                        deadline = started + float(run.limits["wall_seconds"])
                 continue
             if name in ("out", "err"):
                 room = cap - len(data["out"]) - len(data["err"])
