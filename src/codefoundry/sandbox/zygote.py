@@ -221,7 +221,10 @@ class Worker:
         try:
             jail.write_run_files(run.workdir, run.req.get("files") or {}, run.uid if run.ns else None)
             run.code = code
-            result = start(run, self.judges, self.known_children, self.cgroup, self.space, self.forker)
+            cpu_by = self.extra["run_cpu_limit"]
+            result = start(
+                run, self.judges, self.known_children, self.cgroup, self.space, self.forker, cpu_by
+            )
         finally:
             if not run.ns:
                 import shutil
@@ -351,9 +354,11 @@ def _warm_run_path() -> None:
         pyrun.run_env("/work", "/tmp")
 
 
-def start(run: Run, judges, known, groups=None, space=None, forker: Forker | None = None) -> dict:
+def start(run: Run, judges, known, groups=None, space=None, forker: Forker | None = None,
+          cpu_by: str | None = None) -> dict:  # fmt: skip
     """Clone an idle init into new PID and IPC namespaces, fork the program into them (through the
-    template), hand the tests to the judge, watch. `known()`: the zygote's own long-lived children."""
+    template), hand the tests to the judge, watch. `known()`: the zygote's own long-lived children;
+    `cpu_by`: what counts the run's CPU time as a whole (`Worker.extra["run_cpu_limit"]`)."""
     stdin_data = bytes.fromhex(run.req.get("stdin") or "")
     if stdin_data:
         stdin_fd = os.memfd_create("stdin")
@@ -373,9 +378,8 @@ def start(run: Run, judges, known, groups=None, space=None, forker: Forker | Non
     started = time.monotonic()
     # Before the program's process exists: the run's CPU time, counted by the worker's cgroup, else by its
     # PID namespace (RunCpu).
-    whole = groups is not None and groups.cpu is not None
-    count = groups.cpu_seconds if whole else (space.cpu_seconds if space and PROC_FD >= 0 else None)
-    meter = cgroup.RunCpu(count, whole, run.req, started, NCPU)
+    count = groups.cpu_seconds if cpu_by == "cgroup" else space.cpu_seconds if cpu_by else None
+    meter = cgroup.RunCpu(count, cpu_by == "cgroup", run.req, started, NCPU)
     if space is not None:
         space.enter()  # our next child is born in the run's PID namespace (a fresh init, if need be)
     if forker is not None:
