@@ -140,9 +140,18 @@ def stray_processes(before: set[int], marker: bytes | None = None) -> list[str]:
     zygotes = {pid for pid, (uid, ppid, _, cmd) in table.items() if b"zygote.py" in cmd and uid == 0
                and b"zygote.py" not in table.get(ppid, (0, 0, "", b""))[3]}  # fmt: skip
     judge_servers = {pid for pid, (uid, ppid, _, cmd) in table.items() if ppid in zygotes and uid != 0}
+    # A run's idle init (`sh -c 'read _'`, started by its worker's zygote; it never runs program code) is the
+    # worker's own. After a run that left something behind, the next run starts a fresh one: as root it
+    # runs as root, but at the user_namespace level under the caller's uid, like everything else there.
+    parent_cmd = {pid: table.get(ppid, (0, 0, "", b""))[3] for pid, (_, ppid, _, _) in table.items()}
+    inits = {
+        pid
+        for pid, (*_, cmd) in table.items()
+        if cmd.endswith(b"-c\x00read _\x00") and b"zygote.py" in parent_cmd[pid]
+    }
     found = []
     for pid, (uid, ppid, state, cmd) in table.items():
-        if pid in before or pid == os.getpid() or pid in judge_servers:  # a worker's judge or parse helper
+        if pid in before or pid == os.getpid() or pid in judge_servers or pid in inits:
             continue
         by_uid = uid != 0 and state != "Z" and (pid in mine or ppid == 1)
         by_marker = marker is not None and marker in cmd

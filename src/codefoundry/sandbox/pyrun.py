@@ -4,9 +4,18 @@ worker, and the run itself (`__main__` from the parse helper's code object, or c
 Loaded by path into the zygote (standard library only). `prepare_runs` is called once, in the template
 (namespaces level): the environment, `__main__`, `sys.argv`, `sys.path` and the standard streams do not
 change from run to run there, and building them in each run's process cost about 110 copied pages
-(0.5 ms) a run. Each run's process inherits a pristine copy of them.
+(0.5 ms) a run. Each run's process inherits a pristine copy of them, and `exit` and `quit` in builtins
+(`-S` skips `site`, which defines them).
+
+A plain run ends as `python main.py` does: the message of `sys.exit("...")` on stderr (exit code 1), then
+non-daemon threads joined (only where the program imported `threading`: a thread that never ends runs into
+the CPU or wall-clock limit, as it would hang `python main.py`), then `atexit` handlers, then the streams
+flushed. A judged run's process is ended once its judge is done: neither its threads nor its `atexit`
+handlers are waited for (the judge's report decides the verdict).
 """
 
+import atexit
+import builtins
 import marshal
 import os
 import sys
@@ -43,7 +52,8 @@ def _standard_streams() -> tuple:
     """A run's stdin, stdout and stderr, also as sys.__stdin__ etc. (as under `python main.py`)."""
     stdin = open(0, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
     stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
-    stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+    # stderr line-buffered (buffering=1), as Python's own since 3.9: a line is kept if the run is killed
+    stderr = open(2, "w", 1, encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = stdin, stdout, stderr  # the old ones are freed here
     return stdin, stdout, stderr
 
@@ -66,6 +76,21 @@ def prepare_runs(env: dict[str, str]) -> None:
         if fd > 2:
             os.close(fd)
     _PRESET_STDIO = _standard_streams()
+    _quitters()
+
+
+def _quitters() -> None:
+    """`exit()` and `quit()`, which `site` puts in builtins (posix wording)."""
+    import _sitebuiltins  # frozen: no file is read
+
+    builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
+    builtins.quit = _sitebuiltins.Quitter("quit", "Ctrl-D (i.e. EOF)")
+
+
+def _unprepared() -> tuple:
+    """At process level (no template, no `prepare_runs`): what the preset holds, built in this run."""
+    _quitters()
+    return _standard_streams()
 
 
 def _main_module(filename: str) -> types.ModuleType:
@@ -90,7 +115,7 @@ def run(
     main = (
         _PRESET_MAIN if _PRESET_MAIN is not None and filename == PYTHON_FILENAME else _main_module(filename)
     )
-    streams = _PRESET_STDIO or _standard_streams()
+    streams = _PRESET_STDIO or _unprepared()
     sys.stdin, sys.stdout, sys.stderr = streams
     code = 0
     try:
@@ -99,13 +124,15 @@ def run(
         if judged:
             rpc.Channel(3, 4, "c", main.__dict__).serve_forever()
     except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        code = _exit_status(e.code)
     except MemoryError:
         code = 1
         _print_exception()  # "MemoryError" on stderr: the verdict reads it as memory_exceeded
     except BaseException:
         code = 1
         _print_exception()
+    if not judged:
+        _shut_down()
     # As `python main.py` at exit: the current sys.stdout and sys.stderr, then the streams the program
     # started with, should it have replaced them and written to them since (an unreferenced stream would
     # be flushed as it is freed; these stay referenced by the preset).
@@ -115,6 +142,38 @@ def run(
         except BaseException:
             pass
     return code
+
+
+def _exit_status(code: object) -> int:
+    """The exit status of `raise SystemExit(code)` under `python main.py`: an int as C's `exit((int)code)`
+    takes it (255 past a C long), 0 for None, else `str(code)` printed on sys.stderr and 1."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF if -(1 << 63) <= code < 1 << 63 else 255
+    try:
+        err = sys.stderr if sys.stderr is not None else sys.__stderr__
+        err.write(str(code))
+        err.write("\n")
+    except BaseException:
+        pass
+    return 1
+
+
+def _shut_down() -> None:
+    """What `python main.py` does after its program, before flushing: join the non-daemon threads (where
+    `threading` was imported at all), then run the `atexit` handlers (each one's error is printed and
+    ignored by `_run_exitfuncs` itself)."""
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        try:
+            threading._shutdown()
+        except BaseException:
+            pass
+    try:
+        atexit._run_exitfuncs()
+    except BaseException:
+        pass
 
 
 def _print_exception() -> None:

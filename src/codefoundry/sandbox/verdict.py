@@ -9,6 +9,7 @@ import importlib
 import json
 import marshal
 import os
+import re
 import signal
 import socket
 import sys
@@ -19,6 +20,17 @@ PARSE_SECONDS = 5.0  # a parse that takes longer ends the parser (restarted); th
 PARSER_LIMITS = {"file_size_mb": 0, "open_files": 16, "processes": 1}  # it never forks
 PARSER_MEMORY_MB = 1024
 ONLY_AST = 0x400  # ast.PyCF_ONLY_AST: `compile` parses and stops (the ast module is not in the zygote)
+# How each runtime reports running out of memory when it ends a program, at the start of a line of stderr:
+# text a program merely prints ("MemoryError caught, using fallback") is none of these.
+OUT_OF_MEMORY = re.compile(
+    r"^(?:[\w.]*MemoryError(?::|$)"  # Python, an uncaught one (numpy's _ArrayMemoryError too)
+    r"|terminate called after throwing an instance of 'std::bad_alloc'"  # C++, libstdc++
+    r"|libc\+\+abi: terminating due to uncaught exception of type std::bad_alloc"  # C++, libc++
+    r"|FATAL ERROR: .*heap out of memory"  # node (V8)
+    r"|# Fatal (?:process|javascript) OOM in "  # node (V8): memory it could not reserve or commit
+    r"|RangeError: Array buffer allocation failed)",  # node: an ArrayBuffer past its address space
+    re.MULTILINE,
+)
 
 
 class ParseServer:
@@ -166,7 +178,7 @@ def verdict(run, prog: dict, data: dict, reason: str, wall: float) -> dict:
     res: dict = {
         "stdout": bytes(data["out"]).decode("utf-8", "replace"),
         "stderr": bytes(data["err"]).decode("utf-8", "replace"),
-        "truncated": reason == "output",
+        "truncated": reason == "output" or bool(note.get("truncated")),  # the build cut its messages
         "wall_seconds": round(wall, 4),
         "isolation": run.isolation,
         "phase": "compile" if note.get("phase") == "compile" else "run",
@@ -218,8 +230,12 @@ def _status(run, res: dict, report: dict, reason: str, reaped: bool):
 
 
 def _looks_out_of_memory(res: dict, lim: dict) -> bool:
-    tail = res["stderr"][-2000:]
-    if "MemoryError" in tail or "std::bad_alloc" in tail or "heap out of memory" in tail:
+    """Whether a run that ended abnormally (a non-zero exit or a signal) ran out of memory: its runtime
+    said so, or a signal ended it near its memory limit. A clean exit is never out of memory, whatever the
+    program printed (a handled MemoryError it logs is the program's own business)."""
+    if res["exit_code"] == 0 and res["signal"] is None:
+        return False
+    if OUT_OF_MEMORY.search(res["stderr"][-8000:]):  # node prints ~1.7 KB of stack after its report
         return True
     near_limit = res.get("peak_memory_mb", 0.0) >= 0.9 * float(lim["memory_mb"])
     return res["signal"] in (signal.SIGSEGV, signal.SIGABRT, signal.SIGKILL) and near_limit
