@@ -114,11 +114,17 @@ class Pool:
         return result
 
     def warm(self, n: int) -> None:
-        """Start workers up front so that start-up is not counted in the first runs."""
+        """Start workers up front so that start-up is not counted in the first runs. One that cannot start
+        ends the warming quietly: each run then tries again, and one that fails is a `sandbox_error` result
+        (`run`), so that `execute_many` reports every program instead of raising."""
         with self._lock:
             missing = n - len(self._all)
         for _ in range(max(0, missing)):
-            self._idle.put(self._new_worker())
+            try:
+                worker = self._new_worker()
+            except (WorkerDied, OSError):
+                return
+            self._idle.put(worker)
 
     def close(self) -> None:
         with self._lock:

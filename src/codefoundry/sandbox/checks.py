@@ -1,13 +1,14 @@
 """Checks of what `execute` and `execute_many` are given, made before anything runs.
 
 A caller's mistake (a program that is not text, an unknown language, stdin that is neither text nor bytes,
-a file name that leaves the work directory or is the program's own file, more data or files than the run's
-work directory holds, fewer processes than the language needs to start) is a TypeError or ValueError whose
-one line names the argument, and in `execute_many` the program's index (`programs[3].files['../x']: ...`).
-Unchecked, these came back as `sandbox_error` results (a worker restarted for nothing), as verdicts (a 70
-MB program "failed"; stdin=5 read as five NUL bytes; node under 8 processes aborted or waited for the
-wall-clock backstop), or as tracebacks from inside a worker that left it out of the pool. `Limits` and
-`Judge` check their own fields.
+a file name that leaves the work directory or is, or is inside, the program's own file, more data or files
+than the run's work directory holds (its tmpfs gives each file whole pages), fewer processes than the
+language needs to start) is a TypeError or ValueError whose one line names the argument, and in
+`execute_many` the program's index (`programs[3].files['../x']: ...`). Unchecked, these came back as
+`sandbox_error` results (a worker restarted for nothing), as verdicts (a 70 MB program "failed"; stdin=5
+read as five NUL bytes; node under 8 processes aborted or waited for the wall-clock backstop; a file in a
+directory named `main.py` failed with exit 70), or as tracebacks from inside a worker that left it out of
+the pool. `Limits` and `Judge` check their own fields.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from codefoundry.sandbox.api import Program
 
 BYTES_LIKE = (str, bytes, bytearray, memoryview)  # what stdin and file contents may be
+# The work directory is a tmpfs: each file takes whole pages of it (an empty one none, a directory none).
+PAGE = resource.getpagesize()
 
 
 def check_language(language: object, name: str) -> Runner:
@@ -71,13 +74,17 @@ def check_program(program: Program, *, language: str, limits: Limits, at: str = 
             "processes and threads to start"
         )
     disk = own.disk_mb
-    total = _size(program.source, source_name) + _check_files(program.files, f"{at}files", runner)
-    if total > disk << 20:
+    size = _size(program.source, source_name)
+    files_size, files_pages = _check_files(program.files, f"{at}files", runner)
+    total, pages = size + files_size, -(-size // PAGE) + files_pages
+    if pages > (disk << 20) // PAGE:
         what = (
             f"{source_name} and files: {total} bytes in all"
             if program.files
             else f"{source_name}: {total} bytes"
         )
+        if total <= disk << 20:  # the tmpfs gives each file whole pages: 400 one-byte files take 1.6 MB
+            what += f", stored as {pages} pages of {PAGE} bytes (a file takes whole pages)"
         raise ValueError(f"{what}, more than the run's work directory holds (Limits.disk_mb={disk})")
 
 
@@ -115,16 +122,17 @@ def _can_raise_rlimits() -> bool:
     return bool(int(caps.split()[1], 16) >> 24 & 1)
 
 
-def _check_files(files: object, name: str, runner: Runner) -> int:
-    """The files' total size in bytes, once every name and content is known to be usable."""
+def _check_files(files: object, name: str, runner: Runner) -> tuple[int, int]:
+    """The files' total size, in bytes and in the pages they take, once every name and content is known
+    to be usable."""
     if files is None:
-        return 0
+        return 0, 0
     if not isinstance(files, Mapping):
         raise TypeError(f"{name} must be a mapping of file name to content, got {type(files).__name__}")
     # The program's source file, and the binary a compiled language builds, would overwrite a file so named.
     own = {runner.filename, *(os.path.normpath(a) for a in runner.run if a.startswith("./"))}
     paths: dict[str, str] = {}  # normalised path -> the name as given
-    total = 0
+    total = pages = 0
     for key, content in files.items():
         if not isinstance(key, str):
             raise TypeError(f"{name}: file names must be str, got {type(key).__name__} {key!r:.40}")
@@ -137,13 +145,18 @@ def _check_files(files: object, name: str, runner: Runner) -> int:
         if path in paths:
             raise ValueError(f"{where}: the same file as {name}[{paths[path]!r}]")
         paths[path] = key
-        total += _size(content, where)
+        size = _size(content, where)
+        total, pages = total + size, pages + -(-size // PAGE)
     dirs: set[str] = set()
     for path, key in paths.items():
         parent = os.path.dirname(path)
         while parent:
             if parent in paths:
                 raise ValueError(f"{name}[{paths[parent]!r}]: a file, yet {name}[{key!r}] is inside it")
+            if parent in own:  # the program's file (or a build's binary) cannot be made where it stands
+                raise ValueError(
+                    f"{name}[{key!r}]: {parent!r} is the name of the program's own file, not a directory"
+                )
             dirs.add(parent)
             parent = os.path.dirname(parent)
     # The work directory is a tmpfs of WORK_INODES inodes: itself, the program's own files, these files
@@ -154,7 +167,7 @@ def _check_files(files: object, name: str, runner: Runner) -> int:
             f"{name}: {len(paths)} files in {len(dirs)} directories, more than the {WORK_INODES} files and "
             "directories a run's work directory holds"
         )
-    return total
+    return total, pages
 
 
 def _relative_path(key: str, where: str) -> str:

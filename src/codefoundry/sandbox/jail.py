@@ -40,6 +40,11 @@ NEWROOT = "/tmp/.cf-root"
 RUN_DIRS = ("/work", "/tmp")  # per-worker tmpfs mounts, replaced by fresh ones after any run that wrote there
 WORK_INODES = 4096  # each one's nr_inodes; result.WORK_INODES repeats it for the caller's checks (tested)
 BUILD_PROCESSES = 16  # the uid's processes while a program builds (gcc runs cc1, as, collect2 and ld)
+# A build's largest file (MB) and open files, whatever the program's limits: at file_size_mb=0 every build
+# failed ("File too large" on the assembler's temporary file), and a few open files broke it too. What it
+# writes still lands in the run's size-limited /work and /tmp; the program's limits hold again after it.
+BUILD_FILE_SIZE_MB, BUILD_OPEN_FILES = 1024, 1024
+BUILD_MESSAGES = 20000  # bytes of a failed build's messages kept (its first), at most Limits.output_bytes
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc_gil = ctypes.PyDLL(None, use_errno=True)  # calls that keep the GIL held, as os.fork does
@@ -417,14 +422,21 @@ def drop_privileges(
     """Limits that hold for everything the process starts, then the switch to the unprivileged uid (kept
     when it is already ours: the user_namespace level) and the loss of every capability, then the system
     call filter (seccomp.py) where the worker found it works; a build gets BUILD_PROCESSES processes at
-    least, lowered to the program's limit after it (`apply_run_limits`). `dumpable` False: no process of
-    the same uid can trace this one (the judge, the parse helper). `clear_keyrings`: empty the uid's kernel
-    keyrings (where no filter denies the calls that fill them)."""
+    least, lowered to the program's limit after it (`apply_run_limits`), and BUILD_FILE_SIZE_MB and
+    BUILD_OPEN_FILES, lowered by `build`. `limits["address_space_mb"]`, where given, is the program's
+    RLIMIT_AS instead of its memory limit (`apply_run_limits`; runners.Runner.reserved_mb). `dumpable`
+    False: no process of the same uid can trace this one (the judge, the parse helper). `clear_keyrings`:
+    empty the uid's kernel keyrings (where no filter denies the calls that fill them)."""
+    global _address_space_mb
     rl = {
         resource.RLIMIT_FSIZE: (int(limits["file_size_mb"]) << 20,) * 2,
         resource.RLIMIT_NOFILE: (int(limits["open_files"]),) * 2,
         resource.RLIMIT_CORE: (0, 0),
     }
+    if building:
+        _raise_for_build(rl)
+    if "address_space_mb" in limits:  # never in a Python run's (no page of this module written there)
+        _address_space_mb = int(limits["address_space_mb"])
     if isolated:
         processes = int(limits["processes"])
         rl[resource.RLIMIT_NPROC] = (max(processes, BUILD_PROCESSES) if building else processes,) * 2
@@ -446,6 +458,23 @@ def drop_privileges(
         seccomp.install()  # a program's process is born under the template's: nothing to do there
     elif isolated and same_uid:  # what keeps one uid's processes apart there (userns.py): never without it
         raise OSError(0, "no seccomp filter at the user_namespace level")
+
+
+def _raise_for_build(rl: dict) -> None:
+    """The program's file limits in `rl`, raised for a build to BUILD_FILE_SIZE_MB and BUILD_OPEN_FILES,
+    though not past a hard limit this process could not raise (not root: `checks.check_rlimits` kept the
+    program's below it)."""
+    for which, build in (
+        (resource.RLIMIT_FSIZE, BUILD_FILE_SIZE_MB << 20),
+        (resource.RLIMIT_NOFILE, BUILD_OPEN_FILES),
+    ):
+        hard = resource.getrlimit(which)[1]
+        if hard != resource.RLIM_INFINITY and os.geteuid() != 0:
+            build = min(build, hard)
+        rl[which] = (max(rl[which][0], build),) * 2
+
+
+_address_space_mb = 0  # in a program's process: its RLIMIT_AS, where its runtime reserves more than it uses
 
 
 def drop_capabilities() -> None:
@@ -472,11 +501,17 @@ def apply_run_limits(cpu: float, memory_mb: int, processes: int | None = None) -
     """CPU time and address space, and the processes of the uid where given (after a build, which had
     more). Only ever lowered, so this works after privileges are gone and the program cannot raise them
     back. The kernel sends SIGXCPU at the soft CPU limit and SIGKILL one CPU second later, for programs
-    that ignore SIGXCPU."""
+    that ignore SIGXCPU. The address space is `memory_mb`, or the run's `address_space_mb` as given to
+    `drop_privileges` in this process (node's reservations), though never above its hard limit."""
     seconds = max(1, int(-(-cpu // 1)))  # whole seconds, rounded up; the verdict compares the exact use
     resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
     if memory_mb > 0:
-        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20,) * 2)
+        space = memory_mb << 20
+        if _address_space_mb > memory_mb:
+            hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+            space = _address_space_mb << 20
+            space = space if hard == resource.RLIM_INFINITY else min(space, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (space, space))
     if processes is not None:
         resource.setrlimit(resource.RLIMIT_NPROC, (processes,) * 2)
 
@@ -484,7 +519,9 @@ def apply_run_limits(cpu: float, memory_mb: int, processes: int | None = None) -
 def build(cmd: list[str], env: dict[str, str], limits: dict, note_fd: int) -> bool:
     """Compile in a child with its own CPU budget, before any untrusted code runs in this process, and note
     on `note_fd` (trusted) how the build ended: its CPU time, which the run's limit does not count, or
-    that it failed (its messages on stderr)."""
+    that it failed. A failed build's messages follow its note on stderr, cut to the run's output limit
+    (the note says so): counted as the program's output, they had made a compile error an `output_limit`.
+    After a build that worked, the program's own file limits hold again (`drop_privileges`)."""
     err_r, err_w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -492,17 +529,24 @@ def build(cmd: list[str], env: dict[str, str], limits: dict, note_fd: int) -> bo
         apply_run_limits(float(limits["compile_seconds"]), max(2048, int(limits["memory_mb"])))
         os.execve(cmd[0], cmd, env)
     os.close(err_w)
-    out = b""
-    while chunk := os.read(err_r, 65536):
-        out = (out + chunk)[-20000:]
+    keep = min(BUILD_MESSAGES, int(limits["output_bytes"]))
+    out, cut = bytearray(), False
+    while chunk := os.read(err_r, 65536):  # read to the end: the compiler must not block on a full pipe
+        cut = cut or len(out) + len(chunk) > keep
+        out += chunk[: max(0, keep - len(out))]
     os.close(err_r)
     _, status = os.waitpid(pid, 0)
     if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
         used = resource.getrusage(resource.RUSAGE_CHILDREN)
         os.write(note_fd, f'{{"build_cpu": {used.ru_utime + used.ru_stime:.6f}}}\n'.encode())
+        # The program's own file limits again (lowered: allowed without privileges), as drop_privileges set.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(limits["file_size_mb"]) << 20,) * 2)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (int(limits["open_files"]),) * 2)
         return True
-    os.write(2, out)
-    os.write(note_fd, b'{"phase": "compile"}\n')
+    os.write(note_fd, b'{"phase": "compile", "truncated": true}\n' if cut else b'{"phase": "compile"}\n')
+    view = memoryview(out)
+    while view:
+        view = view[os.write(2, view) :]
     return False
 
 

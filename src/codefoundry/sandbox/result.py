@@ -49,11 +49,11 @@ class Limits:
 
     cpu_seconds: float = 10.0
     wall_seconds: float | None = None
-    memory_mb: int = 1024  # address space per process (RLIMIT_AS)
+    memory_mb: int = 1024  # address space per process (RLIMIT_AS; node gets more: runners.py)
     processes: int = 32  # processes and threads of the run's user (RLIMIT_NPROC; a C/C++ build gets 16)
-    file_size_mb: int = 16  # largest file the program may write (RLIMIT_FSIZE)
+    file_size_mb: int = 16  # largest file the program may write (RLIMIT_FSIZE; a C/C++ build gets 1024)
     disk_mb: int = 64  # size of the private work directory (a tmpfs)
-    open_files: int = 64  # RLIMIT_NOFILE
+    open_files: int = 64  # RLIMIT_NOFILE (a C/C++ build gets 1024)
     output_bytes: int = 1 << 20  # stdout + stderr captured; past this the run stops with output_limit
     compile_seconds: float = 30.0  # CPU seconds for the compile step of compiled languages
 

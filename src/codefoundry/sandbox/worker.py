@@ -74,17 +74,36 @@ class Worker:
         if os.environ.get("CODEFOUNDRY_SANDBOX_ISOLATION"):
             env["CODEFOUNDRY_SANDBOX_ISOLATION"] = os.environ["CODEFOUNDRY_SANDBOX_ISOLATION"]
         debug = os.environ.get("CODEFOUNDRY_SANDBOX_DEBUG")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _START, str(ZYGOTE), str(req_r), str(resp_w)],
-            pass_fds=(req_r, resp_w),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=None if debug else subprocess.DEVNULL,
-            close_fds=True,
-        )
-        os.close(req_r)
-        os.close(resp_w)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _START, str(ZYGOTE), str(req_r), str(resp_w)],
+                pass_fds=(req_r, resp_w),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=None if debug else subprocess.DEVNULL,
+                close_fds=True,
+            )
+        except BaseException:
+            os.close(req_w)
+            os.close(resp_r)
+            raise
+        finally:
+            os.close(req_r)
+            os.close(resp_w)
+        self._req, self._resp = req_w, resp_r
+        self.cgroups: list[str] = []
+        self.scratch: str | None = None
+        try:
+            self._start(extra_readonly, cpu)
+        except BaseException:
+            # Killed and reaped, its pipes closed: each failed start used to leave two fds and a zombie.
+            self.proc.kill()
+            self.close()
+            raise
+
+    def _start(self, extra_readonly: tuple[str, ...], cpu: int | None) -> None:
+        """Pin the zygote to `cpu`, send it its hello, and read back its isolation level."""
         self.cpu = cpu
         if cpu is not None:
             # Everything the zygote starts (programs, judge, parse helper) inherits this: a judged run's
@@ -93,7 +112,6 @@ class Worker:
                 os.sched_setaffinity(self.proc.pid, {cpu})
             except OSError:
                 self.cpu = None
-        self._req, self._resp = req_w, resp_r
         self.uid = 100_000 + 2 * secrets.randbelow(1 << 29)  # the program's uid; the judge gets uid + 1
         self._send({"extra_readonly": list(extra_readonly), "preload": list(PRELOAD), "uid": self.uid})
         hello = json.loads(self._recv(60.0))
@@ -138,12 +156,15 @@ class Worker:
     def run(self, program: str, *, language: str, stdin: str | bytes | None, files: dict | None,
             limits: Limits, judge: Judge | None) -> ExecutionResult:  # fmt: skip
         runner = runner_for(language)
+        limit = limits.to_dict()
+        if runner.reserved_mb:  # a runtime's unused reservations: jail.drop_privileges, apply_run_limits
+            limit["address_space_mb"] = limits.memory_mb + runner.reserved_mb
         request = {
             "program": program,
             "filename": runner.filename,
             "compile": list(runner.compile) if runner.compile else None,
-            "run": list(runner.run),
-            "limits": limits.to_dict(),
+            "run": runner.command(limits.memory_mb),
+            "limits": limit,
             "stdin": _hex(stdin),
             "files": {name: _hex(content) for name, content in (files or {}).items()},
             "uid": self.uid,
