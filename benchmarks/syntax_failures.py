@@ -45,6 +45,10 @@ def main() -> None:
     ap.add_argument(
         "--top-p", type=float, default=1.0, help="sample from this nucleus (1 = the whole distribution)"
     )
+    ap.add_argument(
+        "--repetition-penalty", type=float, default=1.0,
+        help="generate()'s penalty on tokens a body has already drawn (1 = off)",
+    )  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
@@ -55,12 +59,13 @@ def main() -> None:
                                              seed=args.seed)  # fmt: skip
     if not examples:
         raise SystemExit(f"{args.data}: no held-out functions")
-    out = {"checkpoint": args.checkpoint, "functions": len(examples), "top_p": args.top_p, "temperatures": {}}
+    out = {"checkpoint": args.checkpoint, "functions": len(examples), "top_p": args.top_p,
+           "repetition_penalty": args.repetition_penalty, "temperatures": {}}  # fmt: skip
     for temperature in (float(t) for t in args.temperatures.split(",")):
         records: list[dict] = []
         summary = infill_eval.syntax_valid_fraction(
             model, tok, examples, n=1, temperature=temperature, seed=args.seed, max_new_tokens=args.max_new, top_p=args.top_p,
-            records=records,
+            records=records, repetition_penalty=args.repetition_penalty,
         )  # fmt: skip
         errors = collections.Counter(
             ("ended: " if r["ended"] else "budget ran out: ") + r["error"].split(" (")[0]

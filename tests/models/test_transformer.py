@@ -3,6 +3,7 @@ loop, GQA vs repeated heads, MTP loss vs its definition, and config handling."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -125,6 +126,27 @@ def test_moe_capacity_drops_late_tokens_and_reports_them():
     assert (y[:capacity].abs().sum(-1) > 0).all()  # the first 16 tokens were served
     assert (y[capacity:].abs().sum(-1) == 0).all()  # the rest dropped (their residual carries them)
     assert float(moe.stats["dropped"]) == pytest.approx(1 - capacity / 64)
+    moe.eval()  # generation and evaluation serve every token: a row's output is its own
+    with torch.no_grad():
+        y = moe(x)
+    assert (y.abs().sum(-1) > 0).all() and float(moe.stats["dropped"]) == 0.0
+
+
+def test_an_moe_with_capacity_generates_each_row_as_it_would_alone():
+    from codefoundry.models.generate import generate
+
+    torch.manual_seed(0)
+    cfg = config_for_size("tiny", 64, max_seq_len=64, moe_experts=4, init_std=0.3)
+    model = Transformer(
+        dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, capacity_factor=1.0))
+    ).eval()
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.mlp.router.weight.mul_(50)  # a sharp router overflows the experts of a padded batch
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 64, (n,), generator=g).tolist() for n in (3, 9, 5, 12)]
+    alone = [generate(model, [p], max_new_tokens=16)[0] for p in prompts]
+    assert generate(model, prompts, max_new_tokens=16) == alone
 
 
 def test_aux_loss_is_one_for_a_uniform_router_and_larger_when_skewed():

@@ -24,9 +24,10 @@ from codefoundry.models.generate import (
     decode,
     generate,
     ids_of,
+    padding_ids,
     token_bytes,
 )
-from codefoundry.models.tokenizer import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, special_id
+from codefoundry.models.tokenizer import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, plain_encoder, special_id
 from codefoundry.models.transformer import Transformer
 
 __all__ = ["complete", "complete_ids", "fim_prompt_ids", "generate_command", "special_id"]
@@ -40,7 +41,7 @@ def fim_prompt_ids(tokenizer, prefix: str, suffix: str, budget: int | None = Non
 
 
 def _fim_ids(tokenizer, prefix: str, suffix: str) -> tuple[list[int], int]:
-    enc = tokenizer.encode_batch([prefix, suffix], add_special_tokens=False)
+    enc = plain_encoder(tokenizer).encode_batch([prefix, suffix], add_special_tokens=False)
     ids = [
         special_id(tokenizer, FIM_PREFIX), *enc[0].ids,
         special_id(tokenizer, FIM_SUFFIX), *enc[1].ids,
@@ -68,9 +69,11 @@ def complete_ids(model: Transformer, tokenizer, prompts: list[list[int]], *, max
                  stop_ids: Sequence[int] = (), stop: Sequence[str] = (), temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None, batch_size: int = 16,
                  on_text: OnText | None = None, fim_prefix_lengths: list[int | None] | None = None,
-                 banned_ids: Sequence[int] = ()) -> list[str]:  # fmt: skip
+                 banned_ids: Sequence[int] = (), repetition_penalty: float = 1.0) -> list[str]:  # fmt: skip
     """The text each prompt (as ids) continues with, cut before any stop string. Prompts run in batches
-    of similar length; a prompt too long for the model is trimmed (see `_fit`)."""
+    of similar length. max_new_tokens is first cut to what the model's max_seq_len leaves after a prompt
+    of up to half of it; a prompt too long for the rest is trimmed (see `_fit`). Ids past the tokenizer's
+    vocabulary (`padding_ids`) are never drawn."""
     cap = model.cfg.max_seq_len
     max_new = min(max_new_tokens, cap - 1)
     budget = max(cap - max_new, min(cap // 2, max(map(len, prompts), default=1)))
@@ -78,6 +81,7 @@ def complete_ids(model: Transformer, tokenizer, prompts: list[list[int]], *, max
     lengths = fim_prefix_lengths or [None] * len(prompts)
     fitted = [_fit(p, n, budget) for p, n in zip(prompts, lengths, strict=True)]
     table = token_bytes(tokenizer)
+    banned_ids = [*banned_ids, *padding_ids(table, model)]
     order = sorted(range(len(fitted)), key=lambda i: len(fitted[i]))
     texts: list[str] = [""] * len(fitted)
     for batch_no, start in enumerate(range(0, len(order), batch_size)):
@@ -88,7 +92,7 @@ def complete_ids(model: Transformer, tokenizer, prompts: list[list[int]], *, max
             temperature=temperature, top_k=top_k, top_p=top_p,
             seed=None if seed is None else seed * 1_000_003 + batch_no,  # batches draw different numbers
             stop_ids=stop_ids, stop_strings=stop, tokenizer=tokenizer, banned_ids=banned_ids,
-            on_token=(lambda row, tok, s=streams: s[row].push(tok)) if streams else None,
+            repetition_penalty=repetition_penalty, on_token=(lambda row, tok, s=streams: s[row].push(tok)) if streams else None,
         )  # fmt: skip
         for j, i in enumerate(chunk):
             texts[i] = truncate_at_stop(decode(table, out[j]), stop)
@@ -100,11 +104,15 @@ def complete_ids(model: Transformer, tokenizer, prompts: list[list[int]], *, max
 def complete(model: Transformer, tokenizer, prompts: list[str], *, suffixes: list[str | None] | None = None,
              max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
              seed: int | None = None, stop: Sequence[str] = (), on_text: OnText | None = None,
-             batch_size: int = 16) -> list[str]:  # fmt: skip
+             batch_size: int = 16, repetition_penalty: float = 1.0) -> list[str]:  # fmt: skip
     """Continue each prompt; with a (non-None) suffix, write the middle between prompt and suffix (FIM,
     PSM). Generation ends at <|endoftext|> or <|file_sep|> (and <|fim_pad|> for FIM), at a stop string,
     or after max_new_tokens; the FIM sentinels are never written (`generate.PLAIN_BANNED`). `on_text(row,
-    piece)` streams each row's text as it is decided."""
+    piece)` streams each row's text as it is decided. `repetition_penalty` as in `generate`.
+    A plain prompt's special-token text is read as those tokens, as Hugging Face tokenizers and vLLM read
+    it (a chat template written out as text works). With a suffix, prompt and suffix are the text around a
+    middle: a "<|fim_middle|>" or "<|endoftext|>" in them is encoded as those characters, as in training
+    documents, so that it cannot break the FIM layout this function builds."""
     suffixes = suffixes if suffixes is not None else [None] * len(prompts)
     if len(suffixes) != len(prompts):
         raise ValueError(f"complete: {len(prompts)} prompts but {len(suffixes)} suffixes")
@@ -122,7 +130,7 @@ def complete(model: Transformer, tokenizer, prompts: list[str], *, suffixes: lis
     return complete_ids(
         model, tokenizer, ids, max_new_tokens=max_new_tokens, stop_ids=stop_ids, stop=stop,
         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size,
-        on_text=on_text, fim_prefix_lengths=prefix_lengths,
+        on_text=on_text, fim_prefix_lengths=prefix_lengths, repetition_penalty=repetition_penalty,
         banned_ids=ids_of(tokenizer, FIM_BANNED if fim else PLAIN_BANNED),
     )  # fmt: skip
 
@@ -165,7 +173,7 @@ class _TextStream:
 
 
 def generate_command(ckpt: str, prompt: str, suffix: str | None, max_tokens: int, temperature: float,
-                     top_p: float, seed: int | None, stream: bool) -> str:  # fmt: skip
+                     top_p: float, seed: int | None, stream: bool, repetition_penalty: float = 1.0) -> str:  # fmt: skip
     """What `codefoundry generate CKPT --prompt TEXT [--suffix TEXT]` does: the completion (the middle
     when a suffix is given). With `stream`, the text is also written to stdout as it is generated."""
     from codefoundry.models import checkpoint
@@ -178,6 +186,8 @@ def generate_command(ckpt: str, prompt: str, suffix: str | None, max_tokens: int
         raise ValueError(f"--temperature must be a finite number >= 0, got {temperature}")
     if not 0 < top_p <= 1:
         raise ValueError(f"--top-p must be in (0, 1], got {top_p}")
+    if not 0 < repetition_penalty < math.inf:
+        raise ValueError(f"--repetition-penalty must be a finite number > 0, got {repetition_penalty}")
     model = checkpoint.load(ckpt)
     tok = tokenizer_module.load(ckpt)
 
@@ -187,5 +197,5 @@ def generate_command(ckpt: str, prompt: str, suffix: str | None, max_tokens: int
 
     return complete(
         model, tok, [prompt], suffixes=[suffix], max_new_tokens=max_tokens, temperature=temperature,
-        top_p=top_p, seed=seed, on_text=write if stream else None,
+        top_p=top_p, seed=seed, on_text=write if stream else None, repetition_penalty=repetition_penalty,
     )[0]  # fmt: skip

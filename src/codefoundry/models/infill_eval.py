@@ -28,8 +28,10 @@ from codefoundry.models.generate import (
     generate,
     heal_prompts,
     ids_of,
+    padding_ids,
     token_bytes,
 )
+from codefoundry.models.tokenizer import plain_encoder
 
 __all__ = ["InfillExample", "final_checks", "fim_exact_match", "fim_matches", "heldout_functions", "heldout_lines",
            "syntax_valid_fraction"]  # fmt: skip
@@ -222,10 +224,12 @@ def syntax_valid_fraction(
     top_p: float = 1.0,
     batch_size: int = 16,
     records: list[dict] | None = None,
+    repetition_penalty: float = 1.0,
 ) -> dict:
-    """Sample `n` bodies per example after its header (at `temperature`, from the nucleus `top_p`); the
-    fraction that make a function `ast.parse` accepts. A body ends at the first non-blank line indented no
-    deeper than the `def` (cut there), at <|endoftext|> or <|file_sep|>, or after max_new_tokens; the FIM
+    """Sample `n` bodies per example after its header (at `temperature`, from the nucleus `top_p`, with
+    `generate`'s `repetition_penalty`); the fraction that make a function `ast.parse` accepts. A body ends
+    where Python would end the function (`_BodyEnd`: the first line that starts a logical line indented no
+    deeper than the `def`, cut there), at <|endoftext|> or <|file_sep|>, or after max_new_tokens; the FIM
     sentinels are never drawn, as in `completion.complete`.
     `records`, when given, gets one dict per sample: name, body, ended (False when the token budget ran
     out first) and error (None when it parses)."""
@@ -233,9 +237,10 @@ def syntax_valid_fraction(
         raise ValueError("syntax_valid_fraction: no examples")
     table = token_bytes(tokenizer)
     stop_ids = [special_id(tokenizer, t) for t in PLAIN_STOPS]
-    banned = ids_of(tokenizer, PLAIN_BANNED)
+    banned = ids_of(tokenizer, PLAIN_BANNED) + padding_ids(table, model)
     cap = model.cfg.max_seq_len
-    jobs = [(e, tokenizer.encode(e.prefix, add_special_tokens=False).ids) for e in examples for _ in range(n)]
+    plain = plain_encoder(tokenizer)
+    jobs = [(e, plain.encode(e.prefix, add_special_tokens=False).ids) for e in examples for _ in range(n)]
     valid = 0
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
@@ -250,7 +255,7 @@ def syntax_valid_fraction(
             model, prompts, max_new_tokens=new, temperature=temperature, top_p=top_p,
             seed=seed * 1_000_003 + start, stop_ids=stop_ids,
             on_token=lambda row, tok, w=watchers: w[row].push(tok), first_tokens=firsts,
-            banned_ids=banned,
+            banned_ids=banned, repetition_penalty=repetition_penalty,
         )  # fmt: skip
         for (e, _), ids, watcher, skip in zip(chunk, out, watchers, skips, strict=True):
             text = decode_after(table, ids, skip)

@@ -4,7 +4,11 @@ always-on shared expert, the load-balancing auxiliary loss, and router statistic
 Dispatch sorts the (token, expert) assignments by expert and runs each expert once on its contiguous
 slice, so the work is proportional to the tokens routed, not to n_experts * tokens. With a capacity
 factor, an expert keeps its first `capacity` assignments in token order and the rest are dropped (the
-token keeps its residual stream; the dropped fraction is reported). Dropless is the default.
+token keeps its residual stream; the dropped fraction is reported). Dropless is the default. Tokens are
+dropped in training mode only: in eval mode (generation, evaluation, the held-out loss) every token is
+served, so a row's output does not depend on the other rows of its batch, on its padding, or on how many
+tokens one forward holds (a prompt's prefill against one token a step), and the logits are those of the
+dropless Hugging Face export.
 
 Aux loss (Switch/GShard form, as in Mixtral and Qwen-MoE): E * sum_e f_e * P_e, where f_e is the fraction
 of the k*N assignments that chose expert e and P_e the mean router probability of e over the N tokens.
@@ -61,7 +65,7 @@ class MoE(nn.Module):
         order = flat_expert.argsort(stable=True)  # stable: within an expert, earlier tokens first
         counts = torch.bincount(flat_expert, minlength=n_exp)  # (E,)
         keep = None
-        if self.cfg.capacity_factor > 0:
+        if self.cfg.capacity_factor > 0 and self.training:
             capacity = max(1, int(self.cfg.capacity_factor * n_tokens * k / n_exp))
             starts = torch.cumsum(counts, 0) - counts
             rank = torch.arange(order.numel(), device=x.device) - starts.repeat_interleave(counts)

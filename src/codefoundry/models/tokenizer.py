@@ -172,6 +172,20 @@ def plain_text_copy(tok):
     return plain
 
 
+_PLAIN: dict[int, tuple[object, object]] = {}  # id(tokenizer) -> (tokenizer kept alive, its plain copy)
+
+
+def plain_encoder(tok):
+    """`plain_text_copy(tok)`, made once per tokenizer object: what user text (prompts, prefixes,
+    suffixes) is encoded with, as training encodes documents."""
+    hit = _PLAIN.get(id(tok))
+    if hit is not None and hit[0] is tok:
+        return hit[1]
+    plain = plain_text_copy(tok)
+    _PLAIN[id(tok)] = (tok, plain)
+    return plain
+
+
 def bytes_per_token(tok, texts: Iterable[str]) -> float:
     """Compression: UTF-8 bytes of the texts per token (higher is better)."""
     n_bytes = n_tokens = 0
