@@ -231,9 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run as `python -m codefoundry.cli` (as torchrun runs it), this file is `__main__`, and the stage modules'
-    # `from codefoundry.cli import UsageError` loads a second copy of it, whose class this copy's `except`
-    # would miss: a usage error would end in a traceback. The package's copy runs the command.
+    # Run as `python -m codefoundry.cli` (as torchrun runs it), this file is `__main__`, and the stage
+    # modules' `from codefoundry.cli import UsageError` loads a second copy of it, whose class this copy's
+    # `except` would miss: a usage error would end in a traceback. The package's copy runs the command.
     from codefoundry.cli import main as package_main
 
     sys.exit(package_main())

@@ -92,7 +92,8 @@ def complete_ids(model: Transformer, tokenizer, prompts: list[list[int]], *, max
             temperature=temperature, top_k=top_k, top_p=top_p,
             seed=None if seed is None else seed * 1_000_003 + batch_no,  # batches draw different numbers
             stop_ids=stop_ids, stop_strings=stop, tokenizer=tokenizer, banned_ids=banned_ids,
-            repetition_penalty=repetition_penalty, on_token=(lambda row, tok, s=streams: s[row].push(tok)) if streams else None,
+            repetition_penalty=repetition_penalty,
+            on_token=(lambda row, tok, s=streams: s[row].push(tok)) if streams else None,
         )  # fmt: skip
         for j, i in enumerate(chunk):
             texts[i] = truncate_at_stop(decode(table, out[j]), stop)
@@ -173,7 +174,8 @@ class _TextStream:
 
 
 def generate_command(ckpt: str, prompt: str, suffix: str | None, max_tokens: int, temperature: float,
-                     top_p: float, seed: int | None, stream: bool, repetition_penalty: float = 1.0) -> str:  # fmt: skip
+                     top_p: float, seed: int | None, stream: bool,
+                     repetition_penalty: float = 1.0) -> str:  # fmt: skip
     """What `codefoundry generate CKPT --prompt TEXT [--suffix TEXT]` does: the completion (the middle
     when a suffix is given). With `stream`, the text is also written to stdout as it is generated."""
     from codefoundry.models import checkpoint

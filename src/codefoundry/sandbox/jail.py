@@ -423,20 +423,12 @@ def drop_privileges(
     when it is already ours: the user_namespace level) and the loss of every capability, then the system
     call filter (seccomp.py) where the worker found it works; a build gets BUILD_PROCESSES processes at
     least, lowered to the program's limit after it (`apply_run_limits`), and BUILD_FILE_SIZE_MB and
-    BUILD_OPEN_FILES, lowered by `build`. `limits["address_space_mb"]`, where given, is the program's
-    RLIMIT_AS instead of its memory limit (`apply_run_limits`; runners.Runner.reserved_mb). `dumpable`
-    False: no process of the same uid can trace this one (the judge, the parse helper). `clear_keyrings`:
-    empty the uid's kernel keyrings (where no filter denies the calls that fill them)."""
-    global _address_space_mb
-    rl = {
-        resource.RLIMIT_FSIZE: (int(limits["file_size_mb"]) << 20,) * 2,
-        resource.RLIMIT_NOFILE: (int(limits["open_files"]),) * 2,
-        resource.RLIMIT_CORE: (0, 0),
-    }
+    BUILD_OPEN_FILES, lowered by `build`. `dumpable` False: no process of the same uid can trace this one
+    (the judge, the parse helper). `clear_keyrings`: empty the uid's kernel keyrings (where no filter
+    denies the calls that fill them)."""
+    rl = {**_file_limits(limits), resource.RLIMIT_CORE: (0, 0)}
     if building:
         _raise_for_build(rl)
-    if "address_space_mb" in limits:  # never in a Python run's (no page of this module written there)
-        _address_space_mb = int(limits["address_space_mb"])
     if isolated:
         processes = int(limits["processes"])
         rl[resource.RLIMIT_NPROC] = (max(processes, BUILD_PROCESSES) if building else processes,) * 2
@@ -460,6 +452,14 @@ def drop_privileges(
         raise OSError(0, "no seccomp filter at the user_namespace level")
 
 
+def _file_limits(limits: dict) -> dict[int, tuple[int, int]]:
+    """The program's largest file and open files, as rlimits."""
+    return {
+        resource.RLIMIT_FSIZE: (int(limits["file_size_mb"]) << 20,) * 2,
+        resource.RLIMIT_NOFILE: (int(limits["open_files"]),) * 2,
+    }
+
+
 def _raise_for_build(rl: dict) -> None:
     """The program's file limits in `rl`, raised for a build to BUILD_FILE_SIZE_MB and BUILD_OPEN_FILES,
     though not past a hard limit this process could not raise (not root: `checks.check_rlimits` kept the
@@ -472,9 +472,6 @@ def _raise_for_build(rl: dict) -> None:
         if hard != resource.RLIM_INFINITY and os.geteuid() != 0:
             build = min(build, hard)
         rl[which] = (max(rl[which][0], build),) * 2
-
-
-_address_space_mb = 0  # in a program's process: its RLIMIT_AS, where its runtime reserves more than it uses
 
 
 def drop_capabilities() -> None:
@@ -501,17 +498,16 @@ def apply_run_limits(cpu: float, memory_mb: int, processes: int | None = None) -
     """CPU time and address space, and the processes of the uid where given (after a build, which had
     more). Only ever lowered, so this works after privileges are gone and the program cannot raise them
     back. The kernel sends SIGXCPU at the soft CPU limit and SIGKILL one CPU second later, for programs
-    that ignore SIGXCPU. The address space is `memory_mb`, or the run's `address_space_mb` as given to
-    `drop_privileges` in this process (node's reservations), though never above its hard limit."""
+    that ignore SIGXCPU. The address space is `memory_mb` (a run's `address_space_mb` where its runtime
+    reserves more than it uses: runners.Runner.reserved_mb), though never above its hard limit."""
     seconds = max(1, int(-(-cpu // 1)))  # whole seconds, rounded up; the verdict compares the exact use
     resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
     if memory_mb > 0:
-        space = memory_mb << 20
-        if _address_space_mb > memory_mb:
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20,) * 2)
+        except ValueError:  # above the hard limit (not root): node's allowance; `checks` kept memory_mb below
             hard = resource.getrlimit(resource.RLIMIT_AS)[1]
-            space = _address_space_mb << 20
-            space = space if hard == resource.RLIM_INFINITY else min(space, hard)
-        resource.setrlimit(resource.RLIMIT_AS, (space, space))
+            resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
     if processes is not None:
         resource.setrlimit(resource.RLIMIT_NPROC, (processes,) * 2)
 
@@ -539,9 +535,9 @@ def build(cmd: list[str], env: dict[str, str], limits: dict, note_fd: int) -> bo
     if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
         used = resource.getrusage(resource.RUSAGE_CHILDREN)
         os.write(note_fd, f'{{"build_cpu": {used.ru_utime + used.ru_stime:.6f}}}\n'.encode())
-        # The program's own file limits again (lowered: allowed without privileges), as drop_privileges set.
-        resource.setrlimit(resource.RLIMIT_FSIZE, (int(limits["file_size_mb"]) << 20,) * 2)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (int(limits["open_files"]),) * 2)
+        # The program's own file limits again (lowering needs no privilege).
+        for which, value in _file_limits(limits).items():
+            resource.setrlimit(which, value)
         return True
     os.write(note_fd, b'{"phase": "compile", "truncated": true}\n' if cut else b'{"phase": "compile"}\n')
     view = memoryview(out)

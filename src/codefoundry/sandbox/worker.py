@@ -157,7 +157,7 @@ class Worker:
             limits: Limits, judge: Judge | None) -> ExecutionResult:  # fmt: skip
         runner = runner_for(language)
         limit = limits.to_dict()
-        if runner.reserved_mb:  # a runtime's unused reservations: jail.drop_privileges, apply_run_limits
+        if runner.reserved_mb:  # a runtime's unused reservations: the zygote's jail.apply_run_limits
             limit["address_space_mb"] = limits.memory_mb + runner.reserved_mb
         request = {
             "program": program,

@@ -531,7 +531,8 @@ def program_main(run: Run, keep: dict[int, int], cgroup) -> None:
                 os._exit(1)
             os.close(NOTE_FD)  # trusted notes end here: untrusted code never holds it
         processes = int(run.limits["processes"]) if run.ns and req.get("compile") else None  # after a build
-        jail.apply_run_limits(float(run.limits["cpu_seconds"]), int(run.limits["memory_mb"]), processes)
+        space = int(run.limits.get("address_space_mb", run.limits["memory_mb"]))  # runners.Runner.reserved_mb
+        jail.apply_run_limits(float(run.limits["cpu_seconds"]), space, processes)
         if req.get("run") == ["<python>"]:
             code = pyrun.run(req["program"], req["filename"], env, run.judged, run.code, rpc)
         else:
