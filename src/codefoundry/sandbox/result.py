@@ -45,7 +45,9 @@ class Limits:
     """Resource limits for one run. `cpu_seconds` is what decides a timeout; `wall_seconds` is a backstop
     (default: max(3 x CPU, CPU + 2 s)) so that sleeping or blocked programs end too. Both count from the
     end of a C or C++ build, which has `compile_seconds` of CPU time and a backstop of its own
-    (`build_wall`)."""
+    (`build_wall`). `processes` counts every process and thread of the programs' uid, and the worker's
+    parse helper runs under that uid too (at the namespaces level), so a program has one fewer than it
+    says."""
 
     cpu_seconds: float = 10.0
     wall_seconds: float | None = None
