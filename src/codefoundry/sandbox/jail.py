@@ -468,10 +468,13 @@ def _raise_for_build(rl: dict) -> None:
         (resource.RLIMIT_FSIZE, BUILD_FILE_SIZE_MB << 20),
         (resource.RLIMIT_NOFILE, BUILD_OPEN_FILES),
     ):
-        hard = resource.getrlimit(which)[1]
-        if hard != resource.RLIM_INFINITY and os.geteuid() != 0:
-            build = min(build, hard)
-        rl[which] = (max(rl[which][0], build),) * 2
+        rl[which] = (max(rl[which][0], _within_hard_limit(which, build)),) * 2
+
+
+def _within_hard_limit(which: int, value: int) -> int:
+    """`value`, or the hard limit where it is lower and this process cannot raise it (not root)."""
+    hard = resource.getrlimit(which)[1]
+    return min(value, hard) if hard != resource.RLIM_INFINITY and os.geteuid() != 0 else value
 
 
 def drop_capabilities() -> None:
@@ -506,8 +509,8 @@ def apply_run_limits(cpu: float, memory_mb: int, processes: int | None = None) -
         try:
             resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20,) * 2)
         except ValueError:  # above the hard limit (not root): node's allowance; `checks` kept memory_mb below
-            hard = resource.getrlimit(resource.RLIMIT_AS)[1]
-            resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+            space = _within_hard_limit(resource.RLIMIT_AS, memory_mb << 20)
+            resource.setrlimit(resource.RLIMIT_AS, (space, space))
     if processes is not None:
         resource.setrlimit(resource.RLIMIT_NPROC, (processes,) * 2)
 
