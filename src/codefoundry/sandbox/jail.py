@@ -44,7 +44,6 @@ BUILD_PROCESSES = 16  # the uid's processes while a program builds (gcc runs cc1
 # failed ("File too large" on the assembler's temporary file), and a few open files broke it too. What it
 # writes still lands in the run's size-limited /work and /tmp; the program's limits hold again after it.
 BUILD_FILE_SIZE_MB, BUILD_OPEN_FILES = 1024, 1024
-BUILD_MESSAGES = 20000  # bytes of a failed build's messages kept (its first), at most Limits.output_bytes
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc_gil = ctypes.PyDLL(None, use_errno=True)  # calls that keep the GIL held, as os.fork does
@@ -422,16 +421,16 @@ def drop_privileges(
     """Limits that hold for everything the process starts, then the switch to the unprivileged uid (kept
     when it is already ours: the user_namespace level) and the loss of every capability, then the system
     call filter (seccomp.py) where the worker found it works; a build gets BUILD_PROCESSES processes at
-    least, lowered to the program's limit after it (`apply_run_limits`), and BUILD_FILE_SIZE_MB and
-    BUILD_OPEN_FILES, lowered by `build`. `dumpable` False: no process of the same uid can trace this one
-    (the judge, the parse helper). `clear_keyrings`: empty the uid's kernel keyrings (where no filter
+    least, lowered after it to the program's limit, which counts its keeper (build.py), and
+    BUILD_FILE_SIZE_MB and BUILD_OPEN_FILES, lowered by `build.build`. `dumpable` False: no process of the
+    same uid can trace this one (the judge, the parse helper). `clear_keyrings`: empty the uid's kernel keyrings (where no filter
     denies the calls that fill them)."""
-    rl = {**_file_limits(limits), resource.RLIMIT_CORE: (0, 0)}
+    rl = {**file_limits(limits), resource.RLIMIT_CORE: (0, 0)}
     if building:
         _raise_for_build(rl)
     if isolated:
         processes = int(limits["processes"])
-        rl[resource.RLIMIT_NPROC] = (max(processes, BUILD_PROCESSES) if building else processes,) * 2
+        rl[resource.RLIMIT_NPROC] = (max(processes + 1, BUILD_PROCESSES) if building else processes,) * 2
     for which, value in rl.items():
         resource.setrlimit(which, value)
     same_uid = uid == os.getuid()  # the user_namespace level: no other uid to switch to
@@ -452,7 +451,7 @@ def drop_privileges(
         raise OSError(0, "no seccomp filter at the user_namespace level")
 
 
-def _file_limits(limits: dict) -> dict[int, tuple[int, int]]:
+def file_limits(limits: dict) -> dict[int, tuple[int, int]]:
     """The program's largest file and open files, as rlimits."""
     return {
         resource.RLIMIT_FSIZE: (int(limits["file_size_mb"]) << 20,) * 2,
@@ -513,40 +512,6 @@ def apply_run_limits(cpu: float, memory_mb: int, processes: int | None = None) -
             resource.setrlimit(resource.RLIMIT_AS, (space, space))
     if processes is not None:
         resource.setrlimit(resource.RLIMIT_NPROC, (processes,) * 2)
-
-
-def build(cmd: list[str], env: dict[str, str], limits: dict, note_fd: int) -> bool:
-    """Compile in a child with its own CPU budget, before any untrusted code runs in this process, and note
-    on `note_fd` (trusted) how the build ended: its CPU time, which the run's limit does not count, or
-    that it failed. A failed build's messages follow its note on stderr, cut to the run's output limit
-    (the note says so): counted as the program's output, they had made a compile error an `output_limit`.
-    After a build that worked, the program's own file limits hold again (`drop_privileges`)."""
-    err_r, err_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.dup2(err_w, 1), os.dup2(err_w, 2)
-        apply_run_limits(float(limits["compile_seconds"]), max(2048, int(limits["memory_mb"])))
-        os.execve(cmd[0], cmd, env)
-    os.close(err_w)
-    keep = min(BUILD_MESSAGES, int(limits["output_bytes"]))
-    out, cut = bytearray(), False
-    while chunk := os.read(err_r, 65536):  # read to the end: the compiler must not block on a full pipe
-        cut = cut or len(out) + len(chunk) > keep
-        out += chunk[: max(0, keep - len(out))]
-    os.close(err_r)
-    _, status = os.waitpid(pid, 0)
-    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-        used = resource.getrusage(resource.RUSAGE_CHILDREN)
-        os.write(note_fd, f'{{"build_cpu": {used.ru_utime + used.ru_stime:.6f}}}\n'.encode())
-        # The program's own file limits again (lowering needs no privilege).
-        for which, value in _file_limits(limits).items():
-            resource.setrlimit(which, value)
-        return True
-    os.write(note_fd, b'{"phase": "compile", "truncated": true}\n' if cut else b'{"phase": "compile"}\n')
-    view = memoryview(out)
-    while view:
-        view = view[os.write(2, view) :]
-    return False
 
 
 def _write_file(path: str, value: str) -> None:

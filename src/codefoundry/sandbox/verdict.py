@@ -173,6 +173,11 @@ def json_lines(data: bytes) -> dict:
     return merged
 
 
+def build_cpu(note: bytes) -> float | None:
+    """From a run's trusted notes, its build's CPU time (their first line), or None: the build failed."""
+    return json_lines(note.partition(b"\n")[0]).get("build_cpu")
+
+
 def verdict(run, prog: dict, data: dict, reason: str, wall: float) -> dict:
     note = json_lines(bytes(data["note"]))
     res: dict = {
@@ -185,7 +190,8 @@ def verdict(run, prog: dict, data: dict, reason: str, wall: float) -> dict:
         "exit_code": prog.get("exit_code"),
         "signal": prog.get("signal"),
         "cpu_seconds": round(float(prog.get("cpu", 0.0)), 4),
-        "peak_memory_mb": round(float(prog.get("maxrss_kb", 0)) / 1024, 2),
+        # A built program's own, from its keeper (build.py): the process wait4 saw reaped the compiler too.
+        "peak_memory_mb": round(float(note.get("program_maxrss_kb", prog.get("maxrss_kb", 0))) / 1024, 2),
     }
     report = json_lines(bytes(data["report"])) if run.judged else {}
     if run.judged:

@@ -132,7 +132,7 @@ _compiled = globals().get("_compiled")
 
 
 cgroup, seccomp = _load("cgroup"), _load("seccomp")  # before jail.py, which uses them
-jail = _load("jail")
+jail, build = _load("jail"), _load("build")  # build.py uses jail.py
 userns = _load("userns")
 runspace = _load("runspace")
 rpc = _load("rpc")
@@ -147,7 +147,7 @@ OWN_PIDFD = -1  # the zygote's own PID namespace, to return to after starting a 
 OWN_IPC_FD = -1  # the zygote's own IPC namespace (nsfs), to return to from the runs' one
 SHELL = next((p for p in ("/bin/sh", "/usr/bin/sh") if os.access(p, os.X_OK)), "")
 PROC_FD = -1  # the host's /proc, kept from before pivot_root: to see whether a run's init has children
-NOTE_FD = 5  # in the program's process: trusted notes (the build's end), closed before untrusted code runs
+NOTE_FD = 5  # in the program's process: trusted notes (the build's end, then its keeper's: build.py)
 NCPU = max(os.cpu_count() or 1, len(os.sched_getaffinity(0)))  # read before /sys is gone: a run's CPU pace
 
 
@@ -463,11 +463,8 @@ def watch(
                 del by_fd[fd]
                 if name == "report" and status is None:
                     grace = time.monotonic() + JUDGED_EXIT_GRACE
-                elif name == "note" and not reason:
-                    build_cpu = results.json_lines(data["note"]).get("build_cpu")  # None: it failed
-                    if meter.built(build_cpu, time.monotonic()):
-                        started = time.monotonic()  # the program's wall time starts now
-                        deadline = started + float(run.limits["wall_seconds"])
+                elif name == "note" and meter.build is None and not reason:  # a failed build: no line
+                    meter.built(None, time.monotonic())
                 continue
             if name in ("out", "err"):
                 room = cap - len(data["out"]) - len(data["err"])
@@ -477,6 +474,10 @@ def watch(
                     _kill_run(pid, space)
             elif len(data[name]) < (8 << 20):
                 data[name] += chunk
+                ended = name == "note" and meter.build is None and b"\n" in data[name] and not reason
+                if ended and meter.built(results.build_cpu(data[name]), time.monotonic()):  # the build's end
+                    started = time.monotonic()  # the program's wall time starts now
+                    deadline = started + float(run.limits["wall_seconds"])
     os.close(pidfd)
     if space is not None and space.killed:  # `discard` returns once every process of the namespace is gone
         space.discard(lambda: jail.reap(jail.stray_children(PROC_FD, known())))
@@ -524,13 +525,13 @@ def program_main(run: Run, keep: dict[int, int], cgroup) -> None:
             os.fchown(fd, run.uid, run.uid)
         os.close(fd)
         # Without the filter (which denies filling them), the uid's keyrings are emptied before anything runs.
-        keyrings, build = run.ns and not seccomp.ENABLED, bool(req.get("compile"))
-        jail.drop_privileges(run.limits, run.uid, run.ns, building=build, clear_keyrings=keyrings)
-        if req.get("compile"):
-            if not jail.build(req["compile"], env, run.limits, NOTE_FD):
-                os._exit(1)
-            os.close(NOTE_FD)  # trusted notes end here: untrusted code never holds it
-        processes = int(run.limits["processes"]) if run.ns and req.get("compile") else None  # after a build
+        keyrings, building = run.ns and not seccomp.ENABLED, bool(req.get("compile"))
+        jail.drop_privileges(run.limits, run.uid, run.ns, building=building, clear_keyrings=keyrings)
+        processes = None
+        if building:
+            build.build(req["compile"], env, run.limits, NOTE_FD)  # a failed build ends the process
+            build.start_program(NOTE_FD)  # returns in a new process; the keeper reports the program's memory
+            processes = int(run.limits["processes"]) + 1 if run.ns else None  # after a build; with the keeper
         space = int(run.limits.get("address_space_mb", run.limits["memory_mb"]))  # runners.Runner.reserved_mb
         jail.apply_run_limits(float(run.limits["cpu_seconds"]), space, processes)
         if req.get("run") == ["<python>"]:

@@ -1,0 +1,89 @@
+"""A compiled program's build and its keeper, inside the run (loaded by path into the zygote after jail.py;
+standard library only).
+
+The program's process compiles in a child (`build`), and then forks the program (`start_program`): the
+child execs it, never holding the run's trusted notes; the parent, the keeper, waits for it, notes its use
+of memory, and ends as it ended. `wait4` reports the largest resident set of a process *or any child it
+reaped*, so the process that reaped the compiler (~190 MB for a `bits/stdc++.h` include) cannot report
+the program's memory: a C++ program that used 4 MB was reported at 193 MB, and one that crashed with
+SIGSEGV under a 128 MB limit was `memory_exceeded` (the verdict reads a crash near the limit as the
+limit). The keeper's note is trusted: it is written by our code, on an fd the program never holds. A
+program can still signal its keeper (same uid, same PID namespace): it only spoils its own report.
+"""
+
+import importlib
+import json
+import os
+import resource
+import signal
+import sys
+
+jail = sys.modules.get("codefoundry_jail") or importlib.import_module("codefoundry.sandbox.jail")
+
+BUILD_MESSAGES = 20000  # bytes of a failed build's messages kept (its first), at most Limits.output_bytes
+
+
+def build(cmd: list[str], env: dict[str, str], limits: dict, note_fd: int) -> None:
+    """Compile in a child with its own CPU budget, before any untrusted code runs in this process, and note
+    on `note_fd` (trusted) how the build ended: its CPU time, which the run's limit does not count, or
+    that it failed. A failed build's messages follow its note on stderr, cut to the run's output limit
+    (the note says so): counted as the program's output, they had made a compile error an `output_limit`.
+    After a build that worked, the program's own file limits hold again (`jail.drop_privileges`); after
+    one that failed, this process exits (status 1)."""
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.dup2(err_w, 1), os.dup2(err_w, 2)
+            jail.apply_run_limits(float(limits["compile_seconds"]), max(2048, int(limits["memory_mb"])))
+            os.execve(cmd[0], cmd, env)
+        finally:
+            os._exit(127)
+    os.close(err_w)
+    keep = min(BUILD_MESSAGES, int(limits["output_bytes"]))
+    out, cut = bytearray(), False
+    while chunk := os.read(err_r, 65536):  # read to the end: the compiler must not block on a full pipe
+        cut = cut or len(out) + len(chunk) > keep
+        out += chunk[: max(0, keep - len(out))]
+    os.close(err_r)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
+        os.write(note_fd, f'{{"build_cpu": {used.ru_utime + used.ru_stime:.6f}}}\n'.encode())
+        # The program's own file limits again (lowering needs no privilege).
+        for which, value in jail.file_limits(limits).items():
+            resource.setrlimit(which, value)
+        return
+    os.write(note_fd, b'{"phase": "compile", "truncated": true}\n' if cut else b'{"phase": "compile"}\n')
+    view = memoryview(out)
+    while view:
+        view = view[os.write(2, view) :]
+    os._exit(1)
+
+
+def start_program(note_fd: int) -> None:
+    """After a build: return in a fresh child, which will become the program (the notes closed); this
+    process keeps watch and never returns. The child is one more process of the uid: its RLIMIT_NPROC
+    counts the keeper (`zygote.program_main`)."""
+    pid = os.fork()
+    if pid == 0:
+        os.close(note_fd)  # trusted notes end here: untrusted code never holds them
+        return
+    try:
+        os.closerange(0, note_fd)  # the run's output pipes and judge fds end with the program, not with us
+        _, status, usage = os.wait4(pid, 0)
+        os.write(note_fd, (json.dumps({"program_maxrss_kb": usage.ru_maxrss}) + "\n").encode())
+        if os.WIFSIGNALED(status):
+            _die_of(os.WTERMSIG(status))
+        os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 70)
+    finally:
+        os._exit(70)  # a signal's handler raised, or a call failed: never back into the caller
+
+
+def _die_of(sig: int) -> None:
+    """End this process by `sig`, as the program ended (no core file: RLIMIT_CORE is 0)."""
+    if sig not in (signal.SIGKILL, signal.SIGSTOP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
+    os.kill(os.getpid(), sig)
+    os._exit(128 + sig)  # a signal whose default is not to end the process: its shell-style status
