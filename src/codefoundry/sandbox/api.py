@@ -147,6 +147,21 @@ def _default_pool() -> Pool:
         return _pool
 
 
+def _forget_pool() -> None:
+    """In a child just forked (`os.fork`, multiprocessing's "fork"): the parent's workers stay the parent's.
+    The child held copies of their pipes, and a run that both processes sent to one worker came back to
+    whichever read first (a program got another's output, or a sandbox_error). The child lets go of its
+    copies, leaving the workers alone, and starts workers of its own when it runs something."""
+    global _pool, _pool_lock
+    pool, _pool, _pool_lock = _pool, None, threading.Lock()  # held by a parent's thread, it would stay held
+    if pool is not None:
+        for worker in pool._all:
+            worker.forget()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def shutdown() -> None:
     """Stop every warm worker of this process (they are restarted on the next call)."""
     global _pool

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 BYTES_LIKE = (str, bytes, bytearray, memoryview)  # what stdin and file contents may be
 # The work directory is a tmpfs: each file takes whole pages of it (an empty one none, a directory none).
 PAGE = resource.getpagesize()
+NAME_MAX = 255  # bytes of one name in a path (the kernel's)
+PATH_BYTES = 4096 - 256  # bytes of a file's path under the work directory: PATH_MAX less room for that
 
 
 def check_language(language: object, name: str) -> Runner:
@@ -136,7 +138,8 @@ def _check_files(files: object, name: str, runner: Runner) -> tuple[int, int]:
     for key, content in files.items():
         if not isinstance(key, str):
             raise TypeError(f"{name}: file names must be str, got {type(key).__name__} {key!r:.40}")
-        where = f"{name}[{key!r}]"
+        shown = repr(key) if len(key) <= 60 else f"{key[:40]!r}..."  # a 4000-byte name in one line
+        where = f"{name}[{shown}]"
         if not isinstance(content, BYTES_LIKE):
             raise TypeError(f"{where} must be a str or bytes, got {type(content).__name__}")
         path = _relative_path(key, where)
@@ -180,6 +183,20 @@ def _relative_path(key: str, where: str) -> str:
     path = os.path.normpath(key)
     if path in (".", "..") or path.startswith("../"):
         raise ValueError(f"{where}: leaves the program's work directory")
+    # As the worker makes it (surrogateescape: a lone U+DC80..U+DCFF is the byte it escapes), within the
+    # kernel's NAME_MAX and, below the work directory, PATH_MAX: past these, making the file failed inside
+    # the worker (a sandbox_error).
+    try:
+        size = len(path.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{where}: {path[e.start]!r} at index {e.start} cannot be a file name") from None
+    longest = max(len(part.encode("utf-8", "surrogateescape")) for part in path.split("/"))
+    if longest > NAME_MAX:
+        raise ValueError(
+            f"{where}: a name of {longest} bytes in it, over the {NAME_MAX} a file name may have"
+        )
+    if size > PATH_BYTES:
+        raise ValueError(f"{where}: {size} bytes, over the {PATH_BYTES} a file's path may have")
     return path
 
 

@@ -514,6 +514,16 @@ def apply_run_limits(cpu: float, memory_mb: int, processes: int | None = None) -
         resource.setrlimit(resource.RLIMIT_NPROC, (processes,) * 2)
 
 
+def exec_program(argv: list[str], env: dict[str, str]) -> None:
+    """Exec a program that is not Python with the signal dispositions a shell gives it. This process is a
+    Python interpreter, which ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across exec:
+    a C program writing past its file size limit got EFBIG, ignored it and exited 0 ("ok"), where `./main`
+    dies of SIGXFSZ (subprocess's `restore_signals` resets the same two)."""
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    os.execve(argv[0], argv, env)
+
+
 def _write_file(path: str, value: str) -> None:
     with open(path, "w") as f:
         f.write(value)

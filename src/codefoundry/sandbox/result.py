@@ -119,6 +119,11 @@ class Judge:
         for name in ("entry_point", "setup"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"Judge.{name} must be a str, got {type(getattr(self, name)).__name__}")
+        # Sent to the worker as JSON: numpy's bool, say, passed every check and then could not be sent.
+        if not isinstance(self.stop_on_failure, bool):
+            raise TypeError(
+                f"Judge.stop_on_failure must be a bool, got {type(self.stop_on_failure).__name__}"
+            )
 
 
 @dataclass(frozen=True)

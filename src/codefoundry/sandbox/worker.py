@@ -182,6 +182,17 @@ class Worker:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def forget(self) -> None:
+        """In a forked child: close this process's copies of the pipes, and nothing else (the zygote, its
+        cgroups and scratch directory are the parent's)."""
+        for fd in (self._req, self._resp):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.cgroups, self.scratch = [], None
+        self.proc.returncode = -1  # not our child: never waited for here, nor killed
+
     def close(self) -> None:
         for fd in (self._req, self._resp):
             try:

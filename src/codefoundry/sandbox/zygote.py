@@ -537,7 +537,7 @@ def program_main(run: Run, keep: dict[int, int], cgroup) -> None:
         if req.get("run") == ["<python>"]:
             code = pyrun.run(req["program"], req["filename"], env, run.judged, run.code, rpc)
         else:
-            os.execve(req["run"][0], req["run"], env)
+            jail.exec_program(req["run"], env)
     except BaseException as e:
         try:
             os.write(2, f"codefoundry sandbox: {type(e).__name__}: {e}\n".encode()[-2000:])
