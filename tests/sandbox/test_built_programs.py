@@ -111,3 +111,72 @@ def test_the_keeper_takes_no_process_from_the_program():
         pytest.skip("the process level sets no per-run process limit after a build")
     assert c.status is Status.OK and py.status is Status.OK, (c.stderr[-300:], py.stderr[-300:])
     assert 0 < int(c.stdout) == int(py.stdout) < 6, (c.stdout, py.stdout)
+
+
+# cc1plus holds ~320 MB building this (<regex> above all); the program itself needs a few MB.
+REGEX_PROGRAM = (
+    HEAVY_INCLUDE
+    + r"""
+int main() {
+    std::regex pattern("a+b*");
+    std::map<std::string, std::function<long(int)>> calls;
+    calls["twice"] = [](int x) { return 2L * x; };
+    std::cout << std::regex_match("aab", pattern) << " " << calls["twice"](21) << "\n";
+}
+"""
+)
+
+# Eight processes of 40 MB each, all alive at once: 320 MB in all, each under a 64 MB address space.
+SPREAD_MEMORY_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(void) {
+    for (int i = 0; i < 8; i++) {
+        if (fork() == 0) {
+            size_t n = 40u << 20;
+            volatile char *p = malloc(n);
+            if (!p) _exit(3);
+            for (size_t j = 0; j < n; j += 4096) p[j] = 1;
+            sleep(2);
+            _exit(p[n - 4096] == 1 ? 0 : 4);
+        }
+    }
+    int status, bad = 0;
+    while (wait(&status) > 0) bad += !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+    printf("%d\n", bad);
+    return bad != 0;
+}
+"""
+
+
+def test_a_build_is_not_held_to_the_programs_memory_limit():
+    # The build ran under the run's memory cgroup (64 MB + room for the disk): a program using <regex>
+    # could not be built under a 64 MB limit (Codeforces' older problems have one), `memory_exceeded` in
+    # phase compile. While it builds, the cgroup allows cgroup.BUILD_MEMORY_MB.
+    r = execute(REGEX_PROGRAM, language="cpp", limits=Limits(memory_mb=64, cpu_seconds=5, compile_seconds=30))
+    assert (r.status, r.phase, r.stdout) == (Status.OK, "run", "1 42\n"), (
+        r.status,
+        r.message,
+        r.stderr[-300:],
+    )
+    assert r.peak_memory_mb < 40, r.peak_memory_mb
+
+
+def test_the_programs_memory_limit_holds_again_once_built():
+    limits = Limits(memory_mb=64, processes=16, cpu_seconds=5, wall_seconds=20)
+    r = execute(SPREAD_MEMORY_C, language="c", limits=limits)
+    if not r.extra.get("memory_cgroup"):
+        pytest.skip("no memory cgroup here: memory is bounded per process only")
+    assert r.status is Status.MEMORY_EXCEEDED, (r.status, r.message, r.stdout)
+    roomy = execute(
+        SPREAD_MEMORY_C, language="c", limits=Limits(memory_mb=1024, processes=16, wall_seconds=20)
+    )
+    assert (roomy.status, roomy.stdout) == (Status.OK, "0\n"), (roomy.status, roomy.message)
+
+
+def test_a_built_program_killed_by_a_limit_never_reports_the_compilers_memory():
+    r = execute(_cpp("for (volatile long i = 0;; ++i) {}"), language="cpp", limits=Limits(cpu_seconds=1))
+    assert r.status is Status.TIMEOUT
+    assert r.peak_memory_mb < 40, r.peak_memory_mb  # its keeper's figure, or 0 when it was killed too

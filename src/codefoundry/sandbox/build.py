@@ -19,6 +19,7 @@ import signal
 import sys
 
 jail = sys.modules.get("codefoundry_jail") or importlib.import_module("codefoundry.sandbox.jail")
+cgroup = jail.cgroup
 
 BUILD_MESSAGES = 20000  # bytes of a failed build's messages kept (its first), at most Limits.output_bytes
 
@@ -35,7 +36,8 @@ def build(cmd: list[str], env: dict[str, str], limits: dict, note_fd: int) -> No
     if pid == 0:
         try:
             os.dup2(err_w, 1), os.dup2(err_w, 2)
-            jail.apply_run_limits(float(limits["compile_seconds"]), max(2048, int(limits["memory_mb"])))
+            memory = max(cgroup.BUILD_MEMORY_MB, int(limits["memory_mb"]))
+            jail.apply_run_limits(float(limits["compile_seconds"]), memory)
             os.execve(cmd[0], cmd, env)
         finally:
             os._exit(127)
@@ -61,10 +63,14 @@ def build(cmd: list[str], env: dict[str, str], limits: dict, note_fd: int) -> No
     os._exit(1)
 
 
-def start_program(note_fd: int) -> None:
-    """After a build: return in a fresh child, which will become the program (the notes closed); this
-    process keeps watch and never returns. The child is one more process of the uid: its RLIMIT_NPROC
-    counts the keeper (`zygote.program_main`)."""
+def start_program(note_fd: int, go_fd: int) -> None:
+    """After a build: once the zygote has seen its end and put back the run's own memory limit (it then
+    closes the other end of `go_fd`), return in a fresh child, which will become the program (the notes
+    closed); this process keeps watch and never returns. The child is one more process of the uid: its
+    RLIMIT_NPROC counts the keeper (`zygote.program_main`)."""
+    while os.read(go_fd, 64):
+        pass
+    os.close(go_fd)
     pid = os.fork()
     if pid == 0:
         os.close(note_fd)  # trusted notes end here: untrusted code never holds them

@@ -13,6 +13,10 @@ cgroup where there is one, else a cgroup of its own in the v1 cpuacct hierarchy 
 import os
 
 LIMIT_FILES = {1: "memory.limit_in_bytes", 2: "memory.max"}
+# A build's memory, whatever the run's: each of its processes' address space (build.py) and, while it
+# builds, the run's cgroup. cc1plus holds ~320 MB for a program using <regex>, so a build under a 64 MB
+# run limit failed as `memory_exceeded`; the run's own limit holds again before the program starts.
+BUILD_MEMORY_MB = 2048
 CPU_FILES = {1: "cpuacct.usage", 2: "cpu.stat"}
 
 
@@ -75,7 +79,11 @@ class Cgroups:
         for d in self.dirs:
             d.write("cgroup.procs", "0")
 
-    def set_limit(self, limit_bytes: int) -> None:
+    def bound(self, limits: dict, building: bool = False) -> None:
+        """Bound the run's whole memory at its limit plus room for its disk (its tmpfs files count), or
+        while it builds at BUILD_MEMORY_MB at least."""
+        memory = max(int(limits["memory_mb"]), BUILD_MEMORY_MB if building else 0)
+        limit_bytes = (memory + 2 * int(limits["disk_mb"]) + 64) << 20
         if self.memory is not None and limit_bytes != self.limit:
             self.memory.write(LIMIT_FILES[self.memory.version], str(limit_bytes))
             self.limit = limit_bytes

@@ -186,3 +186,30 @@ def _print_exception() -> None:
         sys.__excepthook__(kind, exc.with_traceback(tb), tb)
     except BaseException:
         pass
+
+
+def warm_run_path(rpc, make_run) -> None:
+    """In the template, before its first clone: serve calls over a judge channel to itself and decode
+    requests, so that CPython's in-place specialisation is done once, not copied by each run's process.
+    `rpc`: rpc.py as the zygote loaded it; `make_run(req, workdir)`: a zygote.Run."""
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    ns = {"f": lambda *a, **k: a[0] if a else None}
+    prog, test = rpc.Channel(r1, w2, "c", ns), rpc.Channel(r2, w1, "j")
+    samples = [1, "abc", [1, 2, 3], [1.5, 2.5], (1, "a"), {"a": 1}, None, True, 2.5, [[1, 2], [3]]]
+    for _ in range(3):
+        for value in samples:
+            test.send(["q", "call", ["name", "f"], test.encode([value]), test.encode({})])
+            prog.serve_one(prog.recv())
+            test.decode(test.recv()[1])
+    for fd in (r1, w1, r2, w2):
+        os.close(fd)
+    limits = {"cpu_seconds": 1.0, "wall_seconds": 3.0, "memory_mb": 256, "processes": 8, "file_size_mb": 1,
+              "disk_mb": 1, "open_files": 16, "output_bytes": 1024, "compile_seconds": 1.0}  # fmt: skip
+    req = {"program": "pass\n", "filename": PYTHON_FILENAME, "compile": None, "run": ["<python>"],
+           "limits": limits, "stdin": "", "files": {}, "uid": 1, "judged": True}  # fmt: skip
+    head = marshal.dumps({"req": req, "workdir": "/work", "targets": [0, 1, 2, 3, 4]})
+    for _ in range(10):
+        msg = marshal.loads(head)
+        make_run(msg["req"], msg["workdir"])
+        run_env("/work", "/tmp")

@@ -145,7 +145,9 @@ class ExecutionResult:
     truncated: bool = False  # stdout or stderr was cut at Limits.output_bytes
     cpu_seconds: float = 0.0  # all the run's processes where extra["run_cpu_limit"] is set; never the build
     wall_seconds: float = 0.0  # from the build's end, for compiled languages
-    peak_memory_mb: float = 0.0  # largest resident set of the program or a child it waited for
+    # Largest resident set of the program or a child it waited for; 0 where not known (a built program
+    # killed by a limit: its keeper, which measures it, is killed too).
+    peak_memory_mb: float = 0.0
     isolation: Isolation = Isolation.NAMESPACES
     phase: str = "run"  # "compile": a compiled language failed to build, or Python did not parse (not run)
     tests: tuple[TestOutcome, ...] = ()  # judged runs: one outcome per test snippet, in order

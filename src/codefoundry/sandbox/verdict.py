@@ -190,8 +190,7 @@ def verdict(run, prog: dict, data: dict, reason: str, wall: float) -> dict:
         "exit_code": prog.get("exit_code"),
         "signal": prog.get("signal"),
         "cpu_seconds": round(float(prog.get("cpu", 0.0)), 4),
-        # A built program's own, from its keeper (build.py): the process wait4 saw reaped the compiler too.
-        "peak_memory_mb": round(float(note.get("program_maxrss_kb", prog.get("maxrss_kb", 0))) / 1024, 2),
+        "peak_memory_mb": round(_peak_kb(note, prog) / 1024, 2),
     }
     report = json_lines(bytes(data["report"])) if run.judged else {}
     if run.judged:
@@ -201,6 +200,14 @@ def verdict(run, prog: dict, data: dict, reason: str, wall: float) -> dict:
     status, msg = _status(run, res, report, reason, bool(prog))
     res["status"], res["message"] = status, msg
     return res
+
+
+def _peak_kb(note: dict, prog: dict) -> float:
+    """The program's largest resident set; a built program's from its keeper (build.py), as the process
+    wait4 saw reaped the compiler too: 0 (not known) where the run was killed with its keeper."""
+    if "build_cpu" in note:
+        return float(note.get("program_maxrss_kb", 0))
+    return float(prog.get("maxrss_kb", 0))
 
 
 def _status(run, res: dict, report: dict, reason: str, reaped: bool):

@@ -148,6 +148,7 @@ OWN_IPC_FD = -1  # the zygote's own IPC namespace (nsfs), to return to from the 
 SHELL = next((p for p in ("/bin/sh", "/usr/bin/sh") if os.access(p, os.X_OK)), "")
 PROC_FD = -1  # the host's /proc, kept from before pivot_root: to see whether a run's init has children
 NOTE_FD = 5  # in the program's process: trusted notes (the build's end, then its keeper's: build.py)
+GO_FD = 6  # in the program's process: the zygote's end of it closes once the program may start (build.py)
 NCPU = max(os.cpu_count() or 1, len(os.sched_getaffinity(0)))  # read before /sys is gone: a run's CPU pace
 
 
@@ -165,6 +166,7 @@ class Run:
         self.tmpdir = "/tmp" if self.ns else self.workdir
         self.code = b""  # a Python program's code object, marshalled by the parse helper (or b"")
         self.ipc_ready = False  # born in the run namespace's IPC namespace (else it takes a fresh one)
+        self.groups, self.go = None, -1  # a build's: the worker's cgroups, and our end of GO_FD's pipe
 
 
 def _temp_dir(prefix: str = "cf-run-") -> str:
@@ -239,11 +241,11 @@ class Worker:
 
     def _limit_memory(self, run: Run) -> int:
         """The run's whole memory (every process, memfd, shared memory, tmpfs files) is bounded by its
-        memory limit plus room for its disk; returns the cgroup's OOM-kill count before the run."""
+        memory limit plus room for its disk, or more while it builds (`_program_may_start`); returns the
+        cgroup's OOM-kill count before the run."""
         if self.cgroup is None:
             return 0
-        lim = run.limits
-        self.cgroup.set_limit((int(lim["memory_mb"]) + 2 * int(lim["disk_mb"]) + 64) << 20)
+        self.cgroup.bound(run.limits, building=bool(run.req.get("compile")))
         return self.cgroup.oom_kills()
 
 
@@ -290,7 +292,7 @@ def _template(sock_fd: int, isolation: str, cgroup) -> None:
     os.closerange(previous, 1 << 16)
     if isolation != "process":
         pyrun.prepare_runs(pyrun.run_env("/work", "/tmp"))
-    _warm_run_path()
+    pyrun.warm_run_path(rpc, lambda req, workdir: Run(req, "namespaces", workdir))
     if seccomp.ENABLED:
         seccomp.install()  # once: every program is born under it
     sock = socket.socket(fileno=sock_fd)
@@ -328,32 +330,6 @@ def _template(sock_fd: int, isolation: str, cgroup) -> None:
         sock.sendall(struct.pack(">i", pid))
 
 
-def _warm_run_path() -> None:
-    """In the template, before its first clone: serve calls over a judge channel to itself and decode
-    requests, so that CPython's in-place specialisation is done once, not copied by each run's process."""
-    r1, w1 = os.pipe()
-    r2, w2 = os.pipe()
-    ns = {"f": lambda *a, **k: a[0] if a else None}
-    prog, test = rpc.Channel(r1, w2, "c", ns), rpc.Channel(r2, w1, "j")
-    samples = [1, "abc", [1, 2, 3], [1.5, 2.5], (1, "a"), {"a": 1}, None, True, 2.5, [[1, 2], [3]]]
-    for _ in range(3):
-        for value in samples:
-            test.send(["q", "call", ["name", "f"], test.encode([value]), test.encode({})])
-            prog.serve_one(prog.recv())
-            test.decode(test.recv()[1])
-    for fd in (r1, w1, r2, w2):
-        os.close(fd)
-    limits = {"cpu_seconds": 1.0, "wall_seconds": 3.0, "memory_mb": 256, "processes": 8, "file_size_mb": 1,
-              "disk_mb": 1, "open_files": 16, "output_bytes": 1024, "compile_seconds": 1.0}  # fmt: skip
-    req = {"program": "pass\n", "filename": pyrun.PYTHON_FILENAME, "compile": None, "run": ["<python>"],
-           "limits": limits, "stdin": "", "files": {}, "uid": 1, "judged": True}  # fmt: skip
-    head = marshal.dumps({"req": req, "workdir": "/work", "targets": [0, 1, 2, 3, 4]})
-    for _ in range(10):
-        msg = marshal.loads(head)
-        Run(msg["req"], "namespaces", msg["workdir"])
-        pyrun.run_env("/work", "/tmp")
-
-
 def start(run: Run, judges, known, groups=None, space=None, forker: Forker | None = None,
           cpu_by: str | None = None) -> dict:  # fmt: skip
     """Clone an idle init into new PID and IPC namespaces, fork the program into them (through the
@@ -371,9 +347,10 @@ def start(run: Run, judges, known, groups=None, space=None, forker: Forker | Non
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     none = (-1, -1)
-    note_r, note_w = os.pipe() if run.req.get("compile") else none  # only a build has trusted notes
+    (note_r, note_w), (go_r, run.go) = (os.pipe(), os.pipe()) if run.req.get("compile") else (none, none)
+    run.groups = groups
     rpc_in, rpc_out = (os.pipe(), os.pipe()) if run.judged else (none, none)  # judge->prog, prog->judge
-    keep = {0: stdin_fd, 1: out_w, 2: err_w} | ({NOTE_FD: note_w} if note_w >= 0 else {})
+    keep = {0: stdin_fd, 1: out_w, 2: err_w} | ({NOTE_FD: note_w, GO_FD: go_r} if note_w >= 0 else {})
     keep |= {3: rpc_in[0], 4: rpc_out[1]} if run.judged else {}
     started = time.monotonic()
     # Before the program's process exists: the run's CPU time, counted by the worker's cgroup, else by its
@@ -393,7 +370,7 @@ def start(run: Run, judges, known, groups=None, space=None, forker: Forker | Non
                 program_main(run, keep, groups)  # ends the process
             finally:
                 os._exit(70)  # should it ever return or raise: never back into the caller
-    for fd in (stdin_fd, out_w, err_w, note_w, rpc_in[0], rpc_out[1]):
+    for fd in (stdin_fd, out_w, err_w, note_w, go_r, rpc_in[0], rpc_out[1]):
         if fd >= 0:
             os.close(fd)
     report_r = -1
@@ -465,6 +442,7 @@ def watch(
                     grace = time.monotonic() + JUDGED_EXIT_GRACE
                 elif name == "note" and meter.build is None and not reason:  # a failed build: no line
                     meter.built(None, time.monotonic())
+                    _program_may_start(run)
                 continue
             if name in ("out", "err"):
                 room = cap - len(data["out"]) - len(data["err"])
@@ -476,9 +454,11 @@ def watch(
                 data[name] += chunk
                 ended = name == "note" and meter.build is None and b"\n" in data[name] and not reason
                 if ended and meter.built(results.build_cpu(data[name]), time.monotonic()):  # the build's end
+                    _program_may_start(run)
                     started = time.monotonic()  # the program's wall time starts now
                     deadline = started + float(run.limits["wall_seconds"])
     os.close(pidfd)
+    _program_may_start(run)  # a build that failed, or a run killed while it built
     if space is not None and space.killed:  # `discard` returns once every process of the namespace is gone
         space.discard(lambda: jail.reap(jail.stray_children(PROC_FD, known())))
     for fd in fds.values():
@@ -488,6 +468,18 @@ def watch(
     if prog:
         prog["cpu"] = meter.total(prog["cpu"])  # every process of the run, once all have ended
     return results.verdict(run, prog, data, reason, time.monotonic() - started)
+
+
+def _program_may_start(run: Run) -> None:
+    """The build has ended: the run's own memory limit again, then the end of GO_FD's pipe, for which the
+    program's keeper waits before it starts the program (build.start_program)."""
+    if run.go >= 0:
+        try:
+            if run.groups is not None:
+                run.groups.bound(run.limits)
+        finally:
+            os.close(run.go)
+            run.go = -1
 
 
 def _kill_run(pid: int, space) -> None:
@@ -530,7 +522,7 @@ def program_main(run: Run, keep: dict[int, int], cgroup) -> None:
         processes = None
         if building:
             build.build(req["compile"], env, run.limits, NOTE_FD)  # a failed build ends the process
-            build.start_program(NOTE_FD)  # returns in a new process; the keeper reports the program's memory
+            build.start_program(NOTE_FD, GO_FD)  # returns in a new process; the keeper reports its memory
             processes = int(run.limits["processes"]) + 1 if run.ns else None  # after a build; with the keeper
         space = int(run.limits.get("address_space_mb", run.limits["memory_mb"]))  # runners.Runner.reserved_mb
         jail.apply_run_limits(float(run.limits["cpu_seconds"]), space, processes)
