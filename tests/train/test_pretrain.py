@@ -365,3 +365,45 @@ def test_compile_trains_like_eager(corpus, tok_dir, tmp_path):
     a, b = train_records(tmp_path / "eager"), train_records(tmp_path / "compiled")
     assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-4)
     assert compiled["step"] == eager["step"] == 3
+
+
+@pytest.mark.parametrize("seq_len", [2, 4])
+def test_a_context_too_short_for_fim_prompts_still_ends_with_a_summary(corpus, tok_dir, tmp_path, seq_len):
+    # The final checks asked for FIM prompts (3 sentinels at least) and new tokens that the context
+    # could not hold: the run had trained and saved, then died without summary.json or loss.png.
+    summary = pretrain(small(corpus, tok_dir, tmp_path, steps=1, seq_len=seq_len, final_eval=True))
+    assert summary["stopped"] == "completed" and "seq_len" in summary["final_eval"]
+    assert json.loads((tmp_path / "summary.json").read_text())["step"] == 1
+    assert (tmp_path / "loss.png").is_file()
+
+
+def _shards(corpus, tok_dir, out) -> tuple[list[str], Path]:
+    """The corpus's files and a last, one-line document, one document a shard (as a data build's last,
+    remainder shard can be)."""
+    from codefoundry.data.shards import write_shards
+
+    texts = [p.read_text(encoding="utf-8") for p in sorted(corpus.iterdir())] + ["x = 1\n"]
+    write_shards(texts, out, cft.load(tok_dir), shard_tokens=1)
+    return texts, out
+
+
+def test_shard_holdout_is_a_fraction_of_all_documents_taken_from_the_end(corpus, tok_dir, tmp_path):
+    # The held-out documents were a fraction of the last shard's only: a last shard holding one short
+    # document was the whole held-out set at any holdout, too short for one window, and pretraining
+    # refused to start ("raise holdout or lower seq_len"), raising holdout could not help.
+    texts, shards = _shards(corpus, tok_dir, tmp_path / "shards")
+    tok = cft.load(tok_dir)
+    data = PretrainData(DataConfig(str(shards), seq_len=32, holdout=0.4), tok)
+    assert data.n_documents == len(texts)
+    assert data.val_texts() == texts[-round(0.4 * len(texts)) :]
+    assert len(data.val_batches(2, 2)) == 2
+    everything = PretrainData(DataConfig(str(shards), seq_len=32, holdout=0.99), tok)
+    assert everything.val_texts() == texts[1:]  # one training document is always kept
+
+
+def test_pretrain_takes_the_holdout_fraction(corpus, tok_dir, tmp_path):
+    _, shards = _shards(corpus, tok_dir, tmp_path / "shards")
+    summary = pretrain(small(shards, tok_dir, tmp_path / "run", steps=1, seq_len=32, holdout=0.4))
+    assert summary["val_loss"] is not None
+    with pytest.raises(ValueError, match="PretrainConfig.holdout"):
+        small(shards, tok_dir, tmp_path, holdout=1.0)

@@ -104,11 +104,14 @@ def final_checks(model, tokenizer, texts: list[str], *, seed: int, seq_len: int)
     """What `codefoundry pretrain` ends with, on 50 held-out functions of `texts`: greedy FIM exact match
     on whole bodies and on single lines, and the fraction of bodies sampled at temperature 0.8 that
     parse."""
+    new = min(128, seq_len // 2)  # a body of up to 15 lines; the prompt keeps the other half
+    if seq_len - new < 3:
+        # A FIM prompt is at least its 3 sentinels: `complete` would refuse, and the run lose its summary.
+        return {"final_eval": f"seq_len={seq_len} is too short for FIM prompts and a middle"}
     examples = heldout_functions(texts, limit=50, seed=seed)
     if not examples:
         return {"final_eval": "no held-out functions to infill"}
     model.eval()
-    new = min(128, seq_len // 2)  # a body of up to 15 lines; the prompt keeps the other half
     fim = fim_exact_match(model, tokenizer, examples, max_new_tokens=new)
     lines = fim_exact_match(model, tokenizer, heldout_lines(examples, seed=seed), max_new_tokens=min(48, new))
     # One sample per example: up to 50 sampled bodies over 50 different functions.

@@ -242,7 +242,7 @@ class Transformer(nn.Module):
         h = self.norm(x) if logits or targets is not None else None
         out = Output(logits=self.lm_head(h) if logits else None, hidden=x)
         if targets is not None:
-            self._loss(out, h, x, ids, targets, cos, sin)
+            self._loss(out, h, x, ids, targets, cos, sin, mask)
         return out
 
     def head_loss(
@@ -259,30 +259,39 @@ class Transformer(nn.Module):
             h.flatten(0, 1), self.lm_head.weight, targets.flatten(), reduction=reduction
         )
 
-    def _loss(self, out: Output, h, x, ids, targets, cos, sin) -> None:
+    def _loss(self, out: Output, h, x, ids, targets, cos, sin, mask) -> None:
         ntp = self.head_loss(h, targets, logits=out.logits)
         total, parts = ntp, {"ntp": ntp.detach()}
+        ran = 0  # MTP modules run by this forward (a sequence of T tokens runs up to T - 1)
         if self.mtp:
-            mtp = self._mtp_loss(x, ids, targets, cos, sin, parts)
+            mtp = self._mtp_loss(x, ids, targets, cos, sin, mask, parts)
             total = total + self.cfg.mtp_weight * mtp
             parts["mtp"] = mtp.detach()
+            ran = min(len(self.mtp), ids.shape[1] - 1)
         if self.cfg.moe:
-            aux = torch.stack([layer.mlp.aux_loss for layer in self.layers]).mean()
+            # Every MoE layer this forward ran is balanced, the MTP blocks' included: left out, their
+            # routers had no balancing signal at all.
+            moes = [layer.mlp for layer in self.layers] + [module.block.mlp for module in self.mtp[:ran]]
+            aux = torch.stack([moe.aux_loss for moe in moes]).mean()
             total = total + self.cfg.moe.aux_loss_coef * aux
             parts["aux"] = aux.detach()
         out.loss, out.parts = total, parts
 
-    def _mtp_loss(self, x, ids, targets, cos, sin, parts) -> torch.Tensor:
-        # targets[:, i] is token i+1. Depth k pairs hidden i with the embedding of token i+k (= targets
-        # [:, i+k-1]) and predicts token i+k+1 (= targets[:, i+k]); the last k positions have no target.
+    def _mtp_loss(self, x, ids, targets, cos, sin, mask, parts) -> torch.Tensor:
+        # targets[:, i] is token i+1. Depth k pairs hidden i with the embedding of token i+k (= ids[:, i+k])
+        # and predicts token i+k+1 (= targets[:, i+k]); the last k positions have no target. The embedding
+        # comes from ids, not targets: an ignored target (a prompt's token in SFT) is still a real token,
+        # and the first counted prediction after it needs it (clamped to id 0 it was another token).
         T = ids.shape[1]
         h, losses = x, []
         for k, module in enumerate(self.mtp, start=1):
             if T - k <= 0:
                 break
-            nxt = targets[:, k - 1 : T - 1].clamp_min(0)  # (B, T-k); ignored targets are masked below anyway
-            # cos/sin are (T, hd) or (B, 1, T, hd): keep the first T-k positions either way.
-            h = module(h[:, : T - k], self.embed(nxt), cos[..., : T - k, :], sin[..., : T - k, :])
+            nxt = ids[:, k:T]  # (B, T-k)
+            # cos/sin are (T, hd) or (B, 1, T, hd), mask (B, 1, T, T): keep the first T-k positions. A
+            # packed batch's mask keeps each MTP block inside its example, as it keeps the trunk.
+            sub = None if mask is None else mask[..., : T - k, : T - k]
+            h = module(h[:, : T - k], self.embed(nxt), cos[..., : T - k, :], sin[..., : T - k, :], mask=sub)
             ce = self.head_loss(module.norm(h), targets[:, k:])
             parts[f"mtp_{k}"] = ce.detach()
             losses.append(ce)

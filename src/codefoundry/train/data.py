@@ -281,24 +281,20 @@ def _open_shards(paths: list[Path], vocab: int, eot: int, holdout: float) -> _Sp
     # one chunked pass per shard: checks every id against the vocabulary and counts documents and tokens
     counts = [TokenStream([a]).counts(vocab, str(p)) for p, a in named]
     docs = [int(c[eot]) + int(a[-1] != eot) for a, c in zip(arrays, counts, strict=True)]
-    last, n_last = arrays[-1], docs[-1]
-    k = 0  # documents held out: the last ones of the last shard
-    if holdout > 0 and sum(docs) > 1:
-        k = min(n_last, max(1, round(holdout * n_last)))
-        if sum(docs) == n_last:  # a single non-empty shard: keep a training document
-            k = min(k, n_last - 1)
-    cut = _after_nth_eot(last, n_last - k, eot) if k else len(last)
-    val = last[cut:]
-    val_counts = TokenStream([val]).counts(vocab, str(named[-1][0]))
-    return _Split(
-        TokenStream([*arrays[:-1], last[:cut]]),
-        TokenStream([val]),
-        sum(counts) - val_counts,
-        val_counts,
-        sum(docs),
-        0,
-        None,
-    )
+    total = sum(docs)
+    # Held out: the last `holdout` of all the documents (at least one, and one kept for training), taken
+    # from the end of the stream across shards. A fraction of the last shard's alone made the held-out
+    # set as small as a data build's remainder shard, one short document at worst, whatever `holdout`.
+    left = min(total - 1, max(1, round(holdout * total))) if holdout > 0 and total > 1 else 0
+    train, val = list(arrays), []
+    while left:
+        part, n = train.pop(), docs[len(train)]
+        cut = 0 if n <= left else _after_nth_eot(part, n - left, eot)
+        train += [part[:cut]] if cut else []
+        val.insert(0, part[cut:])
+        left -= min(n, left)
+    val_counts = TokenStream(val).counts(vocab, str(named[-1][0]))
+    return _Split(TokenStream(train), TokenStream(val), sum(counts) - val_counts, val_counts, total, 0, None)
 
 
 def _after_nth_eot(arr: np.ndarray, n: int, eot: int) -> int:

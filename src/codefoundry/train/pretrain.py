@@ -85,6 +85,7 @@ class PretrainConfig:
     fim_rate: float = 0.5
     spm_rate: float = 0.5
     fim_line_rate: float = 0.5  # among FIM examples, the fraction split at line starts (the rest anywhere)
+    holdout: float = 0.02  # fraction of documents held out for the validation loss and the final checks
     mtp_depth: int = 0
     mtp_weight: float = 0.3
     moe_experts: int = 0  # 0 = dense
@@ -134,6 +135,7 @@ class PretrainConfig:
             "fim_rate": 0 <= self.fim_rate <= 1,
             "spm_rate": 0 <= self.spm_rate <= 1,
             "fim_line_rate": 0 <= self.fim_line_rate <= 1,
+            "holdout": 0 <= self.holdout < 1,
             "moe_experts": self.moe_experts >= 0,
             "mtp_depth": self.mtp_depth >= 0,
         }
@@ -349,7 +351,7 @@ class Run:
         self.amp = amp_dtype(cfg.dtype, device)
         dcfg = DataConfig(
             cfg.data, seq_len=cfg.seq_len, fim_rate=cfg.fim_rate, spm_rate=cfg.spm_rate,
-            fim_line_rate=cfg.fim_line_rate, seed=cfg.seed,
+            fim_line_rate=cfg.fim_line_rate, holdout=cfg.holdout, seed=cfg.seed,
         )  # fmt: skip
         self.data = PretrainData(dcfg, self.tok, rank=ranks.rank, world_size=ranks.world_size)
         self.val = self.data.val_batches(cfg.batch_size, cfg.eval_batches) if ranks.main else []
