@@ -15,6 +15,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import sysconfig
 import threading
 from pathlib import Path
 
@@ -52,6 +53,9 @@ exec(compiled(sys.argv[0]), {"__name__": "__main__", "__file__": sys.argv[0], "_
 # whose cold import costs more than a run). Each extra module makes every fork dearer: measured, a longer
 # list (hashlib, decimal, random, statistics, ...) lowered judged HumanEval throughput by about 10%.
 PRELOAD = ("typing", "re", "math", "collections", "itertools", "functools", "string", "heapq", "bisect")
+# Where this Python's installed packages live: on the programs' (and judges') sys.path after the standard
+# library, as under `python main.py` (the zygote runs with -S, which skips `site`; .pth files are not read).
+SITE_PACKAGES = tuple(dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib")))
 _GRACE_SECONDS = (
     30.0  # how long past the run's own wall limit the parent waits before declaring the worker dead
 )
@@ -113,7 +117,8 @@ class Worker:
             except OSError:
                 self.cpu = None
         self.uid = 100_000 + 2 * secrets.randbelow(1 << 29)  # the program's uid; the judge gets uid + 1
-        self._send({"extra_readonly": list(extra_readonly), "preload": list(PRELOAD), "uid": self.uid})
+        self._send({"extra_readonly": list(extra_readonly), "preload": list(PRELOAD), "uid": self.uid,
+                    "site_packages": list(SITE_PACKAGES)})  # fmt: skip
         hello = json.loads(self._recv(60.0))
         self.isolation = Isolation(hello["isolation"])
         self.cgroups = hello.get("cgroups") or []

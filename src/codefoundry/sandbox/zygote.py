@@ -556,6 +556,7 @@ def main() -> None:
     OWN_PIDFD = os.pidfd_open(os.getpid())
     OWN_IPC_FD = runspace.own_ipc_namespace(PROC_FD) if isolation != "process" else -1
     jail.preload(hello.get("preload", []))
+    sys.path += [p for p in hello.get("site_packages", []) if p not in sys.path]  # after the stdlib's
     SCRATCH = None if isolation != "process" else _temp_dir("cf-worker-")  # the parent removes it
     reply = {
         "isolation": isolation,
