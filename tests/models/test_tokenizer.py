@@ -76,3 +76,15 @@ def test_round_trip_on_the_whole_standard_library(tmp_path):
     files = cft.default_corpus()
     tok = cft.train(files, vocab_size=8192, out=tmp_path)
     assert cft.round_trip_failures(tok, files) == []
+
+
+def test_line_ends_are_kept_as_the_file_has_them(trained, tmp_path):
+    # Files were read with universal newlines: a CRLF file trained as an LF one, and its round trip was
+    # checked on the translated text, so it passed whatever the tokenizer did with "\r".
+    tok, _, _ = trained
+    raw = b"def f(x):\r\n    return x\r\n\rold_mac = 1\r\n"
+    path = tmp_path / "crlf.py"
+    path.write_bytes(raw)
+    assert list(cft.read_texts([path])) == [raw.decode()]
+    assert cft.round_trip_failures(tok, [path]) == []
+    assert tok.decode(tok.encode(raw.decode()).ids).encode() == raw

@@ -407,3 +407,18 @@ def test_pretrain_takes_the_holdout_fraction(corpus, tok_dir, tmp_path):
     assert summary["val_loss"] is not None
     with pytest.raises(ValueError, match="PretrainConfig.holdout"):
         small(shards, tok_dir, tmp_path, holdout=1.0)
+
+
+def test_a_resume_that_changes_the_trajectory_says_so(corpus, tok_dir, tmp_path, capsys):
+    # Only the model's shape and optimizer were checked: a resume with another seq_len, lr or step count
+    # went on silently, though it could no longer reproduce the uninterrupted run.
+    cfg = small(corpus, tok_dir, tmp_path, steps=1, batch_size=2, seq_len=32, eval_batches=1)
+    pretrain(cfg)
+    capsys.readouterr()
+    pretrain(replace(cfg, resume=True, data=str(corpus) + "/"))  # the same data, written another way
+    assert "will not reproduce" not in capsys.readouterr().err
+    pretrain(replace(cfg, resume=True, steps=2, lr=cfg.lr / 2))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "will not reproduce" in line]
+    assert len(lines) == 1 and "steps=2 (was 1)" in lines[0] and f"lr={cfg.lr / 2!r}" in lines[0], err
+    assert "seq_len" not in lines[0]

@@ -59,12 +59,20 @@ def corpus_files(data: str | Path | None, *, suffixes: Sequence[str] = (".py",))
     )
 
 
+def read_source(path: Path) -> str:
+    """A source file's text exactly as its bytes hold it (UTF-8): line ends are kept, where `read_text`
+    turned "\r\n" and a lone "\r" into "\n", so CRLF files trained as LF ones and their round trip was
+    checked on the translated text, not on the file."""
+    return path.read_bytes().decode("utf-8")
+
+
 def read_texts(files: Iterable[Path], *, skipped: list[Path] | None = None) -> Iterator[str]:
-    """The UTF-8 text of each file; files that are not UTF-8 are skipped (byte-level BPE could encode
-    them, but every consumer of the tokenizer works on text) and appended to `skipped` when given."""
+    """The UTF-8 text of each file (`read_source`); files that are not UTF-8 are skipped (byte-level BPE
+    could encode them, but every consumer of the tokenizer works on text) and appended to `skipped` when
+    given."""
     for path in files:
         try:
-            yield path.read_text(encoding="utf-8")
+            yield read_source(path)
         except (UnicodeDecodeError, OSError):
             if skipped is not None:
                 skipped.append(path)
@@ -211,7 +219,7 @@ def round_trip_failures(tok, files: Iterable[Path]) -> list[str]:
     failures = []
     for path in files:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_source(path)
         except (UnicodeDecodeError, OSError):
             continue
         ids = tok.encode(text, add_special_tokens=False).ids

@@ -44,6 +44,7 @@ from codefoundry.models.tokenizer import (
     FIM_SUFFIX,
     SPECIAL_TOKENS,
     corpus_files,
+    read_source,
     special_id,
 )
 
@@ -225,7 +226,7 @@ def _open_directory(
     skipped = 0
     for f in files:
         try:
-            text = f.read_text(encoding="utf-8")
+            text = read_source(f)  # line ends as the file has them
         except UnicodeDecodeError:
             skipped += 1
             continue

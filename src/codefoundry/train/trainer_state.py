@@ -9,6 +9,7 @@ import hashlib
 import pickle
 import random
 import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,19 @@ TRAINER_STATE = "trainer_state.pt"
 SHAPE_FIELDS = ("size", "shape", "moe_experts", "moe_top_k", "mtp_depth", "optimizer")
 # what a checkpoint written before a field existed was trained with
 OLDER_DEFAULTS = {"optimizer": "adamw"}
+# What else decides the loss curve: the data each step draws and the update it makes. A resume may change
+# them (to train longer, say), but then it no longer reproduces the uninterrupted run, and is told so.
+TRAJECTORY_FIELDS = (
+    "data", "steps", "batch_size", "grad_accum", "seq_len", "lr", "min_lr", "warmup", "weight_decay", "betas",
+    "grad_clip", "fim_rate", "spm_rate", "fim_line_rate", "holdout", "mtp_weight", "dtype", "seed",
+)  # fmt: skip
+
+
+def _comparable(name: str, value: Any) -> Any:
+    """A config value as saved and as given: tuples and lists alike, a data path however it was written."""
+    if name == "data" and isinstance(value, str):
+        return str(Path(value).resolve())
+    return tuple(value) if isinstance(value, list | tuple) else value
 
 
 def param_digest(model: nn.Module) -> str:
@@ -105,6 +119,16 @@ def load_checkpoint(path: Path, model: Transformer, cfg: PretrainConfig) -> dict
                 f"{path}: cannot resume with {name}={getattr(cfg, name)!r}:"
                 f" the checkpoint was trained with {name}={trained!r}"
             )
+    changed = [
+        f"{name}={getattr(cfg, name)!r} (was {saved[name]!r})"
+        for name in TRAJECTORY_FIELDS
+        if name in saved and _comparable(name, saved[name]) != _comparable(name, getattr(cfg, name))
+    ]
+    if changed:
+        print(
+            f"{path}: resuming with {', '.join(changed)}: the run will not reproduce an uninterrupted one",
+            file=sys.stderr,
+        )
     vocab = ckpt.load_config(path).vocab_size
     if vocab != model.cfg.vocab_size:
         raise ValueError(
