@@ -260,6 +260,16 @@ def test_import_saved_llama_and_qwen2(kind, tmp_path, tok_dir):
     reloaded = checkpoint.load(tmp_path / "cf")
     assert (tmp_path / "cf" / "tokenizer.json").is_file()
     assert_same_logits(reloaded, theirs)
+    # Into its own source, or over a pretraining run's checkpoint, the import wrote over them; an earlier
+    # import is replaced.
+    with pytest.raises(ValueError, match="holds a Hugging Face checkpoint"):
+        hf_import.import_hf(tmp_path / "hf", tmp_path / "hf")
+    assert load_hf(tmp_path / "hf") is not None  # the source is intact
+    (tmp_path / "cf" / "trainer_state.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="pretraining run's checkpoint"):
+        hf_import.import_hf(tmp_path / "hf", tmp_path / "cf")
+    (tmp_path / "cf" / "trainer_state.pt").unlink()
+    assert_same_logits(hf_import.import_hf(tmp_path / "hf", tmp_path / "cf"), theirs)
 
 
 @pytest.mark.parametrize("kind", ["qwen2_moe", "mixtral"])

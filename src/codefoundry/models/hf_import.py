@@ -44,7 +44,7 @@ def import_hf(
     hf, sd, where, tok_dir = _read_source(src)
     cfg = config_from_hf(hf, where=where, max_seq_len=max_seq_len)
     if out is not None:
-        output_dir(out)  # before the conversion and its memory: a bad path fails at once
+        _check_import_dir(Path(out))  # before the conversion and its memory: a bad path fails at once
     state, cfg = _state_from_hf(sd, hf, cfg, where=where)
     with torch.device("meta"):
         model = Transformer(cfg)
@@ -56,6 +56,24 @@ def import_hf(
         has_tok = tok_dir is not None and (tok_dir / "tokenizer.json").is_file()
         checkpoint.save(model, out, tokenizer=tok_dir if has_tok else None)
     return model
+
+
+def _check_import_dir(out: Path) -> None:
+    """Create `out`; refuse one holding a Hugging Face checkpoint (`src` itself, say) or a pretraining run's
+    checkpoint (its trainer state beside the weights), which the import would overwrite: both used to be
+    replaced without a word. An earlier import is replaced."""
+    output_dir(out)
+    config = out / "config.json"
+    if config.is_file() and "model_type" in read_json_object(config):
+        raise ValueError(
+            f"{out}: holds a Hugging Face checkpoint, which the import would overwrite;"
+            " import to a new or empty dir"
+        )
+    if (out / "trainer_state.pt").exists():  # train/trainer_state.py's TRAINER_STATE
+        raise ValueError(
+            f"{out}: holds a pretraining run's checkpoint, which the import would overwrite;"
+            " import to a new or empty dir"
+        )
 
 
 def _read_source(src: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], str, Path | None]:

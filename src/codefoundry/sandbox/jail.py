@@ -423,8 +423,8 @@ def drop_privileges(
     call filter (seccomp.py) where the worker found it works; a build gets BUILD_PROCESSES processes at
     least, lowered after it to the program's limit, which counts its keeper (build.py), and
     BUILD_FILE_SIZE_MB and BUILD_OPEN_FILES, lowered by `build.build`. `dumpable` False: no process of the
-    same uid can trace this one (the judge, the parse helper). `clear_keyrings`: empty the uid's kernel keyrings (where no filter
-    denies the calls that fill them)."""
+    same uid can trace this one (the judge, the parse helper). `clear_keyrings`: empty the uid's kernel
+    keyrings (where no filter denies the calls that fill them)."""
     rl = {**file_limits(limits), resource.RLIMIT_CORE: (0, 0)}
     if building:
         _raise_for_build(rl)
