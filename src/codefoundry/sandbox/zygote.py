@@ -442,7 +442,6 @@ def watch(
                     grace = time.monotonic() + JUDGED_EXIT_GRACE
                 elif name == "note" and meter.build is None and not reason:  # a failed build: no line
                     meter.built(None, time.monotonic())
-                    _program_may_start(run)
                 continue
             if name in ("out", "err"):
                 room = cap - len(data["out"]) - len(data["err"])
