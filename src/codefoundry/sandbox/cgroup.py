@@ -219,6 +219,7 @@ class RunCpu:
         self.base = count() if count is not None and whole else 0.0
         self.build: float | None = None if req.get("compile") else 0.0  # set once the build has ended
         self.left = 0.0  # what processes left when the program ended had used (counted by namespace)
+        self.seen = 0.0  # the most the run was counted as having used while it ran (`over`)
         # No process of the run can have used its limit before `limit / ncpu` seconds have passed.
         self.next = started + self.limit / ncpu if count is not None else float("inf")
 
@@ -240,7 +241,9 @@ class RunCpu:
         if self.build is None:
             self.next = now + 0.1  # still building
             return False
-        left = self.limit - self.used()
+        used = self.used()
+        self.seen = max(self.seen, used)
+        left = self.limit - used
         self.next = now + max(left / self.ncpu, 0.01)
         return left < 0
 
@@ -255,4 +258,6 @@ class RunCpu:
         for (`process_cpu`, from wait4) and what the leftovers used; less the build."""
         if self.whole:
             return self.used()
-        return max(0.0, process_cpu + self.left - (self.build or 0.0))
+        # Never below what was counted while it ran: a run killed for its CPU time can lose processes
+        # before `leftovers` reads them (killed with init), and came back under its own limit.
+        return max(0.0, process_cpu + self.left - (self.build or 0.0), self.seen)
