@@ -36,8 +36,9 @@ def build(cmd: list[str], env: dict[str, str], limits: dict, note_fd: int) -> No
     if pid == 0:
         try:
             os.dup2(err_w, 1), os.dup2(err_w, 2)
-            memory = max(cgroup.BUILD_MEMORY_MB, int(limits["memory_mb"]))
-            jail.apply_run_limits(float(limits["compile_seconds"]), memory)
+            jail.apply_run_limits(
+                float(limits["compile_seconds"]), cgroup.build_memory_mb(limits["memory_mb"])
+            )
             os.execve(cmd[0], cmd, env)
         finally:
             os._exit(127)

@@ -17,6 +17,13 @@ LIMIT_FILES = {1: "memory.limit_in_bytes", 2: "memory.max"}
 # builds, the run's cgroup. cc1plus holds ~320 MB for a program using <regex>, so a build under a 64 MB
 # run limit failed as `memory_exceeded`; the run's own limit holds again before the program starts.
 BUILD_MEMORY_MB = 2048
+
+
+def build_memory_mb(memory_mb: int) -> int:
+    """A build's memory under a run's `memory_mb`: BUILD_MEMORY_MB at least."""
+    return max(int(memory_mb), BUILD_MEMORY_MB)
+
+
 CPU_FILES = {1: "cpuacct.usage", 2: "cpu.stat"}
 
 
@@ -82,7 +89,7 @@ class Cgroups:
     def bound(self, limits: dict, building: bool = False) -> None:
         """Bound the run's whole memory at its limit plus room for its disk (its tmpfs files count), or
         while it builds at BUILD_MEMORY_MB at least."""
-        memory = max(int(limits["memory_mb"]), BUILD_MEMORY_MB if building else 0)
+        memory = build_memory_mb(limits["memory_mb"]) if building else int(limits["memory_mb"])
         limit_bytes = (memory + 2 * int(limits["disk_mb"]) + 64) << 20
         if self.memory is not None and limit_bytes != self.limit:
             self.memory.write(LIMIT_FILES[self.memory.version], str(limit_bytes))
