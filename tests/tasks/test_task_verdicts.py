@@ -38,3 +38,18 @@ def test_task_evaluate_is_the_verdict_for_parametric_problems():
     assert all(task.evaluate(p, p.canonical_solution).passed for p in problems[:5])
     scores = evaluate_many([(p, p.canonical_solution) for p in problems], workers=2, progress=False)
     assert all(s.passed and s.reward == 1.0 for s in scores)
+
+
+def test_a_python_problem_whose_tests_cannot_judge_is_refused_when_made_naming_it():
+    import pytest
+
+    from codefoundry.tasks import Problem
+
+    good = Problem("t/0", "def f():\n", "f", ("assert f() == 1",))
+    assert good.judge().tests == ("assert f() == 1",)
+    for tests, entry, why in [((), "f", "empty"), (("assert f(",), "f", "not valid Python"),
+                              (("assert f() == 1",), "a.b", "entry_point")]:  # fmt: skip
+        with pytest.raises(ValueError, match=rf"problem 't/1': Judge\..*{why}"):
+            Problem("t/1", "def f():\n", entry, tests)
+    # Other languages carry their tests in the program: no judge, nothing to check.
+    assert Problem("t/2", "", "f", (), language="cpp").tests == ()

@@ -213,7 +213,14 @@ def execute_many(
     if executor == "ray":
         from codefoundry.sandbox.ray_executor import execute_on_ray
 
-        return execute_on_ray(items, workers=workers, language=language, limits=limits, progress=progress)
+        return execute_on_ray(
+            items,
+            workers=workers,
+            language=language,
+            limits=limits,
+            progress=progress,
+            description=description,
+        )
     if executor != "local":
         raise ValueError(f"unknown executor {executor!r}; use 'local' or 'ray'")
     pool = _default_pool()

@@ -14,8 +14,18 @@ def _run_batch(batch: list, language: str, limits: Limits) -> list[dict]:
 
 
 def execute_on_ray(
-    items: list, *, workers: int, language: str, limits: Limits, progress: bool
+    items: list,
+    *,
+    workers: int,
+    language: str,
+    limits: Limits,
+    progress: bool,
+    description: str = "executing",
 ) -> list[ExecutionResult]:
+    """`items` (checked Program objects) in batches on Ray, their results in input order; the progress bar
+    is labelled `description`, as the local executor's."""
+    if not items:
+        return []  # nothing to run: no reason to start Ray
     try:
         import ray
     except ImportError:
@@ -32,12 +42,13 @@ def execute_on_ray(
         for start, batch in zip(range(0, len(items), size), batches, strict=False)
     }
     results: list[ExecutionResult | None] = [None] * len(items)
-    with tqdm(total=len(items), desc="executing (ray)", unit="run", disable=not progress, leave=False) as bar:
+    with tqdm(total=len(items), desc=description, unit="run", disable=not progress, leave=False) as bar:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 start = pending.pop(ref)
-                for offset, d in enumerate(ray.get(ref)):
+                batch_results = ray.get(ref)
+                for offset, d in enumerate(batch_results):
                     results[start + offset] = ExecutionResult.from_dict(d)
-                bar.update(len(ray.get(ref)))
+                bar.update(len(batch_results))
     return results  # type: ignore[return-value]

@@ -4,6 +4,8 @@ comes back (`ExecutionResult`). Plain frozen dataclasses, JSON-friendly, shared 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import keyword
 import numbers
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -101,9 +103,14 @@ class Judge:
     The judge executes `setup` (trusted helper code, e.g. a benchmark prompt), binds `entry_point` (and the
     name `candidate`) to a proxy of the function the program defines, then runs each snippet of `tests` in
     order in one namespace; a snippet passes when it raises nothing. Values cross between the two processes
-    only as plain data (numbers, strings, bytes, containers of them); anything else stays in the program's
-    process behind a handle whose comparisons with plain values are always false, so an object whose
-    `__eq__` always says yes cannot pass. `stop_on_failure` stops at the first failing snippet."""
+    only as plain data (numbers, strings, bytes, containers of them, and by value `Fraction`, `Decimal`,
+    `range` and namedtuples: rpc.py); anything else stays in the program's process behind a handle whose
+    comparisons with plain values are always false, so an object whose `__eq__` always says yes cannot
+    pass. `stop_on_failure` stops at the first failing snippet (the rest are reported as not run).
+
+    The caller's mistakes are refused here, naming the field: no tests at all (nothing could pass, and
+    every program came back `failed`), an `entry_point` that is not a Python name, test or setup code that
+    does not compile (every program, the canonical solution too, failed on it)."""
 
     tests: tuple[str, ...]
     entry_point: str
@@ -116,14 +123,43 @@ class Judge:
             raise TypeError(
                 f"Judge.tests must be a tuple of str (one test snippet each), got {self.tests!r:.80}"
             )
+        # A list is kept as a tuple: the Judge stays hashable, and the caller's list can change under it.
+        object.__setattr__(self, "tests", tuple(self.tests))
+        if not self.tests:
+            raise ValueError("Judge.tests is empty: a judged run needs at least one test snippet")
         for name in ("entry_point", "setup"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"Judge.{name} must be a str, got {type(getattr(self, name)).__name__}")
+        if not self.entry_point.isidentifier() or keyword.iskeyword(self.entry_point):
+            raise ValueError(
+                f"Judge.entry_point must be the name of the program's function, got {self.entry_point!r:.80}"
+            )
+        _check_compiles(self.setup, "Judge.setup")
+        for i, test in enumerate(self.tests):
+            _check_compiles(test, f"Judge.tests[{i}]")
         # Sent to the worker as JSON: numpy's bool, say, passed every check and then could not be sent.
         if not isinstance(self.stop_on_failure, bool):
             raise TypeError(
                 f"Judge.stop_on_failure must be a bool, got {type(self.stop_on_failure).__name__}"
             )
+
+
+@functools.lru_cache(maxsize=4096)
+def _compile_error(source: str) -> str:
+    """Why `source` does not compile as the judge compiles it, or "" (cached: the same tests come with
+    every sample of a problem)."""
+    try:
+        compile(source, "<test>", "exec", dont_inherit=True)
+    except SyntaxError as e:
+        return f"{e.msg} (line {e.lineno})"
+    except ValueError as e:  # null bytes (3.11)
+        return str(e)
+    return ""
+
+
+def _check_compiles(source: str, name: str) -> None:
+    if error := _compile_error(source):
+        raise ValueError(f"{name} is not valid Python: {error}")
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,9 @@ def run_judge(
         exec(_compiled(setup, "setup.py"), ns, scope)  # trusted: the benchmark's own helper code
     except rpc.PeerGone as e:
         return {"tests": [[False, f"program stopped answering: {e}"] for _ in tests], "completed": True}
+    except Exception as e:  # one outcome per test still (there had been none), and the message says why
+        error = f"the setup raised {type(e).__name__}: {rpc._short(e)}"
+        return {"tests": [[False, f"not run: {error}"] for _ in tests], "completed": True, "error": error}
     ns[entry_point] = ns["candidate"] = _NamedRemote(channel, entry_point)
     outcomes: list[list] = []
     for i, snippet in enumerate(tests):
@@ -50,7 +53,8 @@ def run_judge(
             break
         except BaseException as e:
             outcomes.append([False, f"{type(e).__name__}: {rpc._short(e)}"])
-            if stop_on_failure:
+            if stop_on_failure:  # one outcome per test still: a share of those run overstated the score
+                outcomes.extend([False, "not run: an earlier test failed"] for _ in tests[i + 1 :])
                 break
     return {"tests": outcomes, "completed": True}
 
@@ -87,7 +91,9 @@ class _TestScope(dict):
         `math.isclose` relying on the solution's `import math`), or None: the program's object would be
         its to patch (`math.isclose = lambda *a: True`). A module is imported by the name the test wrote;
         anything else by the `__module__` and `__qualname__` the program reports, among modules the judge
-        has loaded already. A lie can only get the test a genuine standard object."""
+        has loaded already and those whose values cross by value (`Fraction`, `Decimal`: a test relying on
+        the solution's `from fractions import Fraction` builds its expected values with the judge's own).
+        A lie can only get the test a genuine standard object."""
         top = sys.stdlib_module_names
         if name in top:
             try:
@@ -102,6 +108,8 @@ class _TestScope(dict):
         if type(module) is not str or type(qualname) is not str or module.partition(".")[0] not in top:
             return None
         obj = sys.modules.get(module)
+        if obj is None and module in rpc.crossing.VALUE_MODULES:
+            obj = rpc.crossing.value_module(module)
         for part in qualname.split("."):
             obj = getattr(obj, part, None)
         return obj

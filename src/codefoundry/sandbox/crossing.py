@@ -1,0 +1,113 @@
+"""What crosses the judge channel beyond plain data (rpc.py): the checks on a namedtuple's names, the
+classes the receiver rebuilds values and exceptions with, and the program's exceptions rebuilt in the judge.
+
+Loaded by path into the sandbox zygote before rpc.py (standard library only, no package imports). Whatever
+the other side sends is data: a value is rebuilt here only from names and numbers checked first, by the
+receiver's own classes (a judge-made namedtuple class, the judge's `Fraction` and `Decimal`), so nothing of
+the sender's behaviour comes with it. Classes made here are cached, a bounded number per process (the judge
+lives across runs).
+"""
+
+import builtins
+import collections
+import importlib
+import keyword
+import sys
+
+VALUE_MODULES = ("fractions", "decimal")  # whose values cross by value (tags "q" and "m"), imported on use
+MAX_FIELDS = 256  # a namedtuple with more fields crosses as a plain tuple
+MAX_FRACTION_BITS = 1 << 16  # a Fraction's numerator and denominator at most (its gcd takes ~8 ms then)
+MAX_CLASSES = 256  # namedtuple classes, and program exception classes, kept per process
+SAFE_EXCEPTIONS = {
+    name
+    for name, value in vars(builtins).items()
+    if isinstance(value, type) and issubclass(value, Exception) and not name.startswith("_")
+} - {"StopAsyncIteration"}
+
+
+class RemoteError(Exception):
+    """An exception raised on the other side whose type is not a builtin exception."""
+
+
+def namedtuple_fields(t: type | str, fields: object = None) -> tuple[str, ...] | None:
+    """A namedtuple type's field names (given a type), or, given a type name and field names, those if they
+    could make one: names `collections.namedtuple` accepts, at most MAX_FIELDS of them; else None."""
+    if not isinstance(t, str):
+        fields, t = getattr(t, "_fields", None), t.__name__
+    if type(fields) is not tuple or len(fields) > MAX_FIELDS or len(set(fields)) != len(fields):
+        return None
+    for i, name in enumerate((t, *fields)):
+        if type(name) is not str or not name.isidentifier() or keyword.iskeyword(name):
+            return None
+        if i and name.startswith("_"):
+            return None
+    return fields
+
+
+_NAMEDTUPLES: dict[tuple[str, tuple[str, ...]], type] = {}
+
+
+def namedtuple_class(typename: str, fields: tuple[str, ...]) -> type:
+    """This side's own namedtuple class of these (checked: `namedtuple_fields`) names."""
+    kind = _NAMEDTUPLES.get((typename, fields))
+    if kind is None:
+        if len(_NAMEDTUPLES) >= MAX_CLASSES:
+            _NAMEDTUPLES.clear()
+        kind = _NAMEDTUPLES[typename, fields] = collections.namedtuple(typename, fields)
+    return kind
+
+
+def value_module(name: str):
+    """fractions or decimal, imported on first use (neither is among the modules the zygote preloads)."""
+    return sys.modules.get(name) or importlib.import_module(name)
+
+
+def builtin_exception_base(t: type) -> str:
+    """The name of the nearest builtin exception class `t` derives from ("" if none may be rebuilt)."""
+    for klass in t.__mro__:
+        name = getattr(klass, "__name__", "")
+        if name in SAFE_EXCEPTIONS and getattr(builtins, name) is klass:
+            return name
+    return ""
+
+
+# Builtin exceptions whose constructor takes more than a message.
+_REBUILD = {
+    "UnicodeDecodeError": lambda text: UnicodeDecodeError("utf-8", b"", 0, 0, text),
+    "UnicodeEncodeError": lambda text: UnicodeEncodeError("utf-8", "", 0, 0, text),
+    "UnicodeTranslateError": lambda text: UnicodeTranslateError("", 0, 0, text),
+    "ExceptionGroup": lambda text: ExceptionGroup(text, [RemoteError(text)]),
+}
+_PROGRAM_EXCEPTIONS: dict[tuple[str, str], type] = {}  # judge-made subclasses, by (name, builtin base)
+
+
+def rebuild_exception(name: object, message: object, base: object = None) -> BaseException:
+    """The other side's exception: the builtin of that name when there is one; else (a class the program
+    defines) a subclass of that name of its nearest builtin base `base` (an `except ValueError` in a test
+    catches the program's `class Invalid(ValueError)`, as in one process); else a RemoteError. Never
+    anything that building it raised: a TypeError out of a constructor would reach a test expecting
+    TypeError."""
+    text = message if type(message) is str else ""
+    if type(name) is not str:
+        return RemoteError(f"{name}: {text}")
+    if name in SAFE_EXCEPTIONS:
+        try:
+            return _REBUILD.get(name, getattr(builtins, name))(text)
+        except Exception:
+            return RemoteError(f"{name}: {text}")
+    if type(base) is str and base in SAFE_EXCEPTIONS:
+        builtin = getattr(builtins, base)
+        kind = _PROGRAM_EXCEPTIONS.get((name, base))
+        if kind is None and name.isidentifier():
+            if len(_PROGRAM_EXCEPTIONS) >= MAX_CLASSES:
+                _PROGRAM_EXCEPTIONS.clear()
+            kind = type(name, (builtin,), {"__module__": "program", "__qualname__": name})
+            _PROGRAM_EXCEPTIONS[name, base] = kind
+        try:
+            return (kind or builtin)(text)
+        except Exception:  # a base whose constructor takes more than a message (UnicodeDecodeError...)
+            try:
+                return _REBUILD[base](f"{name}: {text}")
+            except Exception:
+                pass
+    return RemoteError(f"{name}: {text}")
