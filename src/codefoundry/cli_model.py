@@ -2,8 +2,9 @@
 
 `pretrain`'s options are the fields of `PretrainConfig` (its typed signature is the config): each field
 `name_x` is `--name-x`, booleans take `--flag/--no-flag`, and the issue's short names (`--mtp`, `--moe`) are
-aliases. Under `torchrun`, `python -m torch.distributed.run --nproc_per_node N -m codefoundry.cli pretrain ...`
-runs data-parallel.
+aliases. `--json CONFIG` reads the fields from a JSON object instead (options given as well win). Under
+`torchrun`, `python -m torch.distributed.run --nproc_per_node N -m codefoundry.cli pretrain ...` runs
+data-parallel.
 """
 
 from __future__ import annotations
@@ -46,10 +47,18 @@ def _usage_error(message: str) -> Exception:
 
 def _pretrain(args: argparse.Namespace) -> int:
     from codefoundry.train.pretrain import PretrainConfig, pretrain
+    from codefoundry.train.typed_config import config_from_json
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)}
+    given = {k: v for k, v in values.items() if v is not None}
     try:
-        cfg = PretrainConfig(**{k: v for k, v in values.items() if v is not None})
+        if args.json_config:  # the file's fields, the options given on the command line on top
+            cfg = config_from_json(PretrainConfig, args.json_config, given)
+        else:
+            missing = [f"--{f.replace('_', '-')}" for f in ("data", "tokenizer", "out") if f not in given]
+            if missing:
+                raise ValueError(f"missing {', '.join(missing)} (or --json CONFIG with those fields)")
+            cfg = PretrainConfig(**given)
         summary = pretrain(cfg)
     except (ValueError, FileNotFoundError) as e:
         raise _usage_error(str(e)) from None
@@ -123,7 +132,13 @@ def register(stages: argparse._SubParsersAction, argv: list[str]) -> None:
     if argv[:1] == ["pretrain"]:
         from codefoundry.train.pretrain import PretrainConfig
 
-        add_dataclass_options(pre, PretrainConfig, help_texts=HELP, aliases=ALIASES)
+        # --data, --tokenizer and --out may come from --json instead: _pretrain checks them
+        add_dataclass_options(pre, PretrainConfig, help_texts=HELP, aliases=ALIASES, enforce_required=False)
+    pre.add_argument(
+        "--json", dest="json_config", metavar="CONFIG",
+        help="a JSON object of these options' fields (data, tokenizer, out, steps, ...); options given as "
+        "well override it",
+    )  # fmt: skip
     pre.set_defaults(func=_pretrain)
 
     ex = stages.add_parser("export", help="export a checkpoint to another format")

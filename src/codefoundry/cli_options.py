@@ -15,9 +15,12 @@ def add_dataclass_options(
     help_texts: dict[str, str],
     aliases: dict[str, list[str]],
     skip: tuple[str, ...] = (),
+    enforce_required: bool = True,
 ) -> None:
     """One option per field of the dataclass `cls`: `name_x` is `--name-x`, booleans `--x/--no-x`, tuples
-    comma-separated; every option defaults to None so the dataclass default applies."""
+    comma-separated; every option defaults to None so the dataclass default applies. A field without a
+    default is a required option unless `enforce_required` is False (the caller checks, e.g. when a config
+    file may give it)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -34,7 +37,11 @@ def add_dataclass_options(
             )
             continue
         parser.add_argument(
-            *names, dest=f.name, type=_parse_type(kind, flag), required=required, help=help_text
+            *names,
+            dest=f.name,
+            type=_parse_type(kind, flag),
+            required=required and enforce_required,
+            help=help_text,
         )
 
 

@@ -3,7 +3,8 @@
 A non-None suffix makes a PSM prompt (`<|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>`) and the model's
 middle ends at `<|endoftext|>`, `<|fim_pad|>` or `<|file_sep|>`; a plain prompt ends at `<|endoftext|>` or
 `<|file_sep|>`. Prompts that do not fit `max_seq_len` with the requested new tokens are trimmed: the head
-of a plain prompt, the far ends of a FIM prefix and suffix. Stop strings cut the text before them, as
+of a plain prompt, the far ends of a FIM prefix and suffix; new tokens past what the context leaves are not
+generated, and stderr says so once (`complete_ids`). Stop strings cut the text before them, as
 `truncate_at_stop` does, also while streaming.
 """
 
@@ -30,7 +31,7 @@ from codefoundry.models.generate import (
 from codefoundry.models.tokenizer import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, plain_encoder, special_id
 from codefoundry.models.transformer import Transformer
 
-__all__ = ["complete", "complete_ids", "fim_prompt_ids", "generate_command", "special_id"]
+__all__ = ["check_utf8", "complete", "complete_ids", "fim_prompt_ids", "generate_command", "special_id"]
 
 
 def fim_prompt_ids(tokenizer, prefix: str, suffix: str, budget: int | None = None) -> list[int]:
@@ -72,12 +73,15 @@ def complete_ids(model: Transformer, tokenizer, prompts: list[list[int]], *, max
                  banned_ids: Sequence[int] = (), repetition_penalty: float = 1.0) -> list[str]:  # fmt: skip
     """The text each prompt (as ids) continues with, cut before any stop string. Prompts run in batches
     of similar length. max_new_tokens is first cut to what the model's max_seq_len leaves after a prompt
-    of up to half of it; a prompt too long for the rest is trimmed (see `_fit`). Ids past the tokenizer's
+    of up to half of it, and a one-line warning on stderr says so (once per requested count and context
+    length in a process); a prompt too long for the rest is trimmed (see `_fit`). Ids past the tokenizer's
     vocabulary (`padding_ids`) are never drawn."""
     cap = model.cfg.max_seq_len
     max_new = min(max_new_tokens, cap - 1)
     budget = max(cap - max_new, min(cap // 2, max(map(len, prompts), default=1)))
     max_new = min(max_new, cap - budget)
+    if max_new < max_new_tokens:
+        _warn_lowered(max_new_tokens, max_new, cap)
     lengths = fim_prefix_lengths or [None] * len(prompts)
     fitted = [_fit(p, n, budget) for p, n in zip(prompts, lengths, strict=True)]
     table = token_bytes(tokenizer)
@@ -102,6 +106,22 @@ def complete_ids(model: Transformer, tokenizer, prompts: list[list[int]], *, max
     return texts
 
 
+_WARNED: set[tuple[int, int]] = set()  # (max_new_tokens asked for, max_seq_len) already warned about
+
+
+def _warn_lowered(asked: int, got: int, cap: int) -> None:
+    """Say once per (asked, cap) that fewer new tokens than asked will be generated: an evaluation run with
+    `max_tokens` past the model's context used to be cut short without a word."""
+    if (asked, cap) in _WARNED:
+        return
+    _WARNED.add((asked, cap))
+    print(
+        f"codefoundry.models: warning: max_new_tokens={asked} lowered to {got}: the model's max_seq_len is "
+        f"{cap} tokens, prompt included",
+        file=sys.stderr,
+    )
+
+
 def complete(model: Transformer, tokenizer, prompts: list[str], *, suffixes: list[str | None] | None = None,
              max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
              seed: int | None = None, stop: Sequence[str] = (), on_text: OnText | None = None,
@@ -117,6 +137,9 @@ def complete(model: Transformer, tokenizer, prompts: list[str], *, suffixes: lis
     suffixes = suffixes if suffixes is not None else [None] * len(prompts)
     if len(suffixes) != len(prompts):
         raise ValueError(f"complete: {len(prompts)} prompts but {len(suffixes)} suffixes")
+    for i, (prompt, suffix) in enumerate(zip(prompts, suffixes, strict=True)):
+        check_utf8(prompt, f"complete: prompt {i}")
+        check_utf8(suffix, f"complete: suffix {i}")
     fim = any(s is not None for s in suffixes)
     ids, prefix_lengths = [], []
     for prompt, suffix in zip(prompts, suffixes, strict=True):
@@ -134,6 +157,21 @@ def complete(model: Transformer, tokenizer, prompts: list[str], *, suffixes: lis
         on_text=on_text, fim_prefix_lengths=prefix_lengths, repetition_penalty=repetition_penalty,
         banned_ids=ids_of(tokenizer, FIM_BANNED if fim else PLAIN_BANNED),
     )  # fmt: skip
+
+
+def check_utf8(text: str | None, what: str) -> None:
+    """A ValueError naming `what` when UTF-8 cannot encode `text`: a lone surrogate, which is how Python
+    hands over an undecodable byte of a command-line argument or of a file read with
+    `errors="surrogateescape"`. The tokenizer refused it with a bare TypeError ("TextInputSequence must
+    be str")."""
+    if text is None:
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"{what}: not UTF-8 text (character {e.start} is {text[e.start]!r}, an undecodable byte)"
+        ) from None
 
 
 class _TextStream:
@@ -190,6 +228,8 @@ def generate_command(ckpt: str, prompt: str, suffix: str | None, max_tokens: int
         raise ValueError(f"--top-p must be in (0, 1], got {top_p}")
     if not 0 < repetition_penalty < math.inf:
         raise ValueError(f"--repetition-penalty must be a finite number > 0, got {repetition_penalty}")
+    check_utf8(prompt, "--prompt")
+    check_utf8(suffix, "--suffix")
     model = checkpoint.load(ckpt)
     tok = tokenizer_module.load(ckpt)
 

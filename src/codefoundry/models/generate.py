@@ -41,6 +41,7 @@ import torch
 from codefoundry.models.step import Step
 from codefoundry.models.tokenizer import EOT, FILE_SEP, FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX
 from codefoundry.models.transformer import KVCache, Transformer
+from codefoundry.models.vocab_bytes import decode, decode_after, token_bytes
 
 __all__ = [
     "SpeculativeResult",
@@ -72,45 +73,6 @@ PLAIN_BANNED = (*FIM_BANNED, FIM_PAD)
 # step at its full size until the longest row ends. 1.0: as soon as any row ends (each costs one row's copy
 # of the cache at most); 0: never (benchmarks/generate_ragged.py measures both).
 COMPACT_BELOW = 1.0
-
-
-# -- token ids -> bytes -------------------------------------------------------------------------------------
-def _byte_level_alphabet() -> dict[str, int]:
-    """The GPT-2 byte-level mapping, inverted: printable bytes stand for themselves, the other 68 bytes
-    for the characters 256, 257, ... in byte order."""
-    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    others = [b for b in range(256) if b not in printable]
-    chars = {b: b for b in printable} | {b: 256 + i for i, b in enumerate(others)}
-    return {chr(c): b for b, c in chars.items()}
-
-
-_TABLES: dict[int, tuple[object, list[bytes]]] = {}  # id(tokenizer) -> (tokenizer kept alive, table)
-
-
-def token_bytes(tokenizer) -> list[bytes]:
-    """The UTF-8 bytes of every token id of a `tokenizers.Tokenizer` (special tokens as their text), so
-    decoding is `b"".join(table[i] for i in ids).decode("utf-8", "replace")`. Cached per tokenizer."""
-    hit = _TABLES.get(id(tokenizer))
-    if hit is not None and hit[0] is tokenizer:
-        return hit[1]
-    alphabet = _byte_level_alphabet()
-    special = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
-    table = []
-    for i in range(tokenizer.get_vocab_size(with_added_tokens=True)):
-        piece = tokenizer.id_to_token(i) or ""
-        if piece in special:
-            table.append(piece.encode())
-        elif all(c in alphabet for c in piece):
-            table.append(bytes(alphabet[c] for c in piece))
-        else:  # not a byte-level vocabulary: ask the decoder
-            table.append(tokenizer.decode([i], skip_special_tokens=False).encode())
-    _TABLES[id(tokenizer)] = (tokenizer, table)
-    return table
-
-
-def decode(table: list[bytes], ids: Sequence[int]) -> str:
-    """The text of `ids` given `token_bytes(tokenizer)` (invalid UTF-8 becomes U+FFFD)."""
-    return b"".join(table[i] for i in ids).decode("utf-8", "replace")
 
 
 # -- per-row bookkeeping ------------------------------------------------------------------------------------
@@ -395,11 +357,6 @@ def heal_prompts(prompts: list[list[int]], table: list[bytes]
         firsts.append(by_bytes[last])
         skips.append(len(last))
     return out, firsts, skips
-
-
-def decode_after(table: list[bytes], ids: Sequence[int], skip: int) -> str:
-    """`decode`, without the first `skip` bytes (what `heal_prompts` took off the prompt)."""
-    return b"".join(table[i] for i in ids)[skip:].decode("utf-8", "replace")
 
 
 def _decode(model: Transformer, prompts: list[list[int]], rows: _Rows, sample: _Sampler,

@@ -302,8 +302,13 @@ def special_token_ids(tok_dir: str | Path) -> dict[str, int | None]:
 
 
 def _vocab(path: Path) -> dict[str, int]:
+    """Token string -> id of a tokenizer.json: BPE and WordLevel models map pieces to ids, a Unigram
+    (SentencePiece) model lists [piece, score] pairs in id order (read as a mapping, the ids were scores)."""
     data = read_json_object(path)
-    vocab = dict(data.get("model", {}).get("vocab", {}))
+    pieces = (data.get("model") or {}).get("vocab") or {}
+    if isinstance(pieces, list):
+        pieces = {entry[0]: i for i, entry in enumerate(pieces) if isinstance(entry, list) and entry}
+    vocab = dict(pieces)
     vocab.update({t["content"]: t["id"] for t in data.get("added_tokens", [])})
     return vocab
 

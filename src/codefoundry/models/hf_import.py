@@ -141,6 +141,7 @@ def _config_from_hf(hf: dict[str, Any], model_type: str, where: str, max_seq_len
             aux_loss_coef=hf.get("router_aux_loss_coef", 0.001),
         )
     rope = hf.get("rope_parameters") or {}  # transformers 5; 4.x has a top-level rope_theta
+    default = _HF_DEFAULTS[model_type]
     return ModelConfig(
         vocab_size=hf["vocab_size"],
         dim=hf["hidden_size"],
@@ -148,9 +149,9 @@ def _config_from_hf(hf: dict[str, Any], model_type: str, where: str, max_seq_len
         n_heads=hf["num_attention_heads"],
         n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
         ffn_dim=hf["intermediate_size"],
-        max_seq_len=max_seq_len or hf.get("max_position_embeddings", 2048),
-        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
-        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        max_seq_len=max_seq_len or hf.get("max_position_embeddings", default["max_position_embeddings"]),
+        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", default["rope_theta"]))),
+        norm_eps=hf.get("rms_norm_eps", default["rms_norm_eps"]),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         # Qwen2 always has Q/K/V biases, Qwen2-MoE has them unless qkv_bias=false (transformers 5)
         qkv_bias=model_type == "qwen2" or (model_type == "qwen2_moe" and bool(hf.get("qkv_bias", True))),
@@ -160,6 +161,14 @@ def _config_from_hf(hf: dict[str, Any], model_type: str, where: str, max_seq_len
     )
 
 
+# What transformers' config classes assume for a field config.json leaves out. Mixtral's differ: with
+# Llama's (1e-6, 10000) for all four, a Mixtral config without them was imported with other logits.
+_HF_DEFAULTS: dict[str, dict[str, float]] = {
+    "llama": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 2048},
+    "qwen2": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 32768},
+    "qwen2_moe": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 32768},
+    "mixtral": {"rms_norm_eps": 1e-5, "rope_theta": 1e6, "max_position_embeddings": 131072},
+}
 _COUNTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 _MOE_COUNTS = {"qwen2_moe": ("num_experts", "moe_intermediate_size"), "mixtral": ("num_local_experts",)}
 

@@ -52,6 +52,7 @@ from codefoundry.train.trainer_state import (
     save_checkpoint,
     set_rng_state,
 )
+from codefoundry.train.typed_config import check_types, config_from_json
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -106,6 +107,7 @@ class PretrainConfig:
     final_eval: bool = True  # FIM exact match and syntax validity on held-out functions at the end
 
     def __post_init__(self) -> None:
+        check_types(self)  # a wrong type is a TypeError naming the field, before the checks below compare
         object.__setattr__(self, "betas", tuple(self.betas))
         if self.shape is not None:
             object.__setattr__(self, "shape", tuple(self.shape))
@@ -138,6 +140,7 @@ class PretrainConfig:
             "holdout": 0 <= self.holdout < 1,
             "moe_experts": self.moe_experts >= 0,
             "mtp_depth": self.mtp_depth >= 0,
+            "seed": self.seed >= 0,  # numpy's SeedSequence refuses < 0: it failed later, as DataConfig.seed
         }
         for name, ok in checks.items():
             if not ok:
@@ -504,7 +507,10 @@ class Run:
     def save(self) -> None:
         if not self.ranks.main:
             return
-        state = {"step": self.step, "elapsed_s": self.elapsed(), "config": asdict(self.cfg),
+        # The steps asked for, not a time budget's fitted count (saved apart): a resume compares the two
+        # configs, and the fitted count made every budgeted resume say it would not reproduce the run.
+        cfg = replace(self.cfg, steps=self.budget.steps_asked) if self.budget else self.cfg
+        state = {"step": self.step, "elapsed_s": self.elapsed(), "config": asdict(cfg),
                  "fitted_steps": self.budget.fitted if self.budget else None}  # fmt: skip
         save_checkpoint(self.out, self.raw, self.optimizer, state, tokenizer=self.tok_dir)
 
@@ -578,9 +584,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", required=True, help="a JSON object of PretrainConfig fields")
     args = parser.parse_args(argv)
     try:
-        cfg = PretrainConfig(**json.loads(Path(args.json).read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError) as e:
-        print(f"{args.json}: {e}", file=sys.stderr)
+        cfg = config_from_json(PretrainConfig, args.json)
+    except ValueError as e:  # one line naming the file and the field
+        print(e, file=sys.stderr)
         return 2
     summary = pretrain(cfg)
     if int(os.environ.get("RANK", 0)) == 0:

@@ -57,6 +57,10 @@ class LocalBackend:
     def complete(self, prompts: Sequence[str], params: SamplingParams) -> list[list[str]]:
         if isinstance(prompts, str):
             raise TypeError("complete takes a sequence of prompts, not one string")
+        from codefoundry.models.completion import check_utf8
+
+        for i, prompt in enumerate(prompts):
+            check_utf8(prompt, f"{self.name}: prompt {i}")
         ids = [e.ids for e in self.tokenizer.encode_batch(list(prompts), add_special_tokens=False)]
         return self._generate(ids, params, self._plain_stops)
 
@@ -67,7 +71,11 @@ class LocalBackend:
         """The conversation in chat tokens. Roles and contents are encoded as plain text, so a message
         that contains "<|im_end|>" or "<|im_start|>" cannot close its turn or open another role's."""
         im_start, im_end = self._im_start, self._chat_stops[0]
+        from codefoundry.models.completion import check_utf8
+
         texts = [f"{m['role']}\n{m['content']}" for m in conv] + ["\n", "assistant\n"]
+        for i, text in enumerate(texts):
+            check_utf8(text, f"{self.name}: message {i}")
         *messages, newline, assistant = (
             e.ids for e in self._plain.encode_batch(texts, add_special_tokens=False)
         )
