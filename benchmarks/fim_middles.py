@@ -16,6 +16,10 @@ Bodies longer than `--max-body` tokens are left out, so that every scored end to
 With `--lines` the middle is one non-blank line of each body instead (`infill_eval.heldout_lines`, as
 `codefoundry pretrain`'s single-line figure draws it), the rest of the body joined to prefix and suffix.
 
+The same middles are also scored left to right, from the prefix alone (the same prefix tokens, no
+suffix): the body's loss and the greedy first line. What the suffix buys (FIM loss below the left-to-right
+one) says whether the model reads it; exact match alone is 0 at laptop scale either way.
+
     python benchmarks/fim_middles.py runs/a/checkpoint runs/b/checkpoint --limit 200 [--lines]
 """
 
@@ -34,7 +38,7 @@ from codefoundry.models import checkpoint, infill_eval
 from codefoundry.models import tokenizer as cft
 from codefoundry.models.completion import fim_prompt_ids
 from codefoundry.models.generate import FIM_STOPS, decode, generate, token_bytes
-from codefoundry.models.tokenizer import EOT, special_id
+from codefoundry.models.tokenizer import EOT, FIM_SUFFIX, special_id
 
 try:
     from syntax_failures import heldout_texts
@@ -57,8 +61,8 @@ def measure(path: str, examples, *, max_body: int, max_new: int) -> dict:
     cap, eot = net.cfg.max_seq_len, special_id(tok, EOT)
     stops = [special_id(tok, t) for t in FIM_STOPS]
     table = token_bytes(tok)
-    body, first, end, p_end = [], [], [], []
-    ended = exact = first_line = scored = 0
+    body, first, end, p_end, l2r_body = [], [], [], [], []
+    ended = exact = first_line = l2r_first_line = scored = 0
     with torch.no_grad():
         for e in examples:
             # teacher-forced: prompt + body + EOT must fit the context
@@ -75,6 +79,10 @@ def measure(path: str, examples, *, max_body: int, max_new: int) -> dict:
             first.append(losses[:3].mean().item())
             end.append(losses[-1].item())
             p_end.append(float(torch.exp(-losses[-1])))
+            # left to right: the same prefix tokens (the FIM prompt's, between its first two sentinels)
+            prefix = prompt[1 : prompt.index(special_id(tok, FIM_SUFFIX))] or [eot]
+            logits = net(torch.tensor([prefix + middle[:-1]])).logits[0, len(prefix) - 1 :].float()
+            l2r_body.append(F.cross_entropy(logits, torch.tensor(middle)).item())
             # greedy: the prompt trimmed so that max_new tokens fit after it
             prompt, _ = prompt_ids(tok, e, cap - 3 - max_new)
             out = generate(net, [prompt], max_new_tokens=max_new, temperature=0.0, stop_ids=stops)[0]
@@ -82,6 +90,11 @@ def measure(path: str, examples, *, max_body: int, max_new: int) -> dict:
             ended += len(out) < max_new
             exact += text.rstrip() == e.middle.rstrip()
             first_line += text.split("\n", 1)[0].rstrip() == e.middle.split("\n", 1)[0].rstrip()
+            prefix = prompt[1 : prompt.index(special_id(tok, FIM_SUFFIX))] or [eot]
+            out = generate(net, [prefix], max_new_tokens=max_new, temperature=0.0, stop_ids=[eot])[0]
+            l2r_first_line += (
+                decode(table, out).split("\n", 1)[0].rstrip() == e.middle.split("\n", 1)[0].rstrip()
+            )
     if not scored:
         raise SystemExit(f"{path}: no held-out body of at most {max_body} tokens")
     mean = statistics.mean
@@ -95,6 +108,8 @@ def measure(path: str, examples, *, max_body: int, max_new: int) -> dict:
         "greedy_ended": ended / scored,
         "exact_match": exact / scored,
         "first_line_match": first_line / scored,
+        "l2r_body_loss": mean(l2r_body),
+        "l2r_first_line_match": l2r_first_line / scored,
     }
 
 
@@ -121,13 +136,14 @@ def main() -> None:
     rows = [measure(c, examples, max_body=args.max_body, max_new=args.max_new) for c in args.checkpoints]
     print(
         "| checkpoint | functions | body loss | first 3 tokens | end token | p(end) median | greedy ended "
-        "| exact | first line |"
+        "| exact | first line | left-to-right body loss | left-to-right first line |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['checkpoint']} | {r['functions']} | {r['body_loss']:.3f} | {r['first3_loss']:.3f} | "
               f"{r['end_loss']:.3f} | {r['p_end_median']:.3f} | {r['greedy_ended']:.1%} | "
-              f"{r['exact_match']:.1%} | {r['first_line_match']:.1%} |")  # fmt: skip
+              f"{r['exact_match']:.1%} | {r['first_line_match']:.1%} | {r['l2r_body_loss']:.3f} | "
+              f"{r['l2r_first_line_match']:.1%} |")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -207,3 +207,55 @@ def test_a_judge_whose_setup_raises_reports_every_test_and_why():
     assert r.status is Status.FAILED and len(r.tests) == 2, (r.status, r.tests, r.message)
     assert r.message == "the setup raised NameError: name 'undefined_name' is not defined", r.message
     assert all(t.error == f"not run: {r.message}" for t in r.tests), r.tests
+
+
+# -- arguments changed in place --
+@pytest.mark.parametrize(
+    "program, test",
+    [
+        ("def f(xs):\n    xs.sort()", "x = [3, 1, 2]\nassert f(x) is None\nassert x == [1, 2, 3]"),
+        ("def f(d, key):\n    d[key] = 1", "d = {'a': 0}\nf(d, key='b')\nassert d == {'a': 0, 'b': 1}"),
+        ("def f(s):\n    s.discard(2)", "s = {1, 2}\nf(s)\nassert s == {1}"),
+        ("def f(b):\n    b[0] = 65", "b = bytearray(b'xy')\nf(b)\nassert b == b'Ay'"),
+        ("def f(grid):\n    grid[1].append(9)\n    return len(grid)",
+         "g = [[1], [2]]\nassert f(grid=g) == 2 and g == [[1], [2, 9]]"),
+        # A test's callback that changes what the program passes it: the program sees the change.
+        ("def f(cb):\n    xs = [2, 1]\n    cb(xs)\n    return xs", "assert f(lambda v: v.sort()) == [1, 2]"),
+    ],
+    ids=["list", "dict-keyword", "set", "bytearray", "nested", "callback"],
+)  # fmt: skip
+def test_a_function_that_changes_its_argument_in_place_passes(program, test):
+    # Arguments crossed by value: the program changed its own copy, and a correct in-place sort failed.
+    r = judged(program, test)
+    assert r.passed, (r.status, r.tests, r.message)
+
+
+@pytest.mark.parametrize(
+    "program, test",
+    [
+        ("def f(xs):\n    xs.reverse()", "x = [3, 1, 2]\nf(x)\nassert x == [1, 2, 3]"),
+        ("def f(xs):\n    return sorted(xs)", "x = [3, 1, 2]\nf(x)\nassert x == [1, 2, 3]"),  # not in place
+        ("def f(xs):\n    xs.sort()", "x = (3, 1, 2)\nf(list(x))\nassert x == (3, 1, 2)\nassert False"),
+    ],
+    ids=["wrong-order", "returns-a-copy", "tuple-untouched"],
+)  # fmt: skip
+def test_a_wrong_in_place_change_fails(program, test):
+    r = judged(program, test)
+    assert r.status is Status.FAILED and not r.passed, (r.status, r.tests, r.message)
+
+
+def test_a_forged_change_to_an_argument_is_a_malformed_reply():
+    # The program's side of the channel is the program's: it can send any reply. A change to no argument,
+    # or one that would turn the test's list into a dict, is refused, never applied.
+    forge = (
+        "import sys\nrpc = sys.modules['codefoundry_rpc']\nold = rpc.crossing.changed_arguments\n"
+        "rpc.crossing.changed_arguments = lambda pos, kw, snap, encode: [[KEY, encode(VALUE)]]\n"
+        "def f(xs):\n    return 1\n"
+    )
+    for key, value in [("5", "[1]"), ("0", "{'a': 1}"), ("'nope'", "[1]")]:
+        program = forge.replace("KEY", key).replace("VALUE", value)
+        r = judged(program, "x = [0]\nassert f(x) == 1 and x == [0]")
+        assert not r.passed and "program stopped answering" in (r.tests[0].error or ""), (key, r.tests)
+    # The forgery is in effect: a well-formed change is applied (the program may change its argument).
+    r = judged(forge.replace("KEY", "0").replace("VALUE", "[7]"), "x = [0]\nassert f(x) == 1 and x == [7]")
+    assert r.passed, (r.status, r.tests)

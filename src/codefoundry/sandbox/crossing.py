@@ -11,6 +11,7 @@ lives across runs).
 import builtins
 import collections
 import importlib
+import json
 import keyword
 import sys
 
@@ -111,3 +112,63 @@ def rebuild_exception(name: object, message: object, base: object = None) -> Bas
             except Exception:
                 pass
     return RemoteError(f"{name}: {text}")
+
+
+# -- arguments changed in place --------------------------------------------------------------------------
+MUTABLE = (list, dict, set, bytearray)  # exact types whose changes a call's reply carries back
+
+
+def snapshot(pos: list, kw: dict, encode) -> dict:
+    """{position or keyword: its encoding as JSON text} of a call's list, dict, set and bytearray arguments,
+    taken before the call (text: an encoded list of scalars is the list itself, and would change with it).
+    One that cannot be encoded is left out."""
+    snap = {}
+    for key, arg in (*enumerate(pos), *kw.items()):
+        if type(arg) in MUTABLE:
+            try:
+                snap[key] = json.dumps(encode(arg))
+            except ValueError:
+                continue
+    return snap
+
+
+def changed_arguments(pos: list, kw: dict, snap: dict, encode) -> list:
+    """[[position or keyword, new encoding], ...] for the arguments in `snap` whose contents the call
+    changed. One that cannot be encoded now (nested too deeply) is left out: the call itself succeeded."""
+    changes = []
+    for key in snap:
+        arg = pos[key] if type(key) is int else kw[key]
+        try:
+            now = encode(arg)
+            if json.dumps(now) != snap[key]:
+                changes.append([key, now])
+        except ValueError:
+            continue
+    return changes
+
+
+def write_back(passed: tuple, changes: object, decode, malformed: type) -> None:
+    """Put a call's changed arguments' new contents (`changed_arguments`) into the caller's own objects:
+    `passed` is the call's (args, kwargs). Only a list, dict, set or bytearray the caller passed takes them,
+    and only contents of its own type; anything else is a `malformed` reply."""
+    args, kwargs = passed
+    if type(changes) is not list:
+        raise malformed("malformed changes")
+    for change in changes:
+        if type(change) is not list or len(change) != 2:
+            raise malformed("malformed change")
+        key, encoded = change
+        if type(key) is int and 0 <= key < len(args):
+            target = args[key]
+        elif type(key) is str and key in kwargs:
+            target = kwargs[key]
+        else:
+            raise malformed("a change to no argument")
+        kind, new = type(target), decode(encoded)
+        if kind not in MUTABLE or type(new) is not kind:
+            raise malformed("a change of an argument's type")
+        if kind is list or kind is bytearray:
+            target[:] = new
+        else:
+            target.clear()
+            target.update(new)

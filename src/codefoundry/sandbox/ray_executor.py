@@ -1,5 +1,9 @@
 """Scale-out for `execute_many(..., executor="ray")`: batches go to Ray tasks, each of which runs them on
-the warm local sandbox pool of its Ray worker process. Results are the local executor's, in input order."""
+the warm local sandbox pool of its Ray worker process. Results are the local executor's, in input order.
+
+A batch whose task fails for good (Ray retries a crashed worker; a lost node, an exception in the task)
+comes back as `sandbox_error` results naming the failure, never as wrong answers, and the other batches'
+results are kept."""
 
 from __future__ import annotations
 
@@ -47,7 +51,13 @@ def execute_on_ray(
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 start = pending.pop(ref)
-                batch_results = ray.get(ref)
+                try:
+                    batch_results = ray.get(ref)
+                except ray.exceptions.RayError as e:
+                    why = str(e).strip().splitlines()[-1:] or [""]
+                    error = ExecutionResult.sandbox_error(f"ray: the batch's task failed: {type(e).__name__}: "
+                                                          f"{why[0]}")  # fmt: skip
+                    batch_results = [error.to_dict()] * len(batches[start // size])
                 for offset, d in enumerate(batch_results):
                     results[start + offset] = ExecutionResult.from_dict(d)
                 bar.update(len(batch_results))

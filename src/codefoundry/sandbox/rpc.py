@@ -19,6 +19,12 @@ class the program defines, as a judge-made subclass of the nearest builtin excep
 same name (`except ValueError` catches the program's `class Invalid(ValueError)`, as in one process); any
 other as `RemoteError`.
 
+A call's arguments cross by value, so a function that changes a list, dict, set or bytearray argument in
+place changes its own copy: the reply carries the new contents of each such argument that changed, and the
+caller puts them into its own objects (`x = [3, 1]; sort_in_place(x); assert x == [1, 3]` works, as in one
+process, where the program could change `x` too). Inner containers are replaced, not changed: a test
+holding `inner = x[0]` from before the call sees the old one.
+
 Not supported (they stay handles, so `==` with an expected value is false, and the test fails): instances
 of other classes (dataclasses, numpy arrays and numpy's integer scalars, datetime objects, enums), exception
 instances returned as values, and a test's `except` or `isinstance` naming a class the program defines
@@ -104,6 +110,7 @@ class Channel:
         self.exported: dict[int, object] = {}
         self._next_id = 1
         self._pending = b""  # read past the last frame (a frame's header and body come in one read)
+        self._changed: list = []  # the last call's changed arguments (crossing.changed_arguments)
 
     # -- framing ---------------------------------------------------------------------------------
     def _read(self, n: int) -> bytes:
@@ -276,17 +283,21 @@ class Channel:
         raise PeerGone(f"unknown value tag {tag!r}")
 
     # -- calls ------------------------------------------------------------------------------------
-    def request(self, op: str, *operands: object) -> object:
+    def request(self, op: str, *operands: object, passed: tuple | None = None) -> object:
         """Send a request and wait for its reply, serving the other side's nested requests meanwhile
-        (a callback the program makes into a function the judge passed it)."""
+        (a callback the program makes into a function the judge passed it). `passed`: a call's (args,
+        kwargs), which take the changes the callee made to them (`crossing.write_back`)."""
         self.send(["q", op, *operands])
         while True:
             msg = self.recv()
             if msg[0] == "q":
                 self.serve_one(msg)
                 continue
-            if msg[0] == "r" and len(msg) == 2:
-                return self.decode(msg[1])
+            if msg[0] == "r" and (len(msg) == 2 or (len(msg) == 3 and passed is not None)):
+                value = self.decode(msg[1])
+                if len(msg) == 3:
+                    crossing.write_back(passed, msg[2], self.decode, PeerGone)
+                return value
             if msg[0] == "e" and len(msg) in (3, 4):
                 error = crossing.rebuild_exception(msg[1], msg[2], msg[3] if len(msg) == 4 else None)
                 if isinstance(error, StopIteration) and op != "next":
@@ -300,6 +311,8 @@ class Channel:
         try:
             value = self._perform(msg[1], msg[2:])
             reply = ["r", self.encode(value)]
+            if msg[1] == "call" and self._changed:  # set by this call, after any nested ones
+                reply.append(self._changed)
         except PeerGone:
             raise
         except BaseException as e:  # the program's own exceptions, reported to the caller
@@ -342,7 +355,10 @@ class Channel:
         args = [self.decode(x) for x in operands[1:]]
         if op == "call":
             pos, kw = args
-            return target(*pos, **kw)
+            snap = crossing.snapshot(pos, kw, self.encode) if pos or kw else {}
+            value = target(*pos, **kw)
+            self._changed = crossing.changed_arguments(pos, kw, snap, self.encode) if snap else []
+            return value
         if op == "getattr":
             return getattr(target, args[0])
         if op == "setattr":
@@ -387,7 +403,10 @@ class Remote:
         return ch.request(op, self._ref(), *[ch.encode(a) for a in args])
 
     def __call__(self, *args: object, **kwargs: object) -> object:
-        return self._op("call", list(args), kwargs)
+        ch = self._channel
+        return ch.request(
+            "call", self._ref(), ch.encode(list(args)), ch.encode(kwargs), passed=(args, kwargs)
+        )
 
     def __getattr__(self, name: str) -> object:
         if name.startswith("__") and name.endswith("__"):
