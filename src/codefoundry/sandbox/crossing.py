@@ -18,6 +18,11 @@ import sys
 VALUE_MODULES = ("fractions", "decimal")  # whose values cross by value (tags "q" and "m"), imported on use
 MAX_FIELDS = 256  # a namedtuple with more fields crosses as a plain tuple
 MAX_FRACTION_BITS = 1 << 16  # a Fraction's numerator and denominator at most (its gcd takes ~8 ms then)
+# and a range's start, stop and step: range() divides them at once for its length, quadratic in the size
+# (2**21 bits: 1.6 s; a frame holds 2**26).
+MAX_DECIMAL_DIGITS = 20_000  # ~2**16 bits: a Decimal's digits, and its magnitude (int() of one is quadratic:
+# int(Decimal('1E+400000')), a 12-byte frame, took 4.7 s in a test's round(f()))
+MAX_NAME = 200  # characters of a namedtuple's or exception class's name (classes are kept across runs)
 MAX_CLASSES = 256  # namedtuple classes, and program exception classes, kept per process
 SAFE_EXCEPTIONS = {
     name
@@ -38,7 +43,9 @@ def namedtuple_fields(t: type | str, fields: object = None) -> tuple[str, ...] |
     if type(fields) is not tuple or len(fields) > MAX_FIELDS or len(set(fields)) != len(fields):
         return None
     for i, name in enumerate((t, *fields)):
-        if type(name) is not str or not name.isidentifier() or keyword.iskeyword(name):
+        if type(name) is not str or len(name) > MAX_NAME:
+            return None
+        if not name.isidentifier() or keyword.iskeyword(name):
             return None
         if i and name.startswith("_"):
             return None
@@ -61,6 +68,32 @@ def namedtuple_class(typename: str, fields: tuple[str, ...]) -> type:
 def value_module(name: str):
     """fractions or decimal, imported on first use (neither is among the modules the zygote preloads)."""
     return sys.modules.get(name) or importlib.import_module(name)
+
+
+def number_value(tag: str, numbers: list, malformed: type) -> object:
+    """The range ("rg": start, stop, step) or Fraction ("q": numerator, denominator) of these decoded
+    numbers; a `malformed` error for any that is no int or is too large to rebuild cheaply."""
+    if len(numbers) != (3 if tag == "rg" else 2) or any(type(n) is not int for n in numbers):
+        raise malformed(f"malformed value {tag!r}")
+    if max(abs(n).bit_length() for n in numbers) > MAX_FRACTION_BITS:
+        raise malformed(f"a {'range' if tag == 'rg' else 'Fraction'} over {MAX_FRACTION_BITS} bits")
+    return range(*numbers) if tag == "rg" else value_module("fractions").Fraction(*numbers)
+
+
+def decimal_value(text: object, malformed: type) -> object:
+    """The Decimal of this text; a `malformed` error for a signaling NaN (`==` with one raises: a test's
+    comparison must not) or one of more than MAX_DECIMAL_DIGITS digits or magnitude."""
+    if type(text) is not str:
+        raise malformed("malformed decimal")
+    if len(text) > MAX_DECIMAL_DIGITS + 40:  # digits, a sign, a point and an exponent
+        raise malformed(f"a Decimal over {MAX_DECIMAL_DIGITS} digits")
+    value = value_module("decimal").Decimal(text)
+    if value.is_snan():
+        raise malformed("malformed decimal: a signaling NaN")
+    digits = len(value.as_tuple().digits) if value.is_finite() else 0
+    if digits > MAX_DECIMAL_DIGITS or (digits and abs(value.adjusted()) > MAX_DECIMAL_DIGITS):
+        raise malformed(f"a Decimal over {MAX_DECIMAL_DIGITS} digits")
+    return value
 
 
 def builtin_exception_base(t: type) -> str:
@@ -89,8 +122,8 @@ def rebuild_exception(name: object, message: object, base: object = None) -> Bas
     anything that building it raised: a TypeError out of a constructor would reach a test expecting
     TypeError."""
     text = message if type(message) is str else ""
-    if type(name) is not str:
-        return RemoteError(f"{name}: {text}")
+    if type(name) is not str or len(name) > MAX_NAME:  # a class named by megabytes, kept, and in the report
+        return RemoteError(f"{str(name)[:MAX_NAME]}: {text}")
     if name in SAFE_EXCEPTIONS:
         try:
             return _REBUILD.get(name, getattr(builtins, name))(text)
@@ -149,8 +182,9 @@ def changed_arguments(pos: list, kw: dict, snap: dict, encode) -> list:
 
 def write_back(passed: tuple, changes: object, decode, malformed: type) -> None:
     """Put a call's changed arguments' new contents (`changed_arguments`) into the caller's own objects:
-    `passed` is the call's (args, kwargs). Only a list, dict, set or bytearray the caller passed takes them,
-    and only contents of its own type; anything else is a `malformed` reply."""
+    `passed` is the call's (args, kwargs). Only a list, dict, set or bytearray the caller passed takes them
+    (or one of a subclass, a Counter, defaultdict or OrderedDict, which crossed as the plain one), and only
+    contents of that builtin type; anything else is a `malformed` reply."""
     args, kwargs = passed
     if type(changes) is not list:
         raise malformed("malformed changes")
@@ -164,8 +198,9 @@ def write_back(passed: tuple, changes: object, decode, malformed: type) -> None:
             target = kwargs[key]
         else:
             raise malformed("a change to no argument")
-        kind, new = type(target), decode(encoded)
-        if kind not in MUTABLE or type(new) is not kind:
+        kind = next((base for base in MUTABLE if issubclass(type(target), base)), None)
+        new = decode(encoded)
+        if kind is None or type(new) is not kind:
             raise malformed("a change of an argument's type")
         if kind is list or kind is bytearray:
             target[:] = new

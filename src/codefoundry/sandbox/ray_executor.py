@@ -54,9 +54,10 @@ def execute_on_ray(
                 try:
                     batch_results = ray.get(ref)
                 except ray.exceptions.RayError as e:
-                    why = str(e).strip().splitlines()[-1:] or [""]
-                    error = ExecutionResult.sandbox_error(f"ray: the batch's task failed: {type(e).__name__}: "
-                                                          f"{why[0]}")  # fmt: skip
+                    why = (str(e).strip().splitlines() or [""])[-1]
+                    error = ExecutionResult.sandbox_error(
+                        f"ray: the batch's task failed: {type(e).__name__}: {why}"
+                    )
                     batch_results = [error.to_dict()] * len(batches[start // size])
                 for offset, d in enumerate(batch_results):
                     results[start + offset] = ExecutionResult.from_dict(d)
