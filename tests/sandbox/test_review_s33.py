@@ -259,3 +259,36 @@ def test_a_forged_change_to_an_argument_is_a_malformed_reply():
     # The forgery is in effect: a well-formed change is applied (the program may change its argument).
     r = judged(forge.replace("KEY", "0").replace("VALUE", "[7]"), "x = [0]\nassert f(x) == 1 and x == [7]")
     assert r.passed, (r.status, r.tests)
+
+
+# -- shutdown while runs go on --
+def test_a_shutdown_while_runs_go_on_leaves_no_worker_running():
+    # shutdown() from another thread closed the pool's workers, but the runs still going on started new
+    # ones (and gave theirs back) into the closed pool, where nothing would ever close them.
+    import threading
+
+    from codefoundry.sandbox import api, shutdown
+
+    shutdown()
+    pool = api._default_pool()
+    started: list = []
+    new_worker = pool._new_worker
+
+    def recording():
+        worker = new_worker()
+        started.append(worker)
+        return worker
+
+    pool._new_worker = recording  # the real method, noting each worker it starts
+    busy = [Program("import time\nx = 0\nfor _ in range(300000): x += 1")] * 12
+    results: list = []
+    runner = threading.Thread(target=lambda: results.extend(execute_many(busy, workers=2, progress=False)))
+    runner.start()
+    while not started:
+        runner.join(0.01)
+    shutdown()
+    runner.join(60)
+    assert not runner.is_alive() and len(results) == 12
+    assert all(r.status in (Status.OK, Status.SANDBOX_ERROR) for r in results), [r.status for r in results]
+    assert pool._all == [] and started and not any(w.alive for w in started)
+    assert execute("print(1)").stdout == "1\n"  # a fresh pool serves the next call

@@ -42,6 +42,9 @@ class Pool:
         self._lock = threading.Lock()
         self._all: list[Worker] = []
         self._offset = random.randrange(1 << 16)
+        # Closed (`shutdown` from another thread) while runs go on: each worker they still use or start is
+        # closed when its run ends, not kept idle in a pool nothing will close.
+        self._closed = False
 
     def _new_worker(self) -> Worker:
         with self._lock:
@@ -71,9 +74,10 @@ class Pool:
             return self._new_worker()
 
     def _give_back(self, worker: Worker) -> None:
-        if worker.alive:
-            self._idle.put(worker)
-            return
+        with self._lock:
+            if worker.alive and not self._closed:
+                self._idle.put(worker)
+                return
         self._discard(worker)
 
     def _discard(self, worker: Worker) -> None:
@@ -124,10 +128,11 @@ class Pool:
                 worker = self._new_worker()
             except (WorkerDied, OSError):
                 return
-            self._idle.put(worker)
+            self._give_back(worker)
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             workers, self._all = self._all, []
         for worker in workers:
             worker.close()
