@@ -47,7 +47,7 @@ def _usage_error(message: str) -> Exception:
 
 def _pretrain(args: argparse.Namespace) -> int:
     from codefoundry.train.pretrain import PretrainConfig, pretrain
-    from codefoundry.train.typed_config import config_from_json
+    from codefoundry.train.typed_config import config_from_json, required_fields
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)}
     given = {k: v for k, v in values.items() if v is not None}
@@ -55,7 +55,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         if args.json_config:  # the file's fields, the options given on the command line on top
             cfg = config_from_json(PretrainConfig, args.json_config, given)
         else:
-            missing = [f"--{f.replace('_', '-')}" for f in ("data", "tokenizer", "out") if f not in given]
+            missing = [f"--{f.replace('_', '-')}" for f in required_fields(PretrainConfig) if f not in given]
             if missing:
                 raise ValueError(f"missing {', '.join(missing)} (or --json CONFIG with those fields)")
             cfg = PretrainConfig(**given)

@@ -18,7 +18,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["check_types", "config_from_json"]
+__all__ = ["check_types", "config_from_json", "required_fields"]
 
 T = TypeVar("T")
 
@@ -71,6 +71,15 @@ def check_types(config: Any) -> None:
             )
 
 
+def required_fields(cls: type) -> list[str]:
+    """The fields of the dataclass `cls` that have no default, in order."""
+    return [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+
+
 def config_from_json(cls: type[T], path: str | Path, overrides: dict[str, Any] | None = None) -> T:
     """`cls(**fields)` from the JSON object in `path`, `overrides` on top. Any problem is one ValueError
     that names the file: unreadable, not UTF-8, not JSON (line and column), not an object, an unknown or
@@ -95,9 +104,8 @@ def config_from_json(cls: type[T], path: str | Path, overrides: dict[str, Any] |
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"{path}: unknown field {name!r}{hint}; {cls.__name__} has no such field")
     obj = {**obj, **(overrides or {})}
-    for name, f in fields.items():
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if required and name not in obj:
+    for name in required_fields(cls):
+        if name not in obj:
             raise ValueError(f"{path}: missing field {name!r} ({cls.__name__} needs it)")
     try:
         return cls(**obj)
