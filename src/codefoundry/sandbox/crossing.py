@@ -3,9 +3,9 @@ classes the receiver rebuilds values and exceptions with, and the program's exce
 
 Loaded by path into the sandbox zygote before rpc.py (standard library only, no package imports). Whatever
 the other side sends is data: a value is rebuilt here only from names and numbers checked first, by the
-receiver's own classes (a judge-made namedtuple class, the judge's `Fraction` and `Decimal`), so nothing of
-the sender's behaviour comes with it. Classes made here are cached, a bounded number per process (the judge
-lives across runs).
+receiver's own classes (a judge-made namedtuple class, the judge's `Fraction`, `Decimal` and `datetime`
+classes), so nothing of the sender's behaviour comes with it. Classes made here are cached, a bounded
+number per process (the judge lives across runs).
 """
 
 import builtins
@@ -15,7 +15,8 @@ import json
 import keyword
 import sys
 
-VALUE_MODULES = ("fractions", "decimal")  # whose values cross by value (tags "q" and "m"), imported on use
+VALUE_MODULES = ("fractions", "decimal", "datetime")  # whose values cross by value (tags "q", "m", "dt"),
+# imported on use
 MAX_FIELDS = 256  # a namedtuple with more fields crosses as a plain tuple
 MAX_FRACTION_BITS = 1 << 16  # a Fraction's numerator and denominator at most (its gcd takes ~8 ms then)
 # and a range's start, stop and step: range() divides them at once for its length, quadratic in the size
@@ -93,6 +94,85 @@ def decimal_value(text: object, malformed: type) -> object:
     digits = len(value.as_tuple().digits) if value.is_finite() else 0
     if digits > MAX_DECIMAL_DIGITS or (digits and abs(value.adjusted()) > MAX_DECIMAL_DIGITS):
         raise malformed(f"a Decimal over {MAX_DECIMAL_DIGITS} digits")
+    return value
+
+
+# -- datetime values (tag "dt") -----------------------------------------------------------------------------
+# [kind, ints...]; a date/datetime/time's tzinfo crosses as a fixed offset ([microseconds, name or None]).
+_DATETIME_FIELDS = {
+    "date": ("year", "month", "day"),
+    "datetime": ("year", "month", "day", "hour", "minute", "second", "microsecond", "fold"),
+    "time": ("hour", "minute", "second", "microsecond", "fold"),
+    "timedelta": ("days", "seconds", "microseconds"),
+}
+
+
+def datetime_parts(obj: object, mro: tuple) -> list | None:
+    """The "dt" body of a `datetime` module value (of a subclass too, read through the base class's own
+    slots: a pandas Timestamp arrives as a plain datetime), or None for anything else. An aware value's
+    tzinfo crosses as its offset and name at that value (a ZoneInfo arrives as a fixed-offset timezone)."""
+    dt = sys.modules.get("datetime")
+    if dt is None:
+        return None
+    if dt.timezone in mro:
+        return ["timezone", _zone(dt.timezone.utcoffset(obj, None), dt.timezone.tzname(obj, None))]
+    kind = next((k for k in ("datetime", "date", "time", "timedelta") if getattr(dt, k) in mro), None)
+    if kind is None:
+        return None
+    base = getattr(dt, kind)
+    parts = [kind, *[getattr(base, name).__get__(obj) for name in _DATETIME_FIELDS[kind]]]
+    if kind in ("datetime", "time"):
+        aware = base.tzinfo.__get__(obj) is not None
+        parts.append(_zone(base.utcoffset(obj), base.tzname(obj)) if aware else None)
+    return parts
+
+
+def _zone(offset: object, name: object) -> list | None:
+    if offset is None:
+        return None
+    td = sys.modules["datetime"].timedelta
+    micros = (td.days.__get__(offset) * 86400 + td.seconds.__get__(offset)) * 10**6
+    return [micros + td.microseconds.__get__(offset), name[:MAX_NAME] if isinstance(name, str) else None]
+
+
+def datetime_value(body: object, malformed: type) -> object:
+    """The receiver's own date, datetime, time, timedelta or timezone of a `datetime_parts` body; a
+    `malformed` error for anything else (the constructors check the ranges)."""
+    if type(body) is not list or not body or type(body[0]) is not str:
+        raise malformed("malformed datetime value")
+    kind, *fields = body
+    dt = value_module("datetime")
+    if kind == "timezone" and len(fields) == 1 and fields[0] is not None:
+        return _zone_value(fields[0], dt, malformed)
+    names = _DATETIME_FIELDS.get(kind)
+    aware = kind in ("datetime", "time")
+    if names is None or len(fields) != len(names) + aware:
+        raise malformed("malformed datetime value")
+    ints = fields[: len(names)]
+    if any(type(n) is not int for n in ints):
+        raise malformed("malformed datetime value")
+    if not aware:
+        return getattr(dt, kind)(*ints)
+    zone = None if fields[-1] is None else _zone_value(fields[-1], dt, malformed)
+    return getattr(dt, kind)(*ints[:-1], tzinfo=zone, fold=ints[-1])
+
+
+def _zone_value(zone: object, dt, malformed: type) -> object:
+    if type(zone) is not list or len(zone) != 2 or type(zone[0]) is not int:
+        raise malformed("malformed time zone")
+    micros, name = zone
+    if name is not None and (type(name) is not str or len(name) > MAX_NAME):
+        raise malformed("malformed time zone name")
+    offset = dt.timedelta(microseconds=micros)
+    return dt.timezone(offset) if name is None else dt.timezone(offset, name)
+
+
+def numpy_item(obj: object, numpy) -> object:
+    """The plain Python value of a numpy scalar (an `int64` is no int subclass, and compared false as a
+    handle); longdouble and clongdouble, whose `item()` keeps the type, as float and complex."""
+    value = numpy.generic.item(obj)
+    if isinstance(value, numpy.generic):
+        value = complex(value) if isinstance(value, numpy.complexfloating) else float(value)
     return value
 
 

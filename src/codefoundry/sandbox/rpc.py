@@ -8,14 +8,16 @@ converted through the base type's own methods (an `int` subclass whose `__eq__` 
 plain int). A few standard value types cross by value too, as tagged plain data rebuilt by the receiver
 (so compared by value in the judge, by its own classes): `fractions.Fraction` (numerator and denominator),
 `decimal.Decimal` (its exact text; a subclass arrives as a plain Decimal; a signaling NaN, whose `==`
-raises, not at all), `range`, and namedtuples (type and field names and items; rebuilt as a namedtuple
-class of the receiver's own, without any methods the sender's class had, so `p.x` works and `p == (1, 2)`
-is tuple equality). Rebuilding is kept about linear in the frame: a Fraction's or range's ints of more
-than 2**16 bits, a Decimal of more than 20,000 digits or magnitude, and names of more than 200 characters
-(a namedtuple's, an exception class's) are refused (crossing.py). Anything else stays where it lives and
-travels as a handle; operations on a handle are forwarded to its owner, except comparisons with a value
-from the other side, which are never forwarded (the owner would see the expected answer) and are simply
-false.
+raises, not at all), `range`, the `datetime` module's date, datetime, time, timedelta and timezone (their
+fields; a tzinfo as its offset and name at that value, so a ZoneInfo arrives as a fixed-offset timezone),
+numpy's scalars (as `item()`'s plain value: an `int64` is no int subclass), and namedtuples (type and field
+names and items; rebuilt as a namedtuple class of the receiver's own, without any methods the sender's
+class had, so `p.x` works and `p == (1, 2)` is tuple equality). Rebuilding is kept about linear in the
+frame: a Fraction's or range's ints of more than 2**16 bits, a Decimal of more than 20,000 digits or
+magnitude, and names of more than 200 characters (a namedtuple's, an exception class's) are refused
+(crossing.py). Anything else stays where it lives and travels as a handle; operations on a handle are
+forwarded to its owner, except comparisons with a value from the other side, which are never forwarded
+(the owner would see the expected answer) and are simply false.
 
 An exception crosses as its type's name and message. A builtin exception is rebuilt as itself; one of a
 class the program defines, as a judge-made subclass of the nearest builtin exception it derives from, of the
@@ -28,10 +30,11 @@ caller puts them into its own objects (`x = [3, 1]; sort_in_place(x); assert x =
 process, where the program could change `x` too). Inner containers are replaced, not changed: a test
 holding `inner = x[0]` from before the call sees the old one.
 
-Not supported (they stay handles, so `==` with an expected value is false, and the test fails): instances
-of other classes (dataclasses, numpy arrays and numpy's integer scalars, datetime objects, enums), exception
-instances returned as values, and a test's `except` or `isinstance` naming a class the program defines
-(the name is a handle there, not a class).
+Not supported (they stay handles, so `==` with a value the judge made is false, and the test fails):
+instances of other classes (numpy arrays, dataclasses and enums compared with values the test builds
+itself), exception instances returned as values, and a test's `except` or `isinstance` naming a class the
+program defines (the name is a handle there, not a class). Two handles of the program's objects compare in
+the program (`f() == Point(1, 2)` with the program's own `Point`, as in one process).
 
 Builtin types themselves (`int`, `str`, ...) travel by name. Top-level test code that uses a name it does
 not define and that is no builtin (a class the solution defines, say) gets the program's object of that
@@ -203,6 +206,12 @@ class Channel:
             return {"q": [self.encode(obj.numerator, depth + 1), self.encode(obj.denominator, depth + 1)]}
         if decimal is not None and decimal.Decimal in mro:
             return {"m": decimal.Decimal.__str__(obj)}
+        parts = crossing.datetime_parts(obj, mro)
+        if parts is not None:
+            return {"dt": parts}
+        numpy = sys.modules.get("numpy")
+        if numpy is not None and getattr(numpy, "generic", None) in mro:
+            return self.encode(crossing.numpy_item(obj, numpy), depth + 1)
         fields = crossing.namedtuple_fields(t) if tuple in mro else None
         if fields is None:
             return None
@@ -215,6 +224,8 @@ class Channel:
             return crossing.number_value(tag, [self.decode(x, depth + 1) for x in body], PeerGone)
         if tag == "m":
             return crossing.decimal_value(body, PeerGone)
+        if tag == "dt":
+            return crossing.datetime_value(body, PeerGone)
         typename, fields, items = body  # type: ignore[misc]
         if type(typename) is not str or type(fields) is not list or type(items) is not list:
             raise PeerGone("malformed namedtuple")
@@ -262,7 +273,7 @@ class Channel:
                 return complex(float.fromhex(body[0]), float.fromhex(body[1]))
             if tag == "y" and body in _PLAIN_TYPE_NAMES:
                 return _PLAIN_TYPE_NAMES[body]
-            if tag in ("rg", "q", "m", "n"):
+            if tag in ("rg", "q", "m", "dt", "n"):
                 return self._decode_value(tag, body, depth)
         except PeerGone:
             raise
