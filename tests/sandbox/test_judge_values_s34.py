@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from codefoundry.sandbox import Judge, Limits, execute
+from codefoundry.sandbox import Judge, Limits, crossing, execute
 
 FAST = Limits(cpu_seconds=5, memory_mb=512)
 DT = "import datetime\n"
@@ -143,3 +143,76 @@ def test_program_class_instances_compare_in_the_program():
     assert judged(program, "p, c = f(1)\nassert p == Point(1, 2) and c == Color.RED").passed
     r = judged(program, "p, c = f(0)\nassert c == Color.RED")
     assert r.status.value == "failed"
+
+
+# -- a test naming the program's exception classes --
+INVALID = "class Invalid(ValueError):\n    pass\n"
+HIERARCHY = "class AppError(Exception):\n    pass\nclass NotFound(AppError):\n    pass\n"
+CATCH = "try:\n    f(-1)\nexcept {name} as e:\n    assert str(e) == 'neg', str(e)\nelse:\n    raise AssertionError"
+
+
+@pytest.mark.parametrize(
+    "program, test",
+    [
+        (INVALID + "def f(x):\n    if x < 0:\n        raise Invalid('neg')\n    return x", CATCH.format(name="Invalid")),
+        (INVALID + "def f(x):\n    raise Invalid('neg')",
+         "try:\n    f(-1)\nexcept Exception as e:\n    caught = e\nassert isinstance(caught, Invalid)\n"
+         "assert isinstance(caught, ValueError) and issubclass(Invalid, ValueError)"),
+        (HIERARCHY + "def f(x):\n    raise NotFound('neg')", CATCH.format(name="AppError")),
+        (HIERARCHY + "def f(x):\n    raise NotFound('neg')", CATCH.format(name="NotFound")),
+        ("Invalid = KeyError\ndef f(x):\n    raise KeyError('neg')",
+         "try:\n    f(-1)\nexcept Invalid:\n    pass\nelse:\n    raise AssertionError"),
+        # The test raises the program's class itself and catches it by its builtin base.
+        (INVALID + "def f(x):\n    return x", "try:\n    raise Invalid('t')\nexcept ValueError:\n    pass"),
+    ],
+    ids=["except", "isinstance", "except-base", "except-sub", "alias-of-builtin", "test-raises-it"],
+)  # fmt: skip
+def test_a_test_naming_the_programs_exception_class_catches_it(program, test):
+    # The name was a handle to the program's class: `except Invalid` raised TypeError (catching a class
+    # that does not inherit from BaseException), and a correct solution failed.
+    assert_passes(program, test)
+
+
+@pytest.mark.parametrize(
+    "program, name",
+    [
+        (INVALID + "def f(x):\n    raise ValueError('neg')", "Invalid"),  # its base, not the class
+        (HIERARCHY + "def f(x):\n    raise AppError('neg')", "NotFound"),  # a parent, not the class
+        (INVALID + "class Other(ValueError):\n    pass\ndef f(x):\n    raise Other('neg')", "Invalid"),
+    ],
+    ids=["base-raised", "parent-raised", "sibling-raised"],
+)
+def test_a_test_naming_the_programs_exception_class_does_not_catch_others(program, name):
+    r = judged(program, CATCH.format(name=name))
+    assert r.status.value == "failed", (r.status, r.tests)
+
+
+def test_program_exception_classes_are_rebuilt_once_under_their_lineage():
+    sub = crossing.program_exception_class("NotFound", ["AppError", "LookupError"])
+    assert sub is crossing.program_exception_class("NotFound", ["AppError", "LookupError"])
+    assert sub.__mro__[1] is crossing.program_exception_class("AppError", ["LookupError"])
+    assert issubclass(sub, LookupError) and sub.__name__ == "NotFound"
+    assert crossing.program_exception_class("ValueError", ["Exception"]) is ValueError
+    error = crossing.rebuild_exception("NotFound", "m", ["AppError", "LookupError"])
+    assert type(error) is sub and str(error) == "m"
+
+
+@pytest.mark.parametrize(
+    "name, lineage",
+    [
+        ("E", ["A"] * (crossing.MAX_LINEAGE + 1) + ["Exception"]),  # longer than any lineage sent
+        ("E", ["A", 7, "Exception"]),
+        ("E", ["A", "object"]),  # no builtin exception last
+        ("E", []),
+        ("E", ["SystemExit"]),  # not one a test's `except Exception` sees
+        ("not a name", ["Exception"]),
+        ("E" * (crossing.MAX_NAME + 1), ["Exception"]),
+        ("E", ["a b", "Exception"]),
+    ],
+    ids=["too-long", "no-str", "no-builtin", "empty", "special", "no-identifier", "long-name", "bad-parent"],
+)
+def test_a_forged_lineage_makes_no_class(name, lineage):
+    kind = crossing.program_exception_class(name, lineage)
+    assert kind is None or kind in (Exception,) or kind.__mro__[1] is Exception, kind
+    error = crossing.rebuild_exception(name, "m", lineage)
+    assert isinstance(error, Exception) and not isinstance(error, (SystemExit, KeyboardInterrupt))

@@ -176,9 +176,10 @@ def test_a_program_exception_named_like_a_special_one_is_only_its_base(name):
 
 
 def lying_about(name: str, base: object) -> str:
-    """A program raising its class `name`, whose side reports `base` as the nearest builtin base."""
+    """A program raising its class `name`, whose side reports `base` as its lineage (its nearest builtin
+    base, for a string)."""
     return (
-        f"import sys\nsys.modules['codefoundry_rpc'].crossing.builtin_exception_base = lambda t: {base!r}\n"
+        f"import sys\nsys.modules['codefoundry_rpc'].crossing.exception_lineage = lambda t: {base!r}\n"
         f"class {name}(Exception):\n    pass\ndef f():\n    raise {name}('x')\n"
     )
 

@@ -25,6 +25,7 @@ MAX_DECIMAL_DIGITS = 20_000  # ~2**16 bits: a Decimal's digits, and its magnitud
 # int(Decimal('1E+400000')), a 12-byte frame, took 4.7 s in a test's round(f()))
 MAX_NAME = 200  # characters of a namedtuple's or exception class's name (classes are kept across runs)
 MAX_CLASSES = 256  # namedtuple classes, and program exception classes, kept per process
+MAX_LINEAGE = 16  # the program's own exception classes above one that are rebuilt too
 SAFE_EXCEPTIONS = {
     name
     for name, value in vars(builtins).items()
@@ -176,13 +177,17 @@ def numpy_item(obj: object, numpy) -> object:
     return value
 
 
-def builtin_exception_base(t: type) -> str:
-    """The name of the nearest builtin exception class `t` derives from ("" if none may be rebuilt)."""
-    for klass in t.__mro__:
+def exception_lineage(t: type) -> list[str]:
+    """The names of the classes `t` derives from, nearest first, up to and ending with its nearest builtin
+    exception class (["Base", "Exception"] for `class Sub(Base)` under `class Base(Exception)`): at most
+    MAX_LINEAGE of the program's own. [] if it derives from none that may be rebuilt."""
+    chain = []
+    for klass in t.__mro__[1:]:
         name = getattr(klass, "__name__", "")
         if name in SAFE_EXCEPTIONS and getattr(builtins, name) is klass:
-            return name
-    return ""
+            return [*chain[:MAX_LINEAGE], name]
+        chain.append(name)
+    return []
 
 
 # Builtin exceptions whose constructor takes more than a message.
@@ -192,15 +197,16 @@ _REBUILD = {
     "UnicodeTranslateError": lambda text: UnicodeTranslateError("", 0, 0, text),
     "ExceptionGroup": lambda text: ExceptionGroup(text, [RemoteError(text)]),
 }
-_PROGRAM_EXCEPTIONS: dict[tuple[str, str], type] = {}  # judge-made subclasses, by (name, builtin base)
+_PROGRAM_EXCEPTIONS: collections.OrderedDict[tuple, type] = collections.OrderedDict()  # judge-made, by
+# (name, lineage), least recently used first
 
 
-def rebuild_exception(name: object, message: object, base: object = None) -> BaseException:
+def rebuild_exception(name: object, message: object, lineage: object = None) -> BaseException:
     """The other side's exception: the builtin of that name when there is one; else (a class the program
-    defines) a subclass of that name of its nearest builtin base `base` (an `except ValueError` in a test
-    catches the program's `class Invalid(ValueError)`, as in one process); else a RemoteError. Never
-    anything that building it raised: a TypeError out of a constructor would reach a test expecting
-    TypeError."""
+    defines) a judge-made class of that name under its `exception_lineage` (an `except ValueError` in a
+    test catches the program's `class Invalid(ValueError)`, an `except Base` its `class Sub(Base)`, as in
+    one process), or an instance of the lineage's builtin; else a RemoteError. Never anything that
+    building it raised: a TypeError out of a constructor would reach a test expecting TypeError."""
     text = message if type(message) is str else ""
     if type(name) is not str or len(name) > MAX_NAME:  # a class named by megabytes, kept, and in the report
         return RemoteError(f"{str(name)[:MAX_NAME]}: {text}")
@@ -209,22 +215,55 @@ def rebuild_exception(name: object, message: object, base: object = None) -> Bas
             return _REBUILD.get(name, getattr(builtins, name))(text)
         except Exception:
             return RemoteError(f"{name}: {text}")
+    lineage = [lineage] if type(lineage) is str else lineage
+    base = lineage[-1] if type(lineage) is list and lineage else None
     if type(base) is str and base in SAFE_EXCEPTIONS:
-        builtin = getattr(builtins, base)
-        kind = _PROGRAM_EXCEPTIONS.get((name, base))
-        if kind is None and name.isidentifier():
-            if len(_PROGRAM_EXCEPTIONS) >= MAX_CLASSES:
-                _PROGRAM_EXCEPTIONS.clear()
-            kind = type(name, (builtin,), {"__module__": "program", "__qualname__": name})
-            _PROGRAM_EXCEPTIONS[name, base] = kind
         try:
-            return (kind or builtin)(text)
+            return (program_exception_class(name, lineage) or getattr(builtins, base))(text)
         except Exception:  # a base whose constructor takes more than a message (UnicodeDecodeError...)
             try:
                 return _REBUILD[base](f"{name}: {text}")
             except Exception:
                 pass
     return RemoteError(f"{name}: {text}")
+
+
+def program_exception_class(name: object, lineage: object) -> type | None:
+    """The judge-made class the program's exceptions of class `name` under `lineage` (its
+    `exception_lineage`) are rebuilt as: the same class each time, whose bases are the judge-made classes
+    of its lineage, so a test's `except` of it or of a base catches them; the builtin itself for a
+    builtin's name; None for names and lineages that make none."""
+    if type(name) is not str or len(name) > MAX_NAME or type(lineage) is not list:
+        return None
+    if not 1 <= len(lineage) <= MAX_LINEAGE + 1 or any(type(n) is not str for n in lineage):
+        return None
+    if lineage[-1] not in SAFE_EXCEPTIONS:
+        return None
+    if name in SAFE_EXCEPTIONS:
+        return getattr(builtins, name)
+    if not name.isidentifier():
+        return None
+    key = (name, tuple(lineage))
+    kind = _PROGRAM_EXCEPTIONS.get(key)
+    if kind is None:
+        parent = program_exception_class(lineage[0], lineage[1:]) if len(lineage) > 1 else None
+        parent = parent or getattr(builtins, lineage[-1])
+        kind = type(name, (parent,), {"__module__": "program", "__qualname__": name})
+        _PROGRAM_EXCEPTIONS[key] = kind
+        while len(_PROGRAM_EXCEPTIONS) > MAX_CLASSES:
+            _PROGRAM_EXCEPTIONS.popitem(last=False)
+    _PROGRAM_EXCEPTIONS.move_to_end(key)
+    return kind
+
+
+def exception_identity(obj: object) -> object:
+    """What the program reports for a name a test looks up (the "exists" request): for an exception class,
+    [its name, its `exception_lineage`], so the test's `except Invalid` or `isinstance(e, Invalid)` uses
+    the class the program's `Invalid` errors are rebuilt as; True for anything else. A lie gets the test
+    no more than the program's own choice of what to raise."""
+    if isinstance(obj, type) and issubclass(obj, BaseException):
+        return [obj.__name__, exception_lineage(obj)]
+    return True
 
 
 # -- arguments changed in place --------------------------------------------------------------------------

@@ -20,9 +20,12 @@ forwarded to its owner, except comparisons with a value from the other side, whi
 (the owner would see the expected answer) and are simply false.
 
 An exception crosses as its type's name and message. A builtin exception is rebuilt as itself; one of a
-class the program defines, as a judge-made subclass of the nearest builtin exception it derives from, of the
-same name (`except ValueError` catches the program's `class Invalid(ValueError)`, as in one process); any
-other as `RemoteError`.
+class the program defines, as a judge-made class of the same name whose bases are judge-made classes of
+the program's classes above it, down to the nearest builtin exception (`except ValueError` catches the
+program's `class Invalid(ValueError)`, and `except Base` its `class Sub(Base)`, as in one process); any
+other as `RemoteError`. A test naming an exception class of the program (`except Invalid`, `isinstance(e,
+Invalid)`, `raise Invalid`) gets that judge-made class; multiple inheritance is flattened to the order of
+the class's MRO.
 
 A call's arguments cross by value, so a function that changes a list, dict, set or bytearray argument in
 place changes its own copy: the reply carries the new contents of each such argument that changed, and the
@@ -32,8 +35,8 @@ holding `inner = x[0]` from before the call sees the old one.
 
 Not supported (they stay handles, so `==` with a value the judge made is false, and the test fails):
 instances of other classes (numpy arrays, dataclasses and enums compared with values the test builds
-itself), exception instances returned as values, and a test's `except` or `isinstance` naming a class the
-program defines (the name is a handle there, not a class). Two handles of the program's objects compare in
+itself), exception instances returned as values, and a test's `isinstance` naming a class of the program
+that is no exception (the name is a handle there, not a class). Two handles of the program's objects compare in
 the program (`f() == Point(1, 2)` with the program's own `Point`, as in one process).
 
 Builtin types themselves (`int`, `str`, ...) travel by name. Top-level test code that uses a name it does
@@ -44,7 +47,8 @@ A frame is a 4-byte big-endian length and a UTF-8 JSON body of at most MAX_FRAME
 (a list of some two million ints) cannot cross, and its test fails as if the program stopped answering.
 Messages:
 request  ["q", op, *operands]; reply ["r", encoded value] or ["e", exception type name, message], with the
-name of its nearest builtin exception class last when its type is not a builtin.
+names of the classes it derives from last (nearest first, ending with a builtin) when its type is not a
+builtin.
 Strings, booleans, None, floats (JSON's shortest round-trip form, with NaN and Infinity: both ends are
 Python) and ints under 2**53 travel as themselves; everything else as a one-key tagged object (larger
 ints in hexadecimal, which CPython converts in linear time and without its 4300-digit limit on decimal
@@ -321,8 +325,8 @@ class Channel:
             if isinstance(e, (SystemExit, KeyboardInterrupt)):
                 raise
             reply = ["e", type(e).__name__, _short(e)]
-            if getattr(builtins, reply[1], None) is not type(e):  # the program's own: its builtin base too
-                reply.append(crossing.builtin_exception_base(type(e)))
+            if getattr(builtins, reply[1], None) is not type(e):  # the program's own: its lineage too
+                reply.append(crossing.exception_lineage(type(e)))
         self.send(reply)
 
     def serve_forever(self) -> None:
@@ -378,7 +382,8 @@ class Channel:
             return bool(target == args[0])
         unary = {
             "len": len, "iter": iter, "next": next, "bool": bool, "str": str, "repr": repr,
-            "hash": hash, "float": float, "int": int, "index": _index, "exists": lambda _: True,
+            "hash": hash, "float": float, "int": int, "index": _index,
+            "exists": crossing.exception_identity,
         }  # fmt: skip
         if op in unary:
             return unary[op](target)

@@ -75,9 +75,14 @@ class _TestScope(dict):
         if hasattr(builtins, name):
             raise KeyError(name)  # the interpreter then finds the builtin itself
         try:
-            self.channel.request("exists", ["name", name])
+            found = self.channel.request("exists", ["name", name])
         except NameError:
             raise KeyError(name) from None
+        if type(found) is list and len(found) == 2:  # an exception class: the one its errors arrive as
+            kind = rpc.crossing.program_exception_class(*found)
+            if kind is not None:
+                self.ns[name] = kind
+                return kind
         if name not in self.program_names:
             standard = self._standard(name)
             if standard is not None:
