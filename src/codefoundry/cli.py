@@ -20,7 +20,7 @@ def _sandbox_run(args: argparse.Namespace) -> int:
     from codefoundry.sandbox import LANGUAGES, execute
     from codefoundry.sandbox.checks import check_language
 
-    language = args.language or _language_from_name(args.file)
+    language = args.language if args.language is not None else _language_from_name(args.file)
     try:
         runner = check_language(language, "--language")
     except ValueError as e:
@@ -37,8 +37,15 @@ def _sandbox_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        sys.stdout.write(result.stdout)
-        sys.stderr.write(result.stderr)
+        # As the program wrote them (UTF-8; bytes that were not are U+FFFD), whatever this process's
+        # stdout encoding: written as text, a non-ASCII output under an ASCII one ended in a traceback.
+        for stream, text in ((sys.stdout, result.stdout), (sys.stderr, result.stderr)):
+            if (buffer := getattr(stream, "buffer", None)) is None:  # a text-only stream (a StringIO)
+                stream.write(text)
+                continue
+            stream.flush()
+            buffer.write(text.encode("utf-8", "replace"))
+            buffer.flush()
         print(
             f"[{result.status.value}] exit={result.exit_code} signal={result.signal} cpu={result.cpu_seconds:.3f}s "
             f"wall={result.wall_seconds:.3f}s mem={result.peak_memory_mb:.1f}MB isolation={result.isolation.value}"
@@ -142,10 +149,12 @@ def _language_from_name(path: str) -> str:
     from codefoundry.sandbox.runners import LANGUAGES
 
     suffixes = {Path(r.filename).suffix: name for name, r in LANGUAGES.items()}
-    suffixes |= {".cc": "cpp", ".cxx": "cpp"}
+    suffixes |= {".cc": "cpp", ".cxx": "cpp", ".c++": "cpp"}
     suffix = Path(path).suffix
     if not suffix:
         return "python"
+    if suffix == ".C":  # C++, as gcc (and codefoundry.data.langid) take it; ".c" is C
+        return "cpp"
     if suffix.lower() not in suffixes:
         raise UsageError(f"{path}: no language is known by the suffix {suffix!r}; pass --language "
                          f"({', '.join(sorted(LANGUAGES))})")  # fmt: skip

@@ -53,3 +53,29 @@ def test_a_python_problem_whose_tests_cannot_judge_is_refused_when_made_naming_i
             Problem("t/1", "def f():\n", entry, tests)
     # Other languages carry their tests in the program: no judge, nothing to check.
     assert Problem("t/2", "", "f", (), language="cpp").tests == ()
+
+
+def test_a_problem_named_python_in_another_spelling_is_judged():
+    # language="Python" or "py" ran the program with no judge: a wrong solution passed as any program that
+    # exits 0.
+    from codefoundry.tasks import Problem, evaluate
+
+    for spelling in ("Python", "py", "PY"):
+        p = Problem("t/3", "", "f", ("assert f() == 1",), language=spelling)
+        assert p.language == "python"
+        assert not evaluate(p, "def f():\n    return 2\n").passed
+        assert evaluate(p, "def f():\n    return 1\n").passed
+    assert Problem("t/4", "", "f", (), language="C++").language == "cpp"
+
+
+def test_a_problem_whose_tests_would_never_run_is_refused():
+    import pytest
+
+    from codefoundry.tasks import Problem
+
+    with pytest.raises(ValueError, match=r"^problem 't/5': a cpp problem's tests are never run"):
+        Problem("t/5", "int main() {}", "f", ("assert f() == 1",), language="cpp")
+    with pytest.raises(ValueError, match=r"^problem 't/6': unknown language 'cobol'"):
+        Problem("t/6", "", "f", ("assert f() == 1",), language="cobol")
+    with pytest.raises(ValueError, match=r"^problem 't/7': language must be a str, not NoneType$"):
+        Problem("t/7", "", "f", ("assert f() == 1",), language=None)

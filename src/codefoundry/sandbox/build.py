@@ -16,6 +16,7 @@ import json
 import os
 import resource
 import signal
+import struct
 import sys
 
 jail = sys.modules.get("codefoundry_jail") or importlib.import_module("codefoundry.sandbox.jail")
@@ -29,8 +30,11 @@ def build(cmd: list[str], env: dict[str, str], limits: dict, note_fd: int) -> No
     on `note_fd` (trusted) how the build ended: its CPU time, which the run's limit does not count, or
     that it failed. A failed build's messages follow its note on stderr, cut to the run's output limit
     (the note says so): counted as the program's output, they had made a compile error an `output_limit`.
-    After a build that worked, the program's own file limits hold again (`jail.drop_privileges`); after
-    one that failed, this process exits (status 1)."""
+    A failed build that used its CPU limit is noted as such (`"limit": "cpu"`: a timeout, not a compile
+    error). A build that worked notes the memory its binary asks for at exec (`static_mb`: a global array
+    past the limit kills the program with SIGSEGV before it runs). After a build that worked, the
+    program's own file limits hold again (`jail.drop_privileges`); after one that failed, this process
+    exits (status 1)."""
     err_r, err_w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -50,18 +54,48 @@ def build(cmd: list[str], env: dict[str, str], limits: dict, note_fd: int) -> No
         out += chunk[: max(0, keep - len(out))]
     os.close(err_r)
     _, status = os.waitpid(pid, 0)
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)  # the compiler's processes, all reaped by now
+    cpu = used.ru_utime + used.ru_stime
     if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-        used = resource.getrusage(resource.RUSAGE_CHILDREN)
-        os.write(note_fd, f'{{"build_cpu": {used.ru_utime + used.ru_stime:.6f}}}\n'.encode())
+        binary = cmd[cmd.index("-o") + 1] if "-o" in cmd[:-1] else ""
+        os.write(note_fd, f'{{"build_cpu": {cpu:.6f}, "static_mb": {_static_mb(binary):.2f}}}\n'.encode())
         # The program's own file limits again (lowering needs no privilege).
         for which, value in jail.file_limits(limits).items():
             resource.setrlimit(which, value)
         return
-    os.write(note_fd, b'{"phase": "compile", "truncated": true}\n' if cut else b'{"phase": "compile"}\n')
+    # Each of the build's processes has RLIMIT_CPU of compile_seconds, in whole seconds rounded up
+    # (jail.apply_run_limits): the gcc driver reports a cc1 it ended as an internal compiler error.
+    out_of_time = cpu >= max(1, -(-float(limits["compile_seconds"]) // 1)) - 0.05
+    note = {"phase": "compile", "truncated": cut} | ({"limit": "cpu"} if out_of_time else {})
+    os.write(note_fd, (json.dumps(note) + "\n").encode())
     view = memoryview(out)
     while view:
         view = view[os.write(2, view) :]
     os._exit(1)
+
+
+def _static_mb(path: str) -> float:
+    """MB of memory a 64-bit ELF binary's loadable segments (code, data, zeroed globals) take at exec, or
+    0 where it cannot be read as one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if len(head) < 64 or head[:5] != b"\x7fELF\x02" or head[5] not in (1, 2):
+                return 0.0
+            order = "<" if head[5] == 1 else ">"  # EI_DATA: little or big endian
+            (table_at,) = struct.unpack_from(order + "Q", head, 32)  # e_phoff
+            entry, count = struct.unpack_from(order + "HH", head, 54)  # e_phentsize, e_phnum
+            f.seek(table_at)
+            table = f.read(entry * count)
+    except OSError:
+        return 0.0
+    if entry < 48:  # an Elf64_Phdr: p_type (u32) at 0, p_memsz (u64) at 40
+        return 0.0
+    total = 0
+    for at in range(0, len(table) - entry + 1, entry):
+        if struct.unpack_from(order + "I", table, at)[0] == 1:  # PT_LOAD
+            total += struct.unpack_from(order + "Q", table, at + 40)[0]
+    return total / (1 << 20)
 
 
 def start_program(note_fd: int, go_fd: int) -> None:

@@ -21,7 +21,7 @@ WORK_INODES = 4096  # files and directories a run's work directory holds (jail.W
 class Status(StrEnum):
     OK = "ok"  # exited 0 (and, when judged, every test passed)
     FAILED = "failed"  # non-zero exit, compile error, or a judged test that did not pass
-    TIMEOUT = "timeout"  # CPU-time limit, or the wall-clock backstop
+    TIMEOUT = "timeout"  # CPU-time limit, or the wall-clock backstop (a build's: phase "compile")
     MEMORY_EXCEEDED = "memory_exceeded"
     OUTPUT_LIMIT = "output_limit"  # stdout + stderr went past Limits.output_bytes
     KILLED = "killed"  # ended by a signal that is not one of the above (segfault, abort, self-kill)
@@ -182,7 +182,8 @@ class ExecutionResult:
     cpu_seconds: float = 0.0  # all the run's processes where extra["run_cpu_limit"] is set; never the build
     wall_seconds: float = 0.0  # from the build's end, for compiled languages
     # Largest resident set of the program or a child it waited for; 0 where not known (a built program
-    # killed by a limit: its keeper, which measures it, is killed too).
+    # killed by a limit: its keeper, which measures it, is killed too) or where no program ran (a build
+    # that failed: as cpu_seconds, never the compiler's).
     peak_memory_mb: float = 0.0
     isolation: Isolation = Isolation.NAMESPACES
     phase: str = "run"  # "compile": a compiled language failed to build, or Python did not parse (not run)

@@ -52,11 +52,24 @@ LANGUAGES: dict[str, Runner] = {
         heap_option="--max-old-space-size={mb}",
     ),
 }
-ALIASES = {"py": "python", "c++": "cpp", "js": "javascript", "node": "javascript"}
+# Other names that fence tags and datasets give them (tasks/prompts.py reads the same), in any case.
+ALIASES = {
+    "py": "python",
+    "c++": "cpp",
+    "cxx": "cpp",
+    "js": "javascript",
+    "node": "javascript",
+    "nodejs": "javascript",
+}
 
 
-def runner_for(language: str) -> Runner:
+def language_name(language: str) -> str:
+    """The runner table's name for a language or one of its aliases, in any case ("Py" -> "python")."""
     key = ALIASES.get(language.lower(), language.lower())
     if key not in LANGUAGES:
         raise ValueError(f"unknown language {language!r}; known: {', '.join(sorted(LANGUAGES))}")
-    return LANGUAGES[key]
+    return key
+
+
+def runner_for(language: str) -> Runner:
+    return LANGUAGES[language_name(language)]

@@ -182,24 +182,27 @@ def build_cpu(note: bytes) -> float | None:
 def verdict(run, prog: dict, data: dict, reason: str, wall: float) -> dict:
     note = json_lines(bytes(data["note"]))
     truncated = reason == "output" or bool(note.get("truncated"))  # the build cut its messages
+    # A build that failed, or that its backstop ended: the program never ran, and what the process used
+    # was the compiler's (cpu_seconds never counts a build; peak_memory_mb is the program's own).
+    built = note.get("phase") != "compile" and reason != "build"
     res: dict = {
         "stdout": _text(bytes(data["out"]), truncated),
         "stderr": _text(bytes(data["err"]), truncated),
         "truncated": truncated,
         "wall_seconds": round(wall, 4),
         "isolation": run.isolation,
-        "phase": "compile" if note.get("phase") == "compile" else "run",
+        "phase": "run" if built else "compile",
         "exit_code": prog.get("exit_code"),
         "signal": prog.get("signal"),
-        "cpu_seconds": round(float(prog.get("cpu", 0.0)), 4),
-        "peak_memory_mb": round(_peak_kb(note, prog) / 1024, 2),
+        "cpu_seconds": round(float(prog.get("cpu", 0.0)), 4) if built else 0.0,
+        "peak_memory_mb": round(_peak_kb(note, prog) / 1024, 2) if built else 0.0,
     }
     report = json_lines(bytes(data["report"])) if run.judged else {}
     if run.judged:
         tests = report.get("tests") if isinstance(report.get("tests"), list) else []
         res["tests"] = [{"passed": bool(t[0]), "error": str(t[1])[:300]} for t in tests]
         res["tests_completed"] = bool(report.get("completed"))
-    status, msg = _status(run, res, report, reason, bool(prog))
+    status, msg = _status(run, res, report, reason, bool(prog), note)
     res["status"], res["message"] = status, msg
     return res
 
@@ -222,7 +225,7 @@ def _peak_kb(note: dict, prog: dict) -> float:
     return float(prog.get("maxrss_kb", 0))
 
 
-def _status(run, res: dict, report: dict, reason: str, reaped: bool):
+def _status(run, res: dict, report: dict, reason: str, reaped: bool, note: dict):
     lim = run.limits
     sig, code, cpu = res["signal"], res["exit_code"], res.get("cpu_seconds", 0.0)
     if reason == "output":
@@ -236,12 +239,14 @@ def _status(run, res: dict, report: dict, reason: str, reaped: bool):
     if not reaped:
         return "sandbox_error", "the run's init did not report the program's end"
     if res["phase"] == "compile":
+        if note.get("limit") == "cpu":  # build.build: the compiler ran out of its CPU time
+            return "timeout", f"the build's CPU-time limit of {lim['compile_seconds']:g} s"
         return "failed", "compile error"
     hard_cpu = max(1, -(-float(lim["cpu_seconds"]) // 1)) + 1  # what apply_run_limits set
     hit_hard = sig == signal.SIGKILL and cpu >= hard_cpu - 0.5  # rusage lags the kernel's own CPU clock
     if sig == signal.SIGXCPU or hit_hard or cpu > float(lim["cpu_seconds"]):
         return "timeout", f"CPU-time limit of {lim['cpu_seconds']:g} s"
-    if _looks_out_of_memory(res, lim):
+    if _looks_out_of_memory(res, lim, float(note.get("static_mb", 0.0))):
         return "memory_exceeded", f"memory limit of {lim['memory_mb']} MB"
     if run.judged and report.get("completed") and res["tests"] and all(t["passed"] for t in res["tests"]):
         return "ok", ""
@@ -254,15 +259,17 @@ def _status(run, res: dict, report: dict, reason: str, reaped: bool):
     return ("ok", "") if code == 0 else ("failed", f"exit code {code}")
 
 
-def _looks_out_of_memory(res: dict, lim: dict) -> bool:
+def _looks_out_of_memory(res: dict, lim: dict, static_mb: float = 0.0) -> bool:
     """Whether a run that ended abnormally (a non-zero exit or a signal) ran out of memory: its runtime
     said so, or a signal ended it near its memory limit. A clean exit is never out of memory, whatever the
-    program printed (a handled MemoryError it logs is the program's own business)."""
+    program printed (a handled MemoryError it logs is the program's own business). A built program's
+    `static_mb` (build.py: what its binary maps at exec) counts as used: global arrays past the limit
+    cannot be mapped, and the kernel kills the program with SIGSEGV before it runs, having used nothing."""
     if res["exit_code"] == 0 and res["signal"] is None:
         return False
     if OUT_OF_MEMORY.search(res["stderr"][-8000:]):  # node prints ~1.7 KB of stack after its report
         return True
-    near_limit = res.get("peak_memory_mb", 0.0) >= 0.9 * float(lim["memory_mb"])
+    near_limit = max(res.get("peak_memory_mb", 0.0), static_mb) >= 0.9 * float(lim["memory_mb"])
     return res["signal"] in (signal.SIGSEGV, signal.SIGABRT, signal.SIGKILL) and near_limit
 
 

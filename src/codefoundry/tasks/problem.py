@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from codefoundry.sandbox import ExecutionResult, Judge, Limits, Program, Status, execute, execute_many
+from codefoundry.sandbox.runners import language_name
 
 
 @dataclass(frozen=True)
@@ -27,9 +28,26 @@ class Problem:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # The language by its runner's name: "Python" or "py" ran the program with no judge, and a wrong
+        # solution passed as any program that exits 0.
+        try:
+            language = language_name(self.language) if isinstance(self.language, str) else None
+        except ValueError as e:
+            raise ValueError(f"problem {self.task_id!r}: {e}") from None
+        if language is None:
+            raise ValueError(
+                f"problem {self.task_id!r}: language must be a str, not {type(self.language).__name__}"
+            )
+        object.__setattr__(self, "language", language)
+        if language != "python" and self.tests and type(self).program is Problem.program:
+            # Only Python problems have a judge; other languages' tests are part of the program (MultiPL-E).
+            raise ValueError(
+                f"problem {self.task_id!r}: a {language} problem's tests are never run: only Python problems "
+                "are judged; make the tests part of its program (as tasks.multipl_e does)"
+            )
         # A Python problem's tests are checked when the task loads (no tests, an entry point that is no
         # name, tests that do not compile), naming the problem, not when its first sample is scored.
-        if self.language == "python":
+        if language == "python":
             try:
                 self.judge()
             except (TypeError, ValueError) as e:
