@@ -14,6 +14,7 @@ import codecs
 import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from codefoundry.models.backends.base import truncate_at_stop
 from codefoundry.models.generate import (
@@ -30,6 +31,7 @@ from codefoundry.models.generate import (
 )
 from codefoundry.models.tokenizer import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, plain_encoder, special_id
 from codefoundry.models.transformer import Transformer
+from codefoundry.models.vocab_bytes import piece
 
 __all__ = ["check_utf8", "complete", "complete_ids", "fim_prompt_ids", "generate_command", "special_id"]
 
@@ -41,12 +43,15 @@ def fim_prompt_ids(tokenizer, prefix: str, suffix: str, budget: int | None = Non
     return ids if budget is None else _fit(ids, n_prefix, budget)
 
 
+_FIM = "fill-in-the-middle (a suffix)"
+
+
 def _fim_ids(tokenizer, prefix: str, suffix: str) -> tuple[list[int], int]:
     enc = plain_encoder(tokenizer).encode_batch([prefix, suffix], add_special_tokens=False)
     ids = [
-        special_id(tokenizer, FIM_PREFIX), *enc[0].ids,
-        special_id(tokenizer, FIM_SUFFIX), *enc[1].ids,
-        special_id(tokenizer, FIM_MIDDLE),
+        special_id(tokenizer, FIM_PREFIX, _FIM), *enc[0].ids,
+        special_id(tokenizer, FIM_SUFFIX, _FIM), *enc[1].ids,
+        special_id(tokenizer, FIM_MIDDLE, _FIM),
     ]  # fmt: skip
     return ids, len(enc[0].ids)
 
@@ -125,10 +130,12 @@ def _warn_lowered(asked: int, got: int, cap: int) -> None:
 def complete(model: Transformer, tokenizer, prompts: list[str], *, suffixes: list[str | None] | None = None,
              max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
              seed: int | None = None, stop: Sequence[str] = (), on_text: OnText | None = None,
-             batch_size: int = 16, repetition_penalty: float = 1.0) -> list[str]:  # fmt: skip
+             batch_size: int = 16, repetition_penalty: float = 1.0,
+             stop_ids: Sequence[int] = ()) -> list[str]:  # fmt: skip
     """Continue each prompt; with a (non-None) suffix, write the middle between prompt and suffix (FIM,
-    PSM). Generation ends at <|endoftext|> or <|file_sep|> (and <|fim_pad|> for FIM), at a stop string,
-    or after max_new_tokens; the FIM sentinels are never written (`generate.PLAIN_BANNED`). `on_text(row,
+    PSM). Generation ends at <|endoftext|> or <|file_sep|> (and <|fim_pad|> for FIM) where the tokenizer
+    has them, at one of `stop_ids` (an imported tokenizer's end of sequence), at a stop string, or after
+    max_new_tokens; the FIM sentinels are never written (`generate.PLAIN_BANNED`). `on_text(row,
     piece)` streams each row's text as it is decided. `repetition_penalty` as in `generate`.
     A plain prompt's special-token text is read as those tokens, as Hugging Face tokenizers and vLLM read
     it (a chat template written out as text works). With a suffix, prompt and suffix are the text around a
@@ -150,7 +157,9 @@ def complete(model: Transformer, tokenizer, prompts: list[str], *, suffixes: lis
             fim_ids, n_prefix = _fim_ids(tokenizer, prompt, suffix)
             ids.append(fim_ids)
             prefix_lengths.append(n_prefix)
-    stop_ids = [special_id(tokenizer, t) for t in (FIM_STOPS if fim else PLAIN_STOPS)]
+    # Those of our end tokens the tokenizer has: an imported Llama tokenizer has none, and required they
+    # made every plain completion fail.
+    stop_ids = [*ids_of(tokenizer, FIM_STOPS if fim else PLAIN_STOPS), *stop_ids]
     return complete_ids(
         model, tokenizer, ids, max_new_tokens=max_new_tokens, stop_ids=stop_ids, stop=stop,
         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size,
@@ -188,7 +197,7 @@ class _TextStream:
     def push(self, token: int) -> None:
         if self.done:
             return
-        self.pending += self.decoder.decode(self.table[token])
+        self.pending += self.decoder.decode(piece(self.table, token))
         cut = truncate_at_stop(self.pending, self.stops)
         if len(cut) < len(self.pending):
             self._emit(cut)
@@ -218,6 +227,7 @@ def generate_command(ckpt: str, prompt: str, suffix: str | None, max_tokens: int
     when a suffix is given). With `stream`, the text is also written to stdout as it is generated."""
     from codefoundry.models import checkpoint
     from codefoundry.models import tokenizer as tokenizer_module
+    from codefoundry.models.hf import special_token_ids
 
     # Checked before the (possibly slow) load, named as the command's options.
     if max_tokens < 1:
@@ -232,6 +242,8 @@ def generate_command(ckpt: str, prompt: str, suffix: str | None, max_tokens: int
     check_utf8(suffix, "--suffix")
     model = checkpoint.load(ckpt)
     tok = tokenizer_module.load(ckpt)
+    # The end of sequence tokenizer_config.json names (an imported Llama's "</s>") ends the text too.
+    eos = special_token_ids(ckpt)["eos_token_id"] if (Path(ckpt) / "tokenizer.json").is_file() else None
 
     def write(_row: int, piece: str) -> None:
         sys.stdout.write(piece)
@@ -240,4 +252,5 @@ def generate_command(ckpt: str, prompt: str, suffix: str | None, max_tokens: int
     return complete(
         model, tok, [prompt], suffixes=[suffix], max_new_tokens=max_tokens, temperature=temperature,
         top_p=top_p, seed=seed, on_text=write if stream else None, repetition_penalty=repetition_penalty,
+        stop_ids=[] if eos is None else [eos],
     )[0]  # fmt: skip

@@ -42,6 +42,7 @@ from codefoundry.models.step import Step
 from codefoundry.models.tokenizer import EOT, FILE_SEP, FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX
 from codefoundry.models.transformer import KVCache, Transformer
 from codefoundry.models.vocab_bytes import decode, decode_after, token_bytes
+from codefoundry.models.vocab_bytes import piece as token_piece
 
 __all__ = [
     "SpeculativeResult",
@@ -112,7 +113,7 @@ class _Rows:
         if self.on_token is not None and self.on_token(row, token):
             return True
         if self.stops:
-            piece = self.table[token]
+            piece = token_piece(self.table, token)
             tail = self.tails[row] + piece
             self.tails[row] = tail[-self.keep :]
             # A stop string can only have just appeared if this token holds its last byte.
@@ -142,7 +143,7 @@ class _Sampler:
         # logits: (B, V) -> tokens (B,)
         if self.gen is None:
             return _argmax(logits)
-        logits = logits.float() / self.temperature
+        logits = _scaled(logits, self.temperature)
         if 0 < self.top_k < logits.shape[-1]:
             kth = logits.topk(self.top_k, dim=-1).values[:, -1:]  # (B, 1)
             logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -170,6 +171,15 @@ class _Penalty:
 
     def keep_rows(self, keep: torch.Tensor) -> None:
         self.drawn = self.drawn.index_select(0, keep)
+
+
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """fp32 logits (B, V) / temperature, shifted so each row's largest is 0 (the softmax is the same): at a
+    tiny temperature (1e-38) the unshifted ones overflowed to inf, the softmax was NaN and the draw an id
+    past the vocabulary. A temperature below fp32's smallest normal number, which would round to 0, divides
+    as that number (the other tokens' probabilities underflow to 0 either way)."""
+    logits = logits.float()
+    return (logits - logits.amax(dim=-1, keepdim=True)) / max(temperature, torch.finfo(torch.float32).tiny)
 
 
 def _argmax(logits: torch.Tensor) -> torch.Tensor:
@@ -345,7 +355,7 @@ def heal_prompts(prompts: list[list[int]], table: list[bytes]
     by_bytes: dict[bytes, list[int]] = {}
     out, firsts, skips = [], [], []
     for prompt in prompts:
-        last = table[prompt[-1]] if prompt else b""
+        last = token_piece(table, prompt[-1]) if prompt else b""
         if len(prompt) < 2 or not last or last.strip():
             out.append(prompt)
             firsts.append(None)
@@ -406,9 +416,7 @@ def _decode(model: Transformer, prompts: list[list[int]], rows: _Rows, sample: _
         if rows.logprobs is None:
             running = [b for b in running if not rows.push(live[b], values[b])]
         else:
-            chosen = (
-                (raw.float() / temperature).log_softmax(-1).gather(1, tokens[:, None]).squeeze(1).tolist()
-            )
+            chosen = _scaled(raw, temperature).log_softmax(-1).gather(1, tokens[:, None]).squeeze(1).tolist()
             running = [b for b in running if not rows.push(live[b], values[b], chosen[b])]
         if not running:
             break

@@ -82,6 +82,8 @@ def export_hf(ckpt: str | Path, out: str | Path, *, allow_dropless: bool = False
     # Read (and so checked) before anything is written: the export copies these same files.
     token_ids = special_token_ids(ckpt) if has_tok else dict.fromkeys(TOKEN_ID_KEYS)
     _check_export_dir(out)
+    for name in checkpoint.TOKENIZER_FILES:  # an earlier export's files would pass for this model's
+        (out / name).unlink(missing_ok=True)
     if has_tok:
         checkpoint.copy_tokenizer(ckpt, out)
     else:

@@ -32,6 +32,7 @@ from codefoundry.models.generate import (
     token_bytes,
 )
 from codefoundry.models.tokenizer import plain_encoder
+from codefoundry.models.vocab_bytes import piece
 
 __all__ = ["InfillExample", "final_checks", "fim_exact_match", "fim_matches", "heldout_functions", "heldout_lines",
            "syntax_valid_fraction"]  # fmt: skip
@@ -324,7 +325,7 @@ class _BodyEnd:
         self.quote = b""  # the open string's delimiter, or b""
 
     def push(self, token: int) -> bool:
-        self.text += self.table[token]
+        self.text += piece(self.table, token)
         if self.skip:
             dropped = min(self.skip, len(self.text))
             self.text, self.skip = self.text[dropped:], self.skip - dropped

@@ -21,7 +21,7 @@ import json
 import re
 from collections.abc import Sequence
 
-__all__ = ["decode", "decode_after", "token_bytes"]
+__all__ = ["decode", "decode_after", "piece", "token_bytes"]
 
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
@@ -102,11 +102,18 @@ def token_bytes(tokenizer) -> list[bytes]:
     return table
 
 
+def piece(table: list[bytes], i: int) -> bytes:
+    """The bytes of id `i`; none for an id past the tokenizer's vocabulary (an imported checkpoint's
+    padded embedding: Qwen2.5 has 151,936 rows for 151,665 tokens), which no text decodes to."""
+    return table[i] if i < len(table) else b""
+
+
 def decode(table: list[bytes], ids: Sequence[int]) -> str:
-    """The text of `ids` given `token_bytes(tokenizer)` (invalid UTF-8 becomes U+FFFD)."""
-    return b"".join(table[i] for i in ids).decode("utf-8", "replace")
+    """The text of `ids` given `token_bytes(tokenizer)` (invalid UTF-8 becomes U+FFFD; ids past the
+    vocabulary add nothing)."""
+    return b"".join(piece(table, i) for i in ids).decode("utf-8", "replace")
 
 
 def decode_after(table: list[bytes], ids: Sequence[int], skip: int) -> str:
     """`decode`, without the first `skip` bytes (what `generate.heal_prompts` took off the prompt)."""
-    return b"".join(table[i] for i in ids)[skip:].decode("utf-8", "replace")
+    return b"".join(piece(table, i) for i in ids)[skip:].decode("utf-8", "replace")

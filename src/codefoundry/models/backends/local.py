@@ -1,6 +1,7 @@
 """A codefoundry checkpoint run in this process: `load_backend("cf:CKPT_DIR")`.
 
-`complete` continues raw prompts (ending at <|endoftext|> or <|file_sep|>); `chat` writes the
+`complete` continues raw prompts (ending at <|endoftext|> or <|file_sep|>, and at the end of sequence
+tokenizer_config.json names: an imported Llama's "</s>"); `chat` writes the
 conversation in the tokenizer's chat tokens (`<|im_start|>role\\ncontent<|im_end|>\\n` per message, then
 `<|im_start|>assistant\\n`) and ends the reply at <|im_end|>. The `n` samples of a prompt are rows of the
 same batch; greedy decoding computes one and repeats it `n` times. A seed makes a call reproducible on
@@ -25,8 +26,8 @@ class LocalBackend:
 
         from codefoundry.models import checkpoint
         from codefoundry.models import tokenizer as tokenizer_module
-        from codefoundry.models.completion import special_id
         from codefoundry.models.generate import PLAIN_BANNED, ids_of
+        from codefoundry.models.hf import special_token_ids
 
         self.name = f"cf:{path}"
         if batch_size < 1:
@@ -44,9 +45,14 @@ class LocalBackend:
         try:
             self.model = checkpoint.load(root, device=device, dtype=dtype)
             self.tokenizer = tokenizer_module.load(root)
-            self._plain_stops = [special_id(self.tokenizer, t) for t in (EOT, FILE_SEP)]
-            self._chat_stops = [special_id(self.tokenizer, t) for t in (IM_END, EOT)]
-            self._im_start = special_id(self.tokenizer, IM_START)
+            # Our end tokens where the tokenizer has them, and the end of sequence its tokenizer_config.json
+            # names: an imported Llama's tokenizer has none of ours, and requiring them refused the model.
+            eos = special_token_ids(root)["eos_token_id"]
+            self._plain_stops = [*ids_of(self.tokenizer, (EOT, FILE_SEP)), *([] if eos is None else [eos])]
+            # The chat tokens, None without them: then `chat` says so (plain completion still works).
+            self._im_start = self.tokenizer.token_to_id(IM_START)
+            im_end = self.tokenizer.token_to_id(IM_END)
+            self._chat_stops = [] if im_end is None else [im_end, *ids_of(self.tokenizer, (EOT,))]
             self._banned = ids_of(self.tokenizer, PLAIN_BANNED)  # no FIM sentinel in a completion or answer
             self._plain = tokenizer_module.plain_text_copy(self.tokenizer)
         except (checkpoint.CheckpointError, ValueError) as e:
@@ -65,6 +71,9 @@ class LocalBackend:
         return self._generate(ids, params, self._plain_stops)
 
     def chat(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[list[str]]:
+        if self._im_start is None or not self._chat_stops:
+            missing = IM_START if self._im_start is None else IM_END
+            raise BackendError(f"{self.name}: the tokenizer has no {missing} token, which chat needs")
         return self._generate([self._chat_ids(conv) for conv in conversations], params, self._chat_stops)
 
     def _chat_ids(self, conv: Conversation) -> list[int]:
