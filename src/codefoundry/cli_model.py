@@ -59,6 +59,9 @@ def _pretrain(args: argparse.Namespace) -> int:
             if missing:
                 raise ValueError(f"missing {', '.join(missing)} (or --json CONFIG with those fields)")
             cfg = PretrainConfig(**given)
+    except (TypeError, ValueError) as e:  # TypeError: the type check's (`--betas 0.9` reads as a 1-tuple)
+        raise _usage_error(str(e)) from None
+    try:
         summary = pretrain(cfg)
     except (ValueError, FileNotFoundError) as e:
         raise _usage_error(str(e)) from None

@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("tokenizers")
 
-from test_pretrain import corpus, small, tok_dir, train_records  # noqa: E402, F401
+from test_pretrain import small, train_records  # noqa: E402
 
 from codefoundry.models.config import config_for_size  # noqa: E402
 from codefoundry.models.transformer import Transformer  # noqa: E402

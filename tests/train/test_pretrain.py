@@ -35,26 +35,9 @@ from codefoundry.train.pretrain import (  # noqa: E402
 )
 from codefoundry.train.trainer_state import param_digest  # noqa: E402
 
-CORPUS = ("textwrap", "bisect", "heapq", "functools", "string", "fnmatch", "shlex", "glob", "colorsys")
 # One thread everywhere (this process and the subprocesses): the shared 2-core machine is often busy, and
 # two threads contending for one core are many times slower; it also keeps the runs' arithmetic the same.
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("corpus")
-    by_stem = {p.stem: p for p in cft.default_corpus() if p.parent.name.startswith("python")}
-    for stem in CORPUS:
-        shutil.copyfile(by_stem[stem], root / f"{stem}.py")
-    return root
-
-
-@pytest.fixture(scope="module")
-def tok_dir(corpus, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tok")
-    cft.train(sorted(corpus.iterdir()), vocab_size=512, out=out)
-    return out
 
 
 def small(corpus, tok_dir, out, **overrides) -> PretrainConfig:

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 SCAN_CHUNK = 1 << 22  # tokens per chunk when scanning shards (16 MiB of uint32)
+NPY_MAGIC = b"\x93NUMPY"  # how every .npy file starts
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,8 @@ def _open_directory(
     if not docs:
         raise ValueError(f"{root}: no non-empty UTF-8 source files ({skipped} skipped as not UTF-8)")
     scores = [holdout_score(rel) for rel, _ in docs]
-    held = [s < holdout for s in scores]
+    # a lone file is never held out (as a lone document in shards): held out, nothing was left to train on
+    held = [s < holdout and len(docs) > 1 for s in scores]
     if holdout > 0 and len(docs) > 1:
         # at least one held-out file and at least one training file
         if not any(held):
@@ -263,9 +265,18 @@ def _open_directory(
 
 def open_shard(path: Path) -> np.memmap:
     """A token shard, memory-mapped read-only; a clear error for anything but a 1-D uint16/uint32 array."""
+    # Without numpy's magic string np.load reads the file as a pickle: an empty file raised a bare
+    # EOFError naming no file, and other files got numpy's advice to unpickle them (`allow_pickle=`).
+    try:
+        with path.open("rb") as f:
+            magic = f.read(len(NPY_MAGIC))
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror})")
+    if magic != NPY_MAGIC:
+        raise ValueError(f"{path}: not a .npy file (no numpy header: empty, cut short or another format)")
     try:
         arr = np.load(path, mmap_mode="r")
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, EOFError) as e:
         raise ValueError(f"{path}: not a readable .npy array ({e})")
     if not isinstance(arr, np.ndarray) or arr.ndim != 1 or arr.dtype not in (np.uint16, np.uint32):
         raise ValueError(f"{path}: a shard must be a 1-D uint16 or uint32 array of token ids")
@@ -524,6 +535,16 @@ class PretrainData:
                 if len(d)
             ]
         return list(self._val_texts)
+
+    def digest(self) -> str:
+        """A short digest of the data as opened: the document count and each split's token counts. Files
+        added, removed or edited under the same path give another (a resume compares them); from the
+        counts opening computed, so it costs no pass over the data."""
+        sizes = np.array([self.n_documents, self.n_train_tokens, self.n_val_tokens], np.int64)
+        h = hashlib.sha256(sizes.tobytes())
+        h.update(self._train_counts.tobytes())
+        h.update(self._val_counts.tobytes())
+        return h.hexdigest()[:16]
 
     def unigram_loss(self) -> float:
         """Cross-entropy (nats/token) of the held-out tokens under the add-one-smoothed unigram distribution

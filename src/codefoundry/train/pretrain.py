@@ -41,6 +41,7 @@ from codefoundry.models.config import SIZES, config_for_size
 from codefoundry.models.transformer import Transformer
 from codefoundry.paths import output_dir
 from codefoundry.train.budget import TimeBudget
+from codefoundry.train.distributed import Ranks, init_distributed, wrap_model
 from codefoundry.train.metrics import METRICS, MetricsLogger, flops_per_token, peak_flops, plot_curves
 from codefoundry.train.muon import Muon, Optimizers, muon_groups
 from codefoundry.train.trainer_state import (
@@ -49,6 +50,7 @@ from codefoundry.train.trainer_state import (
     find_checkpoint,
     load_checkpoint,
     param_digest,
+    run_facts,
     save_checkpoint,
     set_rng_state,
 )
@@ -119,7 +121,7 @@ class PretrainConfig:
             "batch_size": self.batch_size >= 1,
             "grad_accum": self.grad_accum >= 1,
             "seq_len": self.seq_len >= 2,
-            "lr": self.lr > 0,
+            "lr": 0 < self.lr < math.inf,
             "min_lr": self.min_lr is None or 0 <= self.min_lr <= self.lr,
             "warmup": self.warmup is None or self.warmup >= 0,
             "weight_decay": self.weight_decay >= 0,
@@ -140,6 +142,8 @@ class PretrainConfig:
             "holdout": 0 <= self.holdout < 1,
             "moe_experts": self.moe_experts >= 0,
             "mtp_depth": self.mtp_depth >= 0,
+            "mtp_weight": self.mtp_weight >= 0,  # (NaN fails every comparison)
+            "peak_tflops": self.peak_tflops is None or self.peak_tflops > 0,
             "seed": self.seed >= 0,  # numpy's SeedSequence refuses < 0: it failed later, as DataConfig.seed
         }
         for name, ok in checks.items():
@@ -262,36 +266,6 @@ def evaluate(
     return float(total) / max(1, count)
 
 
-@dataclass(frozen=True)
-class Ranks:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(cfg: PretrainConfig) -> tuple[Ranks, torch.device]:
-    """This process's rank and device; joins the process group when torchrun started several."""
-    env = os.environ
-    ranks = Ranks(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
-    want = cfg.device
-    if want == "cuda" and not torch.cuda.is_available():
-        raise ValueError("PretrainConfig.device: 'cuda' asked for, but torch sees no CUDA device")
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device("cuda", ranks.local_rank) if want == "cuda" else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.set_float32_matmul_precision("high")  # TF32 for any fp32 matmul left outside autocast
-    if ranks.world_size > 1:
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
-    return ranks, device
-
-
 def check_inputs(cfg: PretrainConfig) -> None:
     """Fail fast, with one line, on inputs that would otherwise fail minutes in."""
     tok = Path(cfg.tokenizer)
@@ -323,23 +297,6 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             dist.destroy_process_group()
 
 
-def wrap_model(
-    model: nn.Module, cfg: PretrainConfig, device: torch.device, *, distributed: bool
-) -> tuple[nn.Module, nn.Module | None]:
-    """(what the loop calls, the DDP wrapper or None): DDP under torchrun, then `torch.compile` if asked."""
-    ddp = None
-    if distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # An expert that no token on this rank chose has no gradient here; DDP must be told to look.
-        ddp = model = DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=bool(cfg.moe_experts),
-        )
-    return (torch.compile(model) if cfg.compile else model), ddp
-
-
 class Run:
     """One pretraining run's objects and counters; `train()` is the loop."""
 
@@ -360,7 +317,12 @@ class Run:
         self.val = self.data.val_batches(cfg.batch_size, cfg.eval_batches) if ranks.main else []
 
         self.raw = build_model(cfg, self.tok.get_vocab_size())
-        resumed = load_checkpoint(find_checkpoint(cfg.out), self.raw, cfg) if cfg.resume else {}
+        self.facts = run_facts(self.data, ranks.world_size)  # what else a resume must share (trainer_state)
+        resumed = (
+            load_checkpoint(find_checkpoint(cfg.out), self.raw, cfg, facts=self.facts, tokenizer=self.tok)
+            if cfg.resume
+            else {}
+        )
         self.raw.to(device).train()
         self.model, self.ddp = wrap_model(self.raw, cfg, device, distributed=ranks.world_size > 1)
         self.optimizer = build_optimizer(self.raw, cfg, device)  # after loading: load_state assigns tensors
@@ -510,7 +472,7 @@ class Run:
         # The steps asked for, not a time budget's fitted count (saved apart): a resume compares the two
         # configs, and the fitted count made every budgeted resume say it would not reproduce the run.
         cfg = replace(self.cfg, steps=self.budget.steps_asked) if self.budget else self.cfg
-        state = {"step": self.step, "elapsed_s": self.elapsed(), "config": asdict(cfg),
+        state = {"step": self.step, "elapsed_s": self.elapsed(), "config": asdict(cfg), "facts": self.facts,
                  "fitted_steps": self.budget.fitted if self.budget else None}  # fmt: skip
         save_checkpoint(self.out, self.raw, self.optimizer, state, tokenizer=self.tok_dir)
 
@@ -583,12 +545,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m codefoundry.train.pretrain")
     parser.add_argument("--json", required=True, help="a JSON object of PretrainConfig fields")
     args = parser.parse_args(argv)
-    try:
-        cfg = config_from_json(PretrainConfig, args.json)
-    except ValueError as e:  # one line naming the file and the field
+    try:  # one line naming the file and the field, or the input the run cannot use
+        summary = pretrain(config_from_json(PretrainConfig, args.json))
+    except (ValueError, FileNotFoundError) as e:
         print(e, file=sys.stderr)
         return 2
-    summary = pretrain(cfg)
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(summary, indent=2))
     return 0

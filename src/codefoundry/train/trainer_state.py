@@ -21,6 +21,9 @@ from codefoundry.models import checkpoint as ckpt
 from codefoundry.models.transformer import Transformer
 
 if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from codefoundry.train.data import PretrainData
     from codefoundry.train.pretrain import PretrainConfig
 
 CHECKPOINT = "checkpoint"
@@ -35,6 +38,7 @@ OLDER_DEFAULTS = {"optimizer": "adamw"}
 TRAJECTORY_FIELDS = (
     "data", "steps", "batch_size", "grad_accum", "seq_len", "lr", "min_lr", "warmup", "weight_decay", "betas",
     "grad_clip", "fim_rate", "spm_rate", "fim_line_rate", "holdout", "mtp_weight", "dtype", "seed",
+    "time_budget_s",  # without it a resume trains to the steps asked, not to the count a budget fitted
 )  # fmt: skip
 
 
@@ -101,8 +105,44 @@ def find_checkpoint(out: str | Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, model: Transformer, cfg: PretrainConfig) -> dict[str, Any]:
-    """Check that `cfg` can continue the checkpoint, load its weights into `model`, return its state."""
+def run_facts(data: PretrainData, world_size: int) -> dict[str, Any]:
+    """What decides the loss curve that the config does not hold, saved beside it: the number of ranks (each
+    draws its own batches) and a digest of the data as opened (files changed under the same path)."""
+    return {"world_size": world_size, "data_digest": data.digest()}
+
+
+def _fact_changes(saved: dict[str, Any], facts: dict[str, Any]) -> list[str]:
+    changed = [name for name, value in facts.items() if name in saved and saved[name] != value]
+    return [
+        "changed data (its files or shards differ from the checkpoint's)"
+        if name == "data_digest"
+        else f"{name}={facts[name]!r} (was {saved[name]!r})"
+        for name in changed
+    ]
+
+
+def _check_vocabulary(path: Path, tokenizer: Tokenizer, where: str) -> None:
+    """Refuse a tokenizer whose tokens are not the checkpoint's: each embedding row stands for one token."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    saved = path / "tokenizer.json"
+    if saved.is_file() and HFTokenizer.from_file(str(saved)).get_vocab() != tokenizer.get_vocab():
+        raise ValueError(
+            f"{path}: cannot resume with the tokenizer {where}: its vocabulary is not the one the checkpoint"
+            " was trained with (as many tokens, other ones)"
+        )
+
+
+def load_checkpoint(
+    path: Path,
+    model: Transformer,
+    cfg: PretrainConfig,
+    *,
+    facts: dict[str, Any] | None = None,
+    tokenizer: Tokenizer | None = None,
+) -> dict[str, Any]:
+    """Check that `cfg` (with this run's `facts` and `tokenizer`, when given) can continue the checkpoint,
+    load its weights into `model`, return its state."""
     try:
         state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
         saved = state["config"]
@@ -119,21 +159,23 @@ def load_checkpoint(path: Path, model: Transformer, cfg: PretrainConfig) -> dict
                 f"{path}: cannot resume with {name}={getattr(cfg, name)!r}:"
                 f" the checkpoint was trained with {name}={trained!r}"
             )
-    changed = [
-        f"{name}={getattr(cfg, name)!r} (was {saved[name]!r})"
-        for name in TRAJECTORY_FIELDS
-        if name in saved and _comparable(name, saved[name]) != _comparable(name, getattr(cfg, name))
-    ]
-    if changed:
-        print(
-            f"{path}: resuming with {', '.join(changed)}: the run will not reproduce an uninterrupted one",
-            file=sys.stderr,
-        )
     vocab = ckpt.load_config(path).vocab_size
     if vocab != model.cfg.vocab_size:
         raise ValueError(
             f"{path}: cannot resume: the checkpoint has a {vocab}-token vocabulary,"
             f" the tokenizer {cfg.tokenizer} has {model.cfg.vocab_size}"
+        )
+    if tokenizer is not None:
+        _check_vocabulary(path, tokenizer, cfg.tokenizer)
+    changed = [
+        f"{name}={getattr(cfg, name)!r} (was {saved[name]!r})"
+        for name in TRAJECTORY_FIELDS
+        if name in saved and _comparable(name, saved[name]) != _comparable(name, getattr(cfg, name))
+    ] + _fact_changes(state.get("facts", {}), facts or {})
+    if changed:
+        print(
+            f"{path}: resuming with {', '.join(changed)}: the run will not reproduce an uninterrupted one",
+            file=sys.stderr,
         )
     ckpt.load_state(model, ckpt.read_weights(path / ckpt.WEIGHTS), where=str(path / ckpt.WEIGHTS))
     return state

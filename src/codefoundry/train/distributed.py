@@ -1,0 +1,62 @@
+"""Processes and devices for a pretraining run: this process's rank and device (joining the process group
+when torchrun started several), and the model wrapped for DDP and `torch.compile`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+if TYPE_CHECKING:
+    from codefoundry.train.pretrain import PretrainConfig
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(cfg: PretrainConfig) -> tuple[Ranks, torch.device]:
+    """This process's rank and device; joins the process group when torchrun started several."""
+    env = os.environ
+    ranks = Ranks(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+    want = cfg.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ValueError("PretrainConfig.device: 'cuda' asked for, but torch sees no CUDA device")
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device("cuda", ranks.local_rank) if want == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.set_float32_matmul_precision("high")  # TF32 for any fp32 matmul left outside autocast
+    if ranks.world_size > 1:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    return ranks, device
+
+
+def wrap_model(
+    model: nn.Module, cfg: PretrainConfig, device: torch.device, *, distributed: bool
+) -> tuple[nn.Module, nn.Module | None]:
+    """(what the loop calls, the DDP wrapper or None): DDP under torchrun, then `torch.compile` if asked."""
+    ddp = None
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # An expert that no token on this rank chose has no gradient here; DDP must be told to look.
+        ddp = model = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=bool(cfg.moe_experts),
+        )
+    return (torch.compile(model) if cfg.compile else model), ddp
