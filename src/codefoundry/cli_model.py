@@ -67,7 +67,8 @@ def _pretrain(args: argparse.Namespace) -> int:
         raise _usage_error(str(e)) from None
     if summary:  # only rank 0 returns a summary under torchrun
         print(_pretrain_line(summary))
-    return 0
+    # A Ctrl-C the run honoured (checkpoint and summary written) still ends as an interrupt does.
+    return 130 if summary and summary.get("stopped") == "interrupted" else 0
 
 
 def _pretrain_line(s: dict[str, Any]) -> str:

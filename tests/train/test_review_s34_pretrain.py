@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,3 +205,45 @@ def test_exact_resume_mid_accumulation_with_fim_mtp_moe_and_muon(corpus, tok_dir
     keys = ("step", "loss", "ntp", "mtp", "aux", "grad_norm", "lr", "val_loss")
     assert [[r.get(k) for k in keys] for r in b] == [[r.get(k) for k in keys] for r in a]
     assert resumed["param_digest"] == whole["param_digest"]
+
+
+# ------------------------------------------------------------------------------------------ Ctrl-C
+def test_a_ctrl_c_stops_after_the_step_with_a_checkpoint_and_summary_and_the_run_resumes(
+    corpus, tok_dir, tmp_path
+):
+    # A Ctrl-C ended the run where it was: nothing since the last checkpoint was kept, and no summary or
+    # plot was written. Now the first one stops after the step, as a time limit does.
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "codefoundry.cli", "pretrain", "--data", str(corpus), "--tokenizer",
+           str(tok_dir), "--out", str(out), "--size", "tiny", "--steps", "100000", "--batch-size", "2",
+           "--seq-len", "32", "--log-every", "1", "--eval-every", "0", "--save-every", "0", "--eval-batches",
+           "1", "--device", "cpu", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    metrics = out / M.METRICS
+    deadline = time.monotonic() + 120
+    while (
+        not (metrics.is_file() and metrics.read_text().count('"loss"') >= 3) and time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "stopping after this step" in stderr and "Traceback" not in stderr, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"] == "interrupted" and 3 <= summary["step"] < 100000, summary
+    assert (out / "loss.png").is_file() and summary["val_loss"] is not None
+    assert summary["step"] == trainer_step(out / "checkpoint")
+    resumed = pretrain(small(corpus, tok_dir, out, steps=summary["step"] + 2))
+    assert resumed["stopped"] == "completed" and resumed["step"] == summary["step"] + 2, resumed
+
+
+def trainer_step(checkpoint: Path) -> int:
+    import torch
+
+    from codefoundry.train.trainer_state import TRAINER_STATE
+
+    return int(torch.load(checkpoint / TRAINER_STATE, map_location="cpu", weights_only=True)["step"])

@@ -1,9 +1,15 @@
 """Processes and devices for a pretraining run: this process's rank and device (joining the process group
-when torchrun started several), and the model wrapped for DDP and `torch.compile`."""
+when torchrun started several), the model wrapped for DDP and `torch.compile`, and how a Ctrl-C stops a
+run."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -60,3 +66,34 @@ def wrap_model(
             find_unused_parameters=bool(cfg.moe_experts),
         )
     return (torch.compile(model) if cfg.compile else model), ddp
+
+
+@contextlib.contextmanager
+def interrupts_stop_after_the_step(enabled: bool) -> Iterator[Callable[[], bool]]:
+    """Within: a first Ctrl-C (SIGINT) only sets a flag, which the training loop reads after each step to
+    stop there as at a time limit (checkpoint, held-out loss, summary and plot written: an interrupted run
+    had lost every step since its last checkpoint); a second one interrupts at once. Yields whether one
+    came. Only where the flag can be honoured: one process (under torchrun each rank would stop at another
+    step, and torchrun ends its workers itself), in the main thread, with SIGINT not ignored."""
+    previous = (
+        signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    )
+    if not enabled or previous in (None, signal.SIG_IGN):  # not ours to change, or ignored (a background job)
+        yield lambda: False
+        return
+    seen = threading.Event()
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        seen.set()
+        signal.signal(signal.SIGINT, previous)
+        print(
+            "interrupted: stopping after this step, with a checkpoint and a summary (Ctrl-C again: at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield seen.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -41,7 +41,7 @@ from codefoundry.models.config import SIZES, config_for_size
 from codefoundry.models.transformer import Transformer
 from codefoundry.paths import output_dir
 from codefoundry.train.budget import TimeBudget
-from codefoundry.train.distributed import Ranks, init_distributed, wrap_model
+from codefoundry.train.distributed import Ranks, init_distributed, interrupts_stop_after_the_step, wrap_model
 from codefoundry.train.metrics import METRICS, MetricsLogger, flops_per_token, peak_flops, plot_curves
 from codefoundry.train.muon import Muon, Optimizers, muon_groups
 from codefoundry.train.trainer_state import (
@@ -352,6 +352,10 @@ class Run:
         self.train_s = 0.0  # time inside training steps this session (evals and saves left out)
 
     def train(self) -> dict[str, Any]:
+        with interrupts_stop_after_the_step(self.ranks.world_size == 1) as interrupted:
+            return self._train(interrupted)
+
+    def _train(self, interrupted: Callable[[], bool]) -> dict[str, Any]:
         cfg = self.cfg
         start_step, stopped = self.step, "completed"
         window_tokens, window_s, mark = 0, 0.0, time.perf_counter()
@@ -362,6 +366,8 @@ class Run:
             window_tokens += self.tokens_per_step
             if self.out_of_time():
                 stopped = "time_limit"
+            elif interrupted():
+                stopped = "interrupted"
             last = self.step >= self.cfg.steps or stopped != "completed"
             if self.step % cfg.log_every == 0 or last:
                 window_s += self.stamp(mark)
@@ -486,7 +492,7 @@ class Run:
         if not self.ranks.main:
             return {"rank": self.ranks.rank, "step": self.step, "param_digest": digest}
         summary = self.summary(stopped, steps_run, digests)
-        if self.cfg.final_eval:
+        if self.cfg.final_eval and stopped != "interrupted":  # minutes of sampling the user asked to skip
             summary.update(final_evaluation(self.raw, self.tok, self.data, self.cfg))
         plot = plot_curves({self.out.name or "run": self.out / METRICS}, self.out / "loss.png")
         summary["plot"] = str(plot)
