@@ -235,7 +235,9 @@ def program_exception_class(name: object, lineage: object) -> type | None:
     builtin's name; None for names and lineages that make none."""
     if type(name) is not str or len(name) > MAX_NAME or type(lineage) is not list:
         return None
-    if not 1 <= len(lineage) <= MAX_LINEAGE + 1 or any(type(n) is not str for n in lineage):
+    if not 1 <= len(lineage) <= MAX_LINEAGE + 1:
+        return None
+    if any(type(n) is not str or len(n) > MAX_NAME for n in lineage):  # the cache's key holds them all
         return None
     if lineage[-1] not in SAFE_EXCEPTIONS:
         return None

@@ -25,7 +25,8 @@ the program's classes above it, down to the nearest builtin exception (`except V
 program's `class Invalid(ValueError)`, and `except Base` its `class Sub(Base)`, as in one process); any
 other as `RemoteError`. A test naming an exception class of the program (`except Invalid`, `isinstance(e,
 Invalid)`, `raise Invalid`) gets that judge-made class; multiple inheritance is flattened to the order of
-the class's MRO.
+the class's MRO. A name the program binds to AssertionError or one of its bases (`Invalid = Exception`)
+stays a handle: `except Invalid` around the test's own `assert False` would catch the failed assert.
 
 A call's arguments cross by value, so a function that changes a list, dict, set or bytearray argument in
 place changes its own copy: the reply carries the new contents of each such argument that changed, and the

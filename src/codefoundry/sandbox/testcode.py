@@ -10,10 +10,20 @@ from __future__ import annotations
 import builtins
 import importlib
 import sys
+import types
 
 # rpc.py as the zygote loaded it (zygote._load registers the modules it loads), or as a package module.
 rpc = sys.modules.get("codefoundry_rpc") or importlib.import_module("codefoundry.sandbox.rpc")
 
+# Standard modules of pure computation, and their C parts (heapq.heappush's __module__ is _heapq): those whose
+# objects a test may rely on the solution's import for (`_TestScope._standard`).
+PURE_MODULES = frozenset({
+    "math", "cmath", "fractions", "decimal", "datetime", "zoneinfo", "calendar", "collections", "itertools",
+    "functools", "operator", "heapq", "bisect", "string", "re", "statistics", "numbers", "typing", "copy",
+    "random", "array", "enum", "dataclasses", "json", "textwrap", "unicodedata", "struct", "builtins",
+    "_heapq", "_functools", "_operator", "_bisect", "_struct", "_collections", "_collections_abc", "_decimal",
+    "_pydecimal", "_datetime", "_pydatetime", "_random", "_json", "_string", "_statistics",
+})  # fmt: skip
 _CODE_CACHE: dict[tuple[str, str], object] = {}
 
 
@@ -80,12 +90,12 @@ class _TestScope(dict):
             raise KeyError(name) from None
         if type(found) is list and len(found) == 2:  # an exception class: the one its errors arrive as
             kind = rpc.crossing.program_exception_class(*found)
-            if kind is not None:
+            if kind is not None and not _catches_assertion(kind):
                 self.ns[name] = kind
                 return kind
         if name not in self.program_names:
             standard = self._standard(name)
-            if standard is not None:
+            if standard is not None and not _catches_assertion(standard):
                 self.ns[name] = standard
                 return standard
             self.program_names.add(name)
@@ -98,7 +108,9 @@ class _TestScope(dict):
         anything else by the `__module__` and `__qualname__` the program reports, among modules the judge
         has loaded already and those whose values cross by value (`Fraction`, `Decimal`: a test relying on
         the solution's `from fractions import Fraction` builds its expected values with the judge's own).
-        A lie can only get the test a genuine standard object."""
+        A lie can only get the test a genuine object of a module of pure computation (`PURE_MODULES`; a
+        class of `builtins`), reached through public names of classes: never os.abort, time.sleep or
+        sys.exit, which a test's `Solution()` would run in the judge."""
         top = sys.stdlib_module_names
         if name in top:
             try:
@@ -110,13 +122,20 @@ class _TestScope(dict):
             qualname = self.channel.request("getattr", ["name", name], "__qualname__")
         except Exception:
             return None
-        if type(module) is not str or type(qualname) is not str or module.partition(".")[0] not in top:
+        if type(module) is not str or type(qualname) is not str:
+            return None
+        parts = qualname.split(".")
+        if module.partition(".")[0] not in PURE_MODULES or any(part.startswith("_") for part in parts):
             return None
         obj = sys.modules.get(module)
         if obj is None and module in rpc.crossing.VALUE_MODULES:
             obj = rpc.crossing.value_module(module)
-        for part in qualname.split("."):
+        for i, part in enumerate(parts):
+            if i and not isinstance(obj, type):  # the module's names, then its classes' only
+                return None
             obj = getattr(obj, part, None)
+        if isinstance(obj, types.ModuleType) or (module == "builtins" and not isinstance(obj, type)):
+            return None  # builtins' functions (exec, open, breakpoint) are no test's to get this way
         return obj
 
     def __setitem__(self, name: str, value: object) -> None:
@@ -127,6 +146,14 @@ class _TestScope(dict):
 
     def __contains__(self, name: object) -> bool:
         return name in self.ns
+
+
+def _catches_assertion(kinds: object) -> bool:
+    """Whether `except kinds` catches a failed assert: a name the program binds to AssertionError or one
+    of its bases must not make a test's `try: f(-1); assert False` `except Invalid: pass` pass."""
+    if type(kinds) is tuple:  # the interpreter's except looks into nested tuples too
+        return any(_catches_assertion(kind) for kind in kinds)
+    return isinstance(kinds, type) and issubclass(kinds, BaseException) and issubclass(AssertionError, kinds)
 
 
 class _NamedRemote(rpc.Remote):
