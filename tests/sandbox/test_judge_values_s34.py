@@ -216,3 +216,35 @@ def test_a_forged_lineage_makes_no_class(name, lineage):
     assert kind is None or kind in (Exception,) or kind.__mro__[1] is Exception, kind
     error = crossing.rebuild_exception(name, "m", lineage)
     assert isinstance(error, Exception) and not isinstance(error, (SystemExit, KeyboardInterrupt))
+
+
+# -- the solution's names inside functions and classes the tests define --
+STACK = (
+    "class Stack:\n    def __init__(self):\n        self.items = []\n    def push(self, x):\n"
+    "        self.items.append(x)\n    def size(self):\n        return len(self.items)\n"
+    "def f(x):\n    if x < 0:\n        raise Invalid('neg')\n    return x\n" + INVALID
+)
+
+
+@pytest.mark.parametrize(
+    "test",
+    [
+        "def check():\n    s = Stack()\n    s.push(1)\n    assert s.size() == 1\ncheck()",
+        "class TestStack:\n    def test_push(self):\n        s = Stack()\n        s.push(2)\n"
+        "        assert s.size() == 1\nTestStack().test_push()",
+        "class TestStack:\n    kind = Stack\nassert TestStack.kind().size() == 0",
+        "assert [Stack().size() for _ in range(2)] == [0, 0]",
+        "def check(candidate):\n    try:\n        candidate(-1)\n    except Invalid:\n        return\n"
+        "    raise AssertionError\ncheck(f)",
+    ],
+    ids=["function", "method", "class-body", "comprehension", "except-in-function"],
+)
+def test_the_solutions_names_work_inside_what_the_tests_define(test):
+    # Only top-level test code saw the program's names: a `def check():` or a unittest-style class using
+    # the solution's `Stack` raised NameError, and a correct solution failed.
+    assert_passes(STACK, test)
+
+
+def test_a_name_neither_side_defines_is_still_a_name_error_inside_a_function():
+    r = judged(STACK, "def check():\n    return undefined_name\ncheck()")
+    assert r.status.value == "failed" and "NameError" in r.tests[0].error, r.tests

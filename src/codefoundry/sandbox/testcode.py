@@ -42,10 +42,10 @@ def run_judge(
     channel: rpc.Channel, setup: str, tests: list[str], entry_point: str, stop_on_failure: bool
 ) -> dict:
     """Run trusted test snippets against the program on the other end of `channel`."""
-    ns: dict = {"__name__": rpc.JUDGE_MODULE, "__builtins__": builtins}
-    scope = _TestScope(ns, channel)
+    ns: dict = {"__name__": rpc.JUDGE_MODULE}
+    ns["__builtins__"] = _TestScope(ns, channel)
     try:
-        exec(_compiled(setup, "setup.py"), ns, scope)  # trusted: the benchmark's own helper code
+        exec(_compiled(setup, "setup.py"), ns)  # trusted: the benchmark's own helper code
     except rpc.PeerGone as e:
         return {"tests": [[False, f"program stopped answering: {e}"] for _ in tests], "completed": True}
     except Exception as e:  # one outcome per test still (there had been none), and the message says why
@@ -55,7 +55,7 @@ def run_judge(
     outcomes: list[list] = []
     for i, snippet in enumerate(tests):
         try:
-            exec(_compiled(snippet, f"test_{i}.py"), ns, scope)  # trusted test code
+            exec(_compiled(snippet, f"test_{i}.py"), ns)  # trusted test code
             outcomes.append([True, ""])
         except rpc.PeerGone as e:
             outcomes.append([False, f"program stopped answering: {e}"])
@@ -70,20 +70,18 @@ def run_judge(
 
 
 class _TestScope(dict):
-    """The names top-level test code sees: the judge's own (where its definitions go), then builtins,
-    then, for a name the tests use but never define (a class the solution defines, such as a tree node
-    the setup code builds), the program's object of that name, as a handle."""
+    """The builtins of test code: Python's, then, for a name the tests use but never define (a class the
+    solution defines, such as a tree node the setup code builds), the program's object of that name, as
+    a handle. As the builtins mapping (not a locals mapping of top-level code), it serves the names used
+    in functions and class bodies the tests define too: a `def check():` or `class T:` using the
+    solution's `Stack` raised NameError, and a correct solution failed."""
 
     def __init__(self, ns: dict, channel: rpc.Channel) -> None:
-        super().__init__()
+        super().__init__(vars(builtins))
         self.ns, self.channel = ns, channel
         self.program_names: set[str] = set()  # names found to be the program's own (not standard) objects
 
-    def __getitem__(self, name: str) -> object:
-        if name in self.ns:
-            return self.ns[name]
-        if hasattr(builtins, name):
-            raise KeyError(name)  # the interpreter then finds the builtin itself
+    def __missing__(self, name: str) -> object:
         try:
             found = self.channel.request("exists", ["name", name])
         except NameError:
@@ -137,15 +135,6 @@ class _TestScope(dict):
         if isinstance(obj, types.ModuleType) or (module == "builtins" and not isinstance(obj, type)):
             return None  # builtins' functions (exec, open, breakpoint) are no test's to get this way
         return obj
-
-    def __setitem__(self, name: str, value: object) -> None:
-        self.ns[name] = value
-
-    def __delitem__(self, name: str) -> None:
-        del self.ns[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.ns
 
 
 def _catches_assertion(kinds: object) -> bool:
