@@ -131,14 +131,26 @@ def _eval(args: argparse.Namespace) -> int:
 def _tokenizer_train(args: argparse.Namespace) -> int:
     from codefoundry.models.tokenizer import train_command
 
+    # `--out "$OUT"` with OUT unset is a mistake, not the working directory
+    for flag, value in (("--data", args.data), ("--out", args.out)):
+        if value is not None and not value.strip():
+            raise UsageError(f"{flag} is empty: name a directory")
     try:
         report = train_command(args.data, args.vocab_size, args.out, args.min_frequency)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
-    print(
-        f"trained on {report.files} files: vocab {report.vocab_size}, {report.bytes_per_token} bytes/token -> {report.out}"
+    skipped = f" ({report.skipped} skipped: not UTF-8 or unreadable)" if report.skipped else ""
+    lossy = report.round_trip_failures
+    exact = (
+        f"{len(lossy)} do NOT decode back exactly, e.g. {lossy[0]}"
+        if lossy
+        else "every one decodes back exactly"
     )
-    return 0
+    print(
+        f"trained on {report.files} files{skipped}: vocab {report.vocab_size}, {report.bytes_per_token} "
+        f"bytes/token, {exact} -> {report.out}"
+    )
+    return 1 if lossy else 0
 
 
 def _language_from_name(path: str) -> str:

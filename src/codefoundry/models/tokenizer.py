@@ -3,12 +3,15 @@
 needs: end of text, fill-in-the-middle, repository packing and chat.
 
 Byte-level BPE with no normaliser and no prefix space is lossless: decoding the ids of any UTF-8 text
-gives the text back, whitespace and indentation included (tested on every file of the corpus). The
-default corpus is the Python standard library of the running interpreter.
+gives the text back, whitespace and indentation included (tested on every file of the corpus). Runs
+without a break longer than `MAX_PRE_TOKEN_BYTES` are cut into pieces that long, which bounds the cost
+of training on them and changes no text. The default corpus is the Python standard library of the
+running interpreter.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import sysconfig
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,6 +36,16 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}" + IM_START + "assistant\n{% endif %}"
 )
 
+
+# The longest pre-token (BPE "word"), in bytes: longer runs without a break (base64 of zeros, a rule of
+# '#', a screen of blank lines) are cut into pieces this long. The trainer's merges within one word cost
+# its length squared: a 2 MB run of "A" did not finish training in 5 minutes. Code's real words are far
+# shorter, so no learned token is lost.
+MAX_PRE_TOKEN_BYTES = 256
+# Bounds on the options: the trainer reserves memory for the whole vocabulary up front (2**31 tokens
+# asked for 141 GB and aborted the process), and Rust integers overflow past these.
+MAX_VOCAB_SIZE = 1 << 20
+MAX_MIN_FREQUENCY = 1 << 32
 
 # Installed third-party code and tool caches are not the corpus a directory names.
 SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", ".git", "node_modules", ".venv"})
@@ -84,7 +97,8 @@ class TrainReport:
     vocab_size: int
     bytes_per_token: float
     out: str
-    skipped: int = 0  # files skipped as not UTF-8
+    skipped: int = 0  # files skipped as not UTF-8 (or unreadable)
+    round_trip_failures: tuple[str, ...] = ()  # corpus files whose ids do not decode back exactly
 
 
 def train(files: Sequence[Path], *, vocab_size: int, out: str | Path, min_frequency: int = 2):
@@ -94,11 +108,15 @@ def train(files: Sequence[Path], *, vocab_size: int, out: str | Path, min_freque
 
 def train_texts(texts: Iterable[str], *, vocab_size: int, out: str | Path, min_frequency: int = 2):
     """Train a byte-level BPE on `texts` (any iterable, consumed once), save it to `out`, return it."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     check_options(vocab_size, min_frequency)
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    # After ByteLevel every byte is one printable character (no "\n"), so "." matches each of them.
+    cut = pre_tokenizers.Split(Regex(f".{{1,{MAX_PRE_TOKEN_BYTES}}}"), behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True), cut]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -113,18 +131,30 @@ def train_texts(texts: Iterable[str], *, vocab_size: int, out: str | Path, min_f
 
 
 def check_options(vocab_size: int, min_frequency: int) -> None:
-    if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (bytes + special tokens)")
+    least = 256 + len(SPECIAL_TOKENS)
+    if vocab_size < least:
+        raise ValueError(f"vocab_size must be at least {least} (bytes + special tokens), got {vocab_size}")
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise ValueError(f"vocab_size must be at most {MAX_VOCAB_SIZE:,}, got {vocab_size}")
     if min_frequency < 0:
         raise ValueError(f"min_frequency must be >= 0, got {min_frequency}")
+    if min_frequency > MAX_MIN_FREQUENCY:
+        raise ValueError(f"min_frequency must be at most {MAX_MIN_FREQUENCY:,}, got {min_frequency}")
 
 
 def save(tok, out: str | Path) -> None:
     """`tokenizer.json` plus the config files transformers' `PreTrainedTokenizerFast` reads.
-    `tokenizer.json` is written under a temporary name and renamed, so a killed save leaves no torn one."""
+    `tokenizer.json` is written under a temporary name and renamed, so a killed save leaves no torn one.
+    A file that cannot be written is an OSError naming it."""
     out = output_dir(out)
-    tok.save(str(out / "tokenizer.json.tmp"))
-    (out / "tokenizer.json.tmp").replace(out / "tokenizer.json")
+    tmp = out / "tokenizer.json.tmp"
+    try:
+        tok.save(str(tmp))
+    except OSError:
+        raise
+    except Exception as e:  # the bare Exception tokenizers raises when it cannot write, made an OSError
+        raise OSError(errno.EIO, str(e), str(tmp)) from None
+    tmp.replace(out / "tokenizer.json")
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": None,
@@ -195,7 +225,9 @@ def plain_encoder(tok):
 
 
 def bytes_per_token(tok, texts: Iterable[str]) -> float:
-    """Compression: UTF-8 bytes of the texts per token (higher is better)."""
+    """Compression: UTF-8 bytes of the texts per token (higher is better), the texts encoded as documents
+    are (`plain_encoder`: special-token text is text, not one control token)."""
+    tok = plain_encoder(tok)
     n_bytes = n_tokens = 0
     batch: list[str] = []
     for text in texts:
@@ -207,6 +239,29 @@ def bytes_per_token(tok, texts: Iterable[str]) -> float:
     return n_bytes / max(1, n_tokens)
 
 
+def measure(tok, files: Sequence[Path]) -> tuple[float, list[str]]:
+    """One pass over the readable UTF-8 `files`, each encoded as documents are (`plain_encoder`): bytes per
+    token (`bytes_per_token`) and the files whose ids do not decode back to their exact text
+    (`round_trip_failures`; should be none)."""
+    tok = plain_encoder(tok)
+    n_bytes = n_tokens = 0
+    failures: list[str] = []
+    for lo in range(0, len(files), 256):
+        paths, texts = [], []
+        for path in files[lo : lo + 256]:
+            try:
+                texts.append(read_source(path))
+            except (UnicodeDecodeError, OSError):
+                continue
+            paths.append(path)
+        ids = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+        decoded = tok.decode_batch(ids, skip_special_tokens=False)
+        failures += [str(p) for p, text, back in zip(paths, texts, decoded, strict=True) if back != text]
+        n_bytes += sum(len(t.encode("utf-8")) for t in texts)
+        n_tokens += sum(map(len, ids))
+    return n_bytes / max(1, n_tokens), failures
+
+
 def _count(tok, batch: list[str], n_bytes: int, n_tokens: int) -> tuple[int, int]:
     if batch:
         n_bytes += sum(len(t.encode("utf-8")) for t in batch)
@@ -215,7 +270,9 @@ def _count(tok, batch: list[str], n_bytes: int, n_tokens: int) -> tuple[int, int
 
 
 def round_trip_failures(tok, files: Iterable[Path]) -> list[str]:
-    """Files whose text does not decode back exactly from its token ids (should be none)."""
+    """Files whose text does not decode back exactly from its token ids (should be none), encoded as
+    documents are (`plain_encoder`)."""
+    tok = plain_encoder(tok)
     failures = []
     for path in files:
         try:
@@ -228,8 +285,29 @@ def round_trip_failures(tok, files: Iterable[Path]) -> list[str]:
     return failures
 
 
+MODEL_BIN = "pytorch_model.bin"  # besides *.safetensors: a model's weights, so a checkpoint directory
+
+
+def check_out(out: str | Path) -> Path:
+    """`out` made (`output_dir`) and checked before training: writable, and not a model checkpoint, whose
+    tokenizer a new one would silently replace (the model's ids would then mean other text)."""
+    import tempfile
+
+    out = output_dir(out)
+    weights = sorted(p.name for p in out.glob("*") if p.suffix == ".safetensors" or p.name == MODEL_BIN)
+    if weights:
+        raise ValueError(f"{out}: holds a model ({weights[0]}), whose tokenizer this would replace")
+    try:
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise ValueError(f"{out}: cannot write there ({e.strerror})") from None
+    return out
+
+
 def train_command(data: str | None, vocab_size: int, out: str, min_frequency: int = 2) -> TrainReport:
-    """What `codefoundry tokenizer train` does: train, save, and measure compression on the corpus."""
+    """What `codefoundry tokenizer train` does: train, save, and measure compression and the round trip on
+    every file of the corpus."""
     check_options(vocab_size, min_frequency)
     files = corpus_files(data)
     if not files:
@@ -237,9 +315,14 @@ def train_command(data: str | None, vocab_size: int, out: str, min_frequency: in
     skipped: list[Path] = []
     if not any(read_texts(files, skipped=skipped)):  # stops at the first non-empty text
         raise ValueError(f"{data}: no non-empty UTF-8 source files ({len(skipped)} skipped as not UTF-8)")
-    output_dir(out)
+    check_out(out)
     skipped.clear()
     texts = read_texts(files, skipped=skipped)
-    tok = train_texts(texts, vocab_size=vocab_size, out=out, min_frequency=min_frequency)
-    compression = round(bytes_per_token(tok, read_texts(files)), 3)
-    return TrainReport(len(files) - len(skipped), tok.get_vocab_size(), compression, str(out), len(skipped))
+    try:
+        tok = train_texts(texts, vocab_size=vocab_size, out=out, min_frequency=min_frequency)
+    except OSError as e:  # from `save`: a full disk, a folder where tokenizer.json goes, ...
+        where = e.filename2 or e.filename or out
+        raise ValueError(f"{where}: cannot save the tokenizer ({e.strerror or e})") from None
+    compression, failures = measure(tok, files)
+    return TrainReport(len(files) - len(skipped), tok.get_vocab_size(), round(compression, 3), str(out),
+                       len(skipped), tuple(failures))  # fmt: skip
