@@ -129,3 +129,18 @@ def test_the_command_refuses_an_empty_language(tmp_path):
     assert out.stderr.decode() == (
         "codefoundry sandbox: --language: unknown language ''; known: c, cpp, javascript, python\n"
     )
+
+
+@needs_gcc
+def test_a_build_reads_none_of_the_programs_stdin_at_the_process_level():
+    # The compiler inherited the run's stdin: at the process level (host files visible) a program's
+    # `#include "/dev/stdin"` compiled its test input into the binary. It reads /dev/null now.
+    code = (
+        "from codefoundry.sandbox import execute\n"
+        "r = execute('#include \"/dev/stdin\"\\nint main(void) { return X; }\\n', language='c',"
+        " stdin='#define X 0\\n')\n"
+        "print(r.isolation.value, r.status.value, r.phase)\n"
+    )
+    env = dict(os.environ, CODEFOUNDRY_SANDBOX_ISOLATION="process")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["process", "failed", "compile"], out.stdout + out.stderr

@@ -40,6 +40,9 @@ def build(cmd: list[str], env: dict[str, str], limits: dict, note_fd: int) -> No
     if pid == 0:
         try:
             os.dup2(err_w, 1), os.dup2(err_w, 2)
+            # The compiler reads no input: the run's stdin is the program's (`#include "/dev/stdin"` read it).
+            null = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(null, 0)
             jail.apply_run_limits(
                 float(limits["compile_seconds"]), cgroup.build_memory_mb(limits["memory_mb"])
             )
