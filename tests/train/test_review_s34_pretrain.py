@@ -129,6 +129,21 @@ def test_resume_refuses_another_tokenizer_of_the_same_size(corpus, tok_dir, tmp_
     assert pretrain(replace(cfg, resume=True, steps=2))["step"] == 2  # the same one, from a copy, resumes
 
 
+def test_resume_refuses_a_checkpoint_whose_model_this_version_builds_otherwise(corpus, tok_dir, tmp_path):
+    # A top-1 MoE checkpoint written before its gate became the router's probability (norm_topk_prob): the
+    # same options now build another model, and the weights went on under other arithmetic.
+    cfg = small(corpus, tok_dir, tmp_path / "run", moe_experts=2, moe_top_k=1)
+    pretrain(cfg)
+    config = tmp_path / "run" / "checkpoint" / "config.json"
+    written = json.loads(config.read_text())
+    assert written["moe"]["norm_topk_prob"] is False
+    written["moe"]["norm_topk_prob"] = True
+    config.write_text(json.dumps(written))
+    with pytest.raises(ValueError, match=r"cannot resume: its model has moe=.*this run builds moe=") as e:
+        pretrain(replace(cfg, resume=True, steps=2))
+    assert "\n" not in str(e.value)
+
+
 def test_resume_says_when_the_data_directory_changed(corpus, tok_dir, tmp_path, capsys):
     # The data was compared by its path alone: files added or removed under the same directory changed
     # the stream every step reads, and the resume went on as if it were exact.

@@ -17,9 +17,10 @@
 #include "panels.h"
 
 /* exp(x) for x <= 0 (Cephes' single-precision scheme: x = n ln 2 + r, a degree-6 polynomial in r, and
- * 2^n put into the exponent); below -87 it returns exp(-87). */
+ * 2^n put into the exponent); below -87 it returns exp(-87), and NaN for NaN (max_ps returns its second
+ * operand when either is NaN: with x first, a NaN score became exp(-87) and its row came out finite). */
 static inline __m256 exp8(__m256 x) {
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
     __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
     x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
     x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
@@ -86,15 +87,24 @@ static void transpose(const float *s, long ls, long rows, long cols, float *d, l
         for (long j = 0; j < cols; j += 8) transpose8(s + i * ls + j, ls, d + j * ld + i, ld);
 }
 
+/* the row's largest value, or NaN where it holds a NaN (so the whole softmax row is NaN, as PyTorch's) */
 static float row_max(const float *row, long n) {
-    __m256 m8 = _mm256_set1_ps(-INFINITY);
+    __m256 m8 = _mm256_set1_ps(-INFINITY), nan8 = _mm256_setzero_ps();
     long j = 0;
-    for (; j + 8 <= n; j += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(row + j));
+    for (; j + 8 <= n; j += 8) {
+        __m256 x = _mm256_loadu_ps(row + j);
+        m8 = _mm256_max_ps(m8, x);
+        nan8 = _mm256_or_ps(nan8, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+    }
     float buf[8], mx = -INFINITY;
     _mm256_storeu_ps(buf, m8);
     for (int i = 0; i < 8; i++) mx = buf[i] > mx ? buf[i] : mx;
-    for (; j < n; j++) mx = row[j] > mx ? row[j] : mx;
-    return mx;
+    int nan = _mm256_movemask_ps(nan8);
+    for (; j < n; j++) {
+        mx = row[j] > mx ? row[j] : mx;
+        nan |= row[j] != row[j];
+    }
+    return nan ? NAN : mx;
 }
 
 typedef struct {

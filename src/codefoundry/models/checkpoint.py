@@ -117,6 +117,14 @@ def load_state(model: Transformer, sd: dict[str, torch.Tensor], *, where: str) -
     expected = {k: v.shape for k, v in model.state_dict().items()}
     if model.cfg.tie_embeddings:
         expected.pop("lm_head.weight", None)
+        head, embed = sd.get("lm_head.weight"), sd.get("embed.weight")
+        # A copy of the tied matrix may be stored; a head of its own means untied weights (a config.json
+        # without tie_embeddings reads as tied), which were dropped without a word.
+        if head is not None and (embed is None or head.shape != embed.shape or not torch.equal(head, embed)):
+            raise CheckpointError(
+                f"{where}: holds an lm_head.weight of its own, but config.json ties it to embed.weight "
+                "(set tie_embeddings to false)"
+            )
         sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
@@ -128,6 +136,9 @@ def load_state(model: Transformer, sd: dict[str, torch.Tensor], *, where: str) -
             raise CheckpointError(
                 f"{where}: {k} has shape {tuple(sd[k].shape)}, config.json says {tuple(shape)}"
             )
+        if not sd[k].is_floating_point():  # load_state_dict's own error was several lines of traceback
+            dtype = str(sd[k].dtype).removeprefix("torch.")
+            raise CheckpointError(f"{where}: {k} is {dtype}; the weights must be floating point")
     model.load_state_dict(sd, strict=False, assign=True)
     if model.cfg.tie_embeddings:
         model.lm_head.weight = model.embed.weight

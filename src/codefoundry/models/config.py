@@ -7,6 +7,7 @@ is saved as `config.json` beside the weights, so a checkpoint describes itself.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,8 @@ class MoEConfig:
 
     def __post_init__(self) -> None:
         _check_ranges(self, "moe.", positive=("n_experts", "expert_dim"), non_negative=("shared_expert_dim",))
-        if self.capacity_factor < 0:
-            raise ValueError(f"moe.capacity_factor must be >= 0, got {self.capacity_factor!r}")
+        if not 0 <= self.capacity_factor < math.inf:  # NaN or inf (JSON reads both) failed in the forward
+            raise ValueError(f"moe.capacity_factor must be a number >= 0, got {self.capacity_factor!r}")
         if not 1 <= self.top_k <= self.n_experts:
             raise ValueError(f"moe.top_k must be in [1, n_experts={self.n_experts}], got {self.top_k}")
 
@@ -52,6 +53,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         positive = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len")
         _check_ranges(self, "", positive=positive, non_negative=("ffn_dim", "mtp_depth"))
+        if not self.rope_theta > 0:  # 0, a negative or NaN base made NaN rotary tables, so NaN logits
+            raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
         if self.dim % self.n_heads:
             raise ValueError(f"dim={self.dim} is not a multiple of n_heads={self.n_heads}")
         if self.n_heads % self.n_kv_heads:
@@ -160,7 +163,7 @@ def config_for_size(
 ) -> ModelConfig:
     """The config of a named size, or of a shape (dim, n_layers, n_heads, n_kv_heads) given as is;
     `moe_experts > 0` turns every MLP into a mixture of that many experts (each a quarter of the dense
-    width, with one shared expert of the same width)."""
+    width, with one shared expert of the same width; the top-k weights renormalised unless k is 1)."""
     if isinstance(size, str) and size not in SIZES:
         raise ValueError(f"unknown model size {size!r}; known: {', '.join(SIZES)}")
     dim, n_layers, n_heads, n_kv_heads = SIZES[size] if isinstance(size, str) else size
@@ -169,12 +172,15 @@ def config_for_size(
         max_seq_len=max_seq_len, mtp_depth=mtp_depth,
     )  # fmt: skip
     if moe_experts:
-        width = _round_up(cfg.ffn_dim // 4, 16)
+        width, top_k = _round_up(cfg.ffn_dim // 4, 16), min(moe_top_k, moe_experts)
         moe = MoEConfig(
             n_experts=moe_experts,
-            top_k=min(moe_top_k, moe_experts),
+            top_k=top_k,
             expert_dim=width,
             shared_expert_dim=width,
+            # One expert renormalised is weighted p / p = 1: the router would learn from the balancing
+            # loss alone. Top-1 keeps its probability as the gate (Switch Transformer).
+            norm_topk_prob=top_k > 1,
         )
         cfg = replace(cfg, moe=moe)
     return replace(cfg, **overrides) if overrides else cfg

@@ -24,6 +24,9 @@ Not exported: the multi-token-prediction modules (no equivalent in these classes
 the next token only, and the result dict says so), and token dropping: a model with
 `moe.capacity_factor > 0` drops tokens past an expert's capacity while the HF classes are dropless, so
 its export is refused unless `allow_dropless=True`.
+
+The load-balancing coefficient is written divided by top_k (`_hf_aux_coef`): transformers' loss is top_k
+times ours, so the exported model trains with the same balancing strength.
 """
 
 from __future__ import annotations
@@ -270,7 +273,7 @@ def hf_config(cfg: ModelConfig, arch: str, *, dtype: str, token_ids: dict[str, i
             norm_topk_prob=cfg.moe.norm_topk_prob,
             decoder_sparse_step=1,
             mlp_only_layers=[],
-            router_aux_loss_coef=cfg.moe.aux_loss_coef,
+            router_aux_loss_coef=_hf_aux_coef(cfg),
             qkv_bias=True,
         )
     if arch == MIXTRAL:
@@ -279,10 +282,17 @@ def hf_config(cfg: ModelConfig, arch: str, *, dtype: str, token_ids: dict[str, i
             num_experts_per_tok=cfg.moe.top_k,
             intermediate_size=cfg.moe.expert_dim,
             sliding_window=None,
-            router_aux_loss_coef=cfg.moe.aux_loss_coef,
+            router_aux_loss_coef=_hf_aux_coef(cfg),
             router_jitter_noise=0.0,
         )
     return d
+
+
+def _hf_aux_coef(cfg: ModelConfig) -> float:
+    """transformers' `router_aux_loss_coef` that weighs the load balancing as ours does: its loss counts
+    f_e over the N tokens, not the k * N assignments, so it is top_k times ours (top_k when balanced, ours
+    1.0); written as is, the HF model balanced top_k times harder. `hf_import` multiplies back."""
+    return cfg.moe.aux_loss_coef / cfg.moe.top_k
 
 
 def special_token_ids(tok_dir: str | Path) -> dict[str, int | None]:

@@ -130,7 +130,7 @@ def _config_from_hf(hf: dict[str, Any], model_type: str, where: str, max_seq_len
             expert_dim=hf["moe_intermediate_size"],
             shared_expert_dim=hf["shared_expert_intermediate_size"],
             norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
-            aux_loss_coef=hf.get("router_aux_loss_coef", 0.001),
+            aux_loss_coef=_aux_coef(hf),
         )
     elif model_type == "mixtral":
         moe = MoEConfig(
@@ -138,7 +138,7 @@ def _config_from_hf(hf: dict[str, Any], model_type: str, where: str, max_seq_len
             top_k=hf["num_experts_per_tok"],
             expert_dim=hf["intermediate_size"],
             norm_topk_prob=True,  # Mixtral always renormalises the top-k weights
-            aux_loss_coef=hf.get("router_aux_loss_coef", 0.001),
+            aux_loss_coef=_aux_coef(hf),
         )
     rope = hf.get("rope_parameters") or {}  # transformers 5; 4.x has a top-level rope_theta
     default = _HF_DEFAULTS[model_type]
@@ -159,6 +159,12 @@ def _config_from_hf(hf: dict[str, Any], model_type: str, where: str, max_seq_len
         init_std=hf.get("initializer_range", 0.02),
         extra={"imported_from": where, "hf_model_type": model_type},
     )
+
+
+def _aux_coef(hf: dict[str, Any]) -> float:
+    """Our aux_loss_coef for transformers' router_aux_loss_coef: its loss is top_k times ours (see
+    `hf._hf_aux_coef`), so the coefficient is too, for the same balancing strength."""
+    return hf.get("router_aux_loss_coef", 0.001) * hf["num_experts_per_tok"]
 
 
 # What transformers' config classes assume for a field config.json leaves out. Mixtral's differ: with

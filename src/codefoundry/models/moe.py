@@ -10,9 +10,11 @@ served, so a row's output does not depend on the other rows of its batch, on its
 tokens one forward holds (a prompt's prefill against one token a step), and the logits are those of the
 dropless Hugging Face export.
 
-Aux loss (Switch/GShard form, as in Mixtral and Qwen-MoE): E * sum_e f_e * P_e, where f_e is the fraction
+Aux loss (Switch/GShard form, normalised as DeepSeek's): E * sum_e f_e * P_e, where f_e is the fraction
 of the k*N assignments that chose expert e and P_e the mean router probability of e over the N tokens.
-It is 1.0 for a perfectly uniform router and grows as load concentrates.
+It is 1.0 for a perfectly uniform router and grows as load concentrates. Mixtral's and Qwen-MoE's (in
+transformers) count f_e over the N tokens, so theirs is top_k times this; the HF export and import scale
+the coefficient to match.
 """
 
 from __future__ import annotations

@@ -213,6 +213,17 @@ class Transformer(nn.Module):
             if start + T > self.rope_cos.shape[0]:
                 raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
             return self.rope_cos[start : start + T], self.rope_sin[start : start + T]
+        # Past the table, indexing raised a bare IndexError, and a negative position silently read the
+        # table from its end. Checked on the CPU only: on a GPU the check would wait for the device at every
+        # decoding step (there an index past the table is a device assert), and under compile it would be a
+        # data-dependent branch.
+        n = self.rope_cos.shape[0]
+        on_cpu = positions.device.type == "cpu" and not torch.compiler.is_compiling()
+        if on_cpu and bool(((positions < 0) | (positions >= n)).any()):
+            raise ValueError(
+                f"positions must lie in [0, max_seq_len={self.cfg.max_seq_len}), got "
+                f"{int(positions.min())}..{int(positions.max())}"
+            )
         return self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)  # (B, 1, T, hd)
 
     def forward(

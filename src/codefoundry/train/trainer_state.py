@@ -159,11 +159,20 @@ def load_checkpoint(
                 f"{path}: cannot resume with {name}={getattr(cfg, name)!r}:"
                 f" the checkpoint was trained with {name}={trained!r}"
             )
-    vocab = ckpt.load_config(path).vocab_size
-    if vocab != model.cfg.vocab_size:
+    stored = ckpt.load_config(path)
+    if stored.vocab_size != model.cfg.vocab_size:
         raise ValueError(
-            f"{path}: cannot resume: the checkpoint has a {vocab}-token vocabulary,"
+            f"{path}: cannot resume: the checkpoint has a {stored.vocab_size}-token vocabulary,"
             f" the tokenizer {cfg.tokenizer} has {model.cfg.vocab_size}"
+        )
+    # The same options can build another model when a default changes between versions (session 34: a
+    # top-1 MoE's gate became the router's probability): its weights would go on under other arithmetic.
+    saved_model, built = stored.to_dict(), model.cfg.to_dict()
+    differ = [k for k in saved_model if k != "max_seq_len" and saved_model[k] != built.get(k)]
+    if differ:
+        raise ValueError(
+            f"{path}: cannot resume: its model has {', '.join(f'{k}={saved_model[k]!r}' for k in differ)},"
+            f" this run builds {', '.join(f'{k}={built.get(k)!r}' for k in differ)}"
         )
     if tokenizer is not None:
         _check_vocabulary(path, tokenizer, cfg.tokenizer)
