@@ -68,10 +68,16 @@ class Pool:
         return min(cpus, key=lambda c: (used[c], (cpus.index(c) + self._offset) % len(cpus)))
 
     def _take(self) -> Worker:
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            return self._new_worker()
+        # An idle worker may have died while it waited (the OOM killer, a Ctrl-C at the terminal, which
+        # signals the workers too): handed a program, it made that a sandbox_error although it never ran.
+        while True:
+            try:
+                worker = self._idle.get_nowait()
+            except queue.Empty:
+                return self._new_worker()
+            if worker.alive:
+                return worker
+            self._discard(worker)
 
     def _give_back(self, worker: Worker) -> None:
         with self._lock:

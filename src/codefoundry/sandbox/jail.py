@@ -433,6 +433,11 @@ def drop_privileges(
         rl[resource.RLIMIT_NPROC] = (max(processes + 1, BUILD_PROCESSES) if building else processes,) * 2
     for which, value in rl.items():
         resource.setrlimit(which, value)
+    if not isolated:
+        # No PID namespace ends a process-level run with its worker: killed mid-run (or given up on by the
+        # pool after an interrupt), it left the program running, adopted by init, until it ended by itself.
+        # Its parent is the zygote (the template clones with CLONE_PARENT); its children are not covered.
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     same_uid = uid == os.getuid()  # the user_namespace level: no other uid to switch to
     if isolated:
         if not same_uid:

@@ -7,7 +7,8 @@ results are kept."""
 
 from __future__ import annotations
 
-from codefoundry.sandbox.result import ExecutionResult, Limits
+from codefoundry.sandbox.result import ExecutionResult, Isolation, Limits, Status
+from codefoundry.sandbox.worker import warn_weaker
 
 
 def _run_batch(batch: list, language: str, limits: Limits) -> list[dict]:
@@ -46,20 +47,42 @@ def execute_on_ray(
         for start, batch in zip(range(0, len(items), size), batches, strict=False)
     }
     results: list[ExecutionResult | None] = [None] * len(items)
-    with tqdm(total=len(items), desc=description, unit="run", disable=not progress, leave=False) as bar:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                start = pending.pop(ref)
-                try:
-                    batch_results = ray.get(ref)
-                except ray.exceptions.RayError as e:
-                    why = (str(e).strip().splitlines() or [""])[-1]
-                    error = ExecutionResult.sandbox_error(
-                        f"ray: the batch's task failed: {type(e).__name__}: {why}"
-                    )
-                    batch_results = [error.to_dict()] * len(batches[start // size])
-                for offset, d in enumerate(batch_results):
-                    results[start + offset] = ExecutionResult.from_dict(d)
-                bar.update(len(batch_results))
+    try:
+        with tqdm(total=len(items), desc=description, unit="run", disable=not progress, leave=False) as bar:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    start = pending.pop(ref)
+                    try:
+                        batch_results = ray.get(ref)
+                    except ray.exceptions.RayError as e:
+                        why = (str(e).strip().splitlines() or [""])[-1]
+                        error = ExecutionResult.sandbox_error(
+                            f"ray: the batch's task failed: {type(e).__name__}: {why}"
+                        )
+                        batch_results = [error.to_dict()] * len(batches[start // size])
+                    for offset, d in enumerate(batch_results):
+                        results[start + offset] = ExecutionResult.from_dict(d)
+                    bar.update(len(batch_results))
+    except BaseException:
+        # An interrupt (or an error) here left every batch already submitted running on Ray to its end.
+        for ref in pending:
+            try:
+                ray.cancel(ref)
+            except Exception:
+                pass
+        raise
+    _warn_if_weaker(results)  # type: ignore[arg-type]
     return results  # type: ignore[return-value]
+
+
+def _warn_if_weaker(results: list[ExecutionResult]) -> None:
+    """The warning a local worker prints where isolation is weaker, here in the caller: the Ray worker that
+    printed it writes to a log nobody is shown (log_to_driver=False)."""
+    levels = {r.isolation for r in results if r.status is not Status.SANDBOX_ERROR}
+    unfiltered = any(r.extra.get("syscall_filter") is False for r in results)
+    if levels - {Isolation.NAMESPACES} or unfiltered:
+        weaker = sorted(level.value for level in levels - {Isolation.NAMESPACES})
+        reasons = [f"{', '.join(weaker)} level on Ray workers"] if weaker else []
+        reasons += ["no seccomp filter on Ray workers"] if unfiltered else []
+        warn_weaker("; ".join(reasons))

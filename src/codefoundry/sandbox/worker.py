@@ -60,6 +60,16 @@ _GRACE_SECONDS = (
     30.0  # how long past the run's own wall limit the parent waits before declaring the worker dead
 )
 _warned = threading.Event()
+_warned_lock = threading.Lock()
+
+
+def warn_weaker(reason: str) -> None:
+    """Say once per process, on stderr, that runs are isolated less than they could be, and why."""
+    with _warned_lock:  # workers starting in several threads at once printed it once each
+        if _warned.is_set():
+            return
+        _warned.set()
+    print(f"codefoundry.sandbox: weaker isolation ({reason}); results say so", file=sys.stderr)
 
 
 class WorkerDied(Exception):
@@ -126,11 +136,8 @@ class Worker:
         # once the zygote is gone, so a worker killed mid-run leaves no work directory behind.
         self.scratch = hello.get("scratch")
         # Below the namespaces level, or without the system-call filter (a reason given at any level)
-        if (self.isolation is not Isolation.NAMESPACES or hello["reason"]) and not _warned.is_set():
-            _warned.set()
-            print(
-                f"codefoundry.sandbox: weaker isolation ({hello['reason']}); results say so", file=sys.stderr
-            )
+        if self.isolation is not Isolation.NAMESPACES or hello["reason"]:
+            warn_weaker(hello["reason"])
 
     def _send(self, obj: dict) -> None:
         body = json.dumps(obj).encode()
