@@ -6,7 +6,9 @@ The ~10M-parameter model (`config_for_size("10m", vocab)`, random weights) is ex
 `codefoundry.models.hf.to_transformers`, and the two models' logits must agree to 1e-4 before anything
 is timed. Each measurement is prompt (`--prompt` random tokens) + `--new` greedy
 tokens with no stop token, counted as new tokens per second of the whole call (prefill included); the
-two implementations alternate `--repeat` times and medians are reported.
+two implementations alternate `--repeat` times (the order swapped every time) and medians are reported.
+Every call must return exactly `--new` tokens a row on both sides (checked): an early stop on either
+side would make its tokens/s count work it did not do.
 
     python benchmarks/generate_throughput.py --repeat 5 --json benchmarks/results/generate_throughput.json
 
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from _provenance import provenance
 from codefoundry.models.config import config_for_size
 from codefoundry.models.generate import generate, speculative_decode
 from codefoundry.models.hf import to_transformers
@@ -72,15 +75,26 @@ def time_hf(hf, prompts: torch.Tensor, new: int, args) -> tuple[float, list[list
     return _clock(prompts.device) - t, out[:, prompts.shape[1] :].tolist()
 
 
+def new_tokens(rows: list[list[int]], batch: int, new: int, who: str) -> int:
+    """The tokens `rows` hold, after checking that each of the `batch` rows made exactly `new`."""
+    lengths = sorted({len(r) for r in rows})
+    if len(rows) != batch or lengths != [new]:
+        raise SystemExit(f"{who} returned {len(rows)} rows of {lengths} new tokens, not {batch} of {new}")
+    return batch * new
+
+
 def compare(model: Transformer, hf, batch: int, args) -> dict:
     prompts = torch.randint(0, model.cfg.vocab_size, (batch, args.prompt), device=model.embed.weight.device)
     time_ours(model, prompts, 8, args), time_hf(hf, prompts, 8, args)  # warm up both
     ours, theirs = [], []
-    for _ in range(args.repeat):
-        t, ours_out = time_ours(model, prompts, args.new, args)
-        ours.append(batch * args.new / t)
-        t, hf_out = time_hf(hf, prompts, args.new, args)
-        theirs.append(batch * args.new / t)
+    for r in range(args.repeat):
+        for side in ("ours", "hf") if r % 2 == 0 else ("hf", "ours"):
+            if side == "ours":
+                t, ours_out = time_ours(model, prompts, args.new, args)
+                ours.append(new_tokens(ours_out, batch, args.new, "codefoundry") / t)
+            else:
+                t, hf_out = time_hf(hf, prompts, args.new, args)
+                theirs.append(new_tokens(hf_out, batch, args.new, "transformers") / t)
     same = sum(a == b for a, b in zip(ours_out, hf_out, strict=True))
     if args.temperature > 0:
         same = "n/a (sampled)"
@@ -99,15 +113,20 @@ def speculative(vocab: int, args) -> dict:
     torch.manual_seed(1)
     model = Transformer(config_for_size(args.size, vocab, mtp_depth=1)).to(args.device).eval()
     prompt = torch.randint(0, vocab, (args.prompt,)).tolist()
-    plain_times, spec_times, results = [], [], []
-    for _ in range(args.repeat):
-        t = time.perf_counter()
-        plain = generate(model, [prompt], max_new_tokens=args.new)[0]
-        plain_times.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        results.append(speculative_decode(model, prompt, max_new_tokens=args.new))
-        spec_times.append(time.perf_counter() - t)
-        if results[-1].tokens != plain:
+    device = torch.device(args.device)
+    generate(model, [prompt], max_new_tokens=8)  # warm up both
+    speculative_decode(model, prompt, max_new_tokens=8)
+    plain_times, spec_times, results, plain = [], [], [], []
+    for r in range(args.repeat):
+        for side in ("plain", "spec") if r % 2 == 0 else ("spec", "plain"):
+            t = _clock(device)
+            if side == "plain":
+                plain = generate(model, [prompt], max_new_tokens=args.new)[0]
+                plain_times.append(_clock(device) - t)
+            else:
+                results.append(speculative_decode(model, prompt, max_new_tokens=args.new))
+                spec_times.append(_clock(device) - t)
+        if results[-1].tokens != plain or len(plain) != args.new:
             raise SystemExit("speculative decoding did not reproduce greedy decoding")
     r = results[-1]
     return {
@@ -159,6 +178,9 @@ def main() -> None:
         "max_abs_logit_diff": diff,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "hf_attn_implementation": getattr(hf.config, "_attn_implementation", None),
+        "hf_cache": "transformers' default (DynamicCache), eager, no torch.compile on either side",
+        "provenance": provenance("transformers"),
         "sampled" if args.temperature > 0 else "greedy": rows,
         "speculative": spec,
     }

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from _provenance import provenance
 from codefoundry.models import checkpoint, infill_eval
 from codefoundry.models import tokenizer as cft
 from codefoundry.train.data import holdout_score
@@ -60,7 +61,9 @@ def main() -> None:
     if not examples:
         raise SystemExit(f"{args.data}: no held-out functions")
     out = {"checkpoint": args.checkpoint, "functions": len(examples), "top_p": args.top_p,
-           "repetition_penalty": args.repetition_penalty, "temperatures": {}}  # fmt: skip
+           "repetition_penalty": args.repetition_penalty, "max_new": args.max_new, "seed": args.seed,
+           "data": args.data, "holdout": args.holdout, "limit": args.limit,
+           "provenance": provenance(), "temperatures": {}}  # fmt: skip
     for temperature in (float(t) for t in args.temperatures.split(",")):
         records: list[dict] = []
         summary = infill_eval.syntax_valid_fraction(

@@ -3,10 +3,10 @@
 Both models get the same shape (width, depth, heads, GQA, SwiGLU width, vocabulary, tied embeddings), the
 same initial weights (ours copied into Llama's layout), the same batches and the same AdamW settings. Each
 timed round runs `--steps` full training steps (forward, loss, backward, clip, optimizer step) of one
-model, then the other, alternating `--repeat` times so drift on the machine hits both. Reported: median
-training tokens/s of each and their ratio. Ours computes its loss as `codefoundry pretrain` does, through
-the fused output head + cross-entropy; `--unfused` adds a third arm, ours with the logits materialised
-as transformers does, which isolates what the fused loss is worth. `--interleave` alternates single steps
+model, then the other, alternating `--repeat` times (the order reversed every round) so drift on the
+machine hits both. Reported: median training tokens/s of each and their ratio. Ours computes its loss as
+`codefoundry pretrain` does, through the fused output head + cross-entropy; `--unfused` adds a third arm,
+ours with the logits materialised as transformers does, which isolates what the fused loss is worth. `--interleave` alternates single steps
 instead (steps x repeat pairs, the order swapped every pair) and reports the median of the per-pair
 ratios, so that the VM's drift, which moves a round of several steps by 20%, hits both sides alike.
 `--dtype bf16` runs both sides' steps under CPU autocast, as `codefoundry pretrain` does by default on CPUs
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from _provenance import provenance
 from codefoundry.models.config import config_for_size
 from codefoundry.models.hf import to_transformers
 from codefoundry.models.transformer import Transformer
@@ -166,12 +167,15 @@ def main() -> None:
             pair_ratios.append(took["hf"] / took["ours"])
         print("pair ratios:", " ".join(f"{x:.2f}" for x in pair_ratios))
         print(f"median pair ratio {statistics.median(pair_ratios):.2f}x")
+    rounds = [(ours_tps, arm_ours, run_ours, opt_ours, batches), (hf_tps, arm_hf, run_hf, opt_hf, hf_batches)]
+    if args.unfused:
+        rounds.append((unfused_tps, arm_unfused, run_ours, opt_ours, batches))
     for r in range(0 if args.interleave else args.repeat):
-        ours_tps.append(tokens / timed(arm_ours, run_ours, opt_ours, batches))
-        hf_tps.append(tokens / timed(arm_hf, run_hf, opt_hf, hf_batches))
+        # the order reversed every round, so that no arm always runs first (or right after another)
+        for into, step, model, opt, data in rounds if r % 2 == 0 else rounds[::-1]:
+            into.append(tokens / timed(step, model, opt, data))
         line = f"round {r + 1}: codefoundry {ours_tps[-1]:8.0f} tok/s   transformers {hf_tps[-1]:8.0f} tok/s"
         if args.unfused:
-            unfused_tps.append(tokens / timed(arm_unfused, run_ours, opt_ours, batches))
             line += f"   codefoundry unfused {unfused_tps[-1]:8.0f} tok/s"
         print(line)
     mo, mh = statistics.median(ours_tps), statistics.median(hf_tps)
@@ -192,16 +196,23 @@ def main() -> None:
         "dtype": args.dtype,
         "codefoundry_tokens_per_s": ours_tps,
         "transformers_tokens_per_s": hf_tps,
+        # the ratio of the two medians of tokens/s; with --interleave the headline is pair_ratio_median
         "ratio_median": mo / mh,
+        "pair_ratio_median": statistics.median(pair_ratios) if pair_ratios else None,
+        "tokens_per_step": args.batch * args.seq_len,
+        "hf_attn_implementation": getattr(hf.config, "_attn_implementation", None),
+        "optimizer": "AdamW lr 1e-3 betas (0.9, 0.95) wd 0.1 on matrices, foreach, clip 1.0 (both)",
         "codefoundry_unfused_tokens_per_s": unfused_tps,
         "interleaved": args.interleave,
         "pair_ratios": pair_ratios,
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
         "machine": platform.processor() or platform.machine(),
+        "provenance": provenance("transformers"),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
