@@ -165,15 +165,6 @@ def load_checkpoint(
             f"{path}: cannot resume: the checkpoint has a {stored.vocab_size}-token vocabulary,"
             f" the tokenizer {cfg.tokenizer} has {model.cfg.vocab_size}"
         )
-    # The same options can build another model when a default changes between versions (session 34: a
-    # top-1 MoE's gate became the router's probability): its weights would go on under other arithmetic.
-    saved_model, built = stored.to_dict(), model.cfg.to_dict()
-    differ = [k for k in saved_model if k != "max_seq_len" and saved_model[k] != built.get(k)]
-    if differ:
-        raise ValueError(
-            f"{path}: cannot resume: its model has {', '.join(f'{k}={saved_model[k]!r}' for k in differ)},"
-            f" this run builds {', '.join(f'{k}={built.get(k)!r}' for k in differ)}"
-        )
     if tokenizer is not None:
         _check_vocabulary(path, tokenizer, cfg.tokenizer)
     changed = [
@@ -187,4 +178,13 @@ def load_checkpoint(
             file=sys.stderr,
         )
     ckpt.load_state(model, ckpt.read_weights(path / ckpt.WEIGHTS), where=str(path / ckpt.WEIGHTS))
+    # The same options can build another model when a default changes between versions (session 34: a
+    # top-1 MoE's gate became the router's probability): its weights would go on under other arithmetic.
+    saved_model, built = stored.to_dict(), model.cfg.to_dict()
+    differ = [k for k in saved_model if k != "max_seq_len" and saved_model[k] != built.get(k)]
+    if differ:
+        raise ValueError(
+            f"{path}: cannot resume: its model has {', '.join(f'{k}={saved_model[k]!r}' for k in differ)},"
+            f" this run builds {', '.join(f'{k}={built.get(k)!r}' for k in differ)}"
+        )
     return state
