@@ -271,18 +271,8 @@ def _count(tok, batch: list[str], n_bytes: int, n_tokens: int) -> tuple[int, int
 
 def round_trip_failures(tok, files: Iterable[Path]) -> list[str]:
     """Files whose text does not decode back exactly from its token ids (should be none), encoded as
-    documents are (`plain_encoder`)."""
-    tok = plain_encoder(tok)
-    failures = []
-    for path in files:
-        try:
-            text = read_source(path)
-        except (UnicodeDecodeError, OSError):
-            continue
-        ids = tok.encode(text, add_special_tokens=False).ids
-        if tok.decode(ids, skip_special_tokens=False) != text:
-            failures.append(str(path))
-    return failures
+    documents are (`plain_encoder`); unreadable and non-UTF-8 files are left out (`measure`)."""
+    return measure(tok, list(files))[1]
 
 
 MODEL_BIN = "pytorch_model.bin"  # besides *.safetensors: a model's weights, so a checkpoint directory

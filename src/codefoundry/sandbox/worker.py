@@ -59,16 +59,14 @@ SITE_PACKAGES = tuple(dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib"
 _GRACE_SECONDS = (
     30.0  # how long past the run's own wall limit the parent waits before declaring the worker dead
 )
-_warned = threading.Event()
-_warned_lock = threading.Lock()
+_warned = threading.Lock()  # taken for good by the first warning: workers starting in several threads
+# at once printed it once each
 
 
 def warn_weaker(reason: str) -> None:
     """Say once per process, on stderr, that runs are isolated less than they could be, and why."""
-    with _warned_lock:  # workers starting in several threads at once printed it once each
-        if _warned.is_set():
-            return
-        _warned.set()
+    if not _warned.acquire(blocking=False):
+        return
     print(f"codefoundry.sandbox: weaker isolation ({reason}); results say so", file=sys.stderr)
 
 
