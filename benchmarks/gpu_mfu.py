@@ -5,14 +5,12 @@ A 32k byte-level BPE is trained on the interpreter's standard library, then `pre
 size (dim 768, 12 layers, GQA 12/4, ~100M parameters at 32k, 75.5M outside the embedding) with bf16
 autocast in several modes, each a fresh run. Before them, the same compiled step runs outside the
 trainer on random tokens, timed and profiled (`bare_step`), beside the device's measured matmul rate.
-MFU is the trainer's own: (6 N + 12 L T d) FLOPs per token x tokens/s over the device's dense bf16 peak
-(`metrics.PEAK_FLOPS`, the H200's 989 TFLOP/s), taken as the median over the logged intervals after the
-first `--skip` steps (compilation and warm-up excluded).
-
-That N leaves out every `embed.` parameter, and with tied embeddings (the `100m` size) the output head IS
-the embedding: its product, 6 V d FLOPs a token forward and backward (151M of the 717M a token at 100m,
-32k), is work the device does that the trainer's MFU does not count. PaLM's and nanoGPT's MFU count it.
-Each MFU below is therefore also given with it (`*_head_counted`, the trainer's figure x (F + 6 V d) / F).
+MFU is the trainer's own: `metrics.flops_per_token` (6 per weight a token is multiplied through, the
+output head included, plus 12 L T d for attention, as PaLM and nanoGPT count) x tokens/s over the
+device's dense bf16 peak (`metrics.PEAK_FLOPS`, the H200's 989 TFLOP/s), taken as the median over the
+logged intervals after the first `--skip` steps (compilation and warm-up excluded). Until session 35 the
+trainer left out a tied head (6 V d, 151M of the 717M FLOPs a token at `100m`); the session-13 figures
+in benchmarks/README.md were read under that count and are restated there.
 
     python benchmarks/gpu_mfu.py --out OUT            # on the GPU machine (benchmarks/gpu_check.sh)
     python benchmarks/gpu_mfu.py --out /tmp/m --smoke # the same path on CPU with a tiny model
@@ -31,7 +29,6 @@ import torch
 
 from _provenance import provenance
 from codefoundry.models import tokenizer as cft
-from codefoundry.models.config import config_for_size
 from codefoundry.train.metrics import flops_per_token, peak_flops, read_metrics
 from codefoundry.train.pretrain import (
     PretrainConfig,
@@ -94,23 +91,6 @@ def config(args, overrides: dict, data: Path, tok: Path, out: Path) -> PretrainC
     )  # fmt: skip
 
 
-def tied_head_flops(cfg: PretrainConfig, vocab: int) -> float | None:
-    """6 V d: the tied output head's forward and backward products per token, which
-    `metrics.flops_per_token` leaves out (its N excludes `embed.`, and a tied head is the embedding); 0 for
-    an untied head, which it counts. None with MTP modules (each runs the head again; not worked out)."""
-    mcfg = config_for_size(cfg.shape or cfg.size, vocab, max_seq_len=cfg.seq_len, mtp_depth=cfg.mtp_depth)
-    if mcfg.mtp_depth:
-        return None
-    return 6.0 * mcfg.vocab_size * mcfg.dim if mcfg.tie_embeddings else 0.0
-
-
-def head_counted(mfu: float | None, flops_per_token: float, head: float | None) -> float | None:
-    """`mfu` (computed with `flops_per_token`) rescaled to count the head's `head` FLOPs a token too."""
-    if mfu is None or head is None:
-        return None
-    return mfu * (flops_per_token + head) / flops_per_token
-
-
 def measure(name: str, overrides: dict, args, data: Path, tok: Path) -> dict:
     out = Path(args.work) / name.replace(", ", "-").replace(" ", "")
     shutil.rmtree(out, ignore_errors=True)
@@ -121,13 +101,10 @@ def measure(name: str, overrides: dict, args, data: Path, tok: Path) -> dict:
     wall = time.perf_counter() - t0
     logged = [r for r in read_metrics(out / "metrics.jsonl") if "mfu" in r and r["step"] > args.skip]
     mfu = statistics.median(r["mfu"] for r in logged) if logged else None
-    head = tied_head_flops(cfg, cft.load(tok).get_vocab_size())
     return {
         "mode": name,
         "batch": batch,
         "mfu_median": mfu,
-        "mfu_median_head_counted": head_counted(mfu, summary["flops_per_token"], head),
-        "tied_head_flops_per_token": head,
         "tokens_per_s_median": statistics.median(r["tokens_per_s"] for r in logged) if logged else None,
         "intervals": len(logged),
         "params": summary["params"],
@@ -210,10 +187,9 @@ def bare_step(cfg: PretrainConfig, vocab: int, out: Path, steps: int, compiled=N
     fpt = flops_per_token(model, cfg.seq_len)
     peak, _ = peak_flops(device, amp or torch.float32, None)
     tokens = cfg.batch_size * cfg.seq_len
-    mfu, head = fpt * tokens / seconds / peak, tied_head_flops(cfg, vocab)
+    mfu = fpt * tokens / seconds / peak
     result = {"step_ms": round(seconds * 1e3, 2), "tokens_per_s": round(tokens / seconds),
-              "mfu": round(mfu, 4), "mfu_head_counted": head_counted(mfu, fpt, head),
-              "flops_per_token": fpt, "tied_head_flops_per_token": head}  # fmt: skip
+              "mfu": round(mfu, 4), "flops_per_token": fpt}  # fmt: skip
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -262,8 +238,8 @@ def main() -> None:
     result: dict = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
                     "torch": torch.__version__, "size": args.size, "batch": args.batch,
                     "seq_len": args.seq_len, "steps": args.steps, "provenance": provenance("transformers"),
-                    "mfu_formula": "trainer: (6 N + 12 L T d) x tokens/s / peak, N without embed.* (a tied "
-                                   "head uncounted); *_head_counted adds 6 V d", "runs": []}  # fmt: skip
+                    "mfu_formula": "trainer: (6 N + 12 L T d) x tokens/s / peak, N the non-embedding weights "
+                                   "plus the output head, tied or not", "runs": []}  # fmt: skip
     t0 = time.perf_counter()
     data = corpus(work, 40 if args.smoke else None)
     tok = work / f"tok{args.vocab}-{data.name}"

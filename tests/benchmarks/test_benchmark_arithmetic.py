@@ -1,4 +1,4 @@
-"""The arithmetic of the benchmark scripts' helpers: quartiles, the tied head's FLOPs in the MFU, the
+"""The arithmetic of the benchmark scripts' helpers: quartiles, the MFU's FLOPs a token at `100m`, the
 left-to-right token split of `fim_middles.py`, the exact-length check of `generate_throughput.py`."""
 
 import statistics
@@ -6,15 +6,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import fim_middles  # noqa: E402
 import generate_throughput  # noqa: E402
-import gpu_mfu  # noqa: E402
 import sandbox_throughput  # noqa: E402
 from _provenance import provenance  # noqa: E402
-from codefoundry.train.pretrain import PretrainConfig  # noqa: E402
+from codefoundry.train.metrics import flops_per_token  # noqa: E402
+from codefoundry.train.pretrain import PretrainConfig, build_model  # noqa: E402
 
 
 @pytest.mark.parametrize("values", [[5.0], [4.0, 6.0], [1.0, 2.0, 3.0, 10.0], [5.1, 4.2, 6.3, 5.5, 4.9]])
@@ -24,15 +25,14 @@ def test_quartiles_middle_is_the_median(values):
     assert low <= mid <= high
 
 
-def test_tied_head_flops_are_6_v_d_and_rescale_the_mfu():
+def test_the_trainer_counts_the_tied_head_session_13s_h200_run_reads_40_percent():
     cfg = PretrainConfig(data="d", tokenizer="t", out="o", size="100m", seq_len=1024)
-    head = gpu_mfu.tied_head_flops(cfg, 32768)
-    assert head == 6 * 32768 * 768
-    # session 13's H200 figure: 566,346,240 FLOPs a token by the trainer's formula, MFU 0.31933
-    counted = gpu_mfu.head_counted(0.31933, 566_346_240.0, head)
-    assert counted == pytest.approx(0.31933 * (566_346_240 + 150_994_944) / 566_346_240)
-    assert 0.40 < counted < 0.41
-    assert gpu_mfu.head_counted(None, 1.0, head) is None
+    with torch.device("meta"):
+        model = build_model(cfg, 32768)
+    fpt = flops_per_token(model, 1024)
+    # session 13's H200 figure was MFU 0.31933 at 566,346,240 FLOPs a token (the tied head, 6 V d, left out)
+    assert fpt == 566_346_240 + 6 * 32768 * 768
+    assert 0.40 < 0.31933 * fpt / 566_346_240 < 0.41
 
 
 class _ByteTokenizer:
