@@ -4,8 +4,9 @@ classes the receiver rebuilds values and exceptions with, and the program's exce
 Loaded by path into the sandbox zygote before rpc.py (standard library only, no package imports). Whatever
 the other side sends is data: a value is rebuilt here only from names and numbers checked first, by the
 receiver's own classes (a judge-made namedtuple class, the judge's `Fraction`, `Decimal` and `datetime`
-classes), so nothing of the sender's behaviour comes with it. Classes made here are cached, a bounded
-number per process (the judge lives across runs).
+classes, its numpy's `ndarray` from a checked dtype, shape and bytes), so nothing of the sender's behaviour
+comes with it. numpy, which is optional, is imported only when an array arrives. Classes made here are
+cached, a bounded number per process (the judge lives across runs).
 """
 
 import builtins
@@ -177,6 +178,85 @@ def numpy_item(obj: object, numpy) -> object:
     return value
 
 
+# -- numpy arrays (tag "nd") --------------------------------------------------------------------------------
+# [dtype.str, shape, hex of the C-order bytes]: only what plain bytes hold (bool, ints, floats, complex,
+# fixed-width bytes and str); object, structured, datetime64 arrays and subclasses stay handles. No handle
+# comes along as a fallback: it would hold every array the sender sends for the whole run (a test of 100
+# calls on 8 MB arrays, 800 MB), and both sides run one interpreter, so both have numpy or neither does.
+ARRAY_KINDS = "biufcSU"
+MAX_ARRAY_BYTES = (8 << 20) - 1024  # as hex (as a `bytes` value crosses), what a frame (rpc.MAX_FRAME,
+# 16 MB) holds, less room for the reply around it: a larger one stays a handle rather than fill a frame
+MAX_ARRAY_DIMS = 32  # numpy 1.x's own limit
+MAX_DIMENSION = 1 << 62  # an empty array's other dimensions may be large, not past what numpy can index
+
+
+def array_parts(obj: object, numpy) -> list | None:
+    """[dtype, shape, hex] of an exact `numpy.ndarray` (the caller checks the type) whose dtype holds plain
+    values and whose content is at most MAX_ARRAY_BYTES, else None. Sized before copying: a broadcast view
+    (zero strides) of a billion items holds a few bytes but would copy gigabytes."""
+    dtype = obj.dtype
+    text, shape = dtype.str, obj.shape
+    if not _array_dtype(text) or dtype.fields is not None or dtype.subdtype is not None or not dtype.itemsize:
+        return None
+    if len(shape) > MAX_ARRAY_DIMS or obj.size * dtype.itemsize > MAX_ARRAY_BYTES:
+        return None
+    return [text, list(shape), numpy.ndarray.tobytes(obj, order="C").hex()]
+
+
+def _array_dtype(text: object) -> bool:
+    """Whether `text` is the explicit-order `dtype.str` of a kind in ARRAY_KINDS ("<f8", "|b1", ">U3")."""
+    return (
+        type(text) is str
+        and 3 <= len(text) <= 8
+        and text[0] in "<>|"
+        and text[1] in ARRAY_KINDS
+        and text[2:].isascii()
+        and text[2:].isdigit()
+    )
+
+
+def numpy_module() -> object | None:
+    """numpy, imported on the first array that arrives (never for plain values); None where it is absent."""
+    try:
+        return sys.modules.get("numpy") or importlib.import_module("numpy")
+    except Exception:  # ImportError, or one of numpy's own start-up failures: an array is then refused
+        return None
+
+
+def array_value(body: object, malformed: type) -> object:
+    """The receiver's own C-contiguous, writable `numpy.ndarray` of an `array_parts` body (its dtype, byte
+    order included, and shape as sent); a `malformed` error for anything else: a dtype outside ARRAY_KINDS
+    or not numpy's own spelling of itself, a shape that does not match the bytes, content over
+    MAX_ARRAY_BYTES, a str array holding no code point, or any array where numpy cannot be imported."""
+    if type(body) is not list or len(body) != 3:
+        raise malformed("malformed array")
+    text, shape, data = body
+    if not _array_dtype(text) or type(shape) is not list or type(data) is not str:
+        raise malformed("malformed array")
+    if len(shape) > MAX_ARRAY_DIMS or any(type(n) is not int or not 0 <= n <= MAX_DIMENSION for n in shape):
+        raise malformed("malformed array shape")
+    if len(data) > 2 * MAX_ARRAY_BYTES:
+        raise malformed(f"an array over {MAX_ARRAY_BYTES} bytes")
+    numpy = numpy_module()
+    if numpy is None:  # only a program's own fake numpy makes arrays then
+        raise malformed("an array, and numpy cannot be imported here")
+    dtype = numpy.dtype(text)
+    if dtype.str != text or dtype.kind != text[1] or not dtype.itemsize:
+        raise malformed(f"malformed array dtype {text!r}")
+    size = 1
+    for n in shape:
+        size *= n
+    raw = bytes.fromhex(data)
+    if size * dtype.itemsize != len(raw):
+        raise malformed("an array whose bytes do not match its shape")
+    array = numpy.frombuffer(raw, dtype=dtype).reshape(shape)  # a read-only view of `raw`, copied below
+    if dtype.kind == "b":  # one byte each, but only 0 and 1 are a bool: 2 would compare unequal to True
+        return array.view(numpy.uint8) != 0
+    if dtype.kind == "U" and size and int(array.view(text[0] + "u4").max()) > 0x10FFFF:
+        raise malformed("a str array holding no code point")  # numpy's str() of one raised SystemError
+    return array.copy()
+
+
 def exception_lineage(t: type) -> list[str]:
     """The names of the classes `t` derives from, nearest first, up to and ending with its nearest builtin
     exception class (["Base", "Exception"] for `class Sub(Base)` under `class Base(Exception)`): at most
@@ -269,20 +349,19 @@ def exception_identity(obj: object) -> object:
 
 
 # -- arguments changed in place --------------------------------------------------------------------------
-MUTABLE = (list, dict, set, bytearray)  # exact types whose changes a call's reply carries back
+MUTABLE = (list, dict, set, bytearray)  # exact types whose changes a call's reply carries back (and numpy's
+# ndarray, by `_state`)
 
 
 def snapshot(pos: list, kw: dict, encode) -> dict:
-    """{position or keyword: its encoding as JSON text} of a call's list, dict, set and bytearray arguments,
-    taken before the call (text: an encoded list of scalars is the list itself, and would change with it).
-    One that cannot be encoded is left out."""
+    """{position or keyword: its contents as JSON text} of a call's list, dict, set, bytearray and numpy
+    array arguments, taken before the call (text: an encoded list of scalars is the list itself, and would
+    change with it). One that cannot be encoded is left out."""
     snap = {}
     for key, arg in (*enumerate(pos), *kw.items()):
-        if type(arg) in MUTABLE:
-            try:
-                snap[key] = json.dumps(encode(arg))
-            except ValueError:
-                continue
+        state = _state(arg, encode)
+        if state is not None:
+            snap[key] = state[1]
     return snap
 
 
@@ -292,20 +371,33 @@ def changed_arguments(pos: list, kw: dict, snap: dict, encode) -> list:
     changes = []
     for key in snap:
         arg = pos[key] if type(key) is int else kw[key]
-        try:
-            now = encode(arg)
-            if json.dumps(now) != snap[key]:
-                changes.append([key, now])
-        except ValueError:
-            continue
+        state = _state(arg, encode)
+        if state is not None and state[1] != snap[key]:
+            changes.append([key, state[0]])
     return changes
+
+
+def _state(arg: object, encode) -> tuple[object, str] | None:
+    """(encoding, as JSON text) of an argument whose changes cross back, else None. Not an array that
+    crosses as a handle: a new one each time, which the caller could not write into its array."""
+    if type(arg) in MUTABLE:
+        try:
+            encoded = encode(arg)
+        except ValueError:
+            return None
+        return encoded, json.dumps(encoded)
+    numpy = sys.modules.get("numpy")
+    if numpy is None or type(arg) is not getattr(numpy, "ndarray", None):
+        return None
+    parts = array_parts(arg, numpy)
+    return None if parts is None else ({"nd": parts}, json.dumps(parts))
 
 
 def write_back(passed: tuple, changes: object, decode, malformed: type) -> None:
     """Put a call's changed arguments' new contents (`changed_arguments`) into the caller's own objects:
     `passed` is the call's (args, kwargs). Only a list, dict, set or bytearray the caller passed takes them
     (or one of a subclass, a Counter, defaultdict or OrderedDict, which crossed as the plain one), and only
-    contents of that builtin type; anything else is a `malformed` reply."""
+    contents of that builtin type, or a numpy array, only an array; anything else is a `malformed` reply."""
     args, kwargs = passed
     if type(changes) is not list:
         raise malformed("malformed changes")
@@ -321,6 +413,13 @@ def write_back(passed: tuple, changes: object, decode, malformed: type) -> None:
             raise malformed("a change to no argument")
         kind = next((base for base in MUTABLE if issubclass(type(target), base)), None)
         new = decode(encoded)
+        numpy = sys.modules.get("numpy") if kind is None else None
+        if numpy is not None and type(target) is numpy.ndarray and type(new) is numpy.ndarray:
+            # In place, as in one process (a view the test passed writes through to its base); an array the
+            # callee resized, or one the caller cannot write, keeps its old contents.
+            if new.shape == target.shape and new.dtype == target.dtype and target.flags.writeable:
+                target[...] = new
+            continue
         if kind is None or type(new) is not kind:
             raise malformed("a change of an argument's type")
         if kind is list or kind is bytearray:

@@ -10,14 +10,17 @@ plain int). A few standard value types cross by value too, as tagged plain data 
 `decimal.Decimal` (its exact text; a subclass arrives as a plain Decimal; a signaling NaN, whose `==`
 raises, not at all), `range`, the `datetime` module's date, datetime, time, timedelta and timezone (their
 fields; a tzinfo as its offset and name at that value, so a ZoneInfo arrives as a fixed-offset timezone),
-numpy's scalars (as `item()`'s plain value: an `int64` is no int subclass), and namedtuples (type and field
-names and items; rebuilt as a namedtuple class of the receiver's own, without any methods the sender's
-class had, so `p.x` works and `p == (1, 2)` is tuple equality). Rebuilding is kept about linear in the
-frame: a Fraction's or range's ints of more than 2**16 bits, a Decimal of more than 20,000 digits or
-magnitude, and names of more than 200 characters (a namedtuple's, an exception class's) are refused
-(crossing.py). Anything else stays where it lives and travels as a handle; operations on a handle are
-forwarded to its owner, except comparisons with a value from the other side, which are never forwarded
-(the owner would see the expected answer) and are simply false.
+numpy's scalars (as `item()`'s plain value: an `int64` is no int subclass), numpy arrays of exactly
+`ndarray` whose dtype holds plain values (bool, numbers, fixed-width bytes and str: dtype, shape and bytes,
+rebuilt by the receiver's numpy, imported only when one arrives; at most 8 MB of content; a call's
+in-place changes to one cross back), and namedtuples (type and field names and items; rebuilt as a
+namedtuple class of the receiver's own, without any methods the sender's class had, so `p.x` works and
+`p == (1, 2)` is tuple equality). Rebuilding is kept about linear in the frame: a Fraction's or range's
+ints of more than 2**16 bits, a Decimal of more than 20,000 digits or magnitude, and names of more than
+200 characters (a namedtuple's, an exception class's) are refused (crossing.py). Anything else stays where
+it lives and travels as a handle; operations on a handle are forwarded to its owner, except comparisons
+with a value from the other side, which are never forwarded (the owner would see the expected answer) and
+are simply false.
 
 An exception crosses as its type's name and message. A builtin exception is rebuilt as itself; one of a
 class the program defines, as a judge-made class of the same name whose bases are judge-made classes of
@@ -28,17 +31,18 @@ Invalid)`, `raise Invalid`) gets that judge-made class; multiple inheritance is 
 the class's MRO. A name the program binds to AssertionError or one of its bases (`Invalid = Exception`)
 stays a handle: `except Invalid` around the test's own `assert False` would catch the failed assert.
 
-A call's arguments cross by value, so a function that changes a list, dict, set or bytearray argument in
-place changes its own copy: the reply carries the new contents of each such argument that changed, and the
-caller puts them into its own objects (`x = [3, 1]; sort_in_place(x); assert x == [1, 3]` works, as in one
-process, where the program could change `x` too). Inner containers are replaced, not changed: a test
-holding `inner = x[0]` from before the call sees the old one.
+A call's arguments cross by value, so a function that changes a list, dict, set, bytearray or numpy array
+argument in place changes its own copy: the reply carries the new contents of each such argument that
+changed, and the caller puts them into its own objects (`x = [3, 1]; sort_in_place(x); assert x == [1, 3]`
+works, as in one process, where the program could change `x` too). Inner containers are replaced, not
+changed: a test holding `inner = x[0]` from before the call sees the old one.
 
 Not supported (they stay handles, so `==` with a value the judge made is false, and the test fails):
-instances of other classes (numpy arrays, dataclasses and enums compared with values the test builds
-itself), exception instances returned as values, and a test's `isinstance` naming a class of the program
-that is no exception (the name is a handle there, not a class). Two handles of the program's objects compare in
-the program (`f() == Point(1, 2)` with the program's own `Point`, as in one process).
+instances of other classes (dataclasses, enums, numpy arrays of objects, records, datetime64 or of a
+subclass, compared with values the test builds itself), exception instances returned as values, and a
+test's `isinstance` naming a class of the program that is no exception (the name is a handle there, not
+a class). Two handles of the program's objects compare in the program (`f() == Point(1, 2)` with the
+program's own `Point`, as in one process).
 
 Builtin types themselves (`int`, `str`, ...) travel by name. Top-level test code that uses a name it does
 not define and that is no builtin (a class the solution defines, say) gets the program's object of that
@@ -217,6 +221,9 @@ class Channel:
         numpy = sys.modules.get("numpy")
         if numpy is not None and getattr(numpy, "generic", None) in mro:
             return self.encode(crossing.numpy_item(obj, numpy), depth + 1)
+        if numpy is not None and t is getattr(numpy, "ndarray", None):  # exact: np.matrix stays a handle
+            parts = crossing.array_parts(obj, numpy)
+            return None if parts is None else {"nd": parts}
         fields = crossing.namedtuple_fields(t) if tuple in mro else None
         if fields is None:
             return None
@@ -231,6 +238,8 @@ class Channel:
             return crossing.decimal_value(body, PeerGone)
         if tag == "dt":
             return crossing.datetime_value(body, PeerGone)
+        if tag == "nd":
+            return crossing.array_value(body, PeerGone)
         typename, fields, items = body  # type: ignore[misc]
         if type(typename) is not str or type(fields) is not list or type(items) is not list:
             raise PeerGone("malformed namedtuple")
@@ -278,7 +287,7 @@ class Channel:
                 return complex(float.fromhex(body[0]), float.fromhex(body[1]))
             if tag == "y" and body in _PLAIN_TYPE_NAMES:
                 return _PLAIN_TYPE_NAMES[body]
-            if tag in ("rg", "q", "m", "dt", "n"):
+            if tag in ("rg", "q", "m", "dt", "n", "nd"):
                 return self._decode_value(tag, body, depth)
         except PeerGone:
             raise

@@ -102,10 +102,11 @@ class _TestScope(dict):
     def _standard(self, name: str) -> object | None:
         """The judge's own standard-library object for a name the program bound to one (tests that use
         `math.isclose` relying on the solution's `import math`), or None: the program's object would be
-        its to patch (`math.isclose = lambda *a: True`). A module is imported by the name the test wrote;
-        anything else by the `__module__` and `__qualname__` the program reports, among modules the judge
-        has loaded already and those whose values cross by value (`Fraction`, `Decimal`: a test relying on
-        the solution's `from fractions import Fraction` builds its expected values with the judge's own).
+        its to patch (`math.isclose = lambda *a: True`). A module is imported by the name the test wrote
+        (numpy by the name the program reports, `_numpy`); anything else by the `__module__` and
+        `__qualname__` the program reports, among modules the judge has loaded already and those whose
+        values cross by value (`Fraction`, `Decimal`: a test relying on the solution's `from fractions
+        import Fraction` builds its expected values with the judge's own).
         A lie can only get the test a genuine object of a module of pure computation (`PURE_MODULES`; a
         class of `builtins`), reached through public names of classes: never os.abort, time.sleep or
         sys.exit, which a test's `Solution()` would run in the judge."""
@@ -117,6 +118,11 @@ class _TestScope(dict):
                 return None
         try:
             module = self.channel.request("getattr", ["name", name], "__module__")
+        except AttributeError:  # a module has none: numpy, as the program imported it (`np`)
+            return self._numpy(name)
+        except Exception:
+            return None
+        try:
             qualname = self.channel.request("getattr", ["name", name], "__qualname__")
         except Exception:
             return None
@@ -135,6 +141,16 @@ class _TestScope(dict):
         if isinstance(obj, types.ModuleType) or (module == "builtins" and not isinstance(obj, type)):
             return None  # builtins' functions (exec, open, breakpoint) are no test's to get this way
         return obj
+
+    def _numpy(self, name: str) -> object | None:
+        """The judge's own numpy for the program's module of that name (`np.array_equal(f(x), expected)`
+        relying on the solution's `import numpy as np`: the program's `np` would be its to patch). A lie
+        gets the test a genuine numpy, which it uses with its own arguments only."""
+        try:
+            real = self.channel.request("getattr", ["name", name], "__name__")
+        except Exception:
+            return None
+        return rpc.crossing.numpy_module() if type(real) is str and real == "numpy" else None
 
 
 def _catches_assertion(kinds: object) -> bool:
