@@ -75,12 +75,15 @@ def complete_ids(model: Transformer, tokenizer, prompts: list[list[int]], *, max
                  stop_ids: Sequence[int] = (), stop: Sequence[str] = (), temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None, batch_size: int = 16,
                  on_text: OnText | None = None, fim_prefix_lengths: list[int | None] | None = None,
-                 banned_ids: Sequence[int] = (), repetition_penalty: float = 1.0) -> list[str]:  # fmt: skip
+                 banned_ids: Sequence[int] = (), repetition_penalty: float = 1.0,
+                 warn_trimmed: bool = True) -> list[str]:  # fmt: skip
     """The text each prompt (as ids) continues with, cut before any stop string. Prompts run in batches
     of similar length. max_new_tokens is first cut to what the model's max_seq_len leaves after a prompt
     of up to half of it, and a one-line warning on stderr says so (once per requested count and context
-    length in a process); a prompt too long for the rest is trimmed (see `_fit`). Ids past the tokenizer's
-    vocabulary (`padding_ids`) are never drawn."""
+    length in a process); a prompt too long for the rest is trimmed (see `_fit`), and with `warn_trimmed`
+    a one-line warning says that too (once per context length in a process; callers that hand over more
+    context than fits on purpose turn it off). Ids past the tokenizer's vocabulary (`padding_ids`) are
+    never drawn."""
     cap = model.cfg.max_seq_len
     max_new = min(max_new_tokens, cap - 1)
     budget = max(cap - max_new, min(cap // 2, max(map(len, prompts), default=1)))
@@ -88,6 +91,9 @@ def complete_ids(model: Transformer, tokenizer, prompts: list[list[int]], *, max
     if max_new < max_new_tokens:
         _warn_lowered(max_new_tokens, max_new, cap)
     lengths = fim_prefix_lengths or [None] * len(prompts)
+    longest = max(map(len, prompts), default=0)
+    if warn_trimmed and longest > budget:
+        _warn_trimmed(longest, budget, cap)
     fitted = [_fit(p, n, budget) for p, n in zip(prompts, lengths, strict=True)]
     table = token_bytes(tokenizer)
     banned_ids = [*banned_ids, *padding_ids(table, model)]
@@ -112,6 +118,21 @@ def complete_ids(model: Transformer, tokenizer, prompts: list[list[int]], *, max
 
 
 _WARNED: set[tuple[int, int]] = set()  # (max_new_tokens asked for, max_seq_len) already warned about
+_WARNED_TRIMMED: set[int] = set()  # max_seq_len values a trimmed prompt was already reported for
+
+
+def _warn_trimmed(longest: int, budget: int, cap: int) -> None:
+    """Say once per context length that prompts lose tokens: a long prompt used to be cut without a word,
+    and a completion that had not seen the prompt's head (imports, the signature) looked like a bad model."""
+    if cap in _WARNED_TRIMMED:
+        return
+    _WARNED_TRIMMED.add(cap)
+    print(
+        f"codefoundry.models: warning: a prompt of {longest} tokens cut to {budget}: the model's max_seq_len "
+        f"is {cap} tokens, new ones included (a prompt loses its head; a FIM prompt the far ends of its "
+        "prefix and suffix)",
+        file=sys.stderr,
+    )
 
 
 def _warn_lowered(asked: int, got: int, cap: int) -> None:
@@ -131,7 +152,7 @@ def complete(model: Transformer, tokenizer, prompts: list[str], *, suffixes: lis
              max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
              seed: int | None = None, stop: Sequence[str] = (), on_text: OnText | None = None,
              batch_size: int = 16, repetition_penalty: float = 1.0,
-             stop_ids: Sequence[int] = ()) -> list[str]:  # fmt: skip
+             stop_ids: Sequence[int] = (), warn_trimmed: bool = True) -> list[str]:  # fmt: skip
     """Continue each prompt; with a (non-None) suffix, write the middle between prompt and suffix (FIM,
     PSM). Generation ends at <|endoftext|> or <|file_sep|> (and <|fim_pad|> for FIM) where the tokenizer
     has them, at one of `stop_ids` (an imported tokenizer's end of sequence), at a stop string, or after
@@ -140,7 +161,8 @@ def complete(model: Transformer, tokenizer, prompts: list[str], *, suffixes: lis
     A plain prompt's special-token text is read as those tokens, as Hugging Face tokenizers and vLLM read
     it (a chat template written out as text works). With a suffix, prompt and suffix are the text around a
     middle: a "<|fim_middle|>" or "<|endoftext|>" in them is encoded as those characters, as in training
-    documents, so that it cannot break the FIM layout this function builds."""
+    documents, so that it cannot break the FIM layout this function builds. Prompts too long for the
+    context are trimmed as `complete_ids` says (`warn_trimmed`)."""
     suffixes = suffixes if suffixes is not None else [None] * len(prompts)
     if len(suffixes) != len(prompts):
         raise ValueError(f"complete: {len(prompts)} prompts but {len(suffixes)} suffixes")
@@ -164,7 +186,7 @@ def complete(model: Transformer, tokenizer, prompts: list[str], *, suffixes: lis
         model, tokenizer, ids, max_new_tokens=max_new_tokens, stop_ids=stop_ids, stop=stop,
         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size,
         on_text=on_text, fim_prefix_lengths=prefix_lengths, repetition_penalty=repetition_penalty,
-        banned_ids=ids_of(tokenizer, FIM_BANNED if fim else PLAIN_BANNED),
+        banned_ids=ids_of(tokenizer, FIM_BANNED if fim else PLAIN_BANNED), warn_trimmed=warn_trimmed,
     )  # fmt: skip
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import io
 import random
+import warnings
 from dataclasses import dataclass
 
 from codefoundry.models.completion import complete, special_id
@@ -61,9 +62,8 @@ def heldout_functions(
     candidates = []
     for index, text in enumerate(texts):
         lines = _lines(text)
-        try:
-            tree = ast.parse(text)
-        except (SyntaxError, ValueError):
+        tree = _parse(text)
+        if tree is None:
             continue
         for qualname, node in _functions(tree):
             span = _body_span(node, lines)
@@ -90,7 +90,7 @@ def heldout_lines(functions: list[InfillExample], *, seed: int) -> list[InfillEx
     body chosen at random (by `seed`) is the middle, with the lines around it joined to prefix and suffix."""
     rng, examples = random.Random(seed), []
     for e in functions:
-        lines = e.middle.splitlines(keepends=True)
+        lines = _lines(e.middle)  # not str.splitlines: a form feed inside a string literal is no line end
         filled = [i for i, line in enumerate(lines) if line.strip()]
         if not filled:
             continue
@@ -120,6 +120,24 @@ def final_checks(model, tokenizer, texts: list[str], *, seed: int, seq_len: int)
         model, tokenizer, examples, n=1, temperature=0.8, seed=seed, max_new_tokens=new
     )
     return {"fim_exact_match": fim, "fim_line_match": lines, "syntax_valid": syntax}
+
+
+# What `ast.parse` raises for source it cannot take: a syntax error, a NUL byte (ValueError), an expression
+# nested a few thousand deep (RecursionError, or MemoryError for "too complex to parse").
+_PARSE_ERRORS = (SyntaxError, ValueError, RecursionError, MemoryError)
+
+
+def _parse(text: str) -> ast.Module | None:
+    """`text`'s tree, or None where it does not parse. A leading byte order mark is dropped (Python reads
+    such a file; `ast.parse` of its text refused it) and warnings are silenced: an invalid escape such as
+    "\\d" is a SyntaxWarning (DeprecationWarning before 3.12) that `-W error` made a SyntaxError, and
+    that otherwise printed one line on stderr per held-out file and sampled body."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return ast.parse(text.removeprefix("\ufeff"))
+        except _PARSE_ERRORS:
+            return None
 
 
 def _lines(text: str) -> list[str]:
@@ -153,7 +171,9 @@ def _body_span(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -
     if not body:
         return None
     first, last = body[0], body[-1]
-    start = first.lineno - 1
+    # A decorated statement starts at its first decorator (its lineno is the `def`/`class` line's): the
+    # `@functools.wraps(fn)` of a wrapper defined first in the body was left in the prompt, not the middle.
+    start = min([first.lineno, *(d.lineno for d in getattr(first, "decorator_list", ()))]) - 1
     if start <= node.lineno - 1 or lines[start][: first.col_offset].strip():
         return None
     if node.body[0] is not first and node.body[0].end_lineno - 1 >= start:
@@ -170,23 +190,23 @@ def _is_docstring(stmt: ast.stmt) -> bool:
 
 
 def _tail(text: str, budget: int) -> str:
-    """The last whole lines of `text` that fit in `budget` characters."""
+    """The last whole lines of `text` that fit in `budget` characters (lines as `_lines` cuts them: a file
+    with "\r" line ends had no "\n" to cut at and lost its whole prefix, the `def` line included)."""
     if len(text) <= budget:
         return text
-    cut = text.find("\n", len(text) - budget - 1)
-    return text[cut + 1 :] if cut != -1 else ""
+    # The first piece of the last budget + 1 characters is a cut line or a whole one too long to fit.
+    return "".join(_lines(text[len(text) - budget - 1 :])[1:])
 
 
 def _head(text: str, budget: int) -> str:
-    """The first whole lines of `text` that fit in `budget` characters."""
+    """The first whole lines of `text` that fit in `budget` characters (lines as `_lines` cuts them)."""
     if len(text) <= budget:
         return text
-    cut = text.rfind("\n", 0, budget)
-    return text[: cut + 1]
+    return "".join(_lines(text[: budget + 1])[:-1])
 
 
 def _ensure_newline(text: str) -> str:
-    return text if text.endswith("\n") else text + "\n"
+    return text if text.endswith(("\n", "\r")) else text + "\n"  # "\r": a line end, as in `_lines`
 
 
 def fim_matches(model, tokenizer, examples: list[InfillExample], *, max_new_tokens: int) -> list[dict]:
@@ -196,7 +216,7 @@ def fim_matches(model, tokenizer, examples: list[InfillExample], *, max_new_toke
         raise ValueError("fim_exact_match: no examples")
     got = complete(
         model, tokenizer, [e.prefix for e in examples], suffixes=[e.suffix for e in examples],
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=max_new_tokens, warn_trimmed=False,  # the examples' budgets may outrun a context
     )  # fmt: skip
     return [{"name": e.name, "completion": g, "exact": g.rstrip() == e.middle.rstrip(),
              "first_line": _first_line(g) == _first_line(e.middle)}
@@ -277,7 +297,7 @@ def _header(e: InfillExample) -> str:
     """The example's def line(s) and docstring; for hand-made examples, from the last `def` of the prefix."""
     if e.header:
         return e.header
-    lines = e.prefix.splitlines(keepends=True)
+    lines = _lines(e.prefix)
     for i in range(len(lines) - 1, -1, -1):
         if lines[i].lstrip().startswith(("def ", "async def ")):
             return "".join(lines[i:])
@@ -295,12 +315,15 @@ def _parse_error(header: str, body: str) -> str | None:
     brackets may start left of the `def`, which `textwrap.dedent` would take for no common indent."""
     indent = _indent(header)
     lines = (header + body).splitlines(keepends=True)
-    try:
-        ast.parse("".join(ln[min(indent, len(ln) - len(ln.lstrip(" \t\f"))) :] for ln in lines))
-    except SyntaxError as e:
-        return str(e.msg)
-    except ValueError as e:  # a NUL byte
-        return str(e)
+    source = "".join(ln[min(indent, len(ln) - len(ln.lstrip(" \t\f"))) :] for ln in lines)
+    with warnings.catch_warnings():  # a warning (an invalid escape) is no syntax error; see `_parse`
+        warnings.simplefilter("ignore")
+        try:
+            ast.parse(source.removeprefix("\ufeff"))  # a header on a file's first line keeps its BOM
+        except SyntaxError as e:
+            return str(e.msg)
+        except (ValueError, RecursionError, MemoryError) as e:  # a NUL byte; nesting too deep to parse
+            return str(e) or type(e).__name__
     return None
 
 

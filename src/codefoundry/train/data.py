@@ -27,6 +27,8 @@ contains the literal string `<|endoftext|>` does not forge a document boundary.
 from __future__ import annotations
 
 import hashlib
+import io
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,9 +41,11 @@ import torch
 from codefoundry.data.shards import encode_each
 from codefoundry.models.tokenizer import (
     EOT,
+    FILE_SEP,
     FIM_MIDDLE,
     FIM_PREFIX,
     FIM_SUFFIX,
+    REPO_NAME,
     SPECIAL_TOKENS,
     corpus_files,
     read_source,
@@ -142,12 +146,14 @@ def plain_text_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
 
 def fim_split(text: str, rng: np.random.Generator, *, lines: bool = False) -> tuple[str, str, str]:
     """(prefix, middle, suffix) at two character positions drawn uniformly in [0, len] and sorted; with
-    `lines`, drawn among the starts of lines (and the end), so the middle is whole lines, as when an
-    editor asks for a body or a block."""
+    `lines`, drawn uniformly among the starts of lines and the end (lines end where Python's end: "\n",
+    "\r\n" or "\r"), so the middle is whole lines, as when an editor asks for a body or a block."""
     if not lines:
         a, b = sorted(int(x) for x in rng.integers(0, len(text) + 1, size=2))
         return text[:a], text[a:b], text[b:]
-    starts = [0, *(i + 1 for i, c in enumerate(text) if c == "\n"), len(text)]
+    # Each position once: the end was also listed as the start after a final "\n" (nearly every file),
+    # so an empty suffix came twice as often as any other cut; a "\r"-only file had no line starts at all.
+    starts = [0, *itertools.accumulate(len(line) for line in io.StringIO(text, newline=""))]
     a, b = sorted(starts[int(x)] for x in rng.integers(0, len(starts), size=2))
     return text[:a], text[a:b], text[b:]
 
@@ -527,15 +533,23 @@ class PretrainData:
         ]
 
     def val_texts(self) -> list[str]:
-        """The held-out documents' text (for FIM exact match and syntax checks)."""
+        """The held-out documents' text (for FIM exact match and syntax checks). A repository-level
+        document (`data.packing`: `<|repo_name|>repo`, then `<|file_sep|>path` and the text of each file)
+        gives the text of each of its files: whole, it was no source file `ast.parse` reads, and a data
+        build with `layout: repo` left the final checks without a single held-out function."""
         if self._val_texts is None:
             ids = self.val.read(0, self.n_val_tokens)
-            docs = np.split(ids, np.flatnonzero(ids == self._eot) + 1)
-            self._val_texts = [
-                self.tokenizer.decode(d[d != self._eot].tolist(), skip_special_tokens=False)
-                for d in docs
-                if len(d)
-            ]
+            repo, sep = (self.tokenizer.token_to_id(t) for t in (REPO_NAME, FILE_SEP))
+            cuts = np.flatnonzero(np.isin(ids, [i for i in (self._eot, repo, sep) if i is not None]))
+            texts = []
+            # (start, end, the marker before it) of the pieces between EOTs and repository-level markers
+            starts, ends = [0, *(cuts + 1).tolist()], [*cuts.tolist(), len(ids)]
+            for lo, hi, before in zip(starts, ends, [self._eot, *ids[cuts].tolist()], strict=True):
+                if before == repo or (lo == hi and (hi == len(ids) or ids[hi] != self._eot)):
+                    continue  # a repository's name; nothing before a marker or after the last EOT
+                text = self.tokenizer.decode(ids[lo:hi].tolist(), skip_special_tokens=False)
+                texts.append(text.partition("\n")[2] if before == sep else text)  # a file's path line first
+            self._val_texts = texts
         return list(self._val_texts)
 
     def digest(self) -> str:
