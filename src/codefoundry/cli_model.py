@@ -29,6 +29,7 @@ HELP = {
     "character)",
     "mtp_depth": "multi-token-prediction depth D (0 = none)",
     "moe_experts": "experts per mixture-of-experts layer (0 = dense)",
+    "moe_top_k": "experts each token is routed to (at most --moe)",
     "optimizer": "adamw, or muon (Muon for the blocks' matrices, AdamW for embeddings and norms; one --lr)",
     "resume": "continue from OUT/checkpoint",
     "time_limit_s": "stop cleanly (checkpoint + report) after this many seconds",
@@ -65,10 +66,11 @@ def _pretrain(args: argparse.Namespace) -> int:
         summary = pretrain(cfg)
     except (ValueError, FileNotFoundError) as e:
         raise _usage_error(str(e)) from None
-    if summary:  # only rank 0 returns a summary under torchrun
+    if "rank" not in summary:  # rank 0's full summary; under torchrun the others return a short one
         print(_pretrain_line(summary))
-    # A Ctrl-C the run honoured (checkpoint and summary written) still ends as an interrupt does.
-    return 130 if summary and summary.get("stopped") == "interrupted" else 0
+    # A Ctrl-C the run honoured (checkpoint and summary written) still ends as an interrupt does, on
+    # every rank.
+    return 130 if summary.get("stopped") == "interrupted" else 0
 
 
 def _pretrain_line(s: dict[str, Any]) -> str:

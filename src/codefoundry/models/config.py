@@ -172,7 +172,8 @@ def config_for_size(
         max_seq_len=max_seq_len, mtp_depth=mtp_depth,
     )  # fmt: skip
     if moe_experts:
-        width, top_k = _round_up(cfg.ffn_dim // 4, 16), min(moe_top_k, moe_experts)
+        # top_k as asked: a k above the number of experts is MoEConfig's error (it was lowered silently)
+        width, top_k = _round_up(cfg.ffn_dim // 4, 16), moe_top_k
         moe = MoEConfig(
             n_experts=moe_experts,
             top_k=top_k,

@@ -261,14 +261,24 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """Cross-entropy (fp32; mean over counted targets, or their sum) of the output head on `h` (final
         norm already applied, (B, T, dim)) against `targets` ((B, T), -100 = ignore). Without `logits`
-        already computed, through the fused head + loss, which never stores them (`models.fused_ce`)."""
+        already computed, through the fused head + loss, which never stores them (`models.fused_ce`).
+
+        With no counted target (an SFT row all prompt, an MTP depth past a short example's last target)
+        the mean is 0 with a zero gradient: F.cross_entropy's mean (and transformers' loss) is 0/0 = NaN
+        there, and one such batch made the whole step's loss and weights NaN."""
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"Transformer.head_loss: reduction must be 'mean' or 'sum', not {reduction!r}")
         if logits is not None:
-            return F.cross_entropy(
-                logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction=reduction
+            total = F.cross_entropy(
+                logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum"
             )
-        return linear_cross_entropy(
-            h.flatten(0, 1), self.lm_head.weight, targets.flatten(), reduction=reduction
-        )
+        else:
+            total = linear_cross_entropy(
+                h.flatten(0, 1), self.lm_head.weight, targets.flatten(), reduction="sum"
+            )
+        if reduction == "sum":
+            return total
+        return total / (targets != IGNORE).sum().clamp_min(1)  # a tensor: no host-device sync
 
     def _loss(self, out: Output, h, x, ids, targets, cos, sin, mask) -> None:
         ntp = self.head_loss(h, targets, logits=out.logits)

@@ -6,6 +6,8 @@ natively, optional `torch.compile`, DDP under torchrun, atomic checkpoints with 
 One process per device. Under torchrun (`WORLD_SIZE` > 1 in the environment) each rank draws its own
 batches (`PretrainData` is seeded by (seed, step, micro, rank)), gradients are averaged by DDP once per
 optimizer step (`no_sync` on the earlier micro-batches), and only rank 0 logs, evaluates and saves.
+A Ctrl-C or a time limit stops every rank after the same step (`distributed.StopVote`); see distributed.py
+for what torchrun does with a Ctrl-C.
 `batch_size` is the per-rank micro-batch: a step sees batch_size * grad_accum * world_size * seq_len tokens.
 
 Exact resume: the checkpoint holds the weights (fp32), the optimizer state, the step and the RNG states;
@@ -41,7 +43,13 @@ from codefoundry.models.config import SIZES, config_for_size
 from codefoundry.models.transformer import Transformer
 from codefoundry.paths import output_dir
 from codefoundry.train.budget import TimeBudget
-from codefoundry.train.distributed import Ranks, init_distributed, interrupts_stop_after_the_step, wrap_model
+from codefoundry.train.distributed import (
+    Ranks,
+    StopVote,
+    init_distributed,
+    interrupts_stop_after_the_step,
+    wrap_model,
+)
 from codefoundry.train.metrics import METRICS, MetricsLogger, flops_per_token, peak_flops, plot_curves
 from codefoundry.train.muon import Muon, Optimizers, muon_groups
 from codefoundry.train.trainer_state import (
@@ -92,7 +100,7 @@ class PretrainConfig:
     mtp_depth: int = 0
     mtp_weight: float = 0.3
     moe_experts: int = 0  # 0 = dense
-    moe_top_k: int = 2
+    moe_top_k: int = 2  # experts per token; at most moe_experts
     dtype: str = "auto"  # auto: bf16 autocast where the hardware has bf16 products (amp_dtype) | fp32 | bf16
     compile: bool = False
     seed: int = 0
@@ -141,6 +149,7 @@ class PretrainConfig:
             "fim_line_rate": 0 <= self.fim_line_rate <= 1,
             "holdout": 0 <= self.holdout < 1,
             "moe_experts": self.moe_experts >= 0,
+            "moe_top_k": self.moe_top_k >= 1,
             "mtp_depth": self.mtp_depth >= 0,
             "mtp_weight": self.mtp_weight >= 0,  # (NaN fails every comparison)
             "peak_tflops": self.peak_tflops is None or self.peak_tflops > 0,
@@ -149,6 +158,11 @@ class PretrainConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"PretrainConfig.{name}: invalid value {getattr(self, name)!r}")
+        if self.moe_experts and self.moe_top_k > self.moe_experts:  # was lowered to moe_experts, silently
+            raise ValueError(
+                f"PretrainConfig.moe_top_k: {self.moe_top_k} experts per token, but moe_experts="
+                f"{self.moe_experts}: the top-k can be at most the number of experts"
+            )
         object.__setattr__(self, "min_lr", self.lr / 10 if self.min_lr is None else self.min_lr)
         object.__setattr__(self, "warmup", min(self.steps // 10, 200) if self.warmup is None else self.warmup)
 
@@ -268,6 +282,14 @@ def evaluate(
 
 def check_inputs(cfg: PretrainConfig) -> None:
     """Fail fast, with one line, on inputs that would otherwise fail minutes in."""
+    if cfg.warmup >= cfg.steps:
+        # Here, not in __post_init__: a time budget's fitted step count (replace(cfg, steps=...)) may end
+        # the run right at the warmup's end. Asked for, the learning rate would never finish warming up.
+        upper = " (with --time-budget-s, the most it may run)" if cfg.time_budget_s else ""
+        raise ValueError(
+            f"PretrainConfig.warmup: warmup={cfg.warmup} must be below steps={cfg.steps}{upper}: the learning"
+            " rate would never reach its peak nor decay"
+        )
     tok = Path(cfg.tokenizer)
     if not (tok / "tokenizer.json").is_file() and not (tok.is_file() and tok.name == "tokenizer.json"):
         raise ValueError(f"{tok}: no tokenizer.json (train one with `codefoundry tokenizer train`)")
@@ -350,9 +372,10 @@ class Run:
         self.last: dict[str, Any] = {}  # the last train record
         self.val_loss: float | None = None
         self.train_s = 0.0  # time inside training steps this session (evals and saves left out)
+        self.vote = StopVote(ranks.world_size)
 
     def train(self) -> dict[str, Any]:
-        with interrupts_stop_after_the_step(self.ranks.world_size == 1) as interrupted:
+        with interrupts_stop_after_the_step(announce=self.ranks.main) as interrupted:
             return self._train(interrupted)
 
     def _train(self, interrupted: Callable[[], bool]) -> dict[str, Any]:
@@ -364,10 +387,8 @@ class Run:
             if self.budget:
                 self.fit_to_budget()
             window_tokens += self.tokens_per_step
-            if self.out_of_time():
-                stopped = "time_limit"
-            elif interrupted():
-                stopped = "interrupted"
+            over, interrupt = self.vote(self.out_of_time(), interrupted())
+            stopped = "time_limit" if over else "interrupted" if interrupt else stopped
             last = self.step >= self.cfg.steps or stopped != "completed"
             if self.step % cfg.log_every == 0 or last:
                 window_s += self.stamp(mark)
@@ -429,12 +450,8 @@ class Run:
         return time.perf_counter() - mark
 
     def out_of_time(self) -> bool:
-        if self.cfg.time_limit_s is None:
-            return False
-        over = torch.tensor(float(time.perf_counter() - self.t0 > self.cfg.time_limit_s), device=self.device)
-        if self.ranks.world_size > 1:
-            dist.broadcast(over, src=0)  # every rank stops at the same step, as rank 0 decides
-        return bool(over)
+        """This rank's clock past `time_limit_s` (the loop's `StopVote` makes the ranks agree)."""
+        return self.cfg.time_limit_s is not None and time.perf_counter() - self.t0 > self.cfg.time_limit_s
 
     def log_train(self, stats: dict[str, torch.Tensor], tokens_per_s: float) -> None:
         """Average the loss parts over ranks (every rank calls this) and log them on rank 0."""
@@ -490,7 +507,7 @@ class Run:
             dist.all_gather_object(digests, digest)
         self.logger.close()
         if not self.ranks.main:
-            return {"rank": self.ranks.rank, "step": self.step, "param_digest": digest}
+            return {"rank": self.ranks.rank, "step": self.step, "stopped": stopped, "param_digest": digest}
         summary = self.summary(stopped, steps_run, digests)
         if self.cfg.final_eval and stopped != "interrupted":  # minutes of sampling the user asked to skip
             summary.update(final_evaluation(self.raw, self.tok, self.data, self.cfg))
@@ -558,7 +575,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(summary, indent=2))
-    return 0
+    # A Ctrl-C the run honoured (checkpoint and summary written) still ends as an interrupt does.
+    return 130 if summary.get("stopped") == "interrupted" else 0
 
 
 if __name__ == "__main__":

@@ -115,6 +115,17 @@ class SFTConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"SFTConfig.{name}: invalid value {getattr(self, name)!r}")
+        if self.steps is not None and self.warmup is not None:
+            check_warmup(self.warmup, self.steps, f"steps={self.steps}")
+
+
+def check_warmup(warmup: int, steps: int, steps_are: str) -> None:
+    """A warmup of `steps` or more never lets the learning rate reach its peak, nor decay."""
+    if warmup >= steps:
+        raise ValueError(
+            f"SFTConfig.warmup: warmup={warmup} must be below {steps_are}: the learning rate would never"
+            " reach its peak nor decay"
+        )
 
 
 def lr_at(step: int, *, lr: float, min_lr: float, warmup: int, steps: int, schedule: str = "cosine") -> float:
@@ -230,6 +241,8 @@ class SFTRun:
         self.train_split, self.eval_split = self.load_data()
         self.steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(self.train_split.rows) / self.per_step))
         self.warmup = min(self.steps // 10, 100) if cfg.warmup is None else cfg.warmup
+        if cfg.steps is None:  # else SFTConfig checked it
+            check_warmup(self.warmup, self.steps, f"the {self.steps} steps of epochs={cfg.epochs:g}")
         self.min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
         self.eval_batches = self.make_eval_batches()
 
