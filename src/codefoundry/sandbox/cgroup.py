@@ -13,6 +13,11 @@ cgroup where there is one, else a cgroup of its own in the v1 cpuacct hierarchy 
 import os
 
 LIMIT_FILES = {1: "memory.limit_in_bytes", 2: "memory.max"}
+# Swap, which the memory limit alone leaves open: past it the kernel swaps the run's pages out instead of
+# ending it (memfd, SysV and tmpfs pages too), so with swap on the host a run held its limit in memory and
+# as much again as the swap would take. v1 bounds memory and swap together, v2 swap alone. Either file is
+# absent where the kernel keeps no swap account (then there is no swap to bound, or no way to).
+SWAP_FILES = {1: "memory.memsw.limit_in_bytes", 2: "memory.swap.max"}
 # A build's memory, whatever the run's: each of its processes' address space (build.py) and, while it
 # builds, the run's cgroup. cc1plus holds ~320 MB for a program using <regex>, so a build under a 64 MB
 # run limit failed as `memory_exceeded`; the run's own limit holds again before the program starts.
@@ -88,12 +93,27 @@ class Cgroups:
 
     def bound(self, limits: dict, building: bool = False) -> None:
         """Bound the run's whole memory at its limit plus room for its disk (its tmpfs files count), or
-        while it builds at BUILD_MEMORY_MB at least."""
+        while it builds at BUILD_MEMORY_MB at least; swap adds nothing to it (SWAP_FILES)."""
         memory = build_memory_mb(limits["memory_mb"]) if building else int(limits["memory_mb"])
         limit_bytes = (memory + 2 * int(limits["disk_mb"]) + 64) << 20
-        if self.memory is not None and limit_bytes != self.limit:
-            self.memory.write(LIMIT_FILES[self.memory.version], str(limit_bytes))
-            self.limit = limit_bytes
+        if self.memory is None or limit_bytes == self.limit:
+            return
+        version = self.memory.version
+        swap = str(limit_bytes) if version == 1 else "0"
+        # v1 refuses a memory limit above the memory-and-swap one: that one first when the limit rises
+        if version == 1 and limit_bytes > self.limit >= 0:
+            self._bound_swap(swap)
+            self.memory.write(LIMIT_FILES[version], str(limit_bytes))
+        else:
+            self.memory.write(LIMIT_FILES[version], str(limit_bytes))
+            self._bound_swap(swap)
+        self.limit = limit_bytes
+
+    def _bound_swap(self, value: str) -> None:
+        try:
+            self.memory.write(SWAP_FILES[self.memory.version], value)
+        except (FileNotFoundError, PermissionError):
+            pass  # no swap account here, or a delegated cgroup whose swap is not ours to bound
 
     def oom_kills(self) -> int:
         if self.memory is None:

@@ -15,12 +15,22 @@ processes or hand a large part of the kernel to untrusted input (the surface mos
   umount2, the new mount API (fsopen ... mount_setattr), pivot_root, chroot: a program cannot make a user
   namespace of its own and be root inside it;
 - code in the kernel: bpf, perf_event_open, userfaultfd, io_uring, kexec, module loading;
+- Linux AIO's contexts (io_setup): the events they reserve come from one budget for the whole machine
+  (fs.aio-max-nr), which one run could hold, and the host's and other workers' io_setup then failed;
 - kernel keyrings (add_key, request_key, keyctl), the kernel log (syslog), files by handle
   (open_by_handle_at, name_to_handle_at), fanotify, quotas, swap, reboot, process accounting, setting
-  the clocks, vhangup, and x86's iopl, ioperm, modify_ldt and uselib.
-Each fails with EPERM, except clone3 and io_uring_setup/enter/register, which fail with ENOSYS: runtimes
-read that as an older kernel and fall back (glibc's threads and posix_spawn to clone, libuv to its thread
-pool). A call through another ABI (x86's int 0x80, x32) kills the process: its numbers mean other calls.
+  the clocks, vhangup, and x86's iopl, ioperm, modify_ldt and uselib;
+- the mount table, which /proc would show (statmount, listmount: there is no /proc inside);
+- sockets of any family but Unix, IPv4, IPv6 and netlink's routing protocol (socket, socketpair): vsock
+  above all, which no network namespace bounds (it reaches a virtual machine's host, and its ports are the
+  whole machine's), netlink's uevents (the host's device and module events reach every network namespace
+  the host's user namespace owns), and the rarely used families whose kernel code has the longest record
+  of bugs (AF_ALG, RDS, TIPC, ...). They fail with EAFNOSUPPORT (EPROTONOSUPPORT: another netlink
+  protocol), as where the kernel lacks them.
+The rest fail with EPERM, except clone3, io_uring_setup/enter/register and io_setup, which fail with ENOSYS:
+runtimes read that as an older kernel and fall back (glibc's threads and posix_spawn to clone, libuv to its
+thread pool; glibc's POSIX aio uses threads, not io_setup). A call through another ABI kills the process
+(x86's int 0x80: its numbers mean other calls), or fails (x32's, every one of them).
 Left to capabilities, because the template needs them under the filter: setns (it enters each run's PID
 and IPC namespaces) and unshare(CLONE_NEWIPC) (a program's process, still root, takes an IPC namespace of
 its own where runs share none). Both need CAP_SYS_ADMIN, which no program holds.
@@ -48,10 +58,10 @@ DENIED = {
     "swapoff": (168, 225), "reboot": (169, 142), "acct": (163, 89), "settimeofday": (164, 170),
     "clock_settime": (227, 112), "clock_adjtime": (305, 266), "adjtimex": (159, 171), "vhangup": (153, 58),
     "lookup_dcookie": (212, 18), "iopl": (172, None), "ioperm": (173, None), "modify_ldt": (154, None),
-    "uselib": (134, None),
+    "uselib": (134, None), "statmount": (457, 457), "listmount": (458, 458),
 }  # fmt: skip
 ABSENT = {"clone3": (435, 435), "io_uring_setup": (425, 425), "io_uring_enter": (426, 426),
-          "io_uring_register": (427, 427)}  # fmt: skip
+          "io_uring_register": (427, 427), "io_setup": (206, 0)}  # fmt: skip
 CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWTIME = 0x08000000, 0x10000000, 0x80
 # CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET; and for unshare CLONE_NEWTIME, which for
 # clone is a bit of the exit signal (CSIGNAL) and which clone3 alone takes (ENOSYS here)
@@ -61,8 +71,16 @@ NAMESPACE_FLAGS = (
 # Calls denied by their flags (args[0]): name -> ((x86_64 number, aarch64 number), the flags denied).
 FLAGGED = {"clone": ((56, 220), NAMESPACE_FLAGS),
            "unshare": ((272, 97), (NAMESPACE_FLAGS | CLONE_NEWTIME) & ~CLONE_NEWIPC)}  # fmt: skip
+# Calls denied by the socket family they ask for (args[0]), and the families they may still have: AF_UNIX,
+# AF_INET, AF_INET6 (a program's own networking code, bounded by the worker's empty network namespace) and
+# AF_NETLINK, of that only NETLINK_ROUTE (args[2]): glibc's getaddrinfo and getifaddrs read the worker's
+# routing tables through it. Others reach past the namespace: NETLINK_KOBJECT_UEVENT delivered the host's
+# device and module events (any program's socket(AF_X) loading a module told every other run).
+SOCKET_CALLS = {"socket": (41, 198), "socketpair": (53, 199)}
+SOCKET_FAMILIES = (1, 2, 10)
+AF_NETLINK, NETLINK_ROUTE = 16, 0
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
-_EPERM, _ENOSYS = 1, 38
+_EPERM, _ENOSYS, _EPROTONOSUPPORT, _EAFNOSUPPORT = 1, 38, 93, 97
 _RET_ALLOW, _RET_ERRNO, _RET_KILL_PROCESS = 0x7FFF0000, 0x00050000, 0x80000000
 _LD, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ/JGE/JSET|K, BPF_RET|K
 _PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 38, 22, 2
@@ -82,11 +100,16 @@ def assemble(machine: str) -> list[tuple[int, int, int, int]]:
         (_LD, 0, 0, 4), (_JEQ, 0, "kill", AUDIT_ARCH[machine]),  # seccomp_data.arch
         (_LD, 0, 0, 0), (_JGE, "eperm", 0, 0x40000000),  # .nr; x32's calls have bit 30 set
         *[(_JEQ, name, 0, nrs[column]) for name, (nrs, _) in FLAGGED.items()],
+        *[(_JEQ, "socket", 0, nrs[column]) for nrs in SOCKET_CALLS.values()],
         *[(_JEQ, "eperm", 0, nr) for nr in deny], *[(_JEQ, "enosys", 0, nr) for nr in absent],
         (_RET, 0, 0, _RET_ALLOW),
     ]  # fmt: skip
     for name, (_, flags) in FLAGGED.items():  # seccomp_data.args[0], its low half
         code += [name, (_LD, 0, 0, 16), (_JSET, "eperm", 0, flags), (_RET, 0, 0, _RET_ALLOW)]
+    code += ["socket", (_LD, 0, 0, 16), *[(_JEQ, "family", 0, family) for family in SOCKET_FAMILIES],
+             (_JEQ, "netlink", 0, AF_NETLINK), (_RET, 0, 0, _RET_ERRNO | _EAFNOSUPPORT),
+             "netlink", (_LD, 0, 0, 32), (_JEQ, "family", 0, NETLINK_ROUTE),  # .args[2], the protocol
+             (_RET, 0, 0, _RET_ERRNO | _EPROTONOSUPPORT), "family", (_RET, 0, 0, _RET_ALLOW)]  # fmt: skip
     code += ["eperm", (_RET, 0, 0, _RET_ERRNO | _EPERM), "enosys", (_RET, 0, 0, _RET_ERRNO | _ENOSYS),
              "kill", (_RET, 0, 0, _RET_KILL_PROCESS)]  # fmt: skip
     labels, program = {}, []
