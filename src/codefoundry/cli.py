@@ -27,7 +27,7 @@ def _sandbox_run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     if args.stdin not in (None, "-"):
         raise UsageError(f"--stdin takes only '-' (this command's standard input), got {args.stdin!r}")
-    limits = _limits(args.timeout, args.memory)
+    limits = _limits(args.timeout, args.memory, args.stack)
     source = _read_program(args.file, python=runner is LANGUAGES["python"])
     stdin = sys.stdin.buffer.read() if args.stdin == "-" else None  # bytes: passed on as they are
     try:
@@ -57,8 +57,9 @@ def _sandbox_run(args: argparse.Namespace) -> int:
     return 0 if result.status.value == "ok" else 1
 
 
-def _limits(timeout: float, memory: int) -> Limits:
-    """--timeout and --memory as Limits, or a UsageError naming the flag (before anything is read or run)."""
+def _limits(timeout: float, memory: int, stack: int | None = None) -> Limits:
+    """--timeout, --memory and --stack as Limits, or a UsageError naming the flag (before anything is read
+    or run)."""
     from codefoundry.sandbox import Limits
     from codefoundry.sandbox.result import MAX_MB, MAX_SECONDS
 
@@ -66,7 +67,11 @@ def _limits(timeout: float, memory: int) -> Limits:
         raise UsageError(f"--timeout must be CPU seconds > 0 and at most {MAX_SECONDS}, got {timeout:g}")
     if not 1 <= memory <= MAX_MB:
         raise UsageError(f"--memory must be MB from 1 to {MAX_MB}, got {memory}")
-    return Limits(cpu_seconds=timeout, memory_mb=memory)
+    if stack is None:
+        return Limits(cpu_seconds=timeout, memory_mb=memory)
+    if not 1 <= stack <= MAX_MB:
+        raise UsageError(f"--stack must be MB from 1 to {MAX_MB}, got {stack}")
+    return Limits(cpu_seconds=timeout, memory_mb=memory, stack_mb=stack)
 
 
 def _read_program(path: str, *, python: bool) -> str:
@@ -190,6 +195,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     run.add_argument("--language", "-l", help="python, c, cpp, javascript (default: from the file name)")
     run.add_argument("--timeout", type=float, default=10.0, help="CPU seconds (default 10)")
     run.add_argument("--memory", type=int, default=1024, help="memory limit in MB (default 1024)")
+    run.add_argument("--stack", type=int, help="stack limit in MB, C, C++ and Python (default 256)")
     run.add_argument("--stdin", help="'-' to pass this command's standard input to the program")
     run.add_argument("--json", action="store_true", help="print the full result as JSON")
     run.set_defaults(func=_sandbox_run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import operator
 import os
 import queue
 import random
@@ -14,6 +15,17 @@ from dataclasses import dataclass
 from codefoundry.sandbox.checks import check_language, check_limits, check_program, check_rlimits
 from codefoundry.sandbox.result import ExecutionResult, Judge, Limits, Status
 from codefoundry.sandbox.worker import Worker, WorkerDied
+
+
+class Interrupted(KeyboardInterrupt):
+    """`execute_many` interrupted (Ctrl-C): `results` holds, in input order, the result of each program
+    that finished and None for each that did not (the runs still going were stopped). A KeyboardInterrupt,
+    so that code that does not look for it stops as it did."""
+
+    def __init__(self, results: list[ExecutionResult | None]) -> None:
+        finished = sum(r is not None for r in results)
+        super().__init__(f"interrupted: {finished} of {len(results)} programs finished")
+        self.results = results
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,7 @@ class Pool:
         # Closed (`shutdown` from another thread) while runs go on: each worker they still use or start is
         # closed when its run ends, not kept idle in a pool nothing will close.
         self._closed = False
+        self._busy: dict[Worker, object] = {}  # worker -> the `owner` whose program it runs (`stop_runs`)
 
     def _new_worker(self) -> Worker:
         with self._lock:
@@ -92,12 +105,33 @@ class Pool:
             if worker in self._all:
                 self._all.remove(worker)
 
-    def run(self, program: Program, *, language: str, limits: Limits) -> ExecutionResult:
-        """One run on a warm worker; `program` as `checks.check_program` passed it."""
+    def run(
+        self, program: Program, *, language: str, limits: Limits, owner: object = None
+    ) -> ExecutionResult:
+        """One run on a warm worker; `program` as `checks.check_program` passed it. `owner`: whose run it
+        is, for `stop_runs`."""
         try:
             worker = self._take()
         except (WorkerDied, OSError) as e:
             return ExecutionResult.sandbox_error(f"could not start a sandbox worker: {e}")
+        with self._lock:
+            self._busy[worker] = owner
+        try:
+            return self._run_on(worker, program, language=language, limits=limits)
+        finally:
+            with self._lock:
+                self._busy.pop(worker, None)
+
+    def stop_runs(self, owner: object) -> None:
+        """Kill now the workers running `owner`'s programs (an interrupted `execute_many`: its threads had
+        waited for each run to end, a spinning one for its whole CPU limit, with Ctrl-C seemingly ignored).
+        Each such run then comes back as a sandbox_error, and its worker is replaced."""
+        with self._lock:
+            workers = [w for w, o in self._busy.items() if o is owner]
+        for worker in workers:
+            worker.kill()
+
+    def _run_on(self, worker: Worker, program: Program, *, language: str, limits: Limits) -> ExecutionResult:
         try:
             result = worker.run(
                 program.source,
@@ -113,6 +147,8 @@ class Pool:
         except BaseException:
             # Raised before, during or after its request was sent (an interrupt, a request it cannot
             # encode): its request stream may be out of step, and it must not stay out of the pool alive.
+            # Killed first: a zygote mid-run sees its pipes close only once the run ends (`close` waited 5 s).
+            worker.kill()
             self._discard(worker)
             raise
         if result.status is Status.SANDBOX_ERROR:
@@ -215,12 +251,13 @@ def execute_many(
 
     Every program is checked before any runs: an entry that cannot be run as given (not a str or Program,
     an unknown language, a bad file name, ...) raises TypeError or ValueError naming it (`programs[3]...`),
-    so no result is computed and then lost. What a program does is reported in its own result."""
+    so no result is computed and then lost. What a program does is reported in its own result. Interrupted
+    (Ctrl-C), it stops the runs still going and raises `Interrupted`, which holds the results so far."""
     check_limits(limits, "limits")
     limits = limits or Limits()
     check_rlimits(limits, "limits")
     items = _checked(programs, workers=workers, language=language, limits=limits)
-    workers = workers or os.cpu_count() or 1
+    workers = operator.index(workers) if workers is not None else os.cpu_count() or 1
     if executor == "ray":
         from codefoundry.sandbox.ray_executor import execute_on_ray
 
@@ -234,19 +271,20 @@ def execute_many(
         )
     if executor != "local":
         raise ValueError(f"unknown executor {executor!r}; use 'local' or 'ray'")
-    pool = _default_pool()
-    pool.warm(min(workers, len(items)))
     results: list[ExecutionResult | None] = [None] * len(items)
-    bar = _progress(len(items), description, progress)
+    pool = _default_pool()
     next_index = itertools.count()  # shared by the threads: next() on it is atomic under the GIL
-    stop = threading.Event()
+    stop = threading.Event()  # also the owner of this call's runs in the pool (Pool.stop_runs)
     done: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
 
     def serve() -> None:
         # One thread per worker, each taking the next program as soon as its last one is back.
         try:
             while not stop.is_set() and (i := next(next_index)) < len(items):
-                results[i] = pool.run(items[i], language=language, limits=limits)
+                result = pool.run(items[i], language=language, limits=limits, owner=stop)
+                if stop.is_set() and result.status is Status.SANDBOX_ERROR:
+                    return  # perhaps the interrupt's doing (Pool.stop_runs): unfinished, not an error
+                results[i] = result
                 done.put(None)
         except BaseException as e:  # raised in the caller below
             done.put(e)
@@ -255,18 +293,28 @@ def execute_many(
         threading.Thread(target=serve, name=f"cf-sandbox-{k}", daemon=True)
         for k in range(min(workers, len(items)))
     ]
-    for t in threads:
-        t.start()
+    bar = _progress(len(items), description, progress)
+    interrupted = False
     try:
+        pool.warm(min(workers, len(items)))
+        for t in threads:
+            t.start()
         for _ in range(len(items)):
             if (error := done.get()) is not None:
                 raise error
             bar.update(1)
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
-        stop.set()  # on an error or an interrupt, the threads stop after their current run
-        for t in threads:
-            t.join()
+        stop.set()  # on an error the threads stop after their current run; on an interrupt, at once
+        while any(t.is_alive() for t in threads):
+            if interrupted:
+                pool.stop_runs(stop)  # again each round: a thread may have taken a run as stop was set
+            for t in threads:
+                t.join(0.05 if interrupted else None)
         bar.close()
+    if interrupted:
+        raise Interrupted(results) from None
     return results  # type: ignore[return-value]
 
 
@@ -278,9 +326,10 @@ def _checked(programs: object, *, workers: object, language: str, limits: Limits
             f"programs must be an iterable of str or Program, got {type(programs).__name__}{hint}"
         )
     check_language(language, "language")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)):
+    # Any integer type (numpy.int64 from a config, ...), as range() takes; never a bool.
+    if workers is not None and (isinstance(workers, bool) or not hasattr(type(workers), "__index__")):
         raise TypeError(f"workers must be an int or None (one per CPU), got {type(workers).__name__}")
-    if workers is not None and workers < 1:
+    if workers is not None and operator.index(workers) < 1:
         raise ValueError(f"workers must be >= 1, or None for one per CPU, got {workers}")
     items = []
     for i, entry in enumerate(programs):

@@ -2,9 +2,10 @@
 
 A caller's mistake (a program that is not text, an unknown language, stdin that is neither text nor bytes,
 a file name that leaves the work directory or is, or is inside, the program's own file, more data or files
-than the run's work directory holds (its tmpfs gives each file whole pages), fewer processes than the
-language needs to start) is a TypeError or ValueError whose one line names the argument, and in
-`execute_many` the program's index (`programs[3].files['../x']: ...`). Unchecked, these came back as
+than the run's work directory holds (its tmpfs gives each file whole pages), more stdin and files than a
+worker's channel carries (MAX_REQUEST_BYTES), fewer processes than the language needs to start) is a
+TypeError or ValueError whose one line names the argument, and in `execute_many` the program's index
+(`programs[3].files['../x']: ...`). Unchecked, these came back as
 `sandbox_error` results (a worker restarted for nothing), as verdicts (a 70 MB program "failed"; stdin=5
 read as five NUL bytes; node under 8 processes aborted or waited for the wall-clock backstop; a file in a
 directory named `main.py` failed with exit 70), or as tracebacks from inside a worker that left it out of
@@ -30,6 +31,11 @@ BYTES_LIKE = (str, bytes, bytearray, memoryview)  # what stdin and file contents
 PAGE = resource.getpagesize()
 NAME_MAX = 255  # bytes of one name in a path (the kernel's)
 PATH_BYTES = 4096 - 256  # bytes of a file's path under the work directory: PATH_MAX less room for that
+# A run's request reaches its worker as one frame whose length is 4 bytes (worker.Worker._send): JSON, stdin
+# and file contents in hex (2 bytes a byte), the source escaped (at most 6 bytes a byte: \u00XX). Past it,
+# sending raised struct.error out of execute_many mid-run, and the results already computed were lost.
+# Less room for the file names (4096 of PATH_BYTES, escaped: under 100 MB) and the request's other fields.
+MAX_REQUEST_BYTES = (1 << 32) - 1 - (1 << 27)
 
 
 def check_language(language: object, name: str) -> Runner:
@@ -57,10 +63,11 @@ def check_program(program: Program, *, language: str, limits: Limits, at: str = 
     lang = language if program.language is None else program.language
     runner = check_language(lang, f"{at}language")
     check_limits(program.limits, f"{at}limits")
+    stdin = 0
     if program.stdin is not None:
         if not isinstance(program.stdin, BYTES_LIKE):
             raise TypeError(f"{at}stdin must be a str, bytes or None, got {type(program.stdin).__name__}")
-        _size(program.stdin, f"{at}stdin")
+        stdin = _size(program.stdin, f"{at}stdin")
     if program.judge is not None:
         if not isinstance(program.judge, Judge):
             raise TypeError(f"{at}judge must be a Judge or None, got {type(program.judge).__name__}")
@@ -88,6 +95,21 @@ def check_program(program: Program, *, language: str, limits: Limits, at: str = 
         if total <= disk << 20:  # the tmpfs gives each file whole pages: 400 one-byte files take 1.6 MB
             what += f", stored as {pages} pages of {PAGE} bytes (a file takes whole pages)"
         raise ValueError(f"{what}, more than the run's work directory holds (Limits.disk_mb={disk})")
+    _check_request(stdin, files_size, size, at, source_name)
+
+
+def _check_request(stdin: int, files: int, source: int, at: str, source_name: str) -> None:
+    """Refuse a run whose request is more than its worker's channel carries (MAX_REQUEST_BYTES), naming
+    the largest part of it."""
+    sent = 2 * (stdin + files) + 6 * source
+    if sent <= MAX_REQUEST_BYTES:
+        return
+    parts = {f"{at}stdin": 2 * stdin, f"{at}files": 2 * files, source_name: 6 * source}
+    raise ValueError(
+        f"{max(parts, key=parts.__getitem__)}: {stdin} bytes of stdin, {files} of files and {source} of "
+        f"source take {sent} bytes as sent to the worker (stdin and files in hex, the source as JSON at up "
+        f"to 6 bytes a byte), more than the {MAX_REQUEST_BYTES} one run's request can carry"
+    )
 
 
 def check_rlimits(limits: Limits, name: str) -> None:
@@ -110,6 +132,7 @@ _RLIMITS = (
     ("processes", resource.RLIMIT_NPROC, 1),
     ("file_size_mb", resource.RLIMIT_FSIZE, 1 << 20),
     ("memory_mb", resource.RLIMIT_AS, 1 << 20),
+    ("stack_mb", resource.RLIMIT_STACK, 1 << 20),
 )
 
 

@@ -501,12 +501,16 @@ def clear_user_keyrings() -> None:
         _libc.syscall(SYSCALL["keyctl"], KEYCTL_CLEAR, ring)  # failure (no keyrings here) changes nothing
 
 
-def apply_run_limits(cpu: float, memory_mb: int, processes: int | None = None) -> None:
+def apply_run_limits(
+    cpu: float, memory_mb: int, processes: int | None = None, stack_mb: int | None = None
+) -> None:
     """CPU time and address space, and the processes of the uid where given (after a build, which had
     more). Only ever lowered, so this works after privileges are gone and the program cannot raise them
     back. The kernel sends SIGXCPU at the soft CPU limit and SIGKILL one CPU second later, for programs
     that ignore SIGXCPU. The address space is `memory_mb` (a run's `address_space_mb` where its runtime
-    reserves more than it uses: runners.Runner.reserved_mb), though never above its hard limit."""
+    reserves more than it uses: runners.Runner.reserved_mb), though never above its hard limit. The stack
+    is `stack_mb` where given (the program's, never a build's: the compiler keeps the worker's own),
+    soft and hard, below the hard limit too (`checks.check_rlimits` refuses more where that is ours)."""
     seconds = max(1, int(-(-cpu // 1)))  # whole seconds, rounded up; the verdict compares the exact use
     resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
     if memory_mb > 0:
@@ -517,6 +521,10 @@ def apply_run_limits(cpu: float, memory_mb: int, processes: int | None = None) -
             resource.setrlimit(resource.RLIMIT_AS, (space, space))
     if processes is not None:
         resource.setrlimit(resource.RLIMIT_NPROC, (processes,) * 2)
+    if stack_mb is not None:
+        hard = resource.getrlimit(resource.RLIMIT_STACK)[1]
+        stack = stack_mb << 20 if hard == resource.RLIM_INFINITY else min(stack_mb << 20, hard)
+        resource.setrlimit(resource.RLIMIT_STACK, (stack, stack))
 
 
 def exec_program(argv: list[str], env: dict[str, str]) -> None:

@@ -3,10 +3,12 @@ the warm local sandbox pool of its Ray worker process. Results are the local exe
 
 A batch whose task fails for good (Ray retries a crashed worker; a lost node, an exception in the task)
 comes back as `sandbox_error` results naming the failure, never as wrong answers, and the other batches'
-results are kept."""
+results are kept. Interrupted (Ctrl-C), the pending batches are cancelled and `Interrupted` holds the
+results of the batches that came back."""
 
 from __future__ import annotations
 
+from codefoundry.sandbox.api import Interrupted
 from codefoundry.sandbox.result import ExecutionResult, Isolation, Limits, Status
 from codefoundry.sandbox.worker import warn_weaker
 
@@ -64,13 +66,15 @@ def execute_on_ray(
                     for offset, d in enumerate(batch_results):
                         results[start + offset] = ExecutionResult.from_dict(d)
                     bar.update(len(batch_results))
-    except BaseException:
+    except BaseException as e:
         # An interrupt (or an error) here left every batch already submitted running on Ray to its end.
         for ref in pending:
             try:
                 ray.cancel(ref)
             except Exception:
                 pass
+        if isinstance(e, KeyboardInterrupt):
+            raise Interrupted(results) from None  # the batches that came back are kept
         raise
     _warn_if_weaker(results)  # type: ignore[arg-type]
     return results  # type: ignore[return-value]

@@ -24,7 +24,7 @@ class Status(StrEnum):
     TIMEOUT = "timeout"  # CPU-time limit, or the wall-clock backstop (a build's: phase "compile")
     MEMORY_EXCEEDED = "memory_exceeded"
     OUTPUT_LIMIT = "output_limit"  # stdout + stderr went past Limits.output_bytes
-    KILLED = "killed"  # ended by a signal that is not one of the above (segfault, abort, self-kill)
+    KILLED = "killed"  # ended by another signal (segfault, a stack past Limits.stack_mb, abort, self-kill)
     SANDBOX_ERROR = "sandbox_error"  # the sandbox failed, not the program: never a wrong answer
 
 
@@ -49,7 +49,16 @@ class Limits:
     end of a C or C++ build, which has `compile_seconds` of CPU time and a backstop of its own
     (`build_wall`). `processes` counts every process and thread of the programs' uid, and the worker's
     parse helper runs under that uid too (at the namespaces level), so a program has one fewer than it
-    says."""
+    says.
+
+    `stack_mb` is the RLIMIT_STACK of a C or C++ program (set after its build: the compiler keeps the
+    worker's own) and of a Python program, whose main thread's stack holds its C-level recursion (through
+    `functools.lru_cache` or other C functions, under a raised `sys.setrecursionlimit`: ~700 bytes a level
+    on CPython 3.11; the recursion limit is still Python's). Threads a Python program starts keep glibc's
+    default stack; node keeps the worker's RLIMIT_STACK (worker.OWN_STACK) and V8 stops its recursion
+    itself. Stack pages count as memory: in RLIMIT_AS and the run's memory cgroup. A program that passes
+    its stack limit dies of SIGSEGV: `killed`, or `memory_exceeded` where it had used 90% of `memory_mb`
+    (a SIGSEGV near the memory limit reads as that limit)."""
 
     cpu_seconds: float = 10.0
     wall_seconds: float | None = None
@@ -60,6 +69,11 @@ class Limits:
     open_files: int = 64  # RLIMIT_NOFILE (a C/C++ build gets 1024)
     output_bytes: int = 1 << 20  # stdout + stderr captured; past this the run stops with output_limit
     compile_seconds: float = 30.0  # CPU seconds for the compile step of compiled languages
+    # RLIMIT_STACK of the program (C, C++, Python; not node). At the usual 8 MB a C++ DFS 10^6 deep (~100
+    # bytes a frame) died of SIGSEGV; judges commonly give the stack the memory limit, often 256 MB, which
+    # holds 10^6 frames of 256 bytes. Not memory_mb itself: glibc gives each thread a stack of this size, so
+    # under the default 1024 MB of address space a C/C++ program starts 3 threads (15 at 64 MB; measured).
+    stack_mb: int = 256
 
     def __post_init__(self) -> None:
         # A nonsense limit used to come back as a verdict (0 s: every run a timeout; memory 0: no limit at
@@ -232,6 +246,7 @@ class ExecutionResult:
 _LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(Limits))
 _INT_RANGES = {  # inclusive
     "memory_mb": (1, MAX_MB),
+    "stack_mb": (1, MAX_MB),
     "processes": (1, 1 << 22),  # the kernel's largest pid_max
     "file_size_mb": (0, MAX_MB),
     "disk_mb": (1, MAX_MB),  # a tmpfs of size 0 would have no limit at all

@@ -7,6 +7,7 @@ is closed. A worker that dies or stops answering is replaced; the run it was ser
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -17,10 +18,11 @@ import subprocess
 import sys
 import sysconfig
 import threading
+import time
 from pathlib import Path
 
 from codefoundry.sandbox.result import ExecutionResult, Isolation, Judge, Limits
-from codefoundry.sandbox.runners import runner_for
+from codefoundry.sandbox.runners import language_name, runner_for
 
 ZYGOTE = Path(__file__).with_name("zygote.py")
 # How the zygote starts (`python -I -S -c _START zygote.py REQ_FD RESP_FD`): zygote.py, and the modules it
@@ -56,6 +58,11 @@ PRELOAD = ("typing", "re", "math", "collections", "itertools", "functools", "str
 # Where this Python's installed packages live: on the programs' (and judges') sys.path after the standard
 # library, as under `python main.py` (the zygote runs with -S, which skips `site`; .pth files are not read).
 SITE_PACKAGES = tuple(dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib")))
+# Runtimes that bound their own stack and keep the worker's RLIMIT_STACK, not Limits.stack_mb: V8 stops a
+# deep recursion at its --stack-size (about 1 MB, "Maximum call stack size exceeded") whatever the rlimit,
+# and libuv gives each of node's threads a stack of the rlimit's size: at 1024 MB, node under its address
+# space allowance (runners.py) could not start its threads and hung (node 20, measured).
+OWN_STACK = frozenset({"javascript"})
 _GRACE_SECONDS = (
     30.0  # how long past the run's own wall limit the parent waits before declaring the worker dead
 )
@@ -169,6 +176,8 @@ class Worker:
         limit = limits.to_dict()
         if runner.reserved_mb:  # a runtime's unused reservations: the zygote's jail.apply_run_limits
             limit["address_space_mb"] = limits.memory_mb + runner.reserved_mb
+        if language_name(language) in OWN_STACK:
+            del limit["stack_mb"]
         request = {
             "program": program,
             "filename": runner.filename,
@@ -187,6 +196,15 @@ class Worker:
         build = limits.build_wall if runner.compile else 0.0
         reply = json.loads(self._recv(limits.wall + build + _GRACE_SECONDS))
         return ExecutionResult.from_dict(reply)
+
+    def kill(self) -> None:
+        """End the zygote now, mid-run too (an interrupted `execute_many`); its run ends with it (the run's
+        init reads a pipe only the zygote holds; at process level, PR_SET_PDEATHSIG). The thread waiting
+        for the run's reply gets WorkerDied."""
+        try:
+            self.proc.kill()
+        except OSError:  # already reaped by the thread that waited for it
+            pass
 
     @property
     def alive(self) -> bool:
@@ -215,12 +233,24 @@ class Worker:
             self.proc.kill()
             self.proc.wait()
         for path in self.cgroups:
-            try:
-                os.rmdir(path)  # empty once the worker is gone
-            except OSError:
-                pass
+            _remove_cgroup(path)
         if self.scratch:
             shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _remove_cgroup(path: str, patience: float = 2.0) -> None:
+    """Remove a cgroup the worker made, empty once the worker is gone, though not at once where it was
+    killed (`kill`): its processes were still leaving, the removal failed (EBUSY) and the directory stayed
+    behind for good, in the caller's delegated cgroup too, which then could not be removed."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                return
+        time.sleep(0.01)
 
 
 def _hex(data: str | bytes | None) -> str:

@@ -37,12 +37,12 @@ What is isolated (level "namespaces", when the worker runs as root):
   Each process also has RLIMIT_CPU (SIGXCPU at the limit, SIGKILL a CPU second later; a run that used more
   CPU than allowed is a timeout even when the signal came late). A build's CPU time, which has its own
   limit, is never charged to the run. RLIMIT_AS per process, RLIMIT_NPROC (per worker uid, so one run's
-  fork bomb does not starve another worker), RLIMIT_FSIZE, RLIMIT_NOFILE, no core files. Where a memory
-  cgroup can be created (v1 or v2; `extra["memory_cgroup"]` says), the run as a whole (all its processes,
-  memfd and SysV shared memory, files it writes) is bounded by its memory limit plus room for its disk,
-  and an OOM kill there is reported as `memory_exceeded`. The zygote caps captured output (a run that
-  floods stops with `output_limit`) and enforces a wall-clock backstop (from the build's end; a build has
-  its own).
+  fork bomb does not starve another worker), RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_STACK (`stack_mb`; not
+  node's), no core files. Where a memory cgroup can be created (v1 or v2; `extra["memory_cgroup"]` says),
+  the run as a whole (all its processes, memfd and SysV shared memory, files it writes) is bounded by its
+  memory limit plus room for its disk, and an OOM kill there is reported as `memory_exceeded`. The zygote
+  caps captured output (a run that floods stops with `output_limit`) and enforces a wall-clock backstop
+  (from the build's end; a build has its own).
 - Verdicts: a judged run (`Judge`) runs its tests in the worker's judge server, a long-lived process
   under the next uid, outside every run's PID namespace: the program can neither see, signal, trace nor
   read it. The tests are read from the request stream only after the program's process exists, so they
@@ -149,6 +149,7 @@ SHELL = next((p for p in ("/bin/sh", "/usr/bin/sh") if os.access(p, os.X_OK)), "
 PROC_FD = -1  # the host's /proc, kept from before pivot_root: to see whether a run's init has children
 NOTE_FD = 5  # in the program's process: trusted notes (the build's end, then its keeper's: build.py)
 GO_FD = 6  # in the program's process: the zygote's end of it closes once the program may start (build.py)
+BODY_BYTES = 1 << 16  # the template's buffer for a run's request: most fit, a larger one is not kept
 NCPU = max(os.cpu_count() or 1, len(os.sched_getaffinity(0)))  # read before /sys is gone: a run's CPU pace
 
 
@@ -261,7 +262,10 @@ class Forker:
         """The program's pid; `keep` maps the fds it gets to the zygote's fds; with `space`, it is born in
         the run's PID namespace (and IPC one, where shared). `run.code` follows the request, as raw bytes."""
         sock = self.process.socket()
-        head = marshal.dumps({"req": run.req, "workdir": run.workdir, "targets": list(keep)})
+        # Not stdin and files, used by now: held in the template's buffer, they were in every later program
+        # (after 32 MB of stdin, a Python program could not allocate 40 MB under a 96 MB limit).
+        req = {k: v for k, v in run.req.items() if k not in ("stdin", "files")}
+        head = marshal.dumps({"req": req, "workdir": run.workdir, "targets": list(keep)})
         body = struct.pack(">I", len(head)) + head + run.code
         fds, flag = list(keep.values()), 0  # flag bits for the template: 1, init's pidfd last; 2, IPC too
         if space is not None:
@@ -296,7 +300,7 @@ def _template(sock_fd: int, isolation: str, cgroup) -> None:
     if seccomp.ENABLED:
         seccomp.install()  # once: every program is born under it
     sock = socket.socket(fileno=sock_fd)
-    body = bytearray(1 << 16)  # each run's request, wiped after its clone
+    body = bytearray(BODY_BYTES)  # each run's request, wiped after its clone
     while (message := jail.receive_into(sock, body, 16)) is not None:
         size, fds, flag = message
         pidns = fds.pop() if flag & 1 else -1
@@ -320,6 +324,9 @@ def _template(sock_fd: int, isolation: str, cgroup) -> None:
             finally:
                 os._exit(70)  # should it ever return or raise: never back into the caller
         body[:size] = bytes(size)  # the program has its copy; later runs must find none
+        if len(body) > BODY_BYTES:  # a large source's: later programs would be born with it
+            body = bytearray(BODY_BYTES)
+            jail.release_free_memory()
         if pidns >= 0:
             jail.setns(OWN_PIDFD, jail.CLONE_NEWPID)
             if ipc:
@@ -524,7 +531,8 @@ def program_main(run: Run, keep: dict[int, int], cgroup) -> None:
             build.start_program(NOTE_FD, GO_FD)  # returns in a new process; the keeper reports its memory
             processes = int(run.limits["processes"]) + 1 if run.ns else None  # after a build; with the keeper
         space = int(run.limits.get("address_space_mb", run.limits["memory_mb"]))  # runners.Runner.reserved_mb
-        jail.apply_run_limits(float(run.limits["cpu_seconds"]), space, processes)
+        stack = run.limits.get("stack_mb")  # absent for node (worker.OWN_STACK)
+        jail.apply_run_limits(float(run.limits["cpu_seconds"]), space, processes, stack)
         if req.get("run") == ["<python>"]:
             code = pyrun.run(req["program"], req["filename"], env, run.judged, run.code, rpc)
         else:
