@@ -72,7 +72,8 @@ def test_each_run_starts_from_the_same_interpreter_state():
     second = execute(probe, stdin="in")
     assert first.status is Status.OK and second.stdout == first.stdout
     assert first.stdout == (
-        "['HOME', 'LANG', 'PATH', 'TMPDIR'] True ['main.py'] __main__ main.py ['os', 'sys'] True False in\n"
+        "['HOME', 'LANG', 'MKL_NUM_THREADS', 'OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'PATH', 'TMPDIR']"
+        " True ['main.py'] __main__ main.py ['os', 'sys'] True False in\n"
     )
 
 

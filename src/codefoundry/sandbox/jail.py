@@ -8,6 +8,7 @@ failing operation's name.
 import ctypes
 import importlib
 import os
+import re
 import resource
 import signal
 import socket
@@ -392,6 +393,26 @@ def _expose(path: str) -> None:
         os.makedirs(inside, exist_ok=True)
         mount(path, inside, None, MS_BIND | MS_REC)
         mount("none", inside, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        _read_only_below(inside)
+
+
+def _read_only_below(top: str) -> None:
+    """Every mount under `top` read-only, nosuid and nodev too. A remount changes one mount, and a host
+    mount under a bound directory (a volume under /opt, Docker's /etc/hosts) kept its own flags: writable,
+    and a program wrote to the host through it. Flags the host may have locked on a mount (in a user
+    namespace the kernel refuses a remount that drops noexec or an atime flag) are kept."""
+    with open("/proc/self/mountinfo", "rb") as f:
+        points = [os.fsdecode(_unescape(line.split()[4])) for line in f]
+    for point in points:
+        if point.startswith(top + "/"):
+            # statvfs's ST_NOEXEC, ST_NOATIME and ST_NODIRATIME are the MS_ flags of the same names
+            kept = os.statvfs(point).f_flag & (os.ST_NOEXEC | os.ST_NOATIME | os.ST_NODIRATIME)
+            mount("none", point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | kept)
+
+
+def _unescape(field: bytes) -> bytes:
+    """A mountinfo path: the kernel writes space, tab, newline and backslash as octal escapes (\\040)."""
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), field)
 
 
 def arrange_fds(keep: dict[int, int]) -> None:
@@ -425,7 +446,9 @@ def drop_privileges(
     BUILD_FILE_SIZE_MB and BUILD_OPEN_FILES, lowered by `build.build`. `dumpable` False: no process of the
     same uid can trace this one (the judge, the parse helper). `clear_keyrings`: empty the uid's kernel
     keyrings (where no filter denies the calls that fill them)."""
-    rl = {**file_limits(limits), resource.RLIMIT_CORE: (0, 0)}
+    # A core limit of 1 byte, not 0: a core_pattern that pipes to a helper (apport, systemd-coredump)
+    # ignores RLIMIT_CORE except for 1, which aborts the dump; a file core needs a whole page.
+    rl = {**file_limits(limits), resource.RLIMIT_CORE: (1, 1)}
     if building:
         _raise_for_build(rl)
     if isolated:

@@ -38,9 +38,19 @@ def compile_source(program: str, filename: str, flags: int = 0):
     return compile(program.encode("utf-8", "surrogateescape"), filename, "exec", flags, dont_inherit=True)
 
 
+# Numeric libraries start a thread per CPU when loaded, and threads count against the run's `processes`;
+# OpenBLAS, which numpy loads, raises SIGINT in the process when it cannot start one, so `import numpy`
+# failed (KeyboardInterrupt) in any run whose worker saw more CPUs than its process limit left room for
+# (a many-core machine, or pinning off: CODEFOUNDRY_SANDBOX_PIN=0). One each: a run is one CPU's work.
+ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def run_env(workdir: str, tmpdir: str) -> dict[str, str]:
     """A run's whole environment."""
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "LANG": "C.UTF-8", "TMPDIR": tmpdir}
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "LANG": "C.UTF-8", "TMPDIR": tmpdir,
+        **ONE_THREAD,
+    }  # fmt: skip
 
 
 _PRESET_ENV: dict[str, str] | None = None

@@ -21,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+from codefoundry.sandbox.pyrun import ONE_THREAD
 from codefoundry.sandbox.result import ExecutionResult, Isolation, Judge, Limits
 from codefoundry.sandbox.runners import language_name, runner_for
 
@@ -89,7 +90,8 @@ class Worker:
         resp_r, resp_w = os.pipe()
         # LD_BIND_NOW: the dynamic linker resolves every symbol at start-up, in the zygote, rather than at
         # first call, which each run's process did again for itself (a copied page of the symbol table each).
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LD_BIND_NOW": "1"}
+        # ONE_THREAD: the judge and parse helper inherit this environment, under process limits of their own.
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LD_BIND_NOW": "1", **ONE_THREAD}
         if os.environ.get("CODEFOUNDRY_SANDBOX_ISOLATION"):
             env["CODEFOUNDRY_SANDBOX_ISOLATION"] = os.environ["CODEFOUNDRY_SANDBOX_ISOLATION"]
         debug = os.environ.get("CODEFOUNDRY_SANDBOX_DEBUG")
