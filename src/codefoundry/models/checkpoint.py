@@ -20,6 +20,10 @@ from codefoundry.paths import output_dir
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# transformers (4.43 on) saves a tokenizer's chat template in a file of its own, no longer inside
+# tokenizer_config.json; our own tokenizers have none, so it is optional.
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+ALL_TOKENIZER_FILES = (*TOKENIZER_FILES, CHAT_TEMPLATE_FILE)
 
 
 class CheckpointError(ValueError):
@@ -60,6 +64,8 @@ def save(model: Transformer, out: str | Path, *, tokenizer: str | Path | None = 
 
 
 def copy_tokenizer(src: str | Path, out: str | Path) -> None:
+    """Make `out`'s tokenizer files `src`'s: a file `src` lacks is removed from `out`, or an earlier
+    tokenizer's chat template or special-token map would pass for this one's."""
     src, out = Path(src), Path(out)
     if src.is_file():
         src = src.parent
@@ -67,9 +73,11 @@ def copy_tokenizer(src: str | Path, out: str | Path) -> None:
         raise CheckpointError(f"{src}: no tokenizer.json to copy into the checkpoint")
     if src.resolve() == out.resolve():
         return
-    for name in TOKENIZER_FILES:
+    for name in ALL_TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copyfile(src / name, out / name)
+        else:
+            (out / name).unlink(missing_ok=True)
 
 
 def load_config(path: str | Path) -> ModelConfig:

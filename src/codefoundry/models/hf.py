@@ -25,6 +25,9 @@ the next token only, and the result dict says so), and token dropping: a model w
 `moe.capacity_factor > 0` drops tokens past an expert's capacity while the HF classes are dropless, so
 its export is refused unless `allow_dropless=True`.
 
+An export replaces an earlier export (its safetensors metadata carries `EXPORT_MARK`) and refuses any
+other directory holding files it would overwrite, a Hugging Face checkpoint included.
+
 The load-balancing coefficient is written divided by top_k (`_hf_aux_coef`): transformers' loss is top_k
 times ours, so the exported model trains with the same balancing strength.
 """
@@ -53,6 +56,7 @@ LLAMA, QWEN2, QWEN2_MOE, MIXTRAL = (
 MODEL_TYPES = {LLAMA: "llama", QWEN2: "qwen2", QWEN2_MOE: "qwen2_moe", MIXTRAL: "mixtral"}
 WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
 TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+EXPORT_MARK = "hf-export"  # in an export's safetensors metadata: a rerun may replace that directory
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -85,7 +89,7 @@ def export_hf(ckpt: str | Path, out: str | Path, *, allow_dropless: bool = False
     # Read (and so checked) before anything is written: the export copies these same files.
     token_ids = special_token_ids(ckpt) if has_tok else dict.fromkeys(TOKEN_ID_KEYS)
     _check_export_dir(out)
-    for name in checkpoint.TOKENIZER_FILES:  # an earlier export's files would pass for this model's
+    for name in checkpoint.ALL_TOKENIZER_FILES:  # an earlier export's files would pass for this model's
         (out / name).unlink(missing_ok=True)
     if has_tok:
         checkpoint.copy_tokenizer(ckpt, out)
@@ -115,13 +119,33 @@ def export_hf(ckpt: str | Path, out: str | Path, *, allow_dropless: bool = False
 def _check_export_dir(out: Path) -> None:
     """Create `out`; refuse one holding files the export overwrites, unless it is an earlier export."""
     output_dir(out)
-    written = ("config.json", WEIGHTS, INDEX, "generation_config.json", *checkpoint.TOKENIZER_FILES)
+    written = ("config.json", WEIGHTS, INDEX, "generation_config.json", *checkpoint.ALL_TOKENIZER_FILES)
     clobbered = [name for name in written if (out / name).exists()]
     config = out / "config.json"
     if clobbered and not (config.is_file() and "model_type" in read_json_object(config)):
         raise ValueError(
             f"{out}: holds {clobbered[0]} and is not a Hugging Face checkpoint; export to a new or empty dir"
         )
+    # Any Hugging Face checkpoint passed for an earlier export: exported into the directory a model was
+    # imported from, the export replaced its weights (and orphaned its shards).
+    if clobbered and not _is_export(out):
+        raise ValueError(
+            f"{out}: holds a Hugging Face checkpoint this export did not write, which it would overwrite;"
+            " export to a new or empty dir"
+        )
+
+
+def _is_export(out: Path) -> bool:
+    """Whether `out` holds weights `write_weights` wrote (its mark in the safetensors metadata)."""
+    from safetensors import SafetensorError, safe_open
+
+    if (out / INDEX).exists() or not (out / WEIGHTS).is_file():
+        return False
+    try:
+        with safe_open(str(out / WEIGHTS), "pt") as f:
+            return (f.metadata() or {}).get("codefoundry") == EXPORT_MARK
+    except (SafetensorError, OSError):  # a torn file is no export of ours
+        return False
 
 
 def _left_out(cfg: ModelConfig, arch: str, *, where: str, allow_dropless: bool) -> list[str]:
@@ -297,18 +321,26 @@ def _hf_aux_coef(cfg: ModelConfig) -> float:
 
 def special_token_ids(tok_dir: str | Path) -> dict[str, int | None]:
     """bos/eos/pad ids of the tokenizer in `tok_dir`, from the token strings its tokenizer_config.json
-    names (None where it names none), so config.json agrees with what AutoTokenizer loads."""
+    (or special_tokens_map.json) names (None where none is named), so config.json agrees with what
+    AutoTokenizer loads."""
     tok_dir = Path(tok_dir)
     vocab = _vocab(tok_dir / "tokenizer.json")
-    conf_path = tok_dir / "tokenizer_config.json"
+    conf_path, map_path = tok_dir / "tokenizer_config.json", tok_dir / "special_tokens_map.json"
     conf = read_json_object(conf_path) if conf_path.is_file() else {}
+    named = dict.fromkeys(("bos", "eos", "pad"), conf_path)
+    # As transformers reads them: a tokenizer_config.json without added_tokens_decoder (an older save)
+    # takes its special tokens from special_tokens_map.json where that names them.
+    if "added_tokens_decoder" not in conf and map_path.is_file():
+        special = read_json_object(map_path)
+        conf = {**conf, **special}
+        named.update({role: map_path for role in named if f"{role}_token" in special})
     ids: dict[str, int | None] = {}
     for role in ("bos", "eos", "pad"):
         token = conf.get(f"{role}_token")
         if isinstance(token, dict):  # the AddedToken form: {"content": "<|endoftext|>", ...}
             token = token.get("content")
         if token is not None and token not in vocab:
-            raise ValueError(f"{conf_path}: {role}_token {token!r} is not in tokenizer.json")
+            raise ValueError(f"{named[role]}: {role}_token {token!r} is not in tokenizer.json")
         ids[f"{role}_token_id"] = vocab[token] if token is not None else None
     return ids
 
@@ -340,7 +372,7 @@ def write_weights(state: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")  # renamed into place: a killed export leaves no torn file
-    save_file(state, str(tmp), metadata={"format": "pt"})
+    save_file(state, str(tmp), metadata={"format": "pt", "codefoundry": EXPORT_MARK})
     tmp.replace(path)
 
 

@@ -6,6 +6,7 @@ without transformers, or takes a loaded transformers model. It refuses, naming t
 our `Transformer` cannot compute exactly: RoPE scaling, an active sliding window, biases beyond Q/K/V,
 head_dim != hidden_size / heads, a non-SiLU MLP, a Qwen2-MoE shared-expert gate that is not zero, and
 dense layers inside a Qwen2-MoE. All-zero Q/K/V biases and all-zero shared experts are dropped.
+Weights stored in several dtypes are loaded in one (the config's, as transformers does).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def import_hf(
         raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
     hf, sd, where, tok_dir = _read_source(src)
     cfg = config_from_hf(hf, where=where, max_seq_len=max_seq_len)
+    dtype = dtype or _mixed_dtype(hf, sd)
     if out is not None:
         _check_import_dir(Path(out))  # before the conversion and its memory: a bad path fails at once
     state, cfg = _state_from_hf(sd, hf, cfg, where=where)
@@ -54,8 +56,24 @@ def import_hf(
     model.eval()
     if out is not None:
         has_tok = tok_dir is not None and (tok_dir / "tokenizer.json").is_file()
+        if not has_tok:  # an earlier import's tokenizer would pass for this model's
+            for name in checkpoint.ALL_TOKENIZER_FILES:
+                (Path(out) / name).unlink(missing_ok=True)
         checkpoint.save(model, out, tokenizer=tok_dir if has_tok else None)
     return model
+
+
+def _mixed_dtype(hf: dict[str, Any], sd: dict[str, torch.Tensor]) -> torch.dtype | None:
+    """One dtype for weights stored in several (norms in fp32 beside bf16 matrices, say), which made a
+    model of mixed dtypes: the config's, as transformers loads them, else the one most weights are in."""
+    sizes: dict[torch.dtype, int] = {}
+    for v in sd.values():
+        if v.is_floating_point():
+            sizes[v.dtype] = sizes.get(v.dtype, 0) + v.numel()
+    if len(sizes) < 2:
+        return None
+    named = getattr(torch, str(hf.get("dtype") or hf.get("torch_dtype")), None)
+    return named if named in sizes else max(sizes, key=sizes.__getitem__)
 
 
 def _check_import_dir(out: Path) -> None:
@@ -113,7 +131,9 @@ def config_from_hf(hf: dict[str, Any], *, where: str, max_seq_len: int | None = 
         raise ValueError(f"{where}: model_type={model_type!r} is not supported (known: {known})")
     try:
         _check_counts(hf, model_type)
-        _check_representable(hf)  # inside the try: a mistyped field is a ValueError naming `where`
+        # inside the try: a mistyped field is a ValueError naming `where`
+        default = _HF_DEFAULTS[model_type]["max_position_embeddings"]
+        _check_representable(hf, max_seq_len or hf.get("max_position_embeddings", default))
         return _config_from_hf(hf, model_type, where, max_seq_len)
     except KeyError as e:
         raise ValueError(f"{where}: the config has no {e.args[0]!r}") from None
@@ -188,7 +208,9 @@ def _check_counts(hf: dict[str, Any], model_type: str) -> None:
             raise ValueError(f"{field}={hf[field]!r} is not a positive integer")
 
 
-def _check_representable(hf: dict[str, Any]) -> None:
+def _check_representable(hf: dict[str, Any], max_seq_len: int) -> None:
+    """Refuse what our `Transformer` cannot compute for sequences of up to `max_seq_len` tokens."""
+
     def refuse(field: str, why: str) -> None:
         raise ValueError(f"{field}={hf.get(field)!r} is not supported ({why})")
 
@@ -207,11 +229,14 @@ def _check_representable(hf: dict[str, Any]) -> None:
     heads = hf.get("num_attention_heads") or 1
     if hf.get("head_dim") is not None and hf["head_dim"] != hf.get("hidden_size", 0) // heads:
         refuse("head_dim", "head_dim must be hidden_size / num_attention_heads")
-    if "sliding_attention" in (hf.get("layer_types") or []):
-        refuse("layer_types", "sliding-window attention is not implemented")
-    window = hf.get("sliding_window")
-    uses_window = hf.get("use_sliding_window", hf.get("model_type") == "mixtral")
-    if uses_window and window and window < hf.get("max_position_embeddings", 0):
+    # A window is checked against our max_seq_len, not the config's: past it the HF model attends to
+    # fewer tokens. transformers 5 names each layer's attention in layer_types, which decides over the
+    # flags: use_sliding_window with max_window_layers >= num_hidden_layers slides in no layer.
+    window, layer_types = hf.get("sliding_window"), hf.get("layer_types")
+    if layer_types is not None:
+        if "sliding_attention" in layer_types and not (window and window >= max_seq_len):
+            refuse("layer_types", "sliding-window attention is not implemented")
+    elif hf.get("use_sliding_window", hf.get("model_type") == "mixtral") and window and window < max_seq_len:
         refuse("sliding_window", "sliding-window attention is not implemented")
     if hf.get("model_type") == "qwen2_moe":
         if hf.get("decoder_sparse_step", 1) != 1:
@@ -241,6 +266,9 @@ class _Tensors:
 
     def __init__(self, sd: dict[str, torch.Tensor], where: str) -> None:
         self.sd, self.where = _normalise_keys(sd), where
+        # Emptied: the caller's dict kept every HF tensor alive beside its concatenated copy (Q/K/V,
+        # gate/up), twice the model in memory; taken one by one, each is freed once converted.
+        sd.clear()
 
     def has(self, key: str) -> bool:
         return key in self.sd
@@ -259,8 +287,8 @@ class _Tensors:
 def _state_from_hf(
     sd: dict[str, torch.Tensor], hf: dict[str, Any], cfg: ModelConfig, *, where: str
 ) -> tuple[dict[str, torch.Tensor], ModelConfig]:
-    """Our state dict for the HF weights, and `cfg` without Q/K/V biases or a shared expert when the
-    weights hold only zeros there."""
+    """Our state dict for the HF weights `sd` (emptied: see `_Tensors`), and `cfg` without Q/K/V biases
+    or a shared expert when the weights hold only zeros there."""
     t = _Tensors(sd, where)
     ours = {"embed.weight": t.take("model.embed_tokens.weight"), "norm.weight": t.take("model.norm.weight")}
     if cfg.tie_embeddings:
