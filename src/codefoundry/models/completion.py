@@ -38,7 +38,8 @@ __all__ = ["check_utf8", "complete", "complete_ids", "fim_prompt_ids", "generate
 
 def fim_prompt_ids(tokenizer, prefix: str, suffix: str, budget: int | None = None) -> list[int]:
     """`<|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>` (PSM) as ids; the model writes the middle. With a
-    `budget`, at most that many ids: P keeps its end and S its start, about evenly (as `complete` trims)."""
+    `budget`, at most that many ids: P keeps its end and S its start, P first (as `complete` trims, in
+    `_fit`)."""
     ids, n_prefix = _fim_ids(tokenizer, prefix, suffix)
     return ids if budget is None else _fit(ids, n_prefix, budget)
 
@@ -56,16 +57,26 @@ def _fim_ids(tokenizer, prefix: str, suffix: str) -> tuple[list[int], int]:
     return ids, len(enc[0].ids)
 
 
+# What a FIM prompt's suffix may take of the room while the prefix wants more: a quarter, or up to
+# SUFFIX_FLOOR tokens (a line or two, never over half) when that is more. A middle depends most on the
+# prefix's end (the `def` line, the docstring, the lines just above); the suffix's start mostly says
+# where the middle stops, which its first lines tell. Split evenly, a 600-character docstring pushed the
+# `def` line out of a 512-token context's prompt.
+SUFFIX_SHARE, SUFFIX_FLOOR = 0.25, 32
+
+
 def _fit(ids: list[int], n_prefix: int | None, budget: int) -> list[int]:
     """`ids` shortened to `budget` tokens: a plain prompt loses its head; a FIM prompt (n_prefix = the
-    prefix's token count) loses the head of its prefix and the tail of its suffix, about evenly."""
+    prefix's token count) loses the head of its prefix and the tail of its suffix, the suffix kept to
+    SUFFIX_SHARE of the room (or SUFFIX_FLOOR tokens) while the prefix wants more; room one side leaves
+    goes to the other."""
     if len(ids) <= budget:
         return ids
     if n_prefix is None:
         return ids[len(ids) - budget :]
     prefix, suffix = ids[1 : 1 + n_prefix], ids[2 + n_prefix : -1]
     room = max(0, budget - 3)
-    keep_s = min(len(suffix), room // 2)
+    keep_s = min(len(suffix), max(min(room // 2, SUFFIX_FLOOR), int(room * SUFFIX_SHARE)))
     keep_p = min(len(prefix), room - keep_s)
     keep_s = min(len(suffix), room - keep_p)
     return [ids[0], *prefix[len(prefix) - keep_p :], ids[1 + n_prefix], *suffix[:keep_s], ids[-1]]

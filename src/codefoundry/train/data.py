@@ -14,9 +14,12 @@ Training windows are nanoGPT-style: random offsets into the training stream, dra
 seeded by (seed, step, micro, rank), so a batch is a pure function of its arguments: resuming at a step
 reproduces the data and ranks never share a batch. Windows cross document boundaries (the model sees
 `<|endoftext|>` between documents). FIM is applied per document piece inside a window (context-level
-FIM, as in BigCode's Megatron `permute`), in PSM or SPM order. Every FIM middle ends inside its row and
-is followed by `<|endoftext|>`, also when the window cut the document: the piece's suffix gives up its
-far end (then its prefix its head) to make room: cut at the row's end instead, a middle would almost
+FIM, as in BigCode's Megatron `permute`), in PSM or SPM order; in a repository-level document per file:
+the markers and paths stay as they are and each file's text is a piece (`train.repo_sections`), so a
+window that crosses a `<|file_sep|>` still gets FIM, at the rate a file layout gets. Every FIM middle
+ends inside its row and is followed by `<|endoftext|>` (where `completion.complete` stops a middle), also
+when the window cut the document or another file of its repository follows: the piece's suffix gives up
+its far end (then its prefix its head) to make room: cut at the row's end instead, a middle would almost
 never end in training, and a model would not learn to stop one. A `fim_line_rate` share of FIM pieces
 is split at line starts, so the middle is whole lines, as when an editor asks for a body or a block.
 
@@ -51,6 +54,7 @@ from codefoundry.models.tokenizer import (
     read_source,
     special_id,
 )
+from codefoundry.train.repo_sections import LOOK_BACK, RepoSections
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -341,6 +345,7 @@ class _Fim:
     trail: list[int]
     spm: bool
     keep: float  # the share of its context a piece the window cut keeps (PretrainData._fim_fitted)
+    then_file: bool = False  # a repository's next file follows in the window: the middle gets its own EOT
 
 
 class PretrainData:
@@ -377,6 +382,9 @@ class PretrainData:
         # FIM usually lengthens a window (3 sentinels, pieces encoded apart); a little slack covers the
         # rare window that shrinks, and _assemble extends from the stream if even that is not enough
         self._slack = 16 + cfg.seq_len // 32 if cfg.fim_rate > 0 else 0
+        markers = [i for t in (REPO_NAME, FILE_SEP) if (i := tokenizer.token_to_id(t)) is not None]
+        has_repos = cfg.fim_rate > 0 and bool(self._train_counts[markers].any())
+        self._repo = RepoSections(tokenizer, self._eot) if has_repos else None  # None: file documents
 
     def describe(self) -> str:
         return (
@@ -403,7 +411,7 @@ class PretrainData:
         if self.cfg.fim_rate == 0:
             rows = np.stack(windows)  # (B, T + 1)
         else:
-            plans = [self._plan(w, rng) for w in windows]
+            plans = [self._plan(w, rng, s) for w, s in zip(windows, starts, strict=True)]
             # every FIM part of the batch in one call (parallel in the tokenizer's Rust threads)
             texts = [t for plan in plans for seg in plan if isinstance(seg, _Fim) for t in seg.parts]
             encode = getattr(self._plain, "encode_batch_fast", self._plain.encode_batch)
@@ -414,21 +422,30 @@ class PretrainData:
         x = torch.from_numpy(rows)
         return x[:, :-1].contiguous(), x[:, 1:].contiguous()
 
-    def _plan(self, window: np.ndarray, rng: np.random.Generator) -> list[list[int] | _Fim]:
-        """Split a window at EOT ids into document pieces (EOTs kept); each piece becomes FIM with
-        probability fim_rate. Returns plain token lists and `_Fim` parts still to be encoded."""
+    def _plan(self, window: np.ndarray, rng: np.random.Generator, start: int) -> list[list[int] | _Fim]:
+        """Split a window (from stream position `start`) at EOT ids into document pieces (EOTs kept), and
+        a repository-level piece into headers (kept) and files' texts; each document piece or file text
+        becomes FIM with probability fim_rate. Returns plain token lists and `_Fim` parts to encode."""
         plan: list[list[int] | _Fim] = []
         lo = 0
         for hi in [*np.flatnonzero(window == self._eot).tolist(), len(window)]:
             piece = window[lo:hi]
-            fim = self._fim_piece(piece, rng) if len(piece) and rng.random() < self.cfg.fim_rate else None
-            plan.append(fim or piece.tolist())
+            if self._repo is None:
+                sections = [(piece[:0], piece)]
+            else:  # a window that starts in a path must not rearrange the rest of that path
+                back = self.train.read(max(0, start - LOOK_BACK), min(start, LOOK_BACK)) if lo == 0 else None
+                sections = self._repo.split(piece, back is not None and self._repo.in_header(back))
+            for j, (header, body) in enumerate(sections):
+                plan += [header.tolist()] if len(header) else []
+                use = len(body) and rng.random() < self.cfg.fim_rate
+                fim = self._fim_piece(body, rng, then_file=j + 1 < len(sections)) if use else None
+                plan.append(fim or body.tolist())
             if hi < len(window):
                 plan.append([self._eot])
             lo = hi + 1
         return plan
 
-    def _fim_piece(self, piece: np.ndarray, rng: np.random.Generator) -> _Fim | None:
+    def _fim_piece(self, piece: np.ndarray, rng: np.random.Generator, *, then_file: bool) -> _Fim | None:
         if np.isin(piece, self._specials).any():
             return None  # special ids would not survive decode -> encode
         lead, trail, text = self._clean_text(piece)
@@ -439,7 +456,7 @@ class PretrainData:
         lines = self.cfg.fim_line_rate > 0 and bool(rng.random() < self.cfg.fim_line_rate)
         ids = piece.tolist()
         parts = fim_split(text, rng, lines=lines)
-        return _Fim(ids[:lead], parts, ids[len(ids) - trail :], spm, float(rng.random()))
+        return _Fim(ids[:lead], parts, ids[len(ids) - trail :], spm, float(rng.random()), then_file)
 
     def _assemble(
         self, plan: list[list[int] | _Fim], encoded: Iterator[list[int]], resume: int
@@ -451,9 +468,10 @@ class PretrainData:
             if isinstance(seg, _Fim):
                 # edge tokens holding a cut character stay beside their text: before P, after S
                 prefix, middle, suffix = seg.lead + next(encoded), next(encoded), next(encoded) + seg.trail
-                ended = k + 1 < len(plan)  # the document's EOT follows the piece in the window
+                cut = k + 1 == len(plan)  # else the document's EOT or the next file's header follows
                 room = need - len(ids)
-                ids += self._fim_fitted(prefix, middle, suffix, seg.spm, room, None if ended else seg.keep)
+                keep = seg.keep if cut else None
+                ids += self._fim_fitted(prefix, middle, suffix, seg.spm, room, keep, eot=cut or seg.then_file)
             else:
                 ids += seg
         while len(ids) < need:  # rare: FIM came out shorter than the slack; continue with plain tokens
@@ -471,10 +489,13 @@ class PretrainData:
         spm: bool,
         room: int,
         keep: float | None,
+        *,
+        eot: bool,
     ) -> list[int]:
         """A FIM piece laid out so that its middle ends inside the row and is followed by <|endoftext|>,
-        as at inference, where the middle must stop where the suffix takes over. `keep` None: the
-        document's own EOT comes next in the plan. Else the window cut the piece (its document goes on):
+        as at inference, where the middle must stop where the suffix takes over. `eot`: the EOT is
+        added here (else the document's own comes next in the plan). `keep` None: the piece is whole
+        (a repository's next file may follow). Else the window cut the piece (its document goes on):
         it gets its EOT here, and its context only the share `keep` of what fits, so that the rest of
         the row is plain text. Fitted to the row's end every time, the EOT would always sit at the row's
         last position, and a model learns to end middles by position (seen: p(EOT) 0.97 there, 0.07
@@ -489,7 +510,7 @@ class PretrainData:
             cut = min(over, len(prefix))
             prefix, over = prefix[cut:], over - cut
         layout = fim_layout(prefix, middle, suffix, self._sentinels, spm=spm)
-        return layout if over > 0 or keep is None else [*layout, self._eot]
+        return layout if over > 0 or not eot else [*layout, self._eot]
 
     def _clean_text(self, piece: np.ndarray) -> tuple[int, int, str | None]:
         """(lead, trail, text): a window edge can cut a multi-byte UTF-8 character, which decodes to U+FFFD.

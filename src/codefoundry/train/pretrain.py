@@ -349,12 +349,14 @@ class Run:
         self.model, self.ddp = wrap_model(self.raw, cfg, device, distributed=ranks.world_size > 1)
         self.optimizer = build_optimizer(self.raw, cfg, device)  # after loading: load_state assigns tensors
         self.step = resumed.get("step", 0)
-        fitted = resumed.get("fitted_steps")  # a time budget's step count, when one was fitted
+        # a time budget's step count and shortened warmup, when it fitted them
+        fitted, short = resumed.get("fitted_steps"), resumed.get("fitted_warmup")
+        self.warmup_asked = cfg.warmup
         self.budget = (
-            TimeBudget(cfg.time_budget_s, cfg.steps, self.step, fitted) if cfg.time_budget_s else None
+            TimeBudget(cfg.time_budget_s, cfg.steps, self.step, fitted, short) if cfg.time_budget_s else None
         )
         if self.budget and self.budget.fitted is not None:
-            self.cfg = cfg = replace(cfg, steps=self.budget.fitted)
+            self.cfg = cfg = replace(cfg, steps=fitted, warmup=cfg.warmup if short is None else short)
         self.lr = lr_at(self.step, cfg)
         self.elapsed_before = resumed.get("elapsed_s", 0.0)
         if resumed:
@@ -384,11 +386,11 @@ class Run:
         window_tokens, window_s, mark = 0, 0.0, time.perf_counter()
         while self.step < self.cfg.steps:
             stats = self.train_step()
-            if self.budget:
-                self.fit_to_budget()
+            spent = self.fit_to_budget() if self.budget else False
             window_tokens += self.tokens_per_step
-            over, interrupt = self.vote(self.out_of_time(), interrupted())
-            stopped = "time_limit" if over else "interrupted" if interrupt else stopped
+            over, interrupt, spent = self.vote(self.out_of_time(), interrupted(), spent)
+            reason = "time_limit" if over else "interrupted" if interrupt else "time_budget"
+            stopped = reason if over or interrupt or spent else stopped
             last = self.step >= self.cfg.steps or stopped != "completed"
             if self.step % cfg.log_every == 0 or last:
                 window_s += self.stamp(mark)
@@ -429,19 +431,25 @@ class Run:
         self.lr = lr
         return stats
 
-    def fit_to_budget(self) -> None:
-        """`time_budget_s`: the step count `budget.TimeBudget` fits (rank 0's on every rank) becomes `steps`."""
-        fit = self.budget.after_step(
-            self.step, warmup=self.cfg.warmup, eval_every=self.cfg.eval_every, elapsed_s=self.elapsed()
-        )
-        if fit is None:
-            return
-        if self.ranks.world_size > 1:
-            fit_t = torch.tensor(fit, device=self.device)
-            dist.broadcast(fit_t, src=0)
-            self.budget.fitted = fit = int(fit_t)
-        self.cfg = replace(self.cfg, steps=fit)
-        self.logger.set_total(fit)
+    def fit_to_budget(self) -> bool:
+        """`time_budget_s`: the step count (and a warmup too long for the budget, shortened) that
+        `budget.TimeBudget` fits, rank 0's on every rank, become `steps` (and `warmup`). Returns whether
+        this rank's clock says the budget is spent with steps still to go (the loop's vote decides)."""
+        elapsed, budget = self.elapsed(), self.budget
+        fit = budget.after_step(self.step, warmup=self.warmup_asked, eval_every=self.cfg.eval_every,
+                                elapsed_s=elapsed)  # fmt: skip
+        if fit is not None:
+            warmup = self.warmup_asked if budget.warmup is None else budget.warmup
+            if self.ranks.world_size > 1:
+                fit_t = torch.tensor([fit, warmup], device=self.device)
+                dist.broadcast(fit_t, src=0)
+                fit, warmup = fit_t.tolist()
+                budget.fitted, budget.warmup = fit, None if warmup == self.warmup_asked else warmup
+            if warmup != self.cfg.warmup and self.ranks.main:
+                print(f"codefoundry.train: warning: {budget.notes['warmup']}", file=sys.stderr)
+            self.cfg = replace(self.cfg, steps=fit, warmup=warmup)
+            self.logger.set_total(fit)
+        return budget.spent(elapsed) and self.step < self.cfg.steps
 
     def stamp(self, mark: float) -> float:
         """Seconds since `mark`, after the device has finished the queued work."""
@@ -494,9 +502,11 @@ class Run:
             return
         # The steps asked for, not a time budget's fitted count (saved apart): a resume compares the two
         # configs, and the fitted count made every budgeted resume say it would not reproduce the run.
-        cfg = replace(self.cfg, steps=self.budget.steps_asked) if self.budget else self.cfg
+        asked = {"steps": self.budget.steps_asked, "warmup": self.warmup_asked} if self.budget else {}
+        cfg = replace(self.cfg, **asked)
         state = {"step": self.step, "elapsed_s": self.elapsed(), "config": asdict(cfg), "facts": self.facts,
-                 "fitted_steps": self.budget.fitted if self.budget else None}  # fmt: skip
+                 "fitted_steps": self.budget.fitted if self.budget else None,
+                 "fitted_warmup": self.budget.warmup if self.budget else None}  # fmt: skip
         save_checkpoint(self.out, self.raw, self.optimizer, state, tokenizer=self.tok_dir)
 
     def finish(self, stopped: str, steps_run: int) -> dict[str, Any]:
@@ -509,6 +519,10 @@ class Run:
         if not self.ranks.main:
             return {"rank": self.ranks.rank, "step": self.step, "stopped": stopped, "param_digest": digest}
         summary = self.summary(stopped, steps_run, digests)
+        if self.budget:
+            summary["time_budget"] = self.budget.report(
+                stopped, self.step, self.warmup_asked, self.cfg.warmup
+            )
         if self.cfg.final_eval and stopped != "interrupted":  # minutes of sampling the user asked to skip
             summary.update(final_evaluation(self.raw, self.tok, self.data, self.cfg))
         plot = plot_curves({self.out.name or "run": self.out / METRICS}, self.out / "loss.png")
