@@ -3,7 +3,7 @@ stops, and does it stop where the suffix takes over?
 
 For each held-out function (a body of 1-15 lines, as `codefoundry pretrain`'s final evaluation draws
 them) the PSM prompt `<|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>` is built as `models.completion`
-builds it (P keeps its end, S its start, about evenly, so prompt and body fit the context), and:
+builds it (P keeps its end, S its start, the prefix first: `completion._fit`), and:
 
 - teacher-forced: the loss (nats/token) of the real body's tokens, of its first three tokens, and of
   the `<|endoftext|>` after it (what ends a middle in training), with the model's probability of that

@@ -33,8 +33,9 @@ HELP = {
     "optimizer": "adamw, or muon (Muon for the blocks' matrices, AdamW for embeddings and norms; one --lr)",
     "resume": "continue from OUT/checkpoint",
     "time_limit_s": "stop cleanly (checkpoint + report) after this many seconds",
-    "time_budget_s": "fit the run into this many seconds: after the warmup, --steps is lowered to what the "
-    "measured step time leaves room for (8%% kept for evaluations and checks), and the cosine ends there",
+    "time_budget_s": "fit the run into this many seconds: after the warmup (sooner, shortening the warmup, "
+    "where the budget cannot hold it), --steps is lowered to what the measured step time leaves room for "
+    "(8%% kept for evaluations and checks), and the cosine ends there",
     "dtype": "auto (bf16 autocast where the hardware multiplies bf16 natively: CUDA, CPUs with AVX512-BF16 "
     "or AMX; else fp32), fp32 or bf16",
 }

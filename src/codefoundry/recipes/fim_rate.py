@@ -273,7 +273,8 @@ def _middle_losses(net: Any, tok: Any, functions: list, *, tokens: int) -> dict[
     """Teacher-forced FIM loss per function: the mean next-token loss (nats/token) of the first `tokens`
     of its real body and the <|endoftext|> that ends a middle in training, after the PSM prompt
     `<|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>` (encoded as `models.completion` encodes it); P keeps
-    its end and S its start, about evenly, so that prompt and scored tokens fit the model's context."""
+    its end and S its start (the prefix first, `completion._fit`), so that prompt and scored tokens fit the
+    model's context."""
     import torch
     import torch.nn.functional as F
 
