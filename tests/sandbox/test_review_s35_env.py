@@ -1,5 +1,5 @@
-"""What a run's process inherits besides its limits: numeric libraries held to one thread, and a core limit
-that a piping core_pattern also honours."""
+"""What a run's process inherits besides its limits (numeric libraries held to one thread, a core limit that
+a piping core_pattern also honours), and a limit no result could carry."""
 
 import json
 import os
@@ -52,3 +52,11 @@ def test_a_programs_core_limit_is_one_byte_which_a_piping_core_pattern_honours()
     # (This machine's pattern is a file name, where 1 byte is below a core file's one page: no file.)
     r = execute("import resource\nprint(resource.getrlimit(resource.RLIMIT_CORE))", limits=Limits())
     assert r.stdout == "(1, 1)\n", (r.status, r.stderr)
+
+
+def test_an_output_cap_past_what_a_result_frame_carries_is_refused():
+    # The result returns in one frame of at most 4 GiB, its output as JSON text of up to 6 characters a
+    # byte: a cap of 1 GiB let a flood fail inside the worker, as a sandbox_error, after running for it.
+    with pytest.raises(ValueError, match=r"Limits.output_bytes must be between 0 and 536870912"):
+        Limits(output_bytes=1 << 30)
+    assert Limits(output_bytes=1 << 29).output_bytes == 1 << 29

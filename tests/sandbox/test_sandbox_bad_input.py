@@ -153,7 +153,7 @@ def test_limits_not_a_limits_is_a_type_error():
         ("memory_mb", 0, "Limits.memory_mb must be between 1 and 1073741824, got 0"),
         ("memory_mb", 1 << 50, f"Limits.memory_mb must be between 1 and 1073741824, got {1 << 50}"),
         ("disk_mb", 0, "Limits.disk_mb must be between 1 and 1073741824, got 0"),
-        ("output_bytes", -1, "Limits.output_bytes must be between 0 and 1125899906842624, got -1"),
+        ("output_bytes", -1, "Limits.output_bytes must be between 0 and 536870912, got -1"),
     ],
 )
 def test_limit_out_of_range_is_a_value_error(field, value, message):

@@ -251,6 +251,8 @@ _INT_RANGES = {  # inclusive
     "file_size_mb": (0, MAX_MB),
     "disk_mb": (1, MAX_MB),  # a tmpfs of size 0 would have no limit at all
     "open_files": (1, 1 << 20),  # the kernel's default fs.nr_open
-    "output_bytes": (0, MAX_MB << 20),
+    # A run's result comes back in one frame of at most 4 GiB (a 4-byte length), its output as JSON text,
+    # up to 6 characters a byte ("\u001b"): past 512 MiB a flood failed inside the worker, a sandbox_error.
+    "output_bytes": (0, 1 << 29),
 }
 _RESULT_FIELDS = frozenset(f.name for f in dataclasses.fields(ExecutionResult))
