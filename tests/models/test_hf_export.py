@@ -300,7 +300,7 @@ def llama_dir(tmp_path_factory):
     "edit, field",
     [
         ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}}, "rope_parameters"),
-        ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling"),
+        ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "rope_scaling"),
         ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 16}, "sliding_window"),
         ({"layer_types": ["sliding_attention", "full_attention"]}, "layer_types"),
         ({"attention_bias": True}, "attention_bias"),

@@ -41,6 +41,10 @@ class ModelConfig:
     ffn_dim: int = 0  # SwiGLU hidden width; 0 = 8/3 * dim rounded up to a multiple of 64
     max_seq_len: int = 1024
     rope_theta: float = 10000.0
+    # None = plain RoPE; else {"rope_type": "linear", "factor"} or Llama 3's {"rope_type": "llama3",
+    # "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}. Out of the
+    # hash (a dict has none, which made a scaled config unhashable) but in ==, so equal configs hash alike.
+    rope_scaling: dict[str, Any] | None = field(default=None, hash=False)
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     qkv_bias: bool = False  # Qwen2-style biases on the Q, K, V projections
@@ -55,6 +59,8 @@ class ModelConfig:
         _check_ranges(self, "", positive=positive, non_negative=("ffn_dim", "mtp_depth"))
         if not self.rope_theta > 0:  # 0, a negative or NaN base made NaN rotary tables, so NaN logits
             raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
+        if self.rope_scaling is not None:
+            object.__setattr__(self, "rope_scaling", _checked_rope_scaling(self.rope_scaling))
         if self.dim % self.n_heads:
             raise ValueError(f"dim={self.dim} is not a multiple of n_heads={self.n_heads}")
         if self.n_heads % self.n_kv_heads:
@@ -132,6 +138,45 @@ def _check_ranges(cfg: Any, prefix: str, *, positive: tuple[str, ...], non_negat
         value, low = getattr(cfg, name), 1 if name in positive else 0
         if value < low:
             raise ValueError(f"{prefix}{name} must be >= {low}, got {value!r}")
+
+
+# The keys each RoPE scaling type takes beside rope_type (transformers' names, so configs map one to one).
+ROPE_SCALING_KEYS: dict[str, tuple[str, ...]] = {
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+def _checked_rope_scaling(rs: Any) -> dict[str, Any]:
+    """A copy of `rs` with its numbers as floats (the length as an int); a one-line ValueError naming the
+    key otherwise. Checked here, not at use: a zero or NaN factor made NaN rotary tables, so NaN logits."""
+    if not isinstance(rs, dict):
+        raise ValueError(f"rope_scaling must be an object or null, got {rs!r}")
+    kind = rs.get("rope_type")
+    if not isinstance(kind, str) or kind not in ROPE_SCALING_KEYS:
+        known = ", ".join(ROPE_SCALING_KEYS)
+        raise ValueError(f"rope_scaling.rope_type must be one of {known}, got {kind!r}")
+    keys = ROPE_SCALING_KEYS[kind]
+    unknown = sorted(set(rs) - {"rope_type", *keys})
+    if unknown:
+        raise ValueError(f"rope_scaling ({kind}) has unknown keys: {', '.join(map(str, unknown))}")
+    out: dict[str, Any] = {"rope_type": kind}
+    for key in keys:
+        if key not in rs:
+            raise ValueError(f"rope_scaling.{key} is missing (rope_type {kind!r} needs it)")
+        value = rs[key]
+        if key == "original_max_position_embeddings":
+            if type(value) is not int or value < 1:
+                raise ValueError(f"rope_scaling.{key} must be a positive integer, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+            raise ValueError(f"rope_scaling.{key} must be a number > 0, got {value!r}")
+        out[key] = value if key == "original_max_position_embeddings" else float(value)
+    if kind == "llama3" and not out["low_freq_factor"] < out["high_freq_factor"]:
+        raise ValueError(
+            f"rope_scaling.low_freq_factor={out['low_freq_factor']} must be below "
+            f"high_freq_factor={out['high_freq_factor']}"
+        )
+    return out
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -259,8 +259,8 @@ def _qwen2_moe_to_hf(prefix: str, moe, dim: int) -> dict[str, torch.Tensor]:
 
 
 def hf_config(cfg: ModelConfig, arch: str, *, dtype: str, token_ids: dict[str, int | None]) -> dict[str, Any]:
-    """config.json for `arch`, readable by transformers 4.x (`rope_theta`, `torch_dtype`) and 5.x
-    (`rope_parameters`, `dtype`)."""
+    """config.json for `arch`, readable by transformers 4.x (`rope_theta`, `rope_scaling`, `torch_dtype`)
+    and 5.x (`rope_parameters`, `dtype`)."""
     d: dict[str, Any] = {
         "architectures": [arch],
         "model_type": MODEL_TYPES[arch],
@@ -275,7 +275,7 @@ def hf_config(cfg: ModelConfig, arch: str, *, dtype: str, token_ids: dict[str, i
         "max_position_embeddings": cfg.max_seq_len,
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "rope_parameters": {"rope_type": "default", **(cfg.rope_scaling or {}), "rope_theta": cfg.rope_theta},
         "tie_word_embeddings": cfg.tie_embeddings,
         "attention_dropout": 0.0,
         "initializer_range": cfg.init_std,
@@ -284,6 +284,9 @@ def hf_config(cfg: ModelConfig, arch: str, *, dtype: str, token_ids: dict[str, i
         "torch_dtype": dtype,
         **token_ids,
     }
+    if cfg.rope_scaling is not None:
+        # transformers 4.x reads only this; 5.x reads it over rope_parameters, taking rope_theta from above
+        d["rope_scaling"] = dict(cfg.rope_scaling)
     if arch == LLAMA:
         d.update(attention_bias=False, mlp_bias=False)
     if arch in (QWEN2, QWEN2_MOE):

@@ -3,9 +3,9 @@ same logits (the export is `hf.py`).
 
 Import reads config.json and safetensors weights (one file or shards with model.safetensors.index.json)
 without transformers, or takes a loaded transformers model. It refuses, naming the config field, what
-our `Transformer` cannot compute exactly: RoPE scaling, an active sliding window, biases beyond Q/K/V,
-head_dim != hidden_size / heads, a non-SiLU MLP, a Qwen2-MoE shared-expert gate that is not zero, and
-dense layers inside a Qwen2-MoE. All-zero Q/K/V biases and all-zero shared experts are dropped.
+our `Transformer` cannot compute exactly: RoPE scaling other than linear and Llama 3.1's (yarn, dynamic,
+longrope), an active sliding window, biases beyond Q/K/V, head_dim != hidden_size / heads, a non-SiLU
+MLP, a Qwen2-MoE shared-expert gate that is not zero, and dense layers inside a Qwen2-MoE. All-zero Q/K/V biases and all-zero shared experts are dropped.
 Weights stored in several dtypes are loaded in one (the config's, as transformers does).
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from codefoundry.models import checkpoint
-from codefoundry.models.config import ModelConfig, MoEConfig
+from codefoundry.models.config import ROPE_SCALING_KEYS, ModelConfig, MoEConfig
 from codefoundry.models.hf import INDEX, MODEL_TYPES, WEIGHTS, read_json_object
 from codefoundry.models.transformer import Transformer
 from codefoundry.paths import output_dir
@@ -171,6 +171,7 @@ def _config_from_hf(hf: dict[str, Any], model_type: str, where: str, max_seq_len
         ffn_dim=hf["intermediate_size"],
         max_seq_len=max_seq_len or hf.get("max_position_embeddings", default["max_position_embeddings"]),
         rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", default["rope_theta"]))),
+        rope_scaling=_rope_scaling_from_hf(hf),
         norm_eps=hf.get("rms_norm_eps", default["rms_norm_eps"]),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         # Qwen2 always has Q/K/V biases, Qwen2-MoE has them unless qkv_bias=false (transformers 5)
@@ -179,6 +180,21 @@ def _config_from_hf(hf: dict[str, Any], model_type: str, where: str, max_seq_len
         init_std=hf.get("initializer_range", 0.02),
         extra={"imported_from": where, "hf_model_type": model_type},
     )
+
+
+def _rope_scaling_from_hf(hf: dict[str, Any]) -> dict[str, Any] | None:
+    """Our `rope_scaling` for the HF config's (`_check_representable` has let through only what we
+    compute, with every key its type needs); ModelConfig checks the values."""
+    # transformers 5 reads rope_scaling over rope_parameters; 4.x reads only rope_scaling
+    rope = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+    kind = _rope_type(rope)
+    if kind == "default":
+        return None
+    return {"rope_type": kind, **{k: rope[k] for k in ROPE_SCALING_KEYS[kind]}}
+
+
+def _rope_type(rope: dict[str, Any]) -> Any:
+    return rope.get("rope_type", rope.get("type", "default"))  # "type" in configs before transformers 4.45
 
 
 def _aux_coef(hf: dict[str, Any]) -> float:
@@ -218,8 +234,12 @@ def _check_representable(hf: dict[str, Any], max_seq_len: int) -> None:
         rope = hf.get(field) or {}
         if not isinstance(rope, dict):
             refuse(field, "expected an object")
-        if rope.get("rope_type", rope.get("type", "default")) != "default":
-            refuse(field, "only plain RoPE is implemented")
+        kind = _rope_type(rope)
+        if kind not in ("default", *ROPE_SCALING_KEYS):
+            refuse(field, f"only plain, {' and '.join(ROPE_SCALING_KEYS)} RoPE are implemented")
+        missing = [k for k in ROPE_SCALING_KEYS.get(kind, ()) if k not in rope]
+        if missing:
+            refuse(field, f"rope_type {kind!r} needs {missing[0]!r}")
     if hf.get("hidden_act", "silu") != "silu":
         refuse("hidden_act", "the MLP is SwiGLU")
     if hf.get("attention_bias"):

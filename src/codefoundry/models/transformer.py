@@ -46,9 +46,31 @@ def rope_tables(cfg: ModelConfig, length: int, device=None) -> tuple[torch.Tenso
     inv_freq = 1.0 / (
         cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, device=device).float() / cfg.head_dim)
     )
+    if cfg.rope_scaling is not None:
+        inv_freq = scaled_inv_freq(inv_freq, cfg.rope_scaling)
     angles = torch.outer(torch.arange(length, device=device).float(), inv_freq)  # (T, hd/2)
     angles = torch.cat([angles, angles], dim=-1)  # (T, hd)
     return angles.cos(), angles.sin()
+
+
+def scaled_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
+    """`inv_freq` (hd/2,) stretched for contexts past the trained one (`ModelConfig.rope_scaling`).
+
+    linear: every position divided by `factor`. llama3 (Llama 3.1): only the slow bands are stretched.
+    A band that turned fewer than low_freq_factor times over the trained context (wavelength longer than
+    original_max / low_freq_factor) is divided by `factor`; one that turned more than high_freq_factor
+    times (wavelength shorter than original_max / high_freq_factor) already saw every angle and is kept;
+    in between, smooth = (original_max / wavelength - low) / (high - low) blends the two, so the
+    frequencies stay continuous across the bands.
+    """
+    factor = scaling["factor"]
+    if scaling["rope_type"] == "linear":
+        return inv_freq / factor
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    wavelength = 2 * math.pi / inv_freq
+    # Clamped, smooth is 0 exactly where wavelength >= original_max / low and 1 where <= original_max / high.
+    smooth = ((scaling["original_max_position_embeddings"] / wavelength - low) / (high - low)).clamp(0, 1)
+    return (1 - smooth) * inv_freq / factor + smooth * inv_freq
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
