@@ -94,12 +94,17 @@ class Pool:
 
     def _give_back(self, worker: Worker) -> None:
         with self._lock:
+            # Off `_busy` as it goes idle, under one lock: popped after, it could be another call's entry by
+            # then (that call's Ctrl-C then missed it), and `stop_runs` could kill it in that call's hands.
+            self._busy.pop(worker, None)
             if worker.alive and not self._closed:
                 self._idle.put(worker)
                 return
         self._discard(worker)
 
     def _discard(self, worker: Worker) -> None:
+        with self._lock:
+            self._busy.pop(worker, None)
         worker.close()
         with self._lock:
             if worker in self._all:
@@ -115,21 +120,17 @@ class Pool:
         except (WorkerDied, OSError) as e:
             return ExecutionResult.sandbox_error(f"could not start a sandbox worker: {e}")
         with self._lock:
-            self._busy[worker] = owner
-        try:
-            return self._run_on(worker, program, language=language, limits=limits)
-        finally:
-            with self._lock:
-                self._busy.pop(worker, None)
+            self._busy[worker] = owner  # until `_give_back` or `_discard`, whatever the run's end
+        return self._run_on(worker, program, language=language, limits=limits)
 
     def stop_runs(self, owner: object) -> None:
         """Kill now the workers running `owner`'s programs (an interrupted `execute_many`: its threads had
         waited for each run to end, a spinning one for its whole CPU limit, with Ctrl-C seemingly ignored).
         Each such run then comes back as a sandbox_error, and its worker is replaced."""
-        with self._lock:
-            workers = [w for w, o in self._busy.items() if o is owner]
-        for worker in workers:
-            worker.kill()
+        with self._lock:  # killed under the lock: once let go, a worker may go idle and into another call
+            for worker, o in self._busy.items():
+                if o is owner:
+                    worker.kill()
 
     def _run_on(self, worker: Worker, program: Program, *, language: str, limits: Limits) -> ExecutionResult:
         try:
@@ -307,14 +308,22 @@ def execute_many(
         interrupted = True
     finally:
         stop.set()  # on an error the threads stop after their current run; on an interrupt, at once
-        while any(t.is_alive() for t in threads):
-            if interrupted:
-                pool.stop_runs(stop)  # again each round: a thread may have taken a run as stop was set
-            for t in threads:
-                t.join(0.05 if interrupted else None)
+        try:
+            # Only the threads alive: a Ctrl-C may come before all are started, and join() raises for those.
+            while alive := [t for t in threads if t.is_alive()]:
+                if interrupted:
+                    pool.stop_runs(stop)  # again each round: a thread may have taken a run as stop was set
+                for t in alive:
+                    t.join(0.05 if interrupted else None)
+        except KeyboardInterrupt:
+            if not interrupted:
+                raise
+            # A second Ctrl-C: no more waiting, and still the results (it lost them all, a KeyboardInterrupt
+            # from this loop). A thread that took a run past the last stop_runs ends with that run.
+            pool.stop_runs(stop)
         bar.close()
     if interrupted:
-        raise Interrupted(results) from None
+        raise Interrupted(list(results)) from None
     return results  # type: ignore[return-value]
 
 

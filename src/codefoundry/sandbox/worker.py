@@ -113,6 +113,7 @@ class Worker:
             os.close(req_r)
             os.close(resp_w)
         self._req, self._resp = req_w, resp_r
+        self._killed = False
         self.cgroups: list[str] = []
         self.scratch: str | None = None
         try:
@@ -203,6 +204,9 @@ class Worker:
         """End the zygote now, mid-run too (an interrupted `execute_many`); its run ends with it (the run's
         init reads a pipe only the zygote holds; at process level, PR_SET_PDEATHSIG). The thread waiting
         for the run's reply gets WorkerDied."""
+        # Dead from now on for `alive`: the signal lands a moment later, and a run that had just ended
+        # handed its worker back as alive, to fail the next program with a sandbox_error.
+        self._killed = True
         try:
             self.proc.kill()
         except OSError:  # already reaped by the thread that waited for it
@@ -210,7 +214,7 @@ class Worker:
 
     @property
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return not self._killed and self.proc.poll() is None
 
     def forget(self) -> None:
         """In a forked child: close this process's copies of the pipes, and nothing else (the zygote, its

@@ -50,10 +50,10 @@ class TimeBudget:
         ran, now = step - self.start_step, time.perf_counter()
         if ran == FIT_SKIP:
             self.mark = (now, step)
+        if not self.due(step, warmup=warmup, eval_every=eval_every):
+            return None
         current = warmup if self.warmup is None else self.warmup
         again = self.fitted is not None and eval_every and step % eval_every == 0 and step < 0.8 * self.fitted
-        if ran < FIT_AFTER or not (self.fitted is None or again or step < current):
-            return None
         per_step = max(now - self.mark[0], 1e-9) / (step - self.mark[1])
         room = self.budget_s * (1 - RESERVE) - elapsed_s
         fit = min(self.steps_asked, step + max(0, int(room / per_step)))
@@ -73,6 +73,13 @@ class TimeBudget:
             )
         self.mark, self.fitted = (now, step), fit
         return fit
+
+    def due(self, step: int, *, warmup: int, eval_every: int) -> bool:
+        """Whether `after_step` may fit at this step. Read from no clock, so the same on every rank while
+        `fitted` and `warmup` are (whether a warmup step fits is timed: rank 0's answer must reach them all)."""
+        current = warmup if self.warmup is None else self.warmup
+        again = self.fitted is not None and eval_every and step % eval_every == 0 and step < 0.8 * self.fitted
+        return step - self.start_step >= FIT_AFTER and bool(self.fitted is None or again or step < current)
 
     def spent(self, elapsed_s: float) -> bool:
         """After a fit: whether training has used 1 - RESERVE / 2 of the budget (half the reserve for

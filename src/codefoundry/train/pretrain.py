@@ -432,19 +432,22 @@ class Run:
         return stats
 
     def fit_to_budget(self) -> bool:
-        """`time_budget_s`: the step count (and a warmup too long for the budget, shortened) that
-        `budget.TimeBudget` fits, rank 0's on every rank, become `steps` (and `warmup`). Returns whether
-        this rank's clock says the budget is spent with steps still to go (the loop's vote decides)."""
+        """`time_budget_s`: the step count (and a warmup too long for it, shortened) `budget.TimeBudget` fits,
+        rank 0's on every rank, become `steps` (`warmup`). Whether this rank's clock says it is spent, steps
+        still to go (the loop votes)."""
         elapsed, budget = self.elapsed(), self.budget
+        due = budget.due(self.step, warmup=self.warmup_asked, eval_every=self.cfg.eval_every)
+        before = budget.fitted, budget.warmup
         fit = budget.after_step(self.step, warmup=self.warmup_asked, eval_every=self.cfg.eval_every,
                                 elapsed_s=elapsed)  # fmt: skip
+        if due and self.ranks.world_size > 1:  # rank 0's answer (-1: none): a warmup step's fit is timed
+            short = -1 if budget.warmup is None else budget.warmup
+            fit_t = torch.tensor([-1 if fit is None else fit, short], device=self.device)
+            dist.broadcast(fit_t, src=0)  # at each step that may fit: a rank left out held the others
+            fit, short = (None, 0) if fit_t[0] < 0 else fit_t.tolist()
+            budget.fitted, budget.warmup = before if fit is None else (fit, None if short < 0 else short)
         if fit is not None:
             warmup = self.warmup_asked if budget.warmup is None else budget.warmup
-            if self.ranks.world_size > 1:
-                fit_t = torch.tensor([fit, warmup], device=self.device)
-                dist.broadcast(fit_t, src=0)
-                fit, warmup = fit_t.tolist()
-                budget.fitted, budget.warmup = fit, None if warmup == self.warmup_asked else warmup
             if warmup != self.cfg.warmup and self.ranks.main:
                 print(f"codefoundry.train: warning: {budget.notes['warmup']}", file=sys.stderr)
             self.cfg = replace(self.cfg, steps=fit, warmup=warmup)
