@@ -22,6 +22,7 @@ class MoEConfig:
     norm_topk_prob: bool = True  # renormalise the k selected router probabilities to sum to 1
     aux_loss_coef: float = 0.01  # weight of the load-balancing loss
     capacity_factor: float = 0.0  # 0 = dropless; else each expert takes at most cf * tokens * k / E
+    shared_expert_gate: bool = False  # Qwen2-MoE: the shared expert scaled per token by sigmoid(w . x)
 
     def __post_init__(self) -> None:
         _check_ranges(self, "moe.", positive=("n_experts", "expert_dim"), non_negative=("shared_expert_dim",))
@@ -29,6 +30,8 @@ class MoEConfig:
             raise ValueError(f"moe.capacity_factor must be a number >= 0, got {self.capacity_factor!r}")
         if not 1 <= self.top_k <= self.n_experts:
             raise ValueError(f"moe.top_k must be in [1, n_experts={self.n_experts}], got {self.top_k}")
+        if self.shared_expert_gate and not self.shared_expert_dim:
+            raise ValueError("moe.shared_expert_gate=true needs a shared expert (shared_expert_dim > 0)")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,9 @@ class ModelConfig:
     n_layers: int = 4
     n_heads: int = 8
     n_kv_heads: int = 4  # grouped-query attention: n_heads // n_kv_heads query heads share a K/V head
+    # Width of one attention head; None = dim // n_heads. Set where a checkpoint's heads are not dim / n_heads
+    # wide (Mistral-NeMo: dim 5120, 32 heads of 128): Q/K/V then project to n_heads * head_dim, not dim.
+    head_dim: int | None = None
     ffn_dim: int = 0  # SwiGLU hidden width; 0 = 8/3 * dim rounded up to a multiple of 64
     max_seq_len: int = 1024
     rope_theta: float = 10000.0
@@ -61,8 +67,14 @@ class ModelConfig:
             raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
         if self.rope_scaling is not None:
             object.__setattr__(self, "rope_scaling", _checked_rope_scaling(self.rope_scaling))
-        if self.dim % self.n_heads:
-            raise ValueError(f"dim={self.dim} is not a multiple of n_heads={self.n_heads}")
+        if self.head_dim is None or isinstance(self.head_dim, _DerivedHeadDim):
+            if self.dim % self.n_heads:
+                raise ValueError(f"dim={self.dim} is not a multiple of n_heads={self.n_heads}")
+            # Derived anew each time: `replace(cfg, n_heads=2)` passes the old width back in, and a plain
+            # int there would have kept it, silently changing the attention width.
+            object.__setattr__(self, "head_dim", _DerivedHeadDim(self.dim // self.n_heads))
+        elif isinstance(self.head_dim, bool) or not isinstance(self.head_dim, int) or self.head_dim < 1:
+            raise ValueError(f"head_dim must be a positive integer or null, got {self.head_dim!r}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         if self.head_dim % 2:
@@ -74,12 +86,11 @@ class ModelConfig:
         elif self.moe is not None and not isinstance(self.moe, MoEConfig):
             raise ValueError(f"moe must be an object of MoE fields or null, got {self.moe!r}")
 
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if isinstance(self.head_dim, _DerivedHeadDim):
+            d["head_dim"] = None  # saved as derived, so the file reads back as it was written
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -103,6 +114,10 @@ class ModelConfig:
             return cls.from_dict(data)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: {e}") from None
+
+
+class _DerivedHeadDim(int):
+    """A `head_dim` computed as dim // n_heads rather than given: recomputed whenever the config is."""
 
 
 # JSON types of the scalar fields (by their annotation: this module postpones annotations to strings).

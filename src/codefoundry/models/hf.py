@@ -10,12 +10,12 @@ Which class an exported model becomes, and why each choice is exact (fp32 logits
 * MoE without a shared expert, renormalised top-k, no Q/K/V bias -> `MixtralForCausalLM`: its router is
   ours (fp32 softmax over all experts, top-k, always renormalised);
 * every other MoE -> `Qwen2MoeForCausalLM`, whose router has the `norm_topk_prob` switch. Its shared
-  expert is gated per token by sigmoid(w . x); ours has no gate. A zero gate weight gives
-  sigmoid(0) = 0.5 for every token, and the shared expert's down projection is written doubled, so
-  0.5 * (2W)h = Wh exactly (scaling by a power of two commutes with rounding). A model with no shared
-  expert gets a width-1 shared expert of zeros, which adds exactly 0. Q/K/V biases are always written
-  (zeros when the model has none) so that transformers 4.x, where Qwen2-MoE biases are unconditional,
-  reads the same files.
+  expert is gated per token by sigmoid(w . x); a model with `moe.shared_expert_gate` writes its gate as
+  is. One without gets a zero gate weight, sigmoid(0) = 0.5 for every token, and the shared expert's down
+  projection written doubled, so 0.5 * (2W)h = Wh exactly (scaling by a power of two commutes with
+  rounding). A model with no shared expert gets a width-1 shared expert of zeros, which adds exactly 0.
+  Q/K/V biases are always written (zeros when the model has none) so that transformers 4.x, where
+  Qwen2-MoE biases are unconditional, reads the same files.
 
 Experts are written one tensor per expert under the names the released checkpoints use (what
 `save_pretrained` writes too); transformers 5 fuses them into 3-D tensors on load.
@@ -245,16 +245,18 @@ def _qwen2_moe_to_hf(prefix: str, moe, dim: int) -> dict[str, torch.Tensor]:
     sd = {prefix + "gate.weight": w}
     for e, expert in enumerate(moe.experts):
         sd.update(_swiglu_to_hf(prefix + f"experts.{e}.", expert))
+    zeros = torch.zeros(1, dim, dtype=w.dtype, device=w.device)
     if moe.shared is not None:
         shared = _swiglu_to_hf(prefix + "shared_expert.", moe.shared)
-        # sigmoid(0) = 0.5 halves the shared expert's output: write its down projection doubled.
-        shared[prefix + "shared_expert.down_proj.weight"] = 2 * moe.shared.down.weight
+        if moe.shared_gate is None:
+            # sigmoid(0) = 0.5 halves the shared expert's output: write its down projection doubled.
+            shared[prefix + "shared_expert.down_proj.weight"] = 2 * moe.shared.down.weight
     else:
-        zeros = torch.zeros(1, dim, dtype=w.dtype, device=w.device)
         shared = {prefix + f"shared_expert.{n}_proj.weight": zeros for n in ("gate", "up")}
         shared[prefix + "shared_expert.down_proj.weight"] = zeros.T
     sd.update(shared)
-    sd[prefix + "shared_expert_gate.weight"] = torch.zeros(1, dim, dtype=w.dtype, device=w.device)
+    gate = moe.shared_gate.weight if moe.shared_gate is not None else zeros  # (1, dim)
+    sd[prefix + "shared_expert_gate.weight"] = gate
     return sd
 
 

@@ -2,10 +2,12 @@
 same logits (the export is `hf.py`).
 
 Import reads config.json and safetensors weights (one file or shards with model.safetensors.index.json)
-without transformers, or takes a loaded transformers model. It refuses, naming the config field, what
-our `Transformer` cannot compute exactly: RoPE scaling other than linear and Llama 3.1's (yarn, dynamic,
-longrope), an active sliding window, biases beyond Q/K/V, head_dim != hidden_size / heads, a non-SiLU
-MLP, a Qwen2-MoE shared-expert gate that is not zero, and dense layers inside a Qwen2-MoE. All-zero Q/K/V biases and all-zero shared experts are dropped.
+without transformers, or takes a loaded transformers model. It refuses, naming the config field, what our
+`Transformer` cannot compute exactly: RoPE scaling other than linear and Llama 3.1's (yarn, dynamic,
+longrope), an active sliding window, biases beyond Q/K/V, a non-SiLU MLP, and dense layers inside a
+Qwen2-MoE. All-zero Q/K/V biases and all-zero shared experts are dropped; all-zero shared-expert gates
+(sigmoid(0) = 0.5 for every token) are folded into the shared expert's down projection. An explicit
+head_dim (Mistral-NeMo's 32 heads of 128 over 5120) is kept as ours.
 Weights stored in several dtypes are loaded in one (the config's, as transformers does).
 """
 
@@ -149,6 +151,7 @@ def _config_from_hf(hf: dict[str, Any], model_type: str, where: str, max_seq_len
             top_k=hf["num_experts_per_tok"],
             expert_dim=hf["moe_intermediate_size"],
             shared_expert_dim=hf["shared_expert_intermediate_size"],
+            shared_expert_gate=bool(hf["shared_expert_intermediate_size"]),
             norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
             aux_loss_coef=_aux_coef(hf),
         )
@@ -161,6 +164,8 @@ def _config_from_hf(hf: dict[str, Any], model_type: str, where: str, max_seq_len
             aux_loss_coef=_aux_coef(hf),
         )
     rope = hf.get("rope_parameters") or {}  # transformers 5; 4.x has a top-level rope_theta
+    # Kept only where it differs from the derived width, so such imports' configs read as before.
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
     default = _HF_DEFAULTS[model_type]
     return ModelConfig(
         vocab_size=hf["vocab_size"],
@@ -168,6 +173,7 @@ def _config_from_hf(hf: dict[str, Any], model_type: str, where: str, max_seq_len
         n_layers=hf["num_hidden_layers"],
         n_heads=hf["num_attention_heads"],
         n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        head_dim=None if head_dim * hf["num_attention_heads"] == hf["hidden_size"] else head_dim,
         ffn_dim=hf["intermediate_size"],
         max_seq_len=max_seq_len or hf.get("max_position_embeddings", default["max_position_embeddings"]),
         rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", default["rope_theta"]))),
@@ -217,7 +223,7 @@ _MOE_COUNTS = {"qwen2_moe": ("num_experts", "moe_intermediate_size"), "mixtral":
 
 def _check_counts(hf: dict[str, Any], model_type: str) -> None:
     """The sizes the model is built from are positive integers (a KeyError names a missing one)."""
-    optional = ("num_key_value_heads",) if hf.get("num_key_value_heads") is not None else ()
+    optional = tuple(f for f in ("num_key_value_heads", "head_dim") if hf.get(f) is not None)
     moe = (*_MOE_COUNTS[model_type], "num_experts_per_tok") if model_type in _MOE_COUNTS else ()
     for field in (*_COUNTS, *moe, *optional):
         if type(hf[field]) is not int or hf[field] < 1:
@@ -246,9 +252,6 @@ def _check_representable(hf: dict[str, Any], max_seq_len: int) -> None:
         refuse("attention_bias", "it puts a bias on o_proj too; only Q/K/V biases exist here")
     if hf.get("mlp_bias"):
         refuse("mlp_bias", "the MLP has no biases")
-    heads = hf.get("num_attention_heads") or 1
-    if hf.get("head_dim") is not None and hf["head_dim"] != hf.get("hidden_size", 0) // heads:
-        refuse("head_dim", "head_dim must be hidden_size / num_attention_heads")
     # A window is checked against our max_seq_len, not the config's: past it the HF model attends to
     # fewer tokens. transformers 5 names each layer's attention in layer_types, which decides over the
     # flags: use_sliding_window with max_window_layers >= num_hidden_layers slides in no layer.
@@ -334,10 +337,17 @@ def _state_from_hf(
     if biases and not any(b.any() for b in biases):
         cfg = replace(cfg, qkv_bias=False)
         ours = {k: v for k, v in ours.items() if not k.endswith("qkv.bias")}
+    gates = [v for k, v in ours.items() if k.endswith("shared_gate.weight")]
+    if gates and not any(w.any() for w in gates):
+        # sigmoid(0) = 0.5 for every token: the same model with the down projection halved and no gate
+        # (scaling by a power of two is exact), as our own exports write gate-less models.
+        cfg = replace(cfg, moe=replace(cfg.moe, shared_expert_gate=False))
+        ours = {k: v * 0.5 if k.endswith("shared.down.weight") else v
+                for k, v in ours.items() if not k.endswith("shared_gate.weight")}  # fmt: skip
     shared = [v for k, v in ours.items() if k.endswith("shared.down.weight")]
     if shared and not any(w.any() for w in shared):
-        cfg = replace(cfg, moe=replace(cfg.moe, shared_expert_dim=0))
-        ours = {k: v for k, v in ours.items() if ".shared." not in k}
+        cfg = replace(cfg, moe=replace(cfg.moe, shared_expert_dim=0, shared_expert_gate=False))
+        ours = {k: v for k, v in ours.items() if ".shared." not in k and not k.endswith("shared_gate.weight")}
     return ours, cfg
 
 
@@ -359,13 +369,6 @@ def _moe_from_hf(t: _Tensors, src: str, dst: str, cfg: ModelConfig) -> dict[str,
         for e in range(cfg.moe.n_experts):
             ours.update(_swiglu_from_hf(t, src + f"experts.{e}.", dst + f"experts.{e}."))
     if cfg.moe.shared_expert_dim:
-        gate = t.take(src + "shared_expert_gate.weight")
-        if gate.any():
-            raise ValueError(
-                f"{t.where}: {src}shared_expert_gate.weight is not zero; the shared expert here has no "
-                "per-token gate, so this model has no exact equivalent"
-            )
-        shared = _swiglu_from_hf(t, src + "shared_expert.", dst + "shared.")
-        shared[dst + "shared.down.weight"] = shared[dst + "shared.down.weight"] * 0.5  # sigmoid(0)
-        ours.update(shared)
+        ours[dst + "shared_gate.weight"] = t.take(src + "shared_expert_gate.weight")  # (1, dim)
+        ours.update(_swiglu_from_hf(t, src + "shared_expert.", dst + "shared."))
     return ours

@@ -1,5 +1,6 @@
 """The mixture-of-experts MLP: a top-k softmax router (computed in fp32), SwiGLU experts, an optional
-always-on shared expert, the load-balancing auxiliary loss, and router statistics.
+always-on shared expert (optionally scaled per token by sigmoid(w . x), Qwen2-MoE's shared-expert gate),
+the load-balancing auxiliary loss, and router statistics.
 
 Dispatch sorts the (token, expert) assignments by expert and runs each expert once on its contiguous
 slice, so the work is proportional to the tokens routed, not to n_experts * tokens. With a capacity
@@ -47,6 +48,7 @@ class MoE(nn.Module):
         self.router = nn.Linear(dim, cfg.n_experts, bias=False)
         self.experts = nn.ModuleList(SwiGLU(dim, cfg.expert_dim) for _ in range(cfg.n_experts))
         self.shared = SwiGLU(dim, cfg.shared_expert_dim) if cfg.shared_expert_dim else None
+        self.shared_gate = nn.Linear(dim, 1, bias=False) if cfg.shared_expert_gate else None
         # Filled by every forward: the aux loss (a graph tensor) and detached statistics.
         self.aux_loss: torch.Tensor | None = None
         self.stats: dict[str, torch.Tensor] = {}
@@ -90,7 +92,10 @@ class MoE(nn.Module):
                     out.index_add_(0, idx, y.to(out.dtype))
             start = end
         if self.shared is not None:
-            out = out + self.shared(x)
+            shared = self.shared(x)  # (N, dim)
+            if self.shared_gate is not None:
+                shared = torch.sigmoid(self.shared_gate(x)) * shared  # (N, 1) broadcast over dim
+            out = out + shared
 
         load = counts.float() / max(1, n_tokens * k)  # f_e
         self.aux_loss = n_exp * (load.detach() * probs.mean(dim=0)).sum()

@@ -172,17 +172,18 @@ def active_params(model: torch.nn.Module) -> int:
 
 def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
     """Training FLOPs per token (forward + backward), counted as PaLM (appendix B) and nanoGPT count them:
-    6 per weight the token is multiplied through, plus 12 * layers * seq_len * dim for attention's scores
-    and values (the causal mask not halving it). The weights are the non-embedding ones a token passes
-    (`active_params`) and the output head once per prediction: the next token and each MTP depth, which
-    reuses the head. The head counts whether or not it is tied: a tied head is the embedding matrix, left
-    out of N, but its product is real work (151M of 717M FLOPs a token at `100m`). MTP blocks count as
-    layers."""
+    6 per weight the token is multiplied through, plus 12 * layers * seq_len * n_heads * head_dim (the
+    attention width: dim unless head_dim is set apart) for attention's scores and values (the causal mask
+    not halving it). The weights are the non-embedding ones a token passes (`active_params`) and the
+    output head once per prediction: the next token and each MTP depth, which reuses the head. The head
+    counts whether or not it is tied: a tied head is the embedding matrix, left out of N, but its product
+    is real work (151M of 717M FLOPs a token at `100m`). MTP blocks count as layers."""
     cfg = model.cfg
     head = cfg.vocab_size * cfg.dim
     body = active_params(model) - (0 if cfg.tie_embeddings else head)
     predictions = 1 + cfg.mtp_depth
-    return 6.0 * (body + predictions * head) + 12.0 * (cfg.n_layers + cfg.mtp_depth) * seq_len * cfg.dim
+    width = cfg.n_heads * cfg.head_dim
+    return 6.0 * (body + predictions * head) + 12.0 * (cfg.n_layers + cfg.mtp_depth) * seq_len * width
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype, peak_tflops: float | None) -> tuple[float, str]:
