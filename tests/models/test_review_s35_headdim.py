@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
+from hf_parity_kit import VOCAB, ids, max_diff  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from codefoundry.models import checkpoint, hf, hf_import  # noqa: E402
@@ -18,7 +19,7 @@ from codefoundry.models.generate import generate  # noqa: E402
 from codefoundry.models.transformer import Transformer  # noqa: E402
 from codefoundry.train.metrics import flops_per_token  # noqa: E402
 
-VOCAB, TOL = 96, 1e-4
+TOL = 1e-4
 
 
 def hf_llama(seed: int = 0, **overrides):
@@ -35,18 +36,6 @@ def hf_llama(seed: int = 0, **overrides):
             if "norm" in name:
                 p.add_(0.2 * torch.randn_like(p))
     return model
-
-
-def ids(seed: int = 1, shape=(2, 12)) -> torch.Tensor:
-    return torch.randint(0, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
-
-
-def max_diff(ours: Transformer, theirs) -> float:
-    x = ids()
-    with torch.no_grad():
-        expected = theirs(x).logits
-        assert expected.abs().max() > 1.0  # not a degenerate near-zero comparison
-        return (ours(x).logits - expected).abs().max().item()
 
 
 @pytest.fixture(scope="module")

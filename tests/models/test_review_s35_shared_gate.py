@@ -9,11 +9,13 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
+from hf_parity_kit import VOCAB, ids, max_diff  # noqa: E402
+
 from codefoundry.models import checkpoint, hf, hf_import  # noqa: E402
 from codefoundry.models.config import ModelConfig, MoEConfig  # noqa: E402
 from codefoundry.models.transformer import Transformer  # noqa: E402
 
-VOCAB, TOL = 96, 1e-4
+TOL = 1e-4
 
 
 def hf_qwen2_moe(seed: int = 0):
@@ -30,18 +32,6 @@ def hf_qwen2_moe(seed: int = 0):
         for layer in model.model.layers:
             layer.mlp.shared_expert_gate.weight.copy_(torch.randn(1, 32))  # gates spread over (0, 1)
     return model
-
-
-def ids(seed: int = 1, shape=(2, 12)) -> torch.Tensor:
-    return torch.randint(0, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
-
-
-def max_diff(ours: Transformer, theirs) -> float:
-    x = ids()
-    with torch.no_grad():
-        expected = theirs(x).logits
-        assert expected.abs().max() > 1.0  # not a degenerate near-zero comparison
-        return (ours(x).logits - expected).abs().max().item()
 
 
 def test_a_gate_needs_a_shared_expert():
