@@ -3,9 +3,9 @@ classes the receiver rebuilds values and exceptions with, and the program's exce
 
 Loaded by path into the sandbox zygote before rpc.py (standard library only, no package imports). Whatever
 the other side sends is data: a value is rebuilt here only from names and numbers checked first, by the
-receiver's own classes (a judge-made namedtuple class, the judge's `Fraction`, `Decimal` and `datetime`
-classes, its numpy's `ndarray` from a checked dtype, shape and bytes), so nothing of the sender's behaviour
-comes with it. numpy, which is optional, is imported only when an array arrives. Classes made here are
+receiver's own classes (a judge-made namedtuple or Enum class, the judge's `Fraction`, `Decimal` and
+`datetime` classes, its numpy's `ndarray` from a checked dtype, shape and bytes), so nothing of the sender's
+behaviour comes with it. numpy, which is optional, is imported only when an array arrives. Classes made here are
 cached, a bounded number per process (the judge lives across runs).
 """
 
@@ -341,11 +341,173 @@ def program_exception_class(name: object, lineage: object) -> type | None:
 def exception_identity(obj: object) -> object:
     """What the program reports for a name a test looks up (the "exists" request): for an exception class,
     [its name, its `exception_lineage`], so the test's `except Invalid` or `isinstance(e, Invalid)` uses
-    the class the program's `Invalid` errors are rebuilt as; True for anything else. A lie gets the test
-    no more than the program's own choice of what to raise."""
+    the class the program's `Invalid` errors are rebuilt as; an Enum class or member itself, which the
+    test gets as the judge rebuilt it (`Color.RED` is then the judge-made class's member); True for
+    anything else. A lie gets the test no more than the program's own choice of what to raise or define."""
     if isinstance(obj, type) and issubclass(obj, BaseException):
         return [obj.__name__, exception_lineage(obj)]
+    meta = getattr(sys.modules.get("enum"), "EnumType", None)
+    if meta is not None and (issubclass(type(obj), meta) or issubclass(type(type(obj)), meta)):
+        return obj  # an Enum class or member: by value where it can cross so (`enum_value`), else a handle
     return True
+
+
+# -- Enum classes and members (tags "ec", "en") -------------------------------------------------------------
+# A class crosses as its parts, [name, kind, boundary, [[member name, encoded value], ...]]: every name of
+# its __members__, aliases too, in definition order; a Flag's boundary ("strict", "keep"...), else None. A
+# member crosses as [parts, its name], a combination of a Flag's members as [parts, its int value]. The
+# judge makes a class of its own of the parts, kept by their text (`_ENUMS`, across runs), so the members
+# of two results and the test's `Color.RED` are the same objects, compared by the standard Enum rules (the
+# program's `__eq__`, `__hash__` and other methods do not come along, nor its own Enum base classes). The
+# program keeps the classes it sent by the same text, and a member the test passes it is its own again.
+ENUM_KINDS = ("Enum", "IntEnum", "StrEnum", "Flag", "IntFlag", "int+Enum", "str+Enum")  # the last two:
+# `class C(int, Enum)`. Other mixins (float, tuple...) stay what they were: a plain float, a handle.
+_INT_KINDS, _STR_KINDS = ("IntEnum", "IntFlag", "Flag", "int+Enum"), ("StrEnum", "str+Enum")
+_FLAG_KINDS, _BOUNDARIES = ("Flag", "IntFlag"), ("strict", "conform", "eject", "keep")
+_ENUM_SCALARS = (str, float, bool, bytes, type(None))  # with bounded ints and tuples: an Enum's values
+MAX_MEMBERS = 256  # names in an Enum's __members__: a class of 256 takes the judge ~10 ms to make
+MAX_ENUM_TEXT = 1 << 16  # characters of an Enum's parts as text (the key the judge keeps it by)
+MAX_ENUM_BITS = 1024  # an int value of an Enum (a Flag's operations loop over its bits)
+MAX_RUN_ENUMS = 64  # Enum classes that cross in one run: more stay handles, or, sent anyway, end the run
+MAX_ENUM_CLASSES = 128  # judge-made Enum classes kept per process, least recently used dropped first
+_ENUMS: collections.OrderedDict[str, type] = collections.OrderedDict()
+
+
+class EnumTable:
+    """One channel's Enum classes, for one run: `classes` by the text of their parts (the judge's: those it
+    made, kept for the run whatever `_ENUMS` drops, so a member arriving twice is one object; the program's:
+    those it sent, for members coming back), and `parts` by class (None: one that cannot cross by value)."""
+
+    def __init__(self, side: str) -> None:
+        self.side, self.classes, self.parts = side, {}, {}
+
+
+def enum_value(obj: object, t: type, table: EnumTable, encode) -> dict | None:
+    """The tagged form of an Enum class or member; None for anything else and for what cannot cross by
+    value: on the program's side a class `_enum_parts` refuses or past MAX_RUN_ENUMS, on the judge's one it
+    did not make in this run (a test's own Enum)."""
+    enum = sys.modules.get("enum")
+    meta = enum and enum.EnumType  # a subclass of it too: what the class reports is data, checked here
+    cls = None if not meta else obj if issubclass(t, meta) else t if issubclass(type(t), meta) else None
+    parts = table.parts.get(cls, False) if cls is not None else None
+    if parts is False and table.side == "c" and len(table.classes) < MAX_RUN_ENUMS:
+        parts = table.parts[cls] = _enum_parts(cls, enum, encode)
+        if parts is not None:
+            table.classes[repr(parts)] = cls
+    if not parts:
+        return None
+    if cls is obj:
+        return {"ec": parts}
+    ref, value = obj._name_, obj._value_
+    if type(ref) is not str or cls.__members__.get(ref) is not obj:  # a combination of a Flag's members
+        ref = value if parts[1] in _FLAG_KINDS and _enum_plain(value, "Flag") else None
+    return None if ref is None else {"en": [parts, ref]}
+
+
+def _enum_parts(cls: type, enum, encode) -> list | None:
+    """The parts of one of the program's Enum classes (read in its own process, through its metaclass too:
+    what it reports is data the judge checks), or None: a kind outside ENUM_KINDS, no members or more than
+    MAX_MEMBERS, a name that is no public identifier, a value `_enum_plain` refuses."""
+    try:
+        standard = (enum.Enum, enum.IntEnum, enum.StrEnum, enum.Flag, enum.IntFlag)
+        base = next(k for k in cls.__mro__ if any(k is s for s in standard))  # Enum at least
+        kind, mixin = base.__name__, cls._member_type_
+        if base is enum.Enum and (mixin is int or mixin is str):
+            kind = f"{mixin.__name__}+Enum"
+        elif mixin is not (int if kind in ("IntEnum", "IntFlag") else str if kind == "StrEnum" else object):
+            return None
+        boundary = getattr(cls, "_boundary_", None) if kind in _FLAG_KINDS else None
+        members = list(cls.__members__.items())
+        if not _enum_name(cls.__name__) or not 0 < len(members) <= MAX_MEMBERS:
+            return None
+        if kind in _FLAG_KINDS and type(boundary) is not enum.FlagBoundary:
+            return None
+        pairs = []
+        for name, member in members:
+            if type(member) is not cls or not _enum_name(name) or not _enum_plain(member._value_, kind):
+                return None
+            pairs.append([name, encode(member._value_)])
+        parts = [cls.__name__, kind, boundary and boundary.value, pairs]
+        return parts if len(repr(parts)) <= MAX_ENUM_TEXT else None
+    except Exception:  # the program's own properties and hooks, raising
+        return None
+
+
+def _enum_name(name: object) -> bool:
+    """Whether `name` may name an Enum class or member here: a public identifier of at most MAX_NAME."""
+    if type(name) is not str or len(name) > MAX_NAME or not name.isidentifier() or name.startswith("_"):
+        return False
+    return not keyword.iskeyword(name) and name != "mro"  # "mro": the enum module refuses it too
+
+
+def _enum_plain(value: object, kind: str, depth: int = 0) -> bool:
+    """Whether `value` may be an Enum's member value of this kind: an int of at most MAX_ENUM_BITS for the
+    int kinds, a str for the str kinds, else a scalar or a tuple of them (eight deep at most)."""
+    t = type(value)
+    if kind in _STR_KINDS:
+        return t is str
+    if t is int or kind in _INT_KINDS:
+        return t is int and value.bit_length() <= MAX_ENUM_BITS
+    if t is tuple:
+        return depth < 8 and all(_enum_plain(v, kind, depth + 1) for v in value)
+    return t in _ENUM_SCALARS
+
+
+def enum_decoded(tag: str, body: object, table: EnumTable, decode, malformed: type) -> object:
+    """The class or member of an `enum_value` body: on the judge's side, of the class it makes of these
+    parts (`_made_enum`); on the program's, of its own class it sent with these parts. A `malformed` error
+    for parts or a member it has not, and for parts over MAX_ENUM_TEXT or past MAX_RUN_ENUMS classes."""
+    parts, ref = body if tag == "en" and type(body) is list and len(body) == 2 else (body, None)
+    key = repr(parts)  # of decoded JSON: lists, dicts and scalars only
+    if type(parts) is not list or len(key) > MAX_ENUM_TEXT or (tag == "en") == (ref is None):
+        raise malformed("malformed or oversized Enum")
+    cls = table.classes.get(key)
+    if cls is None:
+        if table.side != "j":
+            raise malformed("an Enum class this program did not send")
+        if len(table.classes) >= MAX_RUN_ENUMS:
+            raise malformed(f"more than {MAX_RUN_ENUMS} Enum classes in one run")
+        cls = table.classes[key] = _made_enum(key, parts, decode, malformed)
+        table.parts[cls] = parts
+    if tag == "ec":
+        return cls
+    member = cls.__members__.get(ref) if type(ref) is str else None
+    if member is not None:
+        return member
+    if type(ref) is int and parts[1] in _FLAG_KINDS and _enum_plain(ref, "Flag"):
+        return cls(ref)
+    raise malformed("malformed Enum member")
+
+
+def _made_enum(key: str, parts: list, decode, malformed: type) -> type:
+    """The judge's own Enum class of these parts: the one made before for the same text, else a new one of
+    the standard base of that kind, with these members, aliases and a Flag's boundary."""
+    cls = _ENUMS.get(key)
+    if cls is None:
+        name, kind, boundary, pairs = parts if len(parts) == 4 else (None,) * 4
+        flag = kind in _FLAG_KINDS
+        bounded = boundary in (_BOUNDARIES if flag else [None])
+        if not _enum_name(name) or kind not in ENUM_KINDS or not bounded:
+            raise malformed("malformed Enum class")
+        if type(pairs) is not list or not 0 < len(pairs) <= MAX_MEMBERS:
+            raise malformed("malformed Enum members")
+        if any(type(p) is not list or len(p) != 2 or not _enum_name(p[0]) for p in pairs):
+            raise malformed("malformed Enum member name")
+        members = [(n, decode(v)) for n, v in pairs]
+        if not all(_enum_plain(v, kind) for _, v in members) or len({n for n, _ in members}) < len(members):
+            raise malformed("malformed Enum member value, or a name given twice")
+        enum = value_module("enum")
+        options: dict = {"module": "program", "qualname": name}
+        if flag:
+            options["boundary"] = enum.FlagBoundary(boundary)
+        mixin, _, base = kind.rpartition("+")
+        if mixin:
+            options["type"] = int if mixin == "int" else str
+        cls = _ENUMS[key] = getattr(enum, base)(name, members, **options)
+        while len(_ENUMS) > MAX_ENUM_CLASSES:
+            _ENUMS.popitem(last=False)
+    _ENUMS.move_to_end(key)
+    return cls
 
 
 # -- arguments changed in place --------------------------------------------------------------------------

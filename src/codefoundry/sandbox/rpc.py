@@ -31,6 +31,14 @@ Invalid)`, `raise Invalid`) gets that judge-made class; multiple inheritance is 
 the class's MRO. A name the program binds to AssertionError or one of its bases (`Invalid = Exception`)
 stays a handle: `except Invalid` around the test's own `assert False` would catch the failed assert.
 
+Members of the program's `enum.Enum` classes (IntEnum, StrEnum, Flag, IntFlag, an int or str mixin) cross
+as their class's name, kind, members' names and plain values, and their own name: the judge rebuilds them
+as members of an Enum class of its own, the same class for the same data, which a test naming the
+program's class gets too (`f() is Color.RED`; `==` by the standard Enum rules, never the program's
+`__eq__`; its methods and its own Enum bases do not come along), and one passed back is the program's own
+again. One of more than 256 members, or of values other than scalars and tuples of them, stays what it
+was (a handle; an IntEnum's member, a plain int). See crossing.py.
+
 A call's arguments cross by value, so a function that changes a list, dict, set, bytearray or numpy array
 argument in place changes its own copy: the reply carries the new contents of each such argument that
 changed, and the caller puts them into its own objects (`x = [3, 1]; sort_in_place(x); assert x == [1, 3]`
@@ -38,9 +46,9 @@ works, as in one process, where the program could change `x` too). Inner contain
 changed: a test holding `inner = x[0]` from before the call sees the old one.
 
 Not supported (they stay handles, so `==` with a value the judge made is false, and the test fails):
-instances of other classes (dataclasses, enums, numpy arrays of objects, records, datetime64 or of a
-subclass, compared with values the test builds itself), exception instances returned as values, and a
-test's `isinstance` naming a class of the program that is no exception (the name is a handle there, not
+instances of other classes (dataclasses, numpy arrays of objects, records, datetime64 or of a subclass,
+compared with values the test builds itself), exception instances returned as values, and a test's
+`isinstance` naming a class of the program that is no exception or Enum (the name is a handle there, not
 a class). Two handles of the program's objects compare in the program (`f() == Point(1, 2)` with the
 program's own `Point`, as in one process).
 
@@ -126,6 +134,7 @@ class Channel:
         self._next_id = 1
         self._pending = b""  # read past the last frame (a frame's header and body come in one read)
         self._changed: list = []  # the last call's changed arguments (crossing.changed_arguments)
+        self.enums = crossing.EnumTable(side)  # the Enum classes that crossed in this run
 
     # -- framing ---------------------------------------------------------------------------------
     def _read(self, n: int) -> bytes:
@@ -224,6 +233,9 @@ class Channel:
         if numpy is not None and t is getattr(numpy, "ndarray", None):  # exact: np.matrix stays a handle
             parts = crossing.array_parts(obj, numpy)
             return None if parts is None else {"nd": parts}
+        enum = crossing.enum_value(obj, t, self.enums, self.encode)  # before an IntEnum's plain int
+        if enum is not None:
+            return enum
         fields = crossing.namedtuple_fields(t) if tuple in mro else None
         if fields is None:
             return None
@@ -240,6 +252,8 @@ class Channel:
             return crossing.datetime_value(body, PeerGone)
         if tag == "nd":
             return crossing.array_value(body, PeerGone)
+        if tag == "en" or tag == "ec":
+            return crossing.enum_decoded(tag, body, self.enums, lambda x: self.decode(x, depth + 1), PeerGone)
         typename, fields, items = body  # type: ignore[misc]
         if type(typename) is not str or type(fields) is not list or type(items) is not list:
             raise PeerGone("malformed namedtuple")
@@ -287,7 +301,7 @@ class Channel:
                 return complex(float.fromhex(body[0]), float.fromhex(body[1]))
             if tag == "y" and body in _PLAIN_TYPE_NAMES:
                 return _PLAIN_TYPE_NAMES[body]
-            if tag in ("rg", "q", "m", "dt", "n", "nd"):
+            if tag in ("rg", "q", "m", "dt", "n", "nd", "en", "ec"):
                 return self._decode_value(tag, body, depth)
         except PeerGone:
             raise

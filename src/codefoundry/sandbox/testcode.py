@@ -86,6 +86,9 @@ class _TestScope(dict):
             found = self.channel.request("exists", ["name", name])
         except NameError:
             raise KeyError(name) from None
+        if (found if isinstance(found, type) else type(found)) in self.channel.enums.parts:
+            self.ns[name] = found  # the program's Enum class or member, as the judge made it of its parts
+            return found
         if type(found) is list and len(found) == 2:  # an exception class: the one its errors arrive as
             kind = rpc.crossing.program_exception_class(*found)
             if kind is not None and not _catches_assertion(kind):
