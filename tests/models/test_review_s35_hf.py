@@ -16,22 +16,21 @@ VOCAB = 96
 TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
 
 
-def hf_llama(seed: int = 0, **overrides):
+def _tiny(config_class, model_class, seed: int, overrides: dict):
     torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(
+    cfg = config_class(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.1, **overrides,
     )  # fmt: skip
-    return transformers.LlamaForCausalLM(cfg).eval()
+    return model_class(cfg).eval()
+
+
+def hf_llama(seed: int = 0, **overrides):
+    return _tiny(transformers.LlamaConfig, transformers.LlamaForCausalLM, seed, overrides)
 
 
 def hf_qwen2(seed: int = 0, **overrides):
-    torch.manual_seed(seed)
-    cfg = transformers.Qwen2Config(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.1, **overrides,
-    )  # fmt: skip
-    return transformers.Qwen2ForCausalLM(cfg).eval()
+    return _tiny(transformers.Qwen2Config, transformers.Qwen2ForCausalLM, seed, overrides)
 
 
 def save_tokenizer(out, *, chat_template: str | None) -> None:

@@ -63,6 +63,26 @@ def run(program: str, **kw) -> ExecutionResult:
     return execute(program, **kw)
 
 
+def assert_passes(r: ExecutionResult) -> None:
+    assert r.passed, brief(r)
+
+
+def assert_fails(r: ExecutionResult, error: str = "") -> None:
+    """A judged run failed its tests (not a sandbox error), with `error` in some test's error if given."""
+    assert r.status is Status.FAILED and not r.passed, brief(r)
+    if error:
+        assert any(error in (t.error or "") for t in r.tests), (error, brief(r))
+
+
+# A judged program's own frame writer: `send_raw(body)` puts a frame of its choosing on the channel to the
+# judge (fd 4), past everything the program's side of rpc.py would check.
+SEND_RAW = src("""
+    import os, sys
+    def send_raw(body):
+        os.write(4, len(body).to_bytes(4, 'big') + body)
+""")
+
+
 def assert_contained(r: ExecutionResult, *statuses: Status) -> None:
     """The attack is not scored as a pass, did not break the sandbox, and ended as expected."""
     assert not r.passed, brief(r)
