@@ -83,6 +83,15 @@ SEND_RAW = src("""
 """)
 
 
+def sending(frame: bytes, prelude: str = "") -> str:
+    """A judged program whose `f()` answers the judge with `frame`, then ends at once."""
+    return SEND_RAW + prelude + f"def f():\n    send_raw({frame!r})\n    os._exit(0)\n"
+
+
+# Test code for a forged frame: `f()` must raise (the channel refuses the frame), never return a value.
+MUST_RAISE = "try:\n    f()\nexcept Exception:\n    pass\nelse:\n    raise AssertionError"
+
+
 def assert_contained(r: ExecutionResult, *statuses: Status) -> None:
     """The attack is not scored as a pass, did not break the sandbox, and ended as expected."""
     assert not r.passed, brief(r)

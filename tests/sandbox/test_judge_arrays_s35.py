@@ -3,7 +3,7 @@
 numpy from dtype, shape and bytes. They were handles, whose comparisons with the judge's arrays are false,
 so `(f(x) == expected).all()` failed a correct solution.
 
-The red team's program owns its end of the channel (`SEND_RAW` writes any frame), so every array the judge
+The red team's program owns its end of the channel (`redteam_kit.sending`), so every array the judge
 rebuilds is checked there: each trick must fail (never pass, never `sandbox_error`), and the judge must
 still serve correct verdicts afterwards. Arrays whose behaviour is the program's (subclasses, object
 dtype) stay handles, whose comparisons with the test's values are false.
@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 import pytest
-from redteam_kit import SEND_RAW, assert_fails, assert_passes, brief, src
+from redteam_kit import MUST_RAISE, assert_fails, assert_passes, brief, sending, src
 
 from codefoundry.sandbox import Judge, Limits, Status, crossing, execute, rpc
 
@@ -237,22 +237,21 @@ def _nd(dtype: str, shape: str, data: bytes) -> bytes:
          "bad-hex", "data-not-text"],
 )  # fmt: skip
 def test_a_forged_array_is_never_a_value_nor_an_error_the_test_expects(frame):
-    program = SEND_RAW + f"import numpy\ndef f():\n    send_raw({frame!r})\n    os._exit(0)\n"
-    test = "try:\n    f()\nexcept Exception:\n    pass\nelse:\n    raise AssertionError"
-    assert_fails(judged(program, test), "program stopped answering")
+    program = sending(frame, prelude="import numpy\n")
+    assert_fails(judged(program, MUST_RAISE), "program stopped answering")
 
 
 def test_a_frame_full_of_tiny_arrays_is_decoded_and_fails():
     # ~300,000 arrays in a 15 MB frame: each rebuilt at a few microseconds, none held by the sender.
     body = '["r", {"l": [' + ",".join(['{"nd":["<i8",[1],"0100000000000000"]}'] * 300_000) + "]}]"
-    program = SEND_RAW + f"def f():\n    send_raw({body.encode()!r})\n    os._exit(0)\n"
+    program = sending(body.encode())
     assert_fails(judged(program, "assert len(f()) == 1"), "AssertionError")
     assert_judge_still_judges()
 
 
 def test_bool_bytes_other_than_0_and_1_arrive_as_true():
     # A byte of 2 in a bool array compared unequal to True in numpy's own loops.
-    program = SEND_RAW + f"def f():\n    send_raw({_nd('|b1', '[3]', bytes([0, 1, 2]))!r})\n    os._exit(0)\n"
+    program = sending(_nd("|b1", "[3]", bytes([0, 1, 2])))
     test = NP + "a = f()\nassert a.view(np.uint8).tolist() == [0, 1, 1] and (a == [False, True, True]).all()"
     assert_passes(judged(program, test))
 

@@ -5,7 +5,7 @@ for the same data, which a test naming the program's class gets too. They were h
 Color.RED` failed a correct solution, and `f() == Color.RED` compared two of the program's objects in the
 program, where an `__eq__` of its own said yes to a wrong answer.
 
-The red team's program owns its end of the channel (`SEND_RAW` writes any frame), so every class and member the
+The red team's program owns its end of the channel (`redteam_kit.sending`), so every class and member the
 judge rebuilds is checked there: each trick must fail (never pass, never `sandbox_error`), and the judge
 must still serve correct verdicts afterwards.
 """
@@ -17,7 +17,7 @@ import json
 import os
 
 import pytest
-from redteam_kit import SEND_RAW, assert_fails, assert_passes, brief, src
+from redteam_kit import MUST_RAISE, assert_fails, assert_passes, brief, sending, src
 
 from codefoundry.sandbox import Judge, Limits, Status, crossing, execute, rpc
 
@@ -308,9 +308,8 @@ def _frame(tag: str, body: object) -> bytes:
          "five-parts", "class-dict"],
 )  # fmt: skip
 def test_a_forged_enum_is_never_a_value_nor_an_error_the_test_expects(frame):
-    program = SEND_RAW + f"def f():\n    send_raw({frame!r})\n    os._exit(0)\n"
-    test = "try:\n    f()\nexcept Exception:\n    pass\nelse:\n    raise AssertionError"
-    assert_fails(judged(program, test), "program stopped answering")
+    program = sending(frame)
+    assert_fails(judged(program, MUST_RAISE), "program stopped answering")
 
 
 def test_more_forged_classes_than_a_run_takes_end_the_run():
@@ -318,7 +317,7 @@ def test_more_forged_classes_than_a_run_takes_end_the_run():
     # MAX_RUN_ENUMS, and later runs are served normally.
     members = [{"en": [_parts(name=f"C{i}"), "RED"]} for i in range(2000)]
     frame = json.dumps(["r", {"l": members}]).encode()
-    program = SEND_RAW + f"def f():\n    send_raw({frame!r})\n    os._exit(0)\n"
+    program = sending(frame)
     assert_fails(judged(program, "f()"), f"more than {MAX_RUN_ENUMS} Enum classes")
     assert_judge_still_judges()
 
