@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from codefoundry.sandbox.checks import check_language, check_limits, check_program, check_rlimits
 from codefoundry.sandbox.result import ExecutionResult, Judge, Limits, Status
-from codefoundry.sandbox.worker import Worker, WorkerDied
+from codefoundry.sandbox.worker import Worker, WorkerDied, close_workers
 
 
 class Interrupted(KeyboardInterrupt):
@@ -177,8 +177,7 @@ class Pool:
         with self._lock:
             self._closed = True
             workers, self._all = self._all, []
-        for worker in workers:
-            worker.close()
+        close_workers(workers)  # together: each worker's waits are not paid in turn
         self._idle = queue.SimpleQueue()
 
 

@@ -25,6 +25,11 @@ CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUSER = 0x20000000, 0x40000000, 0x10000000
 CLONE_PARENT = 0x00008000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MS_NOSYMFOLLOW, MS_NOATIME, MS_NODIRATIME, MS_RELATIME, MS_STRICTATIME = 256, 1024, 2048, 1 << 21, 1 << 24
+# A mount's own options (mountinfo's sixth field) a read-only remount keeps: in a user namespace the kernel
+# refuses (EPERM) one that drops a locked noexec or changes the locked atime mode; nosymfollow is the host's.
+KEPT_OPTIONS = {"noexec": MS_NOEXEC, "noatime": MS_NOATIME, "nodiratime": MS_NODIRATIME}
+KEPT_OPTIONS |= {"relatime": MS_RELATIME, "nosymfollow": MS_NOSYMFOLLOW}
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
 PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
@@ -392,22 +397,33 @@ def _expose(path: str) -> None:
     if os.path.isdir(path):
         os.makedirs(inside, exist_ok=True)
         mount(path, inside, None, MS_BIND | MS_REC)
-        mount("none", inside, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
         _read_only_below(inside)
 
 
 def _read_only_below(top: str) -> None:
-    """Every mount under `top` read-only, nosuid and nodev too. A remount changes one mount, and a host
-    mount under a bound directory (a volume under /opt, Docker's /etc/hosts) kept its own flags: writable,
-    and a program wrote to the host through it. Flags the host may have locked on a mount (in a user
-    namespace the kernel refuses a remount that drops noexec or an atime flag) are kept."""
+    """`top` and every mount under it read-only, nosuid and nodev too. A remount changes one mount, and a
+    host mount under a bound directory (a volume under /opt, Docker's /etc/hosts) kept its own flags:
+    writable, and a program wrote to the host through it. The options a remount could lose are kept as
+    each mount has them (`KEPT_OPTIONS`): a host mount under a bound directory with strictatime and
+    nodiratime, remounted relatime, stopped the worker from starting at the user_namespace level."""
+    for point, options in _mount_options().items():
+        if point == top or point.startswith(top + "/"):
+            mount("none", point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | options)
+
+
+def _mount_options() -> dict[str, int]:
+    """{mount point: the MS_ flags of `KEPT_OPTIONS` it has, MS_STRICTATIME where neither relatime nor
+    noatime (statvfs shows none)}, of the topmost mount on each point (mountinfo lists it last)."""
+    found = {}
     with open("/proc/self/mountinfo", "rb") as f:
-        points = [os.fsdecode(_unescape(line.split()[4])) for line in f]
-    for point in points:
-        if point.startswith(top + "/"):
-            # statvfs's ST_NOEXEC, ST_NOATIME and ST_NODIRATIME are the MS_ flags of the same names
-            kept = os.statvfs(point).f_flag & (os.ST_NOEXEC | os.ST_NOATIME | os.ST_NODIRATIME)
-            mount("none", point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | kept)
+        for line in f:
+            fields = line.split()
+            options = set(fields[5].decode().split(","))
+            flags = sum(flag for name, flag in KEPT_OPTIONS.items() if name in options)
+            if not options & {"relatime", "noatime"}:
+                flags |= MS_STRICTATIME
+            found[os.fsdecode(_unescape(fields[4]))] = flags
+    return found
 
 
 def _unescape(field: bytes) -> bytes:

@@ -106,13 +106,15 @@ class _TestScope(dict):
         """The judge's own standard-library object for a name the program bound to one (tests that use
         `math.isclose` relying on the solution's `import math`), or None: the program's object would be
         its to patch (`math.isclose = lambda *a: True`). A module is imported by the name the test wrote
-        (numpy by the name the program reports, `_numpy`); anything else by the `__module__` and
+        (numpy and its public submodules by the name the program reports, `_numpy`); an object of numpy
+        by the judge's own numpy (`_numpy_object`); anything else by the `__module__` and
         `__qualname__` the program reports, among modules the judge has loaded already and those whose
         values cross by value (`Fraction`, `Decimal`: a test relying on the solution's `from fractions
         import Fraction` builds its expected values with the judge's own).
         A lie can only get the test a genuine object of a module of pure computation (`PURE_MODULES`; a
-        class of `builtins`), reached through public names of classes: never os.abort, time.sleep or
-        sys.exit, which a test's `Solution()` would run in the judge."""
+        class of `builtins`), reached through public names of classes, or numpy's public object of the
+        very name the test wrote: never os.abort, time.sleep or sys.exit, which a test's `Solution()`
+        would run in the judge."""
         top = sys.stdlib_module_names
         if name in top:
             try:
@@ -131,6 +133,8 @@ class _TestScope(dict):
             return None
         if type(module) is not str or type(qualname) is not str:
             return None
+        if module.partition(".")[0] == "numpy":
+            return _numpy_object(module, qualname) if qualname == name else None
         parts = qualname.split(".")
         if module.partition(".")[0] not in PURE_MODULES or any(part.startswith("_") for part in parts):
             return None
@@ -146,14 +150,51 @@ class _TestScope(dict):
         return obj
 
     def _numpy(self, name: str) -> object | None:
-        """The judge's own numpy for the program's module of that name (`np.array_equal(f(x), expected)`
-        relying on the solution's `import numpy as np`: the program's `np` would be its to patch). A lie
-        gets the test a genuine numpy, which it uses with its own arguments only."""
+        """The judge's own numpy, or public numpy submodule, for the program's module of that name
+        (`np.array_equal(f(x), expected)` relying on the solution's `import numpy as np`, `npt.assert_allclose`
+        on its `import numpy.testing as npt`: the program's module would be its to patch). A lie gets the
+        test a genuine numpy module, which it uses with its own arguments only."""
         try:
             real = self.channel.request("getattr", ["name", name], "__name__")
         except Exception:
             return None
-        return rpc.crossing.numpy_module() if type(real) is str and real == "numpy" else None
+        if type(real) is not str or real.partition(".")[0] != "numpy":
+            return None
+        module = _numpy_public(real)
+        return module if isinstance(module, types.ModuleType) and module.__name__ == real else None
+
+
+def _numpy_public(dotted: str) -> object | None:
+    """The judge's own numpy module for a dotted name `numpy[.sub...]`, reached by its public attributes
+    (numpy imports its public submodules on first use) and never by importing a name the program gave: a
+    lie could name `numpy.f2py.__main__`, whose import runs f2py. None unless every step is a module."""
+    obj = rpc.crossing.numpy_module()
+    for part in dotted.split(".")[1:]:
+        if not isinstance(obj, types.ModuleType) or not part.isidentifier() or part.startswith("_"):
+            return None
+        obj = getattr(obj, part, None)
+    return obj if isinstance(obj, types.ModuleType) else None
+
+
+def _numpy_object(module: str, qualname: str) -> object | None:
+    """The judge's own numpy object for a name the program bound to numpy's `module`.`qualname` (`from numpy
+    import array_equal`, `from numpy.testing import assert_allclose`: the program's function would be its
+    to patch), or None. The caller asks that the test's name be the object's own, so a lie gets the test
+    only the genuine numpy object of the name the test wrote (never `save` for its `Solution`). It is found
+    in the public namespace above `module` (assert_allclose's is numpy.testing._private.utils: found in
+    numpy.testing) and must be the object of that module and qualified name."""
+    public = module.split(".")
+    for i, part in enumerate(public):
+        if part.startswith("_"):
+            public = public[:i]
+            break
+    namespace = _numpy_public(".".join(public))
+    if namespace is None or not qualname.isidentifier() or qualname.startswith("_"):
+        return None
+    obj = getattr(namespace, qualname, None)
+    if isinstance(obj, types.ModuleType) or getattr(obj, "__module__", None) != module:
+        return None
+    return obj if getattr(obj, "__qualname__", None) == qualname else None
 
 
 def _catches_assertion(kinds: object) -> bool:

@@ -13,6 +13,7 @@ import os
 import secrets
 import select
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -86,8 +87,31 @@ class Worker:
     """A zygote process and the two pipes to it. Not thread-safe: one run at a time."""
 
     def __init__(self, extra_readonly: tuple[str, ...] = (), *, cpu: int | None = None) -> None:
-        req_r, req_w = os.pipe()
-        resp_r, resp_w = os.pipe()
+        self.proc: subprocess.Popen | None = None
+        self._req = self._resp = self._req_r = self._resp_w = -1  # the zygote's ends: _req_r, _resp_w
+        self._killed = False
+        self.cgroups: list[str] = []
+        self.scratch: str | None = None
+        try:
+            self._spawn()
+            self._start(extra_readonly, cpu)
+        except BaseException:
+            # Whatever ended the start (a failure, a timeout, a Ctrl-C landing anywhere in it) ends what it
+            # had started: the zygote killed and reaped (with it what it started: their death signal), its
+            # pipes closed, the cgroups it reported removed (one made but not yet reported is swept by the
+            # next worker's `cgroup.create`). Each failed start used to leave two fds and a zombie, and a
+            # Ctrl-C right after the zygote started left it waiting, its pipes held open here, for a hello.
+            if self.proc is not None:
+                self.proc.kill()
+            self.close()
+            raise
+
+    def _spawn(self) -> None:
+        """Start the zygote on two new pipes, each end held by an attribute from the start, so that a start
+        cut short anywhere (`__init__`) closes them all, and the zygote reads the end of its requests."""
+        self._req_r, self._req = os.pipe()
+        self._resp, self._resp_w = os.pipe()
+        req_r, resp_w = self._req_r, self._resp_w
         # LD_BIND_NOW: the dynamic linker resolves every symbol at start-up, in the zygote, rather than at
         # first call, which each run's process did again for itself (a copied page of the symbol table each).
         # ONE_THREAD: the judge and parse helper inherit this environment, under process limits of their own.
@@ -105,24 +129,8 @@ class Worker:
                 stderr=None if debug else subprocess.DEVNULL,
                 close_fds=True,
             )
-        except BaseException:
-            os.close(req_w)
-            os.close(resp_r)
-            raise
         finally:
-            os.close(req_r)
-            os.close(resp_w)
-        self._req, self._resp = req_w, resp_r
-        self._killed = False
-        self.cgroups: list[str] = []
-        self.scratch: str | None = None
-        try:
-            self._start(extra_readonly, cpu)
-        except BaseException:
-            # Killed and reaped, its pipes closed: each failed start used to leave two fds and a zombie.
-            self.proc.kill()
-            self.close()
-            raise
+            self._close_fds("_req_r", "_resp_w")
 
     def _start(self, extra_readonly: tuple[str, ...], cpu: int | None) -> None:
         """Pin the zygote to `cpu`, send it its hello, and read back its isolation level."""
@@ -219,44 +227,110 @@ class Worker:
     def forget(self) -> None:
         """In a forked child: close this process's copies of the pipes, and nothing else (the zygote, its
         cgroups and scratch directory are the parent's)."""
-        for fd in (self._req, self._resp):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._close_pipes()
         self.cgroups, self.scratch = [], None
         self.proc.returncode = -1  # not our child: never waited for here, nor killed
 
     def close(self) -> None:
-        for fd in (self._req, self._resp):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        for path in self.cgroups:
-            _remove_cgroup(path)
-        if self.scratch:
-            shutil.rmtree(self.scratch, ignore_errors=True)
+        close_workers([self])
+
+    def _close_pipes(self) -> None:
+        """Close this process's ends of the pipes, once: the zygote reads the end of its requests and exits."""
+        self._close_fds("_req", "_resp", "_req_r", "_resp_w")
+
+    def _close_fds(self, *names: str) -> None:
+        for name in names:
+            fd = getattr(self, name)
+            setattr(self, name, -1)  # first: an fd closed twice could by then be another thread's file
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
 
-def _remove_cgroup(path: str, patience: float = 2.0) -> None:
-    """Remove a cgroup the worker made, empty once the worker is gone, though not at once where it was
-    killed (`kill`): its processes were still leaving, the removal failed (EBUSY) and the directory stayed
-    behind for good, in the caller's delegated cgroup too, which then could not be removed."""
+def close_workers(workers: list[Worker], patience: float = 5.0) -> None:
+    """Close `workers` together: each zygote is told to end before any is waited for (`patience` seconds
+    for all, then killed), and their cgroups are removed with one deadline for all (`remove_cgroups`). Closed
+    one after another, a pool's shutdown paid each worker's waits in turn."""
+    for worker in workers:
+        worker._close_pipes()
     deadline = time.monotonic() + patience
-    while True:
+    for worker in workers:
+        if worker.proc is None:  # its start was cut short before the zygote existed
+            continue
         try:
-            os.rmdir(path)
+            worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            worker.proc.kill()
+            worker.proc.wait()
+    remove_cgroups([path for worker in workers for path in worker.cgroups])
+    for worker in workers:
+        if worker.scratch:
+            shutil.rmtree(worker.scratch, ignore_errors=True)
+
+
+def remove_cgroups(paths: list[str], patience: float = 2.0) -> None:
+    """Remove cgroups the workers made, empty once their workers are gone, though not at once where one was
+    killed (`kill`): its processes were still leaving, the removal failed (EBUSY), and the directory stayed
+    behind for good, in the caller's delegated cgroup too, which then could not be removed. What is still
+    in one is killed (`_kill_cgroup`), then all are waited for together, `patience` seconds in all: waited
+    for one by one, each busy cgroup cost its own 2 s."""
+    busy = [path for path in paths if _busy(path)]
+    deadline = time.monotonic() + patience
+    while busy:
+        for path in busy:
+            _kill_cgroup(path)
+        if time.monotonic() > deadline:
             return
-        except OSError as e:
-            if e.errno != errno.EBUSY or time.monotonic() > deadline:
-                return
         time.sleep(0.01)
+        busy = [path for path in busy if _busy(path)]
+
+
+def _busy(path: str) -> bool:
+    """Remove the cgroup at `path`: False once it is gone (or cannot be removed for any reason but that it
+    still holds processes), True while it holds some (EBUSY)."""
+    try:
+        os.rmdir(path)
+    except OSError as e:
+        return e.errno == errno.EBUSY
+    return False
+
+
+def _kill_cgroup(path: str) -> None:
+    """SIGKILL every process in the cgroup: at once through cgroup.kill (cgroup v2, Linux 5.14), else each
+    process cgroup.procs lists, through a pidfd taken while it was listed (a pid listed again after its pidfd
+    was opened is that process's, not a later one's; one gone meanwhile is not signalled)."""
+    try:
+        with open(os.path.join(path, "cgroup.kill"), "w") as f:
+            f.write("1")
+        return
+    except OSError:
+        pass  # cgroup v1, or an older kernel
+    pidfds = {}
+    try:
+        for pid in _listed(path):
+            try:
+                pidfds[pid] = os.pidfd_open(pid)
+            except OSError:
+                pass  # gone already
+        still = _listed(path)
+        for pid, fd in pidfds.items():
+            if pid in still:
+                try:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                except OSError:
+                    pass
+    except OSError:
+        pass  # the cgroup is gone, or not ours to read
+    finally:
+        for fd in pidfds.values():
+            os.close(fd)
+
+
+def _listed(path: str) -> set[int]:
+    with open(os.path.join(path, "cgroup.procs")) as f:
+        return {int(line) for line in f if line.strip()}
 
 
 def _hex(data: str | bytes | None) -> str:
