@@ -151,9 +151,9 @@ class _TestScope(dict):
 
     def _numpy(self, name: str) -> object | None:
         """The judge's own numpy, or public numpy submodule, for the program's module of that name
-        (`np.array_equal(f(x), expected)` relying on the solution's `import numpy as np`, `npt.assert_allclose`
-        on its `import numpy.testing as npt`: the program's module would be its to patch). A lie gets the
-        test a genuine numpy module, which it uses with its own arguments only."""
+        (`np.array_equal(f(x), expected)` relying on the solution's `import numpy as np`,
+        `npt.assert_allclose` on its `import numpy.testing as npt`: the program's module would be its to
+        patch). A lie gets the test a genuine numpy module, which it uses with its own arguments only."""
         try:
             real = self.channel.request("getattr", ["name", name], "__name__")
         except Exception:

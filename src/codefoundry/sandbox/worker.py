@@ -235,7 +235,8 @@ class Worker:
         close_workers([self])
 
     def _close_pipes(self) -> None:
-        """Close this process's ends of the pipes, once: the zygote reads the end of its requests and exits."""
+        """Close this process's ends of the pipes, once: the zygote reads the end of its requests, and
+        exits."""
         self._close_fds("_req", "_resp", "_req_r", "_resp_w")
 
     def _close_fds(self, *names: str) -> None:
