@@ -294,6 +294,7 @@ def test_import_config_json_with_rope_parameters_not_an_object(built, tmp_path, 
 
 def test_import_index_without_a_weight_map_object(built, tmp_path, capsys):
     src = copy(built, tmp_path, "hf")
+    (src / hf.WEIGHTS).unlink()  # beside model.safetensors the index is not read (transformers' order)
     (src / hf.INDEX).write_text('{"weight_map": 3}')
     args = ("import", "hf", src, tmp_path / "out")
     refused(capsys, "import", src / hf.INDEX, "no weight_map", *args)

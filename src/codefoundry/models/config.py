@@ -47,8 +47,10 @@ class ModelConfig:
     ffn_dim: int = 0  # SwiGLU hidden width; 0 = 8/3 * dim rounded up to a multiple of 64
     max_seq_len: int = 1024
     rope_theta: float = 10000.0
-    # None = plain RoPE; else {"rope_type": "linear", "factor"} or Llama 3's {"rope_type": "llama3",
-    # "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}. Out of the
+    # None = plain RoPE; else {"rope_type": "linear", "factor"}, Llama 3's {"rope_type": "llama3",
+    # "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"} or YaRN's
+    # {"rope_type": "yarn", "factor", "original_max_position_embeddings", "beta_fast", "beta_slow",
+    # "attention_factor", "truncate"} (the last four optional; see ROPE_SCALING_DEFAULTS). Out of the
     # hash (a dict has none, which made a scaled config unhashable) but in ==, so equal configs hash alike.
     rope_scaling: dict[str, Any] | None = field(default=None, hash=False)
     norm_eps: float = 1e-5
@@ -155,43 +157,79 @@ def _check_ranges(cfg: Any, prefix: str, *, positive: tuple[str, ...], non_negat
             raise ValueError(f"{prefix}{name} must be >= {low}, got {value!r}")
 
 
-# The keys each RoPE scaling type takes beside rope_type (transformers' names, so configs map one to one).
+# The keys each RoPE scaling type needs beside rope_type (transformers' names, so configs map one to one).
 ROPE_SCALING_KEYS: dict[str, tuple[str, ...]] = {
     "linear": ("factor",),
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    "yarn": ("factor", "original_max_position_embeddings"),
+}
+# The keys a type may leave out, with transformers' defaults; a checked config holds them all, so that it
+# states its tables in full (attention_factor None: derived from factor, see `yarn_attention_factor`).
+ROPE_SCALING_DEFAULTS: dict[str, dict[str, Any]] = {
+    "yarn": {"beta_fast": 32.0, "beta_slow": 1.0, "attention_factor": None, "truncate": True},
 }
 
 
+def yarn_attention_factor(
+    factor: float, mscale: float | None = None, mscale_all_dim: float | None = None
+) -> float:
+    """YaRN's scale of cos and sin (so of the attention logits, squared), as transformers derives it when
+    the config gives none: 0.1 * ln(factor) + 1, or DeepSeek's ratio of two such terms, each with its own
+    multiplier of ln(factor), when both `mscale` and `mscale_all_dim` are set (and non-zero)."""
+
+    def mscale_of(m: float) -> float:
+        return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
+
+    if mscale and mscale_all_dim:
+        return mscale_of(mscale) / mscale_of(mscale_all_dim)
+    return mscale_of(1.0)
+
+
 def _checked_rope_scaling(rs: Any) -> dict[str, Any]:
-    """A copy of `rs` with its numbers as floats (the length as an int); a one-line ValueError naming the
-    key otherwise. Checked here, not at use: a zero or NaN factor made NaN rotary tables, so NaN logits."""
+    """A copy of `rs` with its numbers as floats (the length as an int) and every optional key filled in;
+    a one-line ValueError naming the key otherwise. Checked here, not at use: a zero or NaN factor made NaN
+    rotary tables, so NaN logits."""
     if not isinstance(rs, dict):
         raise ValueError(f"rope_scaling must be an object or null, got {rs!r}")
     kind = rs.get("rope_type")
     if not isinstance(kind, str) or kind not in ROPE_SCALING_KEYS:
         known = ", ".join(ROPE_SCALING_KEYS)
         raise ValueError(f"rope_scaling.rope_type must be one of {known}, got {kind!r}")
-    keys = ROPE_SCALING_KEYS[kind]
-    unknown = sorted(set(rs) - {"rope_type", *keys})
+    keys, defaults = ROPE_SCALING_KEYS[kind], ROPE_SCALING_DEFAULTS.get(kind, {})
+    unknown = sorted(set(rs) - {"rope_type", *keys, *defaults})
     if unknown:
         raise ValueError(f"rope_scaling ({kind}) has unknown keys: {', '.join(map(str, unknown))}")
     out: dict[str, Any] = {"rope_type": kind}
     for key in keys:
         if key not in rs:
             raise ValueError(f"rope_scaling.{key} is missing (rope_type {kind!r} needs it)")
-        value = rs[key]
-        if key == "original_max_position_embeddings":
-            if type(value) is not int or value < 1:
-                raise ValueError(f"rope_scaling.{key} must be a positive integer, got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-            raise ValueError(f"rope_scaling.{key} must be a number > 0, got {value!r}")
-        out[key] = value if key == "original_max_position_embeddings" else float(value)
+        out[key] = _rope_value(key, rs[key])
+    for key, default in defaults.items():
+        out[key] = _rope_value(key, rs[key]) if key in rs else default
     if kind == "llama3" and not out["low_freq_factor"] < out["high_freq_factor"]:
         raise ValueError(
             f"rope_scaling.low_freq_factor={out['low_freq_factor']} must be below "
             f"high_freq_factor={out['high_freq_factor']}"
         )
+    if kind == "yarn" and out["attention_factor"] is None:
+        out["attention_factor"] = yarn_attention_factor(out["factor"])
     return out
+
+
+def _rope_value(key: str, value: Any) -> Any:
+    """One checked value of `rope_scaling`: the length a positive int, `truncate` a bool, the rest numbers
+    above 0 (as floats)."""
+    if key == "original_max_position_embeddings":
+        if type(value) is not int or value < 1:
+            raise ValueError(f"rope_scaling.{key} must be a positive integer, got {value!r}")
+        return value
+    if key == "truncate":
+        if not isinstance(value, bool):
+            raise ValueError(f"rope_scaling.{key} must be true or false, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ValueError(f"rope_scaling.{key} must be a number > 0, got {value!r}")
+    return float(value)
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -1,12 +1,15 @@
 """Hugging Face import: Llama / Qwen2 / Qwen2-MoE / Mixtral checkpoints into our `Transformer`, with the
 same logits (the export is `hf.py`).
 
-Import reads config.json and safetensors weights (one file or shards with model.safetensors.index.json)
-without transformers, or takes a loaded transformers model. It refuses, naming the config field, what our
-`Transformer` cannot compute exactly: RoPE scaling other than linear and Llama 3.1's (yarn, dynamic,
-longrope), an active sliding window, biases beyond Q/K/V, a non-SiLU MLP, and dense layers inside a
-Qwen2-MoE. All-zero Q/K/V biases and all-zero shared experts are dropped; all-zero shared-expert gates
-(sigmoid(0) = 0.5 for every token) are folded into the shared expert's down projection. An explicit
+Import reads config.json and safetensors weights (model.safetensors, else the shards its
+model.safetensors.index.json names: transformers' order) without transformers, or takes a loaded
+transformers model. A SentencePiece tokenizer.model without a tokenizer.json is converted through
+transformers (which needs sentencepiece), or the import fails saying so. It refuses, naming the config
+field, what our `Transformer` cannot compute exactly: RoPE scaling other than linear, Llama 3.1's and
+YaRN (dynamic NTK, which follows the running length, and longrope), an active sliding window, biases
+beyond Q/K/V, a non-SiLU MLP, and dense layers inside a Qwen2-MoE. All-zero Q/K/V biases and all-zero
+shared experts are dropped; all-zero shared-expert gates (sigmoid(0) = 0.5 for every token) are folded
+into the shared expert's down projection. An explicit
 head_dim (Mistral-NeMo's 32 heads of 128 over 5120) is kept as ours.
 Weights stored in several dtypes are loaded in one (the config's, as transformers does).
 """
@@ -14,6 +17,7 @@ Weights stored in several dtypes are loaded in one (the config's, as transformer
 from __future__ import annotations
 
 import re
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,7 @@ from typing import Any
 import torch
 
 from codefoundry.models import checkpoint
-from codefoundry.models.config import ROPE_SCALING_KEYS, ModelConfig, MoEConfig
+from codefoundry.models.config import ROPE_SCALING_KEYS, ModelConfig, MoEConfig, yarn_attention_factor
 from codefoundry.models.hf import INDEX, MODEL_TYPES, WEIGHTS, read_json_object
 from codefoundry.models.transformer import Transformer
 from codefoundry.paths import output_dir
@@ -38,7 +42,8 @@ def import_hf(
 ) -> Transformer:
     """Our `Transformer` (eval mode) computing what the HF Llama / Qwen2 / Qwen2-MoE / Mixtral model
     `src` computes; `src` is a checkpoint directory or a loaded transformers model. With `out` the
-    result is also saved there as a codefoundry checkpoint, with `src`'s tokenizer files when present.
+    result is also saved there as a codefoundry checkpoint, with `src`'s tokenizer files when present (a
+    SentencePiece tokenizer.model alone is converted to a tokenizer.json; see `_tokenizer_dir`).
 
     `max_seq_len` overrides max_position_embeddings (the size of our rotary tables).
     """
@@ -47,22 +52,62 @@ def import_hf(
     hf, sd, where, tok_dir = _read_source(src)
     cfg = config_from_hf(hf, where=where, max_seq_len=max_seq_len)
     dtype = dtype or _mixed_dtype(hf, sd)
-    if out is not None:
-        _check_import_dir(Path(out))  # before the conversion and its memory: a bad path fails at once
+    if out is None:
+        return _converted(sd, hf, cfg, where, dtype)
+    _check_import_dir(Path(out))  # before the conversion and its memory: a bad path fails at once
+    with tempfile.TemporaryDirectory(prefix="cf-import-") as tmp:
+        tokenizer = _tokenizer_dir(tok_dir, Path(tmp))  # likewise before: an unreadable one fails at once
+        model = _converted(sd, hf, cfg, where, dtype)
+        if tokenizer is None:  # an earlier import's tokenizer would pass for this model's
+            for name in checkpoint.ALL_TOKENIZER_FILES:
+                (Path(out) / name).unlink(missing_ok=True)
+        checkpoint.save(model, out, tokenizer=tokenizer)
+    return model
+
+
+def _converted(
+    sd: dict[str, torch.Tensor], hf: dict[str, Any], cfg: ModelConfig, where: str, dtype: torch.dtype | None
+) -> Transformer:
     state, cfg = _state_from_hf(sd, hf, cfg, where=where)
     with torch.device("meta"):
         model = Transformer(cfg)
     checkpoint.load_state(model, state, where=where)
     if dtype is not None:
         model.to(dtype)
-    model.eval()
-    if out is not None:
-        has_tok = tok_dir is not None and (tok_dir / "tokenizer.json").is_file()
-        if not has_tok:  # an earlier import's tokenizer would pass for this model's
-            for name in checkpoint.ALL_TOKENIZER_FILES:
-                (Path(out) / name).unlink(missing_ok=True)
-        checkpoint.save(model, out, tokenizer=tok_dir if has_tok else None)
-    return model
+    return model.eval()
+
+
+def _tokenizer_dir(src: Path | None, tmp: Path) -> Path | None:
+    """The directory whose tokenizer files the checkpoint gets: `src` when it has a tokenizer.json; else,
+    when it has a SentencePiece tokenizer.model only (Llama 2, Mistral), `tmp` holding transformers'
+    conversion of it (what AutoTokenizer loads from `src`), since a model imported without its tokenizer
+    cannot be used; a one-line ValueError naming the file when that conversion fails."""
+    if src is None or (src / "tokenizer.json").is_file():
+        return src
+    spm = src / "tokenizer.model"
+    if not spm.is_file():
+        return None
+    try:
+        import transformers
+
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # its notes on each fallback run to several lines
+        try:
+            tok = transformers.AutoTokenizer.from_pretrained(str(src))
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+        if not getattr(tok, "is_fast", False):
+            raise ValueError(f"it gave a {type(tok).__name__}, which has no tokenizer.json")
+        tok.save_pretrained(str(tmp))
+        if not (tmp / "tokenizer.json").is_file():
+            raise ValueError("its save wrote no tokenizer.json")
+    except Exception as e:  # anything transformers raises here (ImportError, ValueError, a protobuf error)
+        why = next(iter(str(e).strip().splitlines()), "") or type(e).__name__
+        raise ValueError(
+            f"{spm}: no tokenizer.json beside it and transformers could not convert it ({why}); install "
+            "sentencepiece and protobuf (pip install sentencepiece protobuf) or save a tokenizer.json there"
+        ) from None
+    return tmp
 
 
 def _mixed_dtype(hf: dict[str, Any], sd: dict[str, torch.Tensor]) -> torch.dtype | None:
@@ -110,13 +155,15 @@ def _read_source(src: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], str
     if not (path / "config.json").is_file():
         raise ValueError(f"{path}: no config.json (not a Hugging Face checkpoint directory)")
     hf = read_json_object(path / "config.json")
-    if (path / INDEX).is_file():
+    # The single file first, as transformers' from_pretrained reads them: with both, the index (a stale
+    # one from an earlier sharded save, say) is not what transformers would load.
+    if (path / WEIGHTS).is_file():
+        files = [WEIGHTS]
+    elif (path / INDEX).is_file():
         weight_map = read_json_object(path / INDEX).get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
             raise ValueError(f"{path / INDEX}: no weight_map from tensor names to file names")
         files = sorted(set(weight_map.values()))
-    elif (path / WEIGHTS).is_file():
-        files = [WEIGHTS]
     else:
         raise ValueError(f"{path}: no {WEIGHTS} or {INDEX} (only safetensors weights are read)")
     sd: dict[str, torch.Tensor] = {}
@@ -177,7 +224,9 @@ def _config_from_hf(hf: dict[str, Any], model_type: str, where: str, max_seq_len
         ffn_dim=hf["intermediate_size"],
         max_seq_len=max_seq_len or hf.get("max_position_embeddings", default["max_position_embeddings"]),
         rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", default["rope_theta"]))),
-        rope_scaling=_rope_scaling_from_hf(hf),
+        rope_scaling=_rope_scaling_from_hf(
+            hf, hf.get("max_position_embeddings", default["max_position_embeddings"])
+        ),
         norm_eps=hf.get("rms_norm_eps", default["rms_norm_eps"]),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         # Qwen2 always has Q/K/V biases, Qwen2-MoE has them unless qkv_bias=false (transformers 5)
@@ -188,15 +237,37 @@ def _config_from_hf(hf: dict[str, Any], model_type: str, where: str, max_seq_len
     )
 
 
-def _rope_scaling_from_hf(hf: dict[str, Any]) -> dict[str, Any] | None:
+def _rope_scaling_from_hf(hf: dict[str, Any], max_positions: int) -> dict[str, Any] | None:
     """Our `rope_scaling` for the HF config's (`_check_representable` has let through only what we
-    compute, with every key its type needs); ModelConfig checks the values."""
+    compute, with every key its type needs); ModelConfig checks the values. `max_positions`: the HF
+    config's max_position_embeddings (not the max_seq_len asked for), which YaRN falls back to."""
     # transformers 5 reads rope_scaling over rope_parameters; 4.x reads only rope_scaling
     rope = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
     kind = _rope_type(rope)
     if kind == "default":
         return None
+    if kind == "yarn":
+        return _yarn_from_hf(hf, rope, max_positions)
     return {"rope_type": kind, **{k: rope[k] for k in ROPE_SCALING_KEYS[kind]}}
+
+
+def _yarn_from_hf(hf: dict[str, Any], rope: dict[str, Any], max_positions: int) -> dict[str, Any]:
+    """YaRN's keys as transformers 5 resolves them (`_compute_yarn_parameters`, `standardize_rope_params`):
+    a top-level original_max_position_embeddings (Phi-3's place) over the scaling's own, else the config's
+    max_position_embeddings; a null factor is their ratio; a missing, null or zero beta takes its default;
+    attention_factor, when not given, derives from factor, mscale and mscale_all_dim (DeepSeek's); a null
+    truncate is false (transformers tests its truth)."""
+    original = hf.get("original_max_position_embeddings") or rope.get("original_max_position_embeddings")
+    original = original or max_positions
+    factor = rope["factor"] if rope["factor"] is not None else max_positions / original
+    out = {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original}
+    out.update({k: rope[k] for k in ("beta_fast", "beta_slow") if rope.get(k)})
+    attention = rope.get("attention_factor")
+    if attention is None and isinstance(factor, int | float) and not isinstance(factor, bool) and factor > 0:
+        attention = yarn_attention_factor(factor, rope.get("mscale"), rope.get("mscale_all_dim"))
+    out["attention_factor"] = attention
+    out["truncate"] = bool(rope.get("truncate", True))
+    return out
 
 
 def _rope_type(rope: dict[str, Any]) -> Any:
@@ -241,9 +312,13 @@ def _check_representable(hf: dict[str, Any], max_seq_len: int) -> None:
         if not isinstance(rope, dict):
             refuse(field, "expected an object")
         kind = _rope_type(rope)
+        if kind == "dynamic":
+            refuse(field, "dynamic NTK RoPE depends on the running length, which no static table holds")
         if kind not in ("default", *ROPE_SCALING_KEYS):
-            refuse(field, f"only plain, {' and '.join(ROPE_SCALING_KEYS)} RoPE are implemented")
-        missing = [k for k in ROPE_SCALING_KEYS.get(kind, ()) if k not in rope]
+            refuse(field, f"only plain, {', '.join(ROPE_SCALING_KEYS)} RoPE are implemented")
+        # YaRN's original length falls back to max_position_embeddings, as in transformers
+        needed = ("factor",) if kind == "yarn" else ROPE_SCALING_KEYS.get(kind, ())
+        missing = [k for k in needed if k not in rope]
         if missing:
             refuse(field, f"rope_type {kind!r} needs {missing[0]!r}")
     if hf.get("hidden_act", "silu") != "silu":

@@ -42,15 +42,20 @@ class RMSNorm(nn.Module):
 
 
 def rope_tables(cfg: ModelConfig, length: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin, each (length, head_dim), in fp32; the two halves of head_dim share frequencies."""
-    inv_freq = 1.0 / (
-        cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, device=device).float() / cfg.head_dim)
-    )
-    if cfg.rope_scaling is not None:
-        inv_freq = scaled_inv_freq(inv_freq, cfg.rope_scaling)
+    """cos and sin, each (length, head_dim), in fp32; the two halves of head_dim share frequencies. Every
+    path that rotates (the forward, the KV-cache decode, the native decode step) reads these tables, so a
+    scaling applied here applies everywhere."""
+    pos_freqs = cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, device=device).float() / cfg.head_dim)
+    inv_freq, scale, scaling = 1.0 / pos_freqs, 1.0, cfg.rope_scaling  # inv_freq: (hd/2,)
+    if scaling is not None and scaling["rope_type"] == "yarn":
+        inv_freq, scale = yarn_inv_freq(pos_freqs, scaling, cfg.rope_theta), scaling["attention_factor"]
+    elif scaling is not None:
+        inv_freq = scaled_inv_freq(inv_freq, scaling)
     angles = torch.outer(torch.arange(length, device=device).float(), inv_freq)  # (T, hd/2)
     angles = torch.cat([angles, angles], dim=-1)  # (T, hd)
-    return angles.cos(), angles.sin()
+    if scale == 1.0:
+        return angles.cos(), angles.sin()
+    return angles.cos() * scale, angles.sin() * scale
 
 
 def scaled_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
@@ -61,7 +66,7 @@ def scaled_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
     original_max / low_freq_factor) is divided by `factor`; one that turned more than high_freq_factor
     times (wavelength shorter than original_max / high_freq_factor) already saw every angle and is kept;
     in between, smooth = (original_max / wavelength - low) / (high - low) blends the two, so the
-    frequencies stay continuous across the bands.
+    frequencies stay continuous across the bands. (yarn: `yarn_inv_freq`.)
     """
     factor = scaling["factor"]
     if scaling["rope_type"] == "linear":
@@ -71,6 +76,32 @@ def scaled_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
     # Clamped, smooth is 0 exactly where wavelength >= original_max / low and 1 where <= original_max / high.
     smooth = ((scaling["original_max_position_embeddings"] / wavelength - low) / (high - low)).clamp(0, 1)
     return (1 - smooth) * inv_freq / factor + smooth * inv_freq
+
+
+def yarn_inv_freq(pos_freqs: torch.Tensor, scaling: dict, theta: float) -> torch.Tensor:
+    """YaRN's frequencies (Peng et al. 2023, "YaRN", section 3.2) from the wavelengths over 2 pi,
+    `pos_freqs` (hd/2,) = theta ** (2i / hd). Band i turns original_max / (2 pi pos_freqs[i]) times over
+    the trained context; the band index at which that count is r is
+    d(r) = hd * ln(original_max / (2 pi r)) / (2 ln theta). Bands below d(beta_fast) (more than beta_fast
+    turns) keep their frequency, bands above d(beta_slow) (fewer than beta_slow turns) are divided by
+    `factor`, and a linear ramp over the band index blends the two in between. `truncate` rounds the two
+    ends outward to whole bands. The cos/sin scale (attention_factor) is applied by `rope_tables`.
+    Written as transformers computes it (the same fp32 operations), so the tables agree bit for bit."""
+    half = pos_freqs.shape[0]
+    dim, original = 2 * half, scaling["original_max_position_embeddings"]
+
+    def band(turns: float) -> float:
+        return dim * math.log(original / (turns * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = band(scaling["beta_fast"]), band(scaling["beta_slow"])
+    if scaling["truncate"]:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # a ramp of no width would divide by zero
+    ramp = ((torch.arange(half, dtype=torch.float32) - low) / (high - low)).clamp(0, 1).to(pos_freqs.device)
+    keep = 1 - ramp  # 1 where a band is kept as it is, 0 where it is divided by factor
+    return 1.0 / (scaling["factor"] * pos_freqs) * (1 - keep) + 1.0 / pos_freqs * keep
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

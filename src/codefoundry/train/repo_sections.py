@@ -8,7 +8,10 @@ indentation; the header keeps the whole token, so nothing is re-encoded). Header
 file's text between two headers (or a header and the document's end) is a body, which FIM may split,
 as repository-level code models (StarCoder2, Qwen2.5-Coder) keep the repository context intact and
 apply FIM to a file's text. A window that starts inside a header line (in a path) is told so by looking
-back at most LOOK_BACK tokens of the stream before it.
+back at most LOOK_BACK tokens of the stream before it. A line that began further back than that (a path
+longer than LOOK_BACK tokens, or a long line of a file's text) cannot be told apart, so its part in the
+window is kept whole as a header: a path is never rearranged as file text, at the cost of leaving, now and
+then, the start of a long line of text out of FIM.
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ class RepoSections:
         self.newline = np.array([b"\n" in b for b in token_bytes(tokenizer)], dtype=bool)  # (vocab,)
 
     def in_header(self, before: np.ndarray) -> bool:
-        """Whether the tokens after `before` (the stream's tokens just before a window) continue a header
-        line: a marker is the last bound in `before` and no newline follows it."""
-        bounds = np.flatnonzero(np.isin(before, self.bounds))
-        if not len(bounds) or not np.isin(before[bounds[-1]], self.markers):
-            return False
-        return not self.newline[before[bounds[-1] + 1 :]].any()
+        """Whether the tokens after `before` (the stream's tokens just before a window, LOOK_BACK of them
+        unless the stream starts sooner) may continue a header line: the last marker, newline or EOT in
+        `before` is a marker, or `before` holds none of them though it is LOOK_BACK long, so the line began
+        before it (a long path's tail is a header line all the same)."""
+        stops = np.flatnonzero(self.newline[before] | np.isin(before, self.bounds))
+        if not len(stops):
+            return len(before) >= LOOK_BACK  # shorter: it reaches the stream's start, where no line is open
+        return bool(np.isin(before[stops[-1]], self.markers))
 
     def split(self, piece: np.ndarray, in_header: bool) -> list[tuple[np.ndarray, np.ndarray]]:
         """(header, body) pairs covering `piece` (a document piece: no EOT inside) in order; a header
