@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument(
         "--top-p", type=float, default=1.0, help="sample from this nucleus (1 = the whole distribution)"
     )
+    ap.add_argument("--min-p", type=float, default=0.0, help="generate()'s min-p (0 = off)")
     ap.add_argument(
         "--repetition-penalty", type=float, default=1.0,
         help="generate()'s penalty on tokens a body has already drawn (1 = off)",
@@ -61,14 +62,14 @@ def main() -> None:
     if not examples:
         raise SystemExit(f"{args.data}: no held-out functions")
     out = {"checkpoint": args.checkpoint, "functions": len(examples), "top_p": args.top_p,
-           "repetition_penalty": args.repetition_penalty, "max_new": args.max_new, "seed": args.seed,
+           "min_p": args.min_p, "repetition_penalty": args.repetition_penalty, "max_new": args.max_new, "seed": args.seed,
            "data": args.data, "holdout": args.holdout, "limit": args.limit,
            "provenance": provenance(), "temperatures": {}}  # fmt: skip
     for temperature in (float(t) for t in args.temperatures.split(",")):
         records: list[dict] = []
         summary = infill_eval.syntax_valid_fraction(
             model, tok, examples, n=1, temperature=temperature, seed=args.seed, max_new_tokens=args.max_new, top_p=args.top_p,
-            records=records, repetition_penalty=args.repetition_penalty,
+            records=records, repetition_penalty=args.repetition_penalty, min_p=args.min_p,
         )  # fmt: skip
         errors = collections.Counter(
             ("ended: " if r["ended"] else "budget ran out: ") + r["error"].split(" (")[0]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -106,24 +108,44 @@ def _read_program(path: str, *, python: bool) -> str:
     return io.StringIO(text, newline=None).read()  # universal newlines, as text-mode open() gave
 
 
+def _sampling_flags(args: argparse.Namespace) -> None:
+    """The sampling flags' one-line errors, named as flags, before a model is loaded."""
+    from codefoundry.models.backends import SamplingParams
+
+    try:
+        SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, min_p=args.min_p,
+                       max_tokens=args.max_tokens)  # fmt: skip
+    except ValueError as e:
+        raise UsageError(
+            re.sub(r"SamplingParams\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(e))
+        ) from None
+
+
 def _eval(args: argparse.Namespace) -> int:
     from codefoundry.eval import EvalConfig, EvalInputError, run_eval
+    from codefoundry.models.backends import BackendError
 
     _limits(args.timeout, args.memory)  # the flags' one-line errors, before any problem is loaded
     try:
         ks = tuple(int(k) for k in args.k.split(",") if k.strip())
     except ValueError:
         raise UsageError(f"--k must be a comma-separated list of integers, got {args.k!r}") from None
+    if args.model:
+        _sampling_flags(args)
     config = EvalConfig(
         out=args.out, task=args.task, problems_file=args.problems, samples_file=args.samples, model=args.model,
-        n=args.n, ks=ks, temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
-        seed=args.seed, chat=args.chat, cpu_seconds=args.timeout, memory_mb=args.memory, workers=args.workers,
-        limit=args.limit, progress=not args.quiet,
+        n=args.n, ks=ks, temperature=args.temperature, top_p=args.top_p, min_p=args.min_p,
+        max_tokens=args.max_tokens, seed=args.seed, chat=args.chat, cpu_seconds=args.timeout,
+        memory_mb=args.memory, workers=args.workers, limit=args.limit, progress=not args.quiet,
     )  # fmt: skip
     try:
         summary = run_eval(config, resume=args.resume)
     except EvalInputError as e:
         raise UsageError(str(e)) from None
+    except BackendError as e:  # a checkpoint that does not load, a server that stopped answering
+        samples = Path(args.out, "samples.jsonl")
+        logged = samples.is_file() and samples.stat().st_size > 0
+        raise UsageError(f"{e}; --resume continues from what is logged" if logged else str(e)) from None
     counts = summary["counts"]
     scores = (
         "  ".join(f"{k}={v:.4f}" for k, v in summary["pass_at_k"].items()) or "(no k with enough samples)"
@@ -161,8 +183,6 @@ def _tokenizer_train(args: argparse.Namespace) -> int:
 def _language_from_name(path: str) -> str:
     """The language a file's suffix names; no suffix is Python. An unknown suffix is refused rather than run
     as Python (a .rs or .java file came back as a Python syntax error)."""
-    from pathlib import Path
-
     from codefoundry.sandbox.runners import LANGUAGES
 
     suffixes = {Path(r.filename).suffix: name for name, r in LANGUAGES.items()}
@@ -213,6 +233,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     ev.add_argument("--resume", action="store_true", help="finish an interrupted run in --out")
     ev.add_argument("--temperature", type=float, default=0.0)
     ev.add_argument("--top-p", type=float, default=1.0)
+    ev.add_argument(
+        "--min-p", type=float, default=0.0, help="drop tokens below this x the top one's (0 = off)"
+    )
     ev.add_argument("--max-tokens", type=int, default=512)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--chat", action="store_true", help="prompt as a chat and extract the code from answers")

@@ -48,6 +48,7 @@ class EvalConfig:
     ks: tuple[int, ...] = (1,)
     temperature: float = 0.0
     top_p: float = 1.0
+    min_p: float = 0.0
     max_tokens: int = 512
     seed: int = 0
     chat: bool = False
@@ -249,8 +250,8 @@ def _generate(config: EvalConfig, problems: list[Problem], run: Run, submit) -> 
     backend = load_backend(config.model)
     _, stop = generation_prompt(problems[0]) if problems else ("", ())
     params = SamplingParams(n=config.n, temperature=config.temperature, top_p=config.top_p,
-                            max_tokens=config.max_tokens, stop=() if config.chat else stop,
-                            seed=config.seed)  # fmt: skip
+                            min_p=config.min_p, max_tokens=config.max_tokens,
+                            stop=() if config.chat else stop, seed=config.seed)  # fmt: skip
     samples: list[Sample] = []
     batch = max(1, 32 // max(1, config.n))
     for start in range(0, len(problems), batch):
@@ -342,6 +343,10 @@ def _count(values) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+# Settings added after runs were first fingerprinted, with the value that leaves their output unchanged.
+_ADDED_SETTINGS = {"min_p": 0.0}
+
+
 def _manifest(config: EvalConfig, problems: list[Problem]) -> dict:
     from codefoundry import __version__
 
@@ -351,6 +356,9 @@ def _manifest(config: EvalConfig, problems: list[Problem]) -> dict:
     if config.samples_file:
         inputs["samples"] = _digest(Path(config.samples_file).read_bytes())
     settings = {k: v for k, v in asdict(config).items() if k not in ("out", "progress", "workers")}
+    for key, default in _ADDED_SETTINGS.items():  # off: the fingerprint of a run made before it existed
+        if settings.get(key) == default:
+            del settings[key]
     fingerprint = _digest(json.dumps({"settings": settings, "inputs": inputs}, sort_keys=True).encode())
     return {
         "fingerprint": fingerprint,

@@ -144,3 +144,13 @@ def test_missing_dependency_says_what_to_install(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
     with pytest.raises(ImportError, match="pip install torch transformers"):
         load_backend("hf:/nonexistent")
+
+
+def test_min_p_reaches_transformers_and_keeps_only_the_likely_tokens(backend: Any) -> None:
+    """min_p 1 keeps only the most likely token (ties aside), so sampling at any temperature gives the
+    greedy text; transformers' own min_p warper does the cutting."""
+    greedy = backend.complete(["def", "print"], SamplingParams(max_tokens=MAX_NEW))
+    hot = SamplingParams(n=3, temperature=5.0, max_tokens=MAX_NEW, seed=3, min_p=1.0)
+    assert backend.complete(["def", "print"], hot) == [g * 3 for g in greedy]
+    assert backend._config(hot, 3).min_p == 1.0
+    assert backend._config(SamplingParams(temperature=1.0), 1).min_p is None

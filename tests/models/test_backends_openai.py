@@ -313,3 +313,11 @@ def test_chat_mode_sends_prompts_as_user_messages(
 def test_empty_batch_sends_nothing(server: FakeServer) -> None:
     assert backend(server).complete([], SamplingParams()) == []
     assert server.requests == []
+
+
+def test_min_p_is_sent_only_when_asked_for(server: FakeServer) -> None:
+    backend(server).complete(["a"], SamplingParams(temperature=0.7))
+    backend(server).complete(["a"], SamplingParams(temperature=0.7, min_p=0.05))
+    (_, plain, _), (_, with_min_p, _) = server.requests
+    assert "min_p" not in plain  # OpenAI's own API refuses fields it does not know
+    assert with_min_p["min_p"] == 0.05

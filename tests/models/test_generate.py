@@ -208,7 +208,7 @@ def test_same_seed_same_samples():
 
 
 def test_greedy_argmax_matches_torch_on_ties_nan_and_strided_rows():
-    from codefoundry.models.generate import _argmax
+    from codefoundry.models.sampling import argmax as _argmax
 
     x = torch.randn(16, 100)
     x[3, 5] = x[3, 50] = 99.0  # a tie: the first index
@@ -238,10 +238,14 @@ def test_top_k_samples_stay_among_the_k_most_likely():
 
 
 def test_the_sampler_draws_each_token_at_its_probability_and_never_a_zero_one():
-    from codefoundry.models.generate import _draw
+    import numpy as np
+
+    from codefoundry.models.sampling import _draw
 
     probs = torch.tensor([[0.5, 0.0, 0.2, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]]).repeat(50_000, 1)
-    drawn = _draw(probs, torch.Generator().manual_seed(0))
+    uniforms = np.random.default_rng(0).random(len(probs))
+    uniforms[:4] = [0.0, 1.0 - 2**-53, 0.5, 0.7]  # the ends: 1 - 2^-53 rounds to 1.0 in fp32
+    drawn = _draw(probs, uniforms)
     first = torch.bincount(drawn[0::2], minlength=5) / 50_000
     assert torch.allclose(first, probs[0], atol=0.01) and first[1] == first[4] == 0
     assert (drawn[1::2] == 4).all()
@@ -251,7 +255,7 @@ def test_nucleus_keeps_exactly_the_tokens_the_sorted_rule_keeps():
     """Top-p by a threshold on sorted values equals the rule on the sorted order (drop a token once the
     tokens before it cover top_p), over peaked and flat rows and rows with top-k's -inf; the two may
     differ only on a token whose preceding mass is top_p to float rounding."""
-    from codefoundry.models.generate import _nucleus
+    from codefoundry.models.sampling import _nucleus
 
     def by_sorting(logits, top_p):
         ordered, order = logits.sort(dim=-1, descending=True)

@@ -29,6 +29,7 @@ from codefoundry.models.generate import (
     padding_ids,
     token_bytes,
 )
+from codefoundry.models.sampling import child_seed
 from codefoundry.models.tokenizer import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, plain_encoder, special_id
 from codefoundry.models.transformer import Transformer
 from codefoundry.models.vocab_bytes import piece
@@ -84,8 +85,9 @@ def _fit(ids: list[int], n_prefix: int | None, budget: int) -> list[int]:
 
 def complete_ids(model: Transformer, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
                  stop_ids: Sequence[int] = (), stop: Sequence[str] = (), temperature: float = 0.0,
-                 top_k: int = 0, top_p: float = 1.0, seed: int | None = None, batch_size: int = 16,
-                 on_text: OnText | None = None, fim_prefix_lengths: list[int | None] | None = None,
+                 top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
+                 seed: int | Sequence[int] | None = None, batch_size: int = 16, on_text: OnText | None = None,
+                 fim_prefix_lengths: list[int | None] | None = None,
                  banned_ids: Sequence[int] = (), repetition_penalty: float = 1.0,
                  warn_trimmed: bool = True) -> list[str]:  # fmt: skip
     """The text each prompt (as ids) continues with, cut before any stop string. Prompts run in batches
@@ -94,7 +96,8 @@ def complete_ids(model: Transformer, tokenizer, prompts: list[list[int]], *, max
     length in a process); a prompt too long for the rest is trimmed (see `_fit`), and with `warn_trimmed`
     a one-line warning says that too (once per context length in a process; callers that hand over more
     context than fits on purpose turn it off). Ids past the tokenizer's vocabulary (`padding_ids`) are
-    never drawn."""
+    never drawn. With a seed, prompt i samples from its own stream (`sampling.child_seed(seed, i)`, or the
+    i-th of one seed per prompt), so the texts do not depend on `batch_size` or on how prompts are batched."""
     cap = model.cfg.max_seq_len
     max_new = min(max_new_tokens, cap - 1)
     budget = max(cap - max_new, min(cap // 2, max(map(len, prompts), default=1)))
@@ -108,15 +111,19 @@ def complete_ids(model: Transformer, tokenizer, prompts: list[list[int]], *, max
     fitted = [_fit(p, n, budget) for p, n in zip(prompts, lengths, strict=True)]
     table = token_bytes(tokenizer)
     banned_ids = [*banned_ids, *padding_ids(table, model)]
+    if isinstance(seed, int) or seed is None:
+        seeds = None if seed is None else [child_seed(seed, i) for i in range(len(prompts))]
+    elif len(seeds := list(seed)) != len(prompts):
+        raise ValueError(f"complete_ids: seed must be an int or one int per prompt ({len(prompts)})")
     order = sorted(range(len(fitted)), key=lambda i: len(fitted[i]))
     texts: list[str] = [""] * len(fitted)
-    for batch_no, start in enumerate(range(0, len(order), batch_size)):
+    for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         streams = [_TextStream(table, stop, i, on_text) for i in chunk] if on_text else None
         out = generate(
             model, [fitted[i] or [special_id(tokenizer, EOT)] for i in chunk], max_new_tokens=max_new,
-            temperature=temperature, top_k=top_k, top_p=top_p,
-            seed=None if seed is None else seed * 1_000_003 + batch_no,  # batches draw different numbers
+            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+            seed=None if seeds is None else [seeds[i] for i in chunk],
             stop_ids=stop_ids, stop_strings=stop, tokenizer=tokenizer, banned_ids=banned_ids,
             repetition_penalty=repetition_penalty,
             on_token=(lambda row, tok, s=streams: s[row].push(tok)) if streams else None,
@@ -161,8 +168,8 @@ def _warn_lowered(asked: int, got: int, cap: int) -> None:
 
 def complete(model: Transformer, tokenizer, prompts: list[str], *, suffixes: list[str | None] | None = None,
              max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-             seed: int | None = None, stop: Sequence[str] = (), on_text: OnText | None = None,
-             batch_size: int = 16, repetition_penalty: float = 1.0,
+             min_p: float = 0.0, seed: int | None = None, stop: Sequence[str] = (),
+             on_text: OnText | None = None, batch_size: int = 16, repetition_penalty: float = 1.0,
              stop_ids: Sequence[int] = (), warn_trimmed: bool = True) -> list[str]:  # fmt: skip
     """Continue each prompt; with a (non-None) suffix, write the middle between prompt and suffix (FIM,
     PSM). Generation ends at <|endoftext|> or <|file_sep|> (and <|fim_pad|> for FIM) where the tokenizer
@@ -195,7 +202,7 @@ def complete(model: Transformer, tokenizer, prompts: list[str], *, suffixes: lis
     stop_ids = [*ids_of(tokenizer, FIM_STOPS if fim else PLAIN_STOPS), *stop_ids]
     return complete_ids(
         model, tokenizer, ids, max_new_tokens=max_new_tokens, stop_ids=stop_ids, stop=stop,
-        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size,
+        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, batch_size=batch_size,
         on_text=on_text, fim_prefix_lengths=prefix_lengths, repetition_penalty=repetition_penalty,
         banned_ids=ids_of(tokenizer, FIM_BANNED if fim else PLAIN_BANNED), warn_trimmed=warn_trimmed,
     )  # fmt: skip
@@ -255,7 +262,7 @@ class _TextStream:
 
 def generate_command(ckpt: str, prompt: str, suffix: str | None, max_tokens: int, temperature: float,
                      top_p: float, seed: int | None, stream: bool,
-                     repetition_penalty: float = 1.0) -> str:  # fmt: skip
+                     repetition_penalty: float = 1.0, min_p: float = 0.0) -> str:  # fmt: skip
     """What `codefoundry generate CKPT --prompt TEXT [--suffix TEXT]` does: the completion (the middle
     when a suffix is given). With `stream`, the text is also written to stdout as it is generated."""
     from codefoundry.models import checkpoint
@@ -269,12 +276,15 @@ def generate_command(ckpt: str, prompt: str, suffix: str | None, max_tokens: int
         raise ValueError(f"--temperature must be a finite number >= 0, got {temperature}")
     if not 0 < top_p <= 1:
         raise ValueError(f"--top-p must be in (0, 1], got {top_p}")
+    if not 0 <= min_p <= 1:
+        raise ValueError(f"--min-p must be in [0, 1], got {min_p}")
     if not 0 < repetition_penalty < math.inf:
         raise ValueError(f"--repetition-penalty must be a finite number > 0, got {repetition_penalty}")
     check_utf8(prompt, "--prompt")
     check_utf8(suffix, "--suffix")
     model = checkpoint.load(ckpt)
     tok = tokenizer_module.load(ckpt)
+    checkpoint.check_tokenizer_fits(ckpt, tok.get_vocab().values(), model.cfg.vocab_size)
     # The end of sequence tokenizer_config.json names (an imported Llama's "</s>") ends the text too.
     eos = special_token_ids(ckpt)["eos_token_id"] if (Path(ckpt) / "tokenizer.json").is_file() else None
 
@@ -284,6 +294,6 @@ def generate_command(ckpt: str, prompt: str, suffix: str | None, max_tokens: int
 
     return complete(
         model, tok, [prompt], suffixes=[suffix], max_new_tokens=max_tokens, temperature=temperature,
-        top_p=top_p, seed=seed, on_text=write if stream else None, repetition_penalty=repetition_penalty,
-        stop_ids=[] if eos is None else [eos],
+        top_p=top_p, min_p=min_p, seed=seed, on_text=write if stream else None,
+        repetition_penalty=repetition_penalty, stop_ids=[] if eos is None else [eos],
     )[0]  # fmt: skip

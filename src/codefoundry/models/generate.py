@@ -1,6 +1,7 @@
-"""Generation from a codefoundry `Transformer`: batched KV-cached decoding, greedy or top-k/top-p
-sampling, stop tokens and stop strings, streaming, fill-in-the-middle prompts, and self-speculative
-greedy decoding with the model's own MTP modules.
+"""Generation from a codefoundry `Transformer`: batched KV-cached decoding, greedy or top-k/top-p/min-p
+sampling (`codefoundry.models.sampling`: each row from its own seeded stream), stop tokens and stop
+strings, streaming, fill-in-the-middle prompts, and self-speculative greedy decoding with the model's own
+MTP modules.
 
 `generate` works on token ids. A batch is left-padded to its longest prompt: padding keys are masked
 and each row's rotary positions start at 0 where its prompt starts (a batch without padding needs
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from codefoundry.models.sampling import Penalty, Sampler, scaled
 from codefoundry.models.step import Step
 from codefoundry.models.tokenizer import EOT, FILE_SEP, FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX
 from codefoundry.models.transformer import KVCache, Transformer
@@ -122,112 +124,11 @@ class _Rows:
         return len(out) >= self.max_new
 
 
-class _Sampler:
-    """Next tokens from last-position logits: argmax at temperature 0, else top-k/top-p sampling."""
-
-    def __init__(self, temperature: float, top_k: int, top_p: float, seed: int | None, device) -> None:
-        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
-        self.gen = None
-        # Set by the decoding loop once it has dropped finished rows: the batch's original size and, for
-        # each row still in it, its original row (see `_draw`).
-        self.batch: int | None = None
-        self.live: torch.Tensor | None = None
-        if temperature > 0:
-            self.gen = torch.Generator(device=device)
-            if seed is None:
-                self.gen.seed()  # fresh entropy; a fixed seed would make "unseeded" repeat itself
-            else:  # any int: callers derive seeds (seed * 1_000_003 + batch) past torch's 64-bit range
-                self.gen.manual_seed(seed % 2**64)
-
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        # logits: (B, V) -> tokens (B,)
-        if self.gen is None:
-            return _argmax(logits)
-        logits = _scaled(logits, self.temperature)
-        if 0 < self.top_k < logits.shape[-1]:
-            kth = logits.topk(self.top_k, dim=-1).values[:, -1:]  # (B, 1)
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if self.top_p < 1.0:
-            logits = _nucleus(logits, self.top_p)
-        return _draw(logits.softmax(dim=-1), self.gen, self.batch, self.live)
-
-
-class _Penalty:
-    """The repetition penalty's state: which tokens each row of the batch has generated."""
-
-    def __init__(self, factor: float, rows: int, model: Transformer) -> None:
-        self.factor = factor
-        self.drawn = torch.zeros(
-            rows, model.cfg.vocab_size, dtype=torch.bool, device=model.embed.weight.device
-        )
-
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        # logits: (rows, V), one row per row of `drawn`
-        penalised = torch.where(logits > 0, logits / self.factor, logits * self.factor)
-        return torch.where(self.drawn, penalised, logits)
-
-    def record(self, tokens: torch.Tensor) -> None:
-        self.drawn.scatter_(1, tokens.view(-1, 1), True)
-
-    def keep_rows(self, keep: torch.Tensor) -> None:
-        self.drawn = self.drawn.index_select(0, keep)
-
-
-def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """fp32 logits (B, V) / temperature, shifted so each row's largest is 0 (the softmax is the same): at a
-    tiny temperature (1e-38) the unshifted ones overflowed to inf, the softmax was NaN and the draw an id
-    past the vocabulary. A temperature below fp32's smallest normal number, which would round to 0, divides
-    as that number (the other tokens' probabilities underflow to 0 either way)."""
-    logits = logits.float()
-    return (logits - logits.amax(dim=-1, keepdim=True)) / max(temperature, torch.finfo(torch.float32).tiny)
-
-
-def _argmax(logits: torch.Tensor) -> torch.Tensor:
-    """logits (B, V) -> (B,) int64, the first maximum of each row (NaN counts as the maximum), as
-    `argmax(dim=-1)`. On the CPU for fp32, through numpy's vectorised argmax: 21 vs 173 us for 16 x 8192
-    (torch 2.13's CPU argmax reduces ~1.4 ns an element), ~1.5% of a batch-16 step of the 10m model."""
-    if logits.device.type == "cpu" and logits.dtype == torch.float32:
-        return torch.from_numpy(logits.numpy().argmax(-1)).to(torch.int64)
-    return logits.argmax(dim=-1)
-
-
-def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Top-p filtering of (B, V) logits: in order of probability, a token is dropped when the tokens before
-    it already cover `top_p` (the most likely one always stays). The cut is found on the sorted values
-    alone and applied as a probability threshold (a token tied with the last one kept stays too): on CPU
-    numpy sorts values 5x faster than `torch.sort` sorts values with indices."""
-    probs = logits.softmax(dim=-1)
-    if probs.device.type == "cpu":
-        ordered = torch.from_numpy(np.sort(probs.numpy(), axis=-1)).flip(-1)
-    else:
-        ordered = probs.sort(dim=-1, descending=True).values
-    kept = (ordered.cumsum(dim=-1) - ordered <= top_p).sum(dim=-1, keepdim=True).clamp_min(1)  # (B, 1)
-    threshold = ordered.gather(-1, kept - 1)
-    return logits.masked_fill(probs < threshold, float("-inf"))
-
-
-def _draw(probs: torch.Tensor, gen: torch.Generator, batch: int | None = None,
-          live: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-    """One token per row of probs (B, V) by inverting the cumulative distribution: one uniform draw per row
-    instead of `torch.multinomial`'s per-row set-up (on CPU 5-10x faster at sampling batch sizes). A token
-    of probability 0 is never drawn: its cumulative value equals its predecessor's, and `u` stays below the
-    row's total. For a batch whose finished rows were dropped (`live`: the original row of each row left,
-    of `batch`), one uniform is still drawn per original row and the live rows take theirs: a row's
-    samples do not depend on when the others finished."""
-    cdf = probs.cumsum(dim=-1)  # (B, V); on CPU accumulated in float64, each entry rounded once
-    total = cdf[:, -1:]
-    u = torch.rand((batch or len(probs), 1), generator=gen, device=probs.device, dtype=probs.dtype)
-    if live is not None:
-        u = u.index_select(0, live)
-    u = u * total
-    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
-    return torch.searchsorted(cdf, u, right=True).squeeze(1)
-
-
 # -- generation on ids ------------------------------------------------------------------------------------
 def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0,
-             top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stop_ids: Sequence[int] = (),
-             stop_strings: Sequence[str] = (), tokenizer=None, on_token: OnToken | None = None,
+             top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, seed: int | Sequence[int] | None = None,
+             stop_ids: Sequence[int] = (), stop_strings: Sequence[str] = (), tokenizer=None,
+             on_token: OnToken | None = None,
              on_done: OnDone | None = None, speculative: bool = False,
              first_tokens: Sequence[Sequence[int] | None] | None = None,
              logprobs: list[list[float]] | None = None, banned_ids: Sequence[int] = (),
@@ -235,8 +136,10 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
     """The new tokens of each prompt. A row ends at a stop id (not returned), at a stop string (matched on
     the decoded bytes; the token completing it is returned), when `on_token(row, id)` returns True, or
     after max_new_tokens; `on_done(row, ids)` is then called at once, while other rows still decode (RL
-    scores finished rows meanwhile). temperature 0 is greedy; else top-k (0 = off) and top-p sampling
-    from a generator seeded by `seed`. `speculative` drafts with the MTP modules (greedy, same output).
+    scores finished rows meanwhile). temperature 0 is greedy; else top-k (0 = off), top-p and min-p (0 =
+    off) sampling, each row from its own stream of `seed` (one int for the call, one per prompt, or None
+    for fresh entropy; see `codefoundry.models.sampling`). `speculative` drafts with the MTP modules
+    (greedy, same output).
     `first_tokens[row]` (None: any) are the ids the row's first new token is drawn from (`heal_prompts`);
     `banned_ids` are never drawn, greedy or sampled (`PLAIN_BANNED`, `FIM_BANNED`).
     `repetition_penalty` (1 = off) penalises the tokens each row has generated so far (see the module's
@@ -245,7 +148,7 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
     token under softmax(logits / temperature) (temperature 1 when greedy), before the repetition penalty,
     top-k/top-p, `first_tokens` and `banned_ids` change it, from the model's logits at that step (an RL
     behaviour policy)."""
-    _check(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_strings, tokenizer)
+    _check(model, prompts, max_new_tokens, temperature, top_k, top_p, min_p, stop_strings, tokenizer)
     if not 0 < repetition_penalty < math.inf:  # also refuses NaN
         raise ValueError(
             f"generate: repetition_penalty must be a finite number > 0, got {repetition_penalty}"
@@ -269,22 +172,26 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
             for i, prompt in enumerate(prompts):
                 _speculative(model, prompt, rows, i, ban)
         else:
-            sampler = _Sampler(temperature, top_k, top_p, seed, model.embed.weight.device)
-            penalty = None if repetition_penalty == 1 else _Penalty(repetition_penalty, len(prompts), model)
+            sampler = Sampler(temperature, top_k, top_p, min_p, seed, len(prompts))
+            penalty = None
+            if repetition_penalty != 1:
+                penalty = Penalty(
+                    repetition_penalty, len(prompts), model.cfg.vocab_size, model.embed.weight.device
+                )
             _decode(model, prompts, rows, sampler, _first_mask(first_tokens, model), ban, penalty)
     return rows.out
 
 
-def _check(model, prompts, max_new, temperature, top_k, top_p, stop_strings, tokenizer) -> None:
+def _check(model, prompts, max_new, temperature, top_k, top_p, min_p, stop_strings, tokenizer) -> None:
     cfg = model.cfg
     if not isinstance(prompts, list) or not prompts:
         raise ValueError("generate: prompts must be a non-empty list of token-id lists")
     if max_new < 1:
         raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new}")
-    if not 0 <= temperature < math.inf or top_k < 0 or not 0 < top_p <= 1:  # a NaN fails the first test
+    if not 0 <= temperature < math.inf or top_k < 0 or not 0 < top_p <= 1 or not 0 <= min_p <= 1:  # NaN too
         raise ValueError(
-            f"generate: need temperature >= 0, top_k >= 0, 0 < top_p <= 1; got {temperature}, {top_k}, "
-            f"{top_p}"
+            "generate: need temperature >= 0, top_k >= 0, 0 < top_p <= 1, 0 <= min_p <= 1; got "
+            f"{temperature}, {top_k}, {top_p}, {min_p}"
         )
     if stop_strings and (tokenizer is None or not all(stop_strings)):
         raise ValueError("generate: stop_strings must be non-empty and need the tokenizer (pass tokenizer=)")
@@ -369,9 +276,9 @@ def heal_prompts(prompts: list[list[int]], table: list[bytes]
     return out, firsts, skips
 
 
-def _decode(model: Transformer, prompts: list[list[int]], rows: _Rows, sample: _Sampler,
+def _decode(model: Transformer, prompts: list[list[int]], rows: _Rows, sample: Sampler,
             first: torch.Tensor | None = None, ban: torch.Tensor | None = None,
-            penalty: _Penalty | None = None) -> None:  # fmt: skip
+            penalty: Penalty | None = None) -> None:  # fmt: skip
     B, lengths = len(prompts), [len(p) for p in prompts]
     L = max(lengths)
     S = L + rows.max_new
@@ -416,7 +323,7 @@ def _decode(model: Transformer, prompts: list[list[int]], rows: _Rows, sample: _
         if rows.logprobs is None:
             running = [b for b in running if not rows.push(live[b], values[b])]
         else:
-            chosen = _scaled(raw, temperature).log_softmax(-1).gather(1, tokens[:, None]).squeeze(1).tolist()
+            chosen = scaled(raw, temperature).log_softmax(-1).gather(1, tokens[:, None]).squeeze(1).tolist()
             running = [b for b in running if not rows.push(live[b], values[b], chosen[b])]
         if not running:
             break
@@ -435,7 +342,7 @@ def _decode(model: Transformer, prompts: list[list[int]], rows: _Rows, sample: _
                 positions = positions.index_select(0, keep)
             live = [live[b] for b in order]
             running = list(range(len(live)))
-            sample.batch, sample.live = B, torch.tensor(live, device=device)
+            sample.live = np.array(live)
         logits = step(tokens.view(len(live), 1), positions)[0][:, 0]  # (rows, V)
 
 
@@ -477,7 +384,7 @@ def speculative_decode(model: Transformer, prompt: list[int], *, max_new_tokens:
                        stop_ids: Sequence[int] = (), stop_strings: Sequence[str] = (), tokenizer=None,
                        on_token: OnToken | None = None, banned_ids: Sequence[int] = ()) -> SpeculativeResult:  # fmt: skip
     """Greedy decoding of one prompt with MTP drafts, and how many drafts were accepted."""
-    _check(model, [prompt], max_new_tokens, 0.0, 0, 1.0, stop_strings, tokenizer)
+    _check(model, [prompt], max_new_tokens, 0.0, 0, 1.0, 0.0, stop_strings, tokenizer)
     table = token_bytes(tokenizer) if stop_strings else None
     rows = _Rows(1, max_new_tokens, stop_ids, stop_strings, table, on_token)
     with torch.inference_mode():

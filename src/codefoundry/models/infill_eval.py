@@ -32,6 +32,7 @@ from codefoundry.models.generate import (
     padding_ids,
     token_bytes,
 )
+from codefoundry.models.sampling import child_seed
 from codefoundry.models.tokenizer import plain_encoder
 from codefoundry.models.vocab_bytes import piece
 
@@ -249,9 +250,11 @@ def syntax_valid_fraction(
     batch_size: int = 16,
     records: list[dict] | None = None,
     repetition_penalty: float = 1.0,
+    min_p: float = 0.0,
 ) -> dict:
     """Sample `n` bodies per example after its header (at `temperature`, from the nucleus `top_p`, with
-    `generate`'s `repetition_penalty`); the fraction that make a function `ast.parse` accepts. A body ends
+    `generate`'s `min_p` and `repetition_penalty`; sample j from stream `child_seed(seed, j)`, whatever the
+    batch size); the fraction that make a function `ast.parse` accepts. A body ends
     where Python would end the function (`_BodyEnd`: the first line that starts a logical line indented no
     deeper than the `def`, cut there), at <|endoftext|> or <|file_sep|>, or after max_new_tokens; the FIM
     sentinels are never drawn, as in `completion.complete`.
@@ -276,8 +279,8 @@ def syntax_valid_fraction(
         ]
         new = min(max_new_tokens, cap - max(map(len, prompts)))
         out = generate(
-            model, prompts, max_new_tokens=new, temperature=temperature, top_p=top_p,
-            seed=seed * 1_000_003 + start, stop_ids=stop_ids,
+            model, prompts, max_new_tokens=new, temperature=temperature, top_p=top_p, min_p=min_p,
+            seed=[child_seed(seed, start + j) for j in range(len(chunk))], stop_ids=stop_ids,
             on_token=lambda row, tok, w=watchers: w[row].push(tok), first_tokens=firsts,
             banned_ids=banned, repetition_penalty=repetition_penalty,
         )  # fmt: skip

@@ -116,6 +116,8 @@ class HFBackend:
             sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
         else:
             sampling = {"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
+            if params.min_p > 0:
+                sampling["min_p"] = params.min_p
         return transformers.GenerationConfig(
             repetition_penalty=1.0,
             typical_p=1.0,

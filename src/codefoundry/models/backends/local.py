@@ -4,12 +4,16 @@
 tokenizer_config.json names: an imported Llama's "</s>"); `chat` writes the
 conversation in the tokenizer's chat tokens (`<|im_start|>role\\ncontent<|im_end|>\\n` per message, then
 `<|im_start|>assistant\\n`) and ends the reply at <|im_end|>. The `n` samples of a prompt are rows of the
-same batch; greedy decoding computes one and repeats it `n` times. A seed makes a call reproducible on
-the same machine, batch size and inputs. Stop strings are applied as `truncate_at_stop` does.
+same batch; greedy decoding computes one and repeats it `n` times. With a seed, sample j of a prompt draws
+from a stream keyed by the seed, the prompt's tokens and j (`sampling.child_seed`), so it does not depend
+on the other prompts of the call, their order or the batch size: an eval resumed after a kill regenerates
+exactly what the lost samples were. Stop strings are applied as `truncate_at_stop` does.
 """
 
 from __future__ import annotations
 
+import hashlib
+from array import array
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -95,16 +99,26 @@ class LocalBackend:
 
     def _generate(self, ids: list[list[int]], params: SamplingParams, stop_ids: list[int]) -> list[list[str]]:
         from codefoundry.models.completion import complete_ids
+        from codefoundry.models.sampling import child_seed
 
         # The n samples of a prompt are adjacent rows; greedy ones are all the same sequence.
         per_prompt = 1 if params.greedy else params.n
         rows = [p for p in ids for _ in range(per_prompt)]
+        seeds = None
+        if params.seed is not None:
+            keys = [child_seed(params.seed, _digest(p)) for p in ids]
+            seeds = [child_seed(key, j) for key in keys for j in range(per_prompt)]
         texts = complete_ids(
             self.model, self.tokenizer, rows, max_new_tokens=params.max_tokens, stop_ids=stop_ids,
-            stop=params.stop, temperature=params.temperature, top_p=params.top_p, seed=params.seed,
-            batch_size=self.batch_size, banned_ids=self._banned,
+            stop=params.stop, temperature=params.temperature, top_p=params.top_p, min_p=params.min_p,
+            seed=seeds, batch_size=self.batch_size, banned_ids=self._banned,
         )  # fmt: skip
         return [
             texts[i * per_prompt : (i + 1) * per_prompt] * (params.n if params.greedy else 1)
             for i in range(len(ids))
         ]
+
+
+def _digest(ids: list[int]) -> int:
+    """A 64-bit digest of a prompt's token ids: what keys its samples' streams."""
+    return int.from_bytes(hashlib.blake2b(array("q", ids).tobytes(), digest_size=8).digest(), "little")

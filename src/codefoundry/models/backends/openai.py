@@ -139,6 +139,8 @@ class OpenAIBackend:
             body["stop"] = list(params.stop[:MAX_API_STOPS])
         if seed is not None:
             body["seed"] = seed
+        if params.min_p > 0:  # vLLM's and SGLang's extension; sent only when asked for
+            body["min_p"] = params.min_p
         body.update(self.extra_body)
         return body
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from codefoundry.models.sampling import child_seed
 from codefoundry.models.transformer import Transformer
 from codefoundry.sandbox import Limits
 from codefoundry.tasks.metrics import pass_at_k_with_ci
@@ -40,10 +41,11 @@ def evaluate_pass_at_1(
     was_training = model.training
     model.eval()
     completions: list[str] = []
-    for i, start in enumerate(range(0, len(rows), batch_rows)):
+    for start in range(0, len(rows), batch_rows):
+        chunk = rows[start : start + batch_rows]
         part = sample_completions(
-            model, codec, rows[start : start + batch_rows], max_new_tokens=max_new_tokens,
-            temperature=temperature, top_p=top_p, seed=seed * 1_000_003 + i,
+            model, codec, chunk, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            seed=[child_seed(seed, start + j) for j in range(len(chunk))],
         )  # fmt: skip
         completions += part.completions
     model.train(was_training)

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from codefoundry.models.generate import decode, generate, token_bytes
+from codefoundry.models.sampling import child_seed
 from codefoundry.models.tokenizer import EOT, FILE_SEP, IM_END, IM_START, plain_text_copy, special_id
 from codefoundry.models.transformer import Transformer
 from codefoundry.sandbox import Limits
@@ -162,9 +163,10 @@ def encode_prompts(tokenizer, problems: Sequence[Problem], *, chat: bool = False
 
 def sample_completions(
     model: Transformer, codec: PromptCodec, problems: Sequence[Problem], *, max_new_tokens: int,
-    temperature: float, top_p: float, seed: int, stream: RewardStream | None = None,
+    temperature: float, top_p: float, seed: int | Sequence[int], stream: RewardStream | None = None,
 ) -> Rollout:  # fmt: skip
-    """One completion per problem (repeat a problem G times for a group), in one batched `generate`.
+    """One completion per problem (repeat a problem G times for a group), in one batched `generate` (`seed`:
+    one for the batch, or one per row).
     With a `stream`, each row goes to the sandbox the moment it finishes, while the others decode."""
     prompts = codec.encode(problems)
     stops = codec.stop_ids
@@ -311,19 +313,20 @@ def start_rollout(
 ) -> PendingRollout:  # fmt: skip
     """G = `group_size` samples of each problem, generated `chunk_rows` rows at a time (whole groups per
     chunk); each row goes to the background worker the moment it finishes, while the rest of its chunk and
-    the next chunks generate. Returns once every row is generated; the scores arrive through `result()`."""
+    the next chunks generate. Returns once every row is generated; the scores arrive through `result()`.
+    Row i samples from stream `child_seed(seed, i)`, so the rollout does not depend on `chunk_rows`."""
     rows = [p for p in problems for _ in range(group_size)]
     per_chunk = max(1, chunk_rows // group_size) * group_size
     parts: list[Rollout] = []
     streams: list[RewardStream] = []
     model.eval()
     t0 = time.perf_counter()
-    for n, start in enumerate(range(0, len(rows), per_chunk)):
+    for start in range(0, len(rows), per_chunk):
         chunk = rows[start : start + per_chunk]
         streams.append(rewards.stream(len(chunk)))
         parts.append(sample_completions(
             model, codec, chunk, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-            seed=seed * 1_000_003 + n, stream=streams[-1],
+            seed=[child_seed(seed, start + j) for j in range(len(chunk))], stream=streams[-1],
         ))  # fmt: skip
     out = Rollout(
         [p for r in parts for p in r.problems], [x for r in parts for x in r.prompt_ids],
