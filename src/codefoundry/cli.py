@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -278,6 +279,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"codefoundry {args.stage}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `codefoundry ... | head`: the reader left; it was a traceback
+        return _stdout_closed(args.stage)
+
+
+def _stdout_closed(stage: str) -> int:
+    """Say on stderr that the reader of stdout went away, and point stdout at /dev/null so the
+    interpreter's last flush does not print a traceback after all. 141 is what a shell reports for a
+    process that SIGPIPE ended."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # a stdout without a file descriptor (a test's capture)
+        pass
+    print(f"codefoundry {stage}: stdout closed before the output ended (broken pipe)", file=sys.stderr)
+    return 141
 
 
 if __name__ == "__main__":

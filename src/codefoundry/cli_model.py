@@ -47,6 +47,14 @@ def _usage_error(message: str) -> Exception:
     return UsageError(message)
 
 
+def _input_error(e: ValueError | OSError) -> Exception:
+    """`e` as a one-line UsageError. An OSError the system raised (a metrics.jsonl that is a directory, a
+    full disk) reads "FILE: why"; it was a traceback. One raised with a message of its own keeps it."""
+    if isinstance(e, OSError) and e.errno is not None and e.filename is not None:
+        return _usage_error(f"{e.filename}: {e.strerror}")
+    return _usage_error(str(e))
+
+
 def _pretrain(args: argparse.Namespace) -> int:
     from codefoundry.train.pretrain import PretrainConfig, pretrain
     from codefoundry.train.typed_config import config_from_json, required_fields
@@ -65,8 +73,8 @@ def _pretrain(args: argparse.Namespace) -> int:
         raise _usage_error(str(e)) from None
     try:
         summary = pretrain(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        raise _usage_error(str(e)) from None
+    except (ValueError, OSError) as e:
+        raise _input_error(e) from None
     if "rank" not in summary:  # rank 0's full summary; under torchrun the others return a short one
         print(_pretrain_line(summary))
     # A Ctrl-C the run honoured (checkpoint and summary written) still ends as an interrupt does, on
@@ -97,8 +105,8 @@ def _export_hf(args: argparse.Namespace) -> int:
 
     try:
         report = export_hf(args.ckpt, args.out, allow_dropless=args.allow_dropless)
-    except (ValueError, FileNotFoundError) as e:
-        raise _usage_error(str(e)) from None
+    except (ValueError, OSError) as e:
+        raise _input_error(e) from None
     for warning in report.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     print(json.dumps(report, indent=2))
@@ -110,8 +118,8 @@ def _import_hf(args: argparse.Namespace) -> int:
 
     try:
         model = import_hf(args.src, args.out, max_seq_len=args.max_seq_len)
-    except (ValueError, FileNotFoundError) as e:
-        raise _usage_error(str(e)) from None
+    except (ValueError, OSError) as e:
+        raise _input_error(e) from None
     print(f"imported {model.num_params():,} parameters ({model.cfg.n_layers} layers) -> {args.out}")
     return 0
 
@@ -122,13 +130,16 @@ def _generate(args: argparse.Namespace) -> int:
     try:
         text = generate_command(
             args.ckpt, args.prompt, args.suffix, args.max_tokens, args.temperature, args.top_p, args.seed,
-            stream=not args.no_stream, repetition_penalty=args.repetition_penalty,
+            stream=not args.no_stream, repetition_penalty=args.repetition_penalty, min_p=args.min_p,
         )  # fmt: skip
-    except (ValueError, FileNotFoundError) as e:
-        raise _usage_error(str(e)) from None
-    if args.no_stream:
-        sys.stdout.write(text)
-    sys.stdout.write("\n")
+        if args.no_stream:
+            sys.stdout.write(text)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `codefoundry generate ... | head`: `cli.main` says it in one line
+        raise
+    except (ValueError, OSError) as e:
+        raise _input_error(e) from None
     return 0
 
 
@@ -175,6 +186,10 @@ def register(stages: argparse._SubParsersAction, argv: list[str]) -> None:
     gen.add_argument("--max-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument(
+        "--min-p", type=float, default=0.0,
+        help="drop tokens less likely than this times the most likely one, after temperature (0 = off)",
+    )  # fmt: skip
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument(
         "--repetition-penalty", type=float, default=1.0,

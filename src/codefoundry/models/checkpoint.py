@@ -9,6 +9,7 @@ and names the first mismatch.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -78,6 +79,19 @@ def copy_tokenizer(src: str | Path, out: str | Path) -> None:
             shutil.copyfile(src / name, out / name)
         else:
             (out / name).unlink(missing_ok=True)
+
+
+def check_tokenizer_fits(path: str | Path, token_ids: Iterable[int], vocab_size: int) -> None:
+    """Refuse a tokenizer (in checkpoint `path`) with ids the model has no embedding row for: another
+    model's tokenizer. A prompt holding such an id failed deep in generation ("prompt 0 has a token id
+    outside [0, 400)", naming neither file), and an export handed transformers a tokenizer whose ids index
+    past the embedding. Fewer tokens than rows is fine (an imported model's padded embedding)."""
+    top = max(token_ids, default=-1)
+    if top >= vocab_size:
+        raise CheckpointError(
+            f"{Path(path) / 'tokenizer.json'}: has token id {top}, but {CONFIG} says vocab_size {vocab_size}:"
+            " the tokenizer is not this model's"
+        )
 
 
 def load_config(path: str | Path) -> ModelConfig:

@@ -88,18 +88,21 @@ def export_hf(ckpt: str | Path, out: str | Path, *, allow_dropless: bool = False
     has_tok = (ckpt / "tokenizer.json").is_file()
     # Read (and so checked) before anything is written: the export copies these same files.
     token_ids = special_token_ids(ckpt) if has_tok else dict.fromkeys(TOKEN_ID_KEYS)
+    if has_tok:
+        checkpoint.check_tokenizer_fits(ckpt, _vocab(ckpt / "tokenizer.json").values(), cfg.vocab_size)
     _check_export_dir(out)
+    # The weights first: they carry the export's mark, so a rerun after a kill anywhere below finds a
+    # directory it may replace (written after the tokenizer, a kill between left one it refused).
+    state = hf_state_dict(model)
+    dtype = str(model.embed.weight.dtype).removeprefix("torch.")
+    write_weights(state, out / WEIGHTS)
+    (out / INDEX).unlink(missing_ok=True)  # a stale shard index would point loaders at other files
     for name in checkpoint.ALL_TOKENIZER_FILES:  # an earlier export's files would pass for this model's
         (out / name).unlink(missing_ok=True)
     if has_tok:
         checkpoint.copy_tokenizer(ckpt, out)
     else:
         notes.append(f"{ckpt} has no tokenizer.json: the export has no tokenizer files")
-
-    state = hf_state_dict(model)
-    dtype = str(model.embed.weight.dtype).removeprefix("torch.")
-    write_weights(state, out / WEIGHTS)
-    (out / INDEX).unlink(missing_ok=True)  # a stale shard index would point loaders at other files
     config = hf_config(cfg, arch, dtype=dtype, token_ids=token_ids)
     _write_json(out / "config.json", config)
     _write_json(out / "generation_config.json", {**token_ids, "_from_model_config": False})
@@ -121,18 +124,19 @@ def _check_export_dir(out: Path) -> None:
     output_dir(out)
     written = ("config.json", WEIGHTS, INDEX, "generation_config.json", *checkpoint.ALL_TOKENIZER_FILES)
     clobbered = [name for name in written if (out / name).exists()]
+    if not clobbered or _is_export(out):  # an earlier export, finished or killed before its config.json
+        return
     config = out / "config.json"
-    if clobbered and not (config.is_file() and "model_type" in read_json_object(config)):
+    if not (config.is_file() and "model_type" in read_json_object(config)):
         raise ValueError(
             f"{out}: holds {clobbered[0]} and is not a Hugging Face checkpoint; export to a new or empty dir"
         )
     # Any Hugging Face checkpoint passed for an earlier export: exported into the directory a model was
     # imported from, the export replaced its weights (and orphaned its shards).
-    if clobbered and not _is_export(out):
-        raise ValueError(
-            f"{out}: holds a Hugging Face checkpoint this export did not write, which it would overwrite;"
-            " export to a new or empty dir"
-        )
+    raise ValueError(
+        f"{out}: holds a Hugging Face checkpoint this export did not write, which it would overwrite;"
+        " export to a new or empty dir"
+    )
 
 
 def _is_export(out: Path) -> bool:
@@ -344,6 +348,8 @@ def special_token_ids(tok_dir: str | Path) -> dict[str, int | None]:
         token = conf.get(f"{role}_token")
         if isinstance(token, dict):  # the AddedToken form: {"content": "<|endoftext|>", ...}
             token = token.get("content")
+        if token is not None and not isinstance(token, str):  # a list was a traceback ("unhashable")
+            raise ValueError(f"{named[role]}: {role}_token must be a token string or null, got {token!r}")
         if token is not None and token not in vocab:
             raise ValueError(f"{named[role]}: {role}_token {token!r} is not in tokenizer.json")
         ids[f"{role}_token_id"] = vocab[token] if token is not None else None
@@ -354,11 +360,19 @@ def _vocab(path: Path) -> dict[str, int]:
     """Token string -> id of a tokenizer.json: BPE and WordLevel models map pieces to ids, a Unigram
     (SentencePiece) model lists [piece, score] pairs in id order (read as a mapping, the ids were scores)."""
     data = read_json_object(path)
-    pieces = (data.get("model") or {}).get("vocab") or {}
+    model, added = data.get("model") or {}, data.get("added_tokens", [])
+    pieces = (model.get("vocab") or {}) if isinstance(model, dict) else None
     if isinstance(pieces, list):
         pieces = {entry[0]: i for i, entry in enumerate(pieces) if isinstance(entry, list) and entry}
+    # Checked, as a tokenizer.json that is JSON but not a tokenizer's ended the export in a traceback.
+    if not isinstance(pieces, dict) or not all(type(i) is int for i in pieces.values()):
+        raise ValueError(f"{path}: model.vocab is not a map of tokens to integer ids")
+    if not isinstance(added, list) or not all(
+        isinstance(t, dict) and isinstance(t.get("content"), str) and type(t.get("id")) is int for t in added
+    ):
+        raise ValueError(f"{path}: added_tokens is not a list of tokens with a content and an integer id")
     vocab = dict(pieces)
-    vocab.update({t["content"]: t["id"] for t in data.get("added_tokens", [])})
+    vocab.update({t["content"]: t["id"] for t in added})
     return vocab
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from codefoundry.models import checkpoint
+from codefoundry.models import tokenizer as tokenizer_module
 from codefoundry.models.config import ROPE_SCALING_KEYS, ModelConfig, MoEConfig, yarn_attention_factor
 from codefoundry.models.hf import INDEX, MODEL_TYPES, WEIGHTS, read_json_object
 from codefoundry.models.transformer import Transformer
@@ -57,6 +58,9 @@ def import_hf(
     _check_import_dir(Path(out))  # before the conversion and its memory: a bad path fails at once
     with tempfile.TemporaryDirectory(prefix="cf-import-") as tmp:
         tokenizer = _tokenizer_dir(tok_dir, Path(tmp))  # likewise before: an unreadable one fails at once
+        if tokenizer is not None:  # a garbage tokenizer.json, or another model's, was copied without a word
+            ids = tokenizer_module.load(tokenizer).get_vocab().values()
+            checkpoint.check_tokenizer_fits(tokenizer, ids, cfg.vocab_size)
         model = _converted(sd, hf, cfg, where, dtype)
         if tokenizer is None:  # an earlier import's tokenizer would pass for this model's
             for name in checkpoint.ALL_TOKENIZER_FILES:

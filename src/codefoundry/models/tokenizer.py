@@ -301,7 +301,10 @@ def train_command(data: str | None, vocab_size: int, out: str, min_frequency: in
     check_options(vocab_size, min_frequency)
     files = corpus_files(data)
     if not files:
-        raise FileNotFoundError(f"{data}: no source files to train on")
+        # the suffix named: a directory of .js or .c sources, which are not read, had "no source files"
+        raise FileNotFoundError(
+            f"{data}: no source files to train on (a directory is read for its .py files)"
+        )
     skipped: list[Path] = []
     if not any(read_texts(files, skipped=skipped)):  # stops at the first non-empty text
         raise ValueError(f"{data}: no non-empty UTF-8 source files ({len(skipped)} skipped as not UTF-8)")

@@ -39,18 +39,31 @@ PEAK_FLOPS = {
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a metrics JSONL file, in order; a torn last line (a killed writer) is skipped."""
+    """The records (JSON objects) of a metrics JSONL file, in order; a torn last line (a killed writer) is
+    skipped. Any other line that is not UTF-8 or not a JSON object is a ValueError naming the file and line
+    (decoded as a whole, a stray byte was an error naming neither, and a list a traceback further on)."""
     path = Path(path)
     records = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            torn = not raw.endswith(b"\n")  # only the last line can lack its end
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                if torn:
+                    continue
+                raise ValueError(f"{path}:{n}: not UTF-8 (byte {e.start + 1} of the line)") from None
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except ValueError:
-                if line.endswith("\n"):
-                    raise ValueError(f"{path}:{n}: not a JSON record") from None
+                if torn:
+                    continue
+                raise ValueError(f"{path}:{n}: not a JSON record") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{n}: not a JSON object (a {type(record).__name__})")
+            records.append(record)
     return records
 
 
@@ -59,7 +72,12 @@ def truncate_metrics(path: str | Path, step: int) -> int:
     path = Path(path)
     if not path.is_file():
         return 0
-    kept = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+    records = read_metrics(path)
+    for i, r in enumerate(records, start=1):
+        value = r.get("step", 0)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{path}: record {i} has step {value!r}, not a number")
+    kept = [r for r in records if r.get("step", 0) <= step]
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
     tmp.replace(path)

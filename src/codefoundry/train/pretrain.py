@@ -54,9 +54,9 @@ from codefoundry.train.metrics import METRICS, MetricsLogger, flops_per_token, p
 from codefoundry.train.muon import Muon, Optimizers, muon_groups
 from codefoundry.train.trainer_state import (
     CHECKPOINT,
-    TRAINER_STATE,
     find_checkpoint,
     load_checkpoint,
+    nothing_to_resume,
     param_digest,
     run_facts,
     save_checkpoint,
@@ -298,7 +298,7 @@ def check_inputs(cfg: PretrainConfig) -> None:
     if cfg.shape is None and cfg.size not in SIZES:
         raise ValueError(f"PretrainConfig.size: unknown size {cfg.size!r}; known: {', '.join(SIZES)}")
     if cfg.resume and find_checkpoint(cfg.out) is None:
-        raise ValueError(f"{Path(cfg.out) / CHECKPOINT}: nothing to resume (no {TRAINER_STATE})")
+        raise ValueError(nothing_to_resume(cfg.out))
     output_dir(cfg.out)
 
 

@@ -45,6 +45,7 @@ from codefoundry.train.trainer_state import (
     CHECKPOINT,
     TRAINER_STATE,
     find_checkpoint,
+    nothing_to_resume,
     param_digest,
     save_checkpoint,
     set_rng_state,
@@ -228,7 +229,7 @@ class SFTRun:
         self.cfg, self.out = cfg, Path(cfg.out)
         resume_from = find_checkpoint(cfg.out) if cfg.resume else None
         if cfg.resume and resume_from is None:
-            raise ValueError(f"{self.out / CHECKPOINT}: nothing to resume (no {TRAINER_STATE})")
+            raise ValueError(nothing_to_resume(self.out))
         self.device = resolve_device(cfg.device)
         self.amp = amp_dtype(cfg.dtype, self.device)
         self.raw, self.tok_dir = load_init(cfg.init)

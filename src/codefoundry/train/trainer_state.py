@@ -105,6 +105,16 @@ def find_checkpoint(out: str | Path) -> Path | None:
     return None
 
 
+def nothing_to_resume(out: str | Path) -> str:
+    """Why `find_checkpoint(out)` found none, naming what OUT/checkpoint lacks: the message said "no
+    trainer_state.pt" also when that file was there and the weights were what had been deleted."""
+    path = Path(out) / CHECKPOINT
+    if not path.is_dir():
+        return f"{path}: nothing to resume (no such directory)"
+    lacking = [name for name in (TRAINER_STATE, ckpt.WEIGHTS) if not (path / name).is_file()]
+    return f"{path}: nothing to resume (no {' and no '.join(lacking)})"
+
+
 def run_facts(data: PretrainData, world_size: int) -> dict[str, Any]:
     """What decides the loss curve that the config does not hold, saved beside it: the number of ranks (each
     draws its own batches) and a digest of the data as opened (files changed under the same path)."""

@@ -7,7 +7,8 @@ conversation in the tokenizer's chat tokens (`<|im_start|>role\\ncontent<|im_end
 same batch; greedy decoding computes one and repeats it `n` times. With a seed, sample j of a prompt draws
 from a stream keyed by the seed, the prompt's tokens and j (`sampling.child_seed`), so it does not depend
 on the other prompts of the call, their order or the batch size: an eval resumed after a kill regenerates
-exactly what the lost samples were. Stop strings are applied as `truncate_at_stop` does.
+what the lost samples were (while prompt and max_tokens fit the context: past it, `complete_ids` trims
+each prompt to what the call's longest one leaves). Stop strings are applied as `truncate_at_stop` does.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class LocalBackend:
         try:
             self.model = checkpoint.load(root, device=device, dtype=dtype)
             self.tokenizer = tokenizer_module.load(root)
+            checkpoint.check_tokenizer_fits(
+                root, self.tokenizer.get_vocab().values(), self.model.cfg.vocab_size
+            )
             # Our end tokens where the tokenizer has them, and the end of sequence its tokenizer_config.json
             # names: an imported Llama's tokenizer has none of ours, and requiring them refused the model.
             eos = special_token_ids(root)["eos_token_id"]

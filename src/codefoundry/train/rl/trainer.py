@@ -69,6 +69,7 @@ from codefoundry.train.trainer_state import (
     CHECKPOINT,
     TRAINER_STATE,
     find_checkpoint,
+    nothing_to_resume,
     save_checkpoint,
     set_rng_state,
 )
@@ -276,7 +277,7 @@ class RLRun:
     def _resume(self) -> None:
         path = find_checkpoint(self.out)
         if path is None:
-            raise ValueError(f"{self.out / CHECKPOINT}: nothing to resume (no {TRAINER_STATE})")
+            raise ValueError(nothing_to_resume(self.out))
         from safetensors.torch import load_file
 
         state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
