@@ -153,4 +153,4 @@ def test_min_p_reaches_transformers_and_keeps_only_the_likely_tokens(backend: An
     hot = SamplingParams(n=3, temperature=5.0, max_tokens=MAX_NEW, seed=3, min_p=1.0)
     assert backend.complete(["def", "print"], hot) == [g * 3 for g in greedy]
     assert backend._config(hot, 3).min_p == 1.0
-    assert backend._config(SamplingParams(temperature=1.0), 1).min_p is None
+    assert backend._config(SamplingParams(temperature=1.0), 1).min_p == 0.0  # not the checkpoint's

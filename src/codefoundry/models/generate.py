@@ -146,7 +146,7 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
     docstring).
     `logprobs`, when given, is a list that receives one list per prompt: the log-prob of each returned
     token under softmax(logits / temperature) (temperature 1 when greedy), before the repetition penalty,
-    top-k/top-p, `first_tokens` and `banned_ids` change it, from the model's logits at that step (an RL
+    top-k/top-p/min-p, `first_tokens` and `banned_ids` change it, from the model's logits at that step (an RL
     behaviour policy)."""
     _check(model, prompts, max_new_tokens, temperature, top_k, top_p, min_p, stop_strings, tokenizer)
     if not 0 < repetition_penalty < math.inf:  # also refuses NaN

@@ -2,13 +2,16 @@
 
 Each row of a batch draws from its own random stream, keyed by the call's seed and the row's index (or by
 the row's own seed, when the caller gives one per row). A stream is counter-based (splitmix64 of the key
-plus the step), so a row's samples depend on its seed, its prompt and the model, not on the batch it shares,
-the batch size, when the other rows finish or the device: `generate([p, q], seed=s)[0]` equals
-`generate([p], seed=s)[0]`, and `complete_ids` gives each prompt a seed of its own, so its texts do not
-change with `batch_size` either. (vLLM seeds per request the same way; Hugging Face's `generate` draws the
-whole batch from torch's global generator, so its samples change with the batch.) Drawing a row's uniform
-costs 10-30 us of numpy arithmetic a step at 16 rows (torch.rand's one draw for the batch: 4-10 us),
-against ~14 ms for a batch-16 step of the 10m model; the draw then inverts the cumulative distribution.
+plus the step), so a row's uniforms depend on its seed alone, not on the batch it shares, the batch size,
+when the other rows finish or the device: `generate([p, q], seed=s)[0]` equals `generate([p], seed=s)[0]`,
+and `complete_ids` gives each prompt a seed of its own, so its texts do not change with `batch_size`
+either. The tokens drawn also depend on the logits, and those are the same only up to rounding: a batch's
+padding and shape move them in the last bits (1e-6 in a log-prob on the tiny model), which changes a draw
+only where the uniform falls that close to a boundary; another device or dtype computes other logits.
+(vLLM seeds per request the same way; Hugging Face's `generate` draws the whole batch from torch's global
+generator, so its samples change with the batch.) The batch's uniforms cost ~7 us of numpy a step at 1,
+16 or 64 rows (torch.rand's one draw: ~2 us), against ~14 ms for a batch-16 step of the 10m model and
+~180 us for the draw itself at 16 x 8192, which inverts the cumulative distribution.
 
 min-p (Nguyen et al. 2024, "Turning Up the Heat"; vLLM's and Hugging Face's `min_p`): after temperature, a
 token whose probability is below `min_p` times the row's most likely token's is dropped. It cuts the long
@@ -162,10 +165,24 @@ def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 def _draw(probs: torch.Tensor, uniforms: np.ndarray) -> torch.Tensor:
     """One token per row of probs (B, V) by inverting the cumulative distribution at the row's uniform
     (instead of `torch.multinomial`'s per-row set-up: on CPU 5-10x faster at sampling batch sizes). A token
-    of probability 0 is never drawn: its cumulative value equals its predecessor's, and `u` stays below the
-    row's total."""
-    cdf = probs.cumsum(dim=-1)  # (B, V); on CPU accumulated in float64, each entry rounded once
+    of probability 0 is never drawn. On the CPU its cumulative value equals its predecessor's (the scan is
+    sequential, accumulated in float64, each entry rounded once) and `u` stays below the row's total. A
+    parallel scan (CUDA's cumsum) sums neighbouring entries in different orders, so a zero's entry can
+    come out an ulp above its predecessor's (pytorch#21780, flashinfer#225): a row that drew such a token
+    is drawn again, at the same uniform, from a sequential float64 scan on the CPU."""
+    cdf = probs.cumsum(dim=-1)  # (B, V)
+    tokens = _invert(cdf, torch.from_numpy(uniforms).to(device=probs.device, dtype=probs.dtype))
+    zero = probs.gather(1, tokens.view(-1, 1)).squeeze(1) == 0  # (B,); rare, and never on the CPU
+    if zero.any():
+        rows = zero.nonzero().squeeze(1)
+        redo = _invert(probs[rows].cpu().double().cumsum(dim=-1), torch.from_numpy(uniforms)[rows.cpu()])
+        tokens[rows] = redo.to(tokens.device)
+    return tokens
+
+
+def _invert(cdf: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """The first index of each row of cdf (B, V) whose entry exceeds the row's uniform (B,) times its total:
+    below the total (a uniform rounded up to 1 when cast to fp32 is held an ulp under it), so never V."""
     total = cdf[:, -1:]
-    u = torch.from_numpy(uniforms).to(device=probs.device, dtype=probs.dtype).view(-1, 1) * total
-    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
+    u = torch.minimum(uniforms.view(-1, 1) * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, u, right=True).squeeze(1)

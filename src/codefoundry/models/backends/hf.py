@@ -115,9 +115,9 @@ class HFBackend:
         if params.greedy:
             sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
         else:
-            sampling = {"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
-            if params.min_p > 0:
-                sampling["min_p"] = params.min_p
+            # min_p 0 too: left None, it would be the checkpoint's (generation_config.json's "min_p").
+            sampling = {"temperature": params.temperature, "top_p": params.top_p, "top_k": 0,
+                        "min_p": params.min_p}  # fmt: skip
         return transformers.GenerationConfig(
             repetition_penalty=1.0,
             typical_p=1.0,

@@ -8,7 +8,8 @@ same batch; greedy decoding computes one and repeats it `n` times. With a seed, 
 from a stream keyed by the seed, the prompt's tokens and j (`sampling.child_seed`), so it does not depend
 on the other prompts of the call, their order or the batch size: an eval resumed after a kill regenerates
 what the lost samples were (while prompt and max_tokens fit the context: past it, `complete_ids` trims
-each prompt to what the call's longest one leaves). Stop strings are applied as `truncate_at_stop` does.
+each prompt to what the call's longest one leaves; and up to the last bits of the logits, which batching
+moves: see `codefoundry.models.sampling`). Stop strings are applied as `truncate_at_stop` does.
 """
 
 from __future__ import annotations

@@ -139,7 +139,9 @@ class OpenAIBackend:
             body["stop"] = list(params.stop[:MAX_API_STOPS])
         if seed is not None:
             body["seed"] = seed
-        if params.min_p > 0:  # vLLM's and SGLang's extension; sent only when asked for
+        # vLLM's and SGLang's extension, sent only when asked for (OpenAI itself refuses it). Left out, it is
+        # the server's default: vLLM's is the model's generation_config.json (`extra_body={"min_p": 0}`).
+        if params.min_p > 0:
             body["min_p"] = params.min_p
         body.update(self.extra_body)
         return body
