@@ -276,8 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"codefoundry {args.stage}: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"codefoundry {args.stage}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # one raised with a message says what was kept (tokenizer train)
+        print(f"codefoundry {args.stage}: {str(e) or 'interrupted'}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `codefoundry ... | head`: the reader left; it was a traceback
         return _stdout_closed(args.stage)

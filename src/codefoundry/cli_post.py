@@ -43,6 +43,14 @@ def _usage_error(message: str) -> Exception:
     return UsageError(message)
 
 
+def _input_error(e: Exception) -> Exception:
+    """A one-line UsageError; an OSError the system raised (a metrics.jsonl that is a directory) reads
+    "FILE: why", as `codefoundry pretrain` says it: it was a traceback."""
+    from codefoundry.cli_model import _input_error as model_input_error
+
+    return model_input_error(e) if isinstance(e, OSError) else _usage_error(str(e).strip("'\""))
+
+
 def _values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     values = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
     return {k: v for k, v in values.items() if v is not None}
@@ -53,10 +61,10 @@ def _sft(args: argparse.Namespace) -> int:
 
     try:
         summary = sft(SFTConfig(**_values(args, SFTConfig)))
-    except (ValueError, FileNotFoundError) as e:
-        raise _usage_error(str(e)) from None
+    except (ValueError, OSError) as e:
+        raise _input_error(e) from None
     print(_sft_line(summary))
-    return 0
+    return 130 if summary["stopped"] == "interrupted" else 0  # a Ctrl-C honoured still ends as one does
 
 
 def _sft_line(s: dict[str, Any]) -> str:
@@ -77,8 +85,8 @@ def _rft(args: argparse.Namespace) -> int:
 
     try:
         summary = rft(RFTConfig(**_values(args, RFTConfig)))
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        raise _usage_error(str(e).strip("'\"")) from None
+    except (ValueError, OSError, KeyError) as e:
+        raise _input_error(e) from None
     c = summary["counts"]
     line = (
         f"{c['samples']} samples of {c['problems']} problems: {c['passed']} passed "
@@ -87,7 +95,7 @@ def _rft(args: argparse.Namespace) -> int:
     if summary.get("sft"):
         line += "\n" + _sft_line(summary["sft"])
     print(line)
-    return 0
+    return 130 if (summary.get("sft") or {}).get("stopped") == "interrupted" else 0
 
 
 def register(stages: argparse._SubParsersAction, argv: list[str]) -> None:

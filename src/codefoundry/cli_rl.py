@@ -53,10 +53,14 @@ def _rl(args: argparse.Namespace) -> int:
     try:
         cfg = RLConfig(**{k: v for k, v in values.items() if v is not None})
         summary = rl(cfg)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:
+        if isinstance(e, OSError):  # a metrics.jsonl that is a directory: "FILE: why", not a traceback
+            from codefoundry.cli_model import _input_error
+
+            raise _input_error(e) from None
         raise UsageError(str(e)) from None
     print(_line(summary))
-    return 0
+    return 130 if summary["stopped"] == "interrupted" else 0  # a Ctrl-C honoured still ends as one does
 
 
 def register(stages: argparse._SubParsersAction, argv: list[str]) -> None:

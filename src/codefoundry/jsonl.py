@@ -20,14 +20,12 @@ def iter_records(
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        f = opener(path, "rt", encoding="utf-8")
+        f = opener(path, "rb")
     except OSError as e:
         raise RecordError(f"{path}: cannot read ({e.strerror or e})") from None
     with f:
         try:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
+            for lineno, line in text_lines(f, path, RecordError):
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
@@ -40,5 +38,18 @@ def iter_records(
                 if missing:
                     raise RecordError(f"{path}:{lineno}: {what} lacks {', '.join(missing)}")
                 yield lineno, record
+        except OSError as e:  # a torn gzip stream: it was a traceback
+            raise RecordError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def text_lines(f, path: str | Path, error: type[Exception]) -> Iterator[tuple[int, str]]:
+    """(line number, text) for every non-blank line of the binary file `f`, decoded line by line: decoded as a
+    stream, a bad byte's error named no line, and an offset into the decoder's 8 KiB chunk, not into the
+    file. A line that is not UTF-8 raises `error` naming `path` and the line."""
+    for lineno, raw in enumerate(f, start=1):
+        try:
+            line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise RecordError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+            raise error(f"{path}:{lineno}: not UTF-8 (byte {e.start + 1} of the line)") from None
+        if line.strip():
+            yield lineno, line

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import sysconfig
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,9 +126,30 @@ def train_texts(texts: Iterable[str], *, vocab_size: int, out: str | Path, min_f
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer=trainer)
+    _train_interruptibly(tok, texts, trainer)
     save(tok, out)
     return tok
+
+
+def _train_interruptibly(tok, texts: Iterable[str], trainer) -> None:
+    """`tok.train_from_iterator` on a daemon thread while this one waits in short joins, which a Ctrl-C
+    interrupts: the trainer (Rust, the GIL released) never checks for signals, so a Ctrl-C took effect only
+    when training ended (15 s on the standard library, minutes on a big corpus). Interrupted, nothing is
+    saved; the thread is left to end with the process."""
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            tok.train_from_iterator(texts, trainer=trainer)
+        except BaseException as e:  # re-raised in the waiting thread
+            failure.append(e)
+
+    thread = threading.Thread(target=work, name="cf-bpe-train", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.1)
+    if failure:
+        raise failure[0]
 
 
 def check_options(vocab_size: int, min_frequency: int) -> None:
@@ -316,6 +338,12 @@ def train_command(data: str | None, vocab_size: int, out: str, min_frequency: in
     except OSError as e:  # from `save`: a full disk, a folder where tokenizer.json goes, ...
         where = e.filename2 or e.filename or out
         raise ValueError(f"{where}: cannot save the tokenizer ({e.strerror or e})") from None
-    compression, failures = measure(tok, files)
+    try:
+        compression, failures = measure(tok, files)
+    except KeyboardInterrupt:  # it said only "interrupted", though a usable tokenizer had been written
+        raise KeyboardInterrupt(
+            f"interrupted after {Path(out) / 'tokenizer.json'} was saved: only measuring its compression and"
+            " round trip was cut short"
+        ) from None
     return TrainReport(len(files) - len(skipped), tok.get_vocab_size(), round(compression, 3), str(out),
                        len(skipped), tuple(failures))  # fmt: skip

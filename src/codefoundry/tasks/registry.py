@@ -109,9 +109,17 @@ def load_problems_file(path: str | Path) -> list[Problem]:
         if rec["task_id"] in seen:
             raise ProblemFileError(f"{where}: duplicate task_id {rec['task_id']!r}")
         seen.add(rec["task_id"])
-        if isinstance(rec.get("tests"), list):
-            problems.append(Problem(rec["task_id"], rec["prompt"], rec["entry_point"], tuple(map(str, rec["tests"])),
-                                    setup=rec.get("setup", ""), canonical_solution=rec.get("canonical_solution", "")))  # fmt: skip
-        else:
-            problems.append(problem_from_record(rec))
+        try:  # the problem's own checks (a judge that cannot run) named no file nor line
+            if isinstance(rec.get("tests"), list):
+                extra = {
+                    "setup": rec.get("setup", ""),
+                    "canonical_solution": rec.get("canonical_solution", ""),
+                }
+                problems.append(
+                    Problem(rec["task_id"], rec["prompt"], rec["entry_point"], tuple(rec["tests"]), **extra)
+                )
+            else:
+                problems.append(problem_from_record(rec))
+        except (ValueError, TypeError) as e:
+            raise ProblemFileError(f"{where}: {e}") from None
     return problems

@@ -44,6 +44,11 @@ SAMPLING_FIELDS = (
 )
 
 
+# What a recorded sample must hold to be reused, with its type (bool before int: True is an int too)
+RECORD_FIELDS = {"task_id": str, "sample": int, "completion": str, "passed": bool, "fraction": (int, float),
+                 "status": str}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class RFTConfig:
     init: str  # the codefoundry checkpoint to fine-tune (and by default to sample from)
@@ -110,7 +115,12 @@ def read_samples(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
 
     if not path.is_file():
         return {}
-    return {(r["task_id"], r["sample"]): r for r in read_metrics(path)}
+    records = read_metrics(path)
+    for i, r in enumerate(records, start=1):  # a record lacking one was a KeyError naming only the field
+        wrong = [k for k, kind in RECORD_FIELDS.items() if not isinstance(r.get(k), kind)]
+        if wrong:
+            raise ValueError(f"{path}: record {i} lacks {', '.join(wrong)} (or has the wrong type)")
+    return {(r["task_id"], r["sample"]): r for r in records}
 
 
 def check_config(cfg: RFTConfig, out: Path) -> None:
@@ -118,7 +128,12 @@ def check_config(cfg: RFTConfig, out: Path) -> None:
     mine = {k: getattr(cfg, k) for k in SAMPLING_FIELDS} | {"model": cfg.model_spec}
     path = out / CONFIG
     if path.is_file():
-        saved = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError: the message named no file
+            raise ValueError(f"{path}: not a JSON config ({e})") from None
+        if not isinstance(saved, dict):
+            raise ValueError(f"{path}: not a JSON object")
         for key, value in mine.items():
             if saved.get(key) != value:
                 raise ValueError(

@@ -17,8 +17,9 @@ needs the tokenizer to have `<|im_start|>`, `<|im_end|>` and `<|endoftext|>` (ou
 
 Resume: OUT/checkpoint holds the weights, optimizer, step and RNG states (`trainer_state`); the batches
 are a pure function of (seed, step), so a resumed run continues with bit-identical losses on the same
-machine (tested). OUT also gets metrics.jsonl, tb/, loss.png and summary.json; OUT/checkpoint loads with
-the `cf:` backend.
+machine (tested). A first Ctrl-C stops after the current step with a checkpoint and a summary (`stopped`
+is "interrupted"; the command exits 130); a second one at once. OUT also gets metrics.jsonl, tb/, loss.png
+and summary.json; OUT/checkpoint loads with the `cf:` backend.
 
 Limits: one process, one device (no DDP here); MTP modules of the init model are kept but not trained
 (their loss is not part of SFT); an MoE's load-balancing loss is added per micro-batch, weighted by its
@@ -30,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,14 +41,15 @@ import torch
 from codefoundry.models import checkpoint as ckpt
 from codefoundry.models.transformer import Transformer
 from codefoundry.train import sft_data as D
+from codefoundry.train.distributed import interrupts_stop_after_the_step
 from codefoundry.train.metrics import METRICS, MetricsLogger, plot_curves
 from codefoundry.train.pretrain import amp_dtype, autocast, param_groups
 from codefoundry.train.trainer_state import (
     CHECKPOINT,
-    TRAINER_STATE,
     find_checkpoint,
     nothing_to_resume,
     param_digest,
+    read_trainer_state,
     save_checkpoint,
     set_rng_state,
 )
@@ -100,11 +103,11 @@ class SFTConfig:
             "grad_accum": self.grad_accum >= 1,
             "steps": self.steps is None or self.steps >= 1,
             "epochs": self.epochs > 0,
-            "lr": self.lr > 0,
+            "lr": 0 < self.lr < math.inf,  # an infinite one trained to NaN weights and saved them
             "schedule": self.schedule in SCHEDULES,
             "min_lr": self.min_lr is None or 0 <= self.min_lr <= self.lr,
             "warmup": self.warmup is None or self.warmup >= 0,
-            "weight_decay": self.weight_decay >= 0,
+            "weight_decay": 0 <= self.weight_decay < math.inf,
             "betas": len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
             "grad_clip": self.grad_clip >= 0,
             "eval_every": self.eval_every >= 0,
@@ -151,7 +154,11 @@ def load_init(init: str | Path) -> tuple[Transformer, Path]:
         raise ValueError(f"{root}: not a checkpoint directory (no {ckpt.CONFIG})")
     if not (root / "tokenizer.json").is_file():
         raise ValueError(f"{root}: the checkpoint has no tokenizer.json")
-    if "model_type" in json.loads(config.read_text(encoding="utf-8")):  # a transformers config
+    try:
+        fields = json.loads(config.read_text(encoding="utf-8"))
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError: the message named no file
+        raise ValueError(f"{config}: not a JSON config ({e})") from None
+    if isinstance(fields, dict) and "model_type" in fields:  # a transformers config
         from codefoundry.models.hf_import import import_hf
 
         return import_hf(root, dtype=torch.float32).float(), root
@@ -265,6 +272,7 @@ class SFTRun:
         self.last: dict[str, Any] = {}
         self.val_loss: float | None = None
         self.initial_val_loss: float | None = resumed.get("initial_val_loss")
+        self.stopped = "completed"
 
     @property
     def per_step(self) -> int:
@@ -299,20 +307,24 @@ class SFTRun:
         ]
 
     def load_resume(self, path: Path) -> dict[str, Any]:
-        from safetensors.torch import load_file
-
-        state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
-        saved = state.get("config", {})
+        state = read_trainer_state(path)  # a torn one, or torn weights below, was a traceback
+        saved = state["config"]
         for name in STREAM_FIELDS:
             if saved.get(name) != getattr(self.cfg, name):
                 raise ValueError(
                     f"{path}: cannot resume with {name}={getattr(self.cfg, name)!r}:"
                     f" the run was started with {name}={saved.get(name)!r}"
                 )
-        ckpt.load_state(self.raw, load_file(str(path / ckpt.WEIGHTS)), where=str(path / ckpt.WEIGHTS))
+        ckpt.load_state(self.raw, ckpt.read_weights(path / ckpt.WEIGHTS), where=str(path / ckpt.WEIGHTS))
         return state
 
     def train(self) -> dict[str, Any]:
+        # A Ctrl-C stops after the step with a checkpoint and a summary: it lost every step since the last
+        # checkpoint (with save_every 0, the whole run).
+        with interrupts_stop_after_the_step() as interrupted:
+            return self._train(interrupted)
+
+    def _train(self, interrupted: Callable[[], bool]) -> dict[str, Any]:
         cfg = self.cfg
         if self.initial_val_loss is None:
             self.initial_val_loss = evaluate(self.raw, self.eval_batches, device=self.device, amp=self.amp)
@@ -322,7 +334,9 @@ class SFTRun:
         while self.step < self.steps:
             stats = self.train_step()
             window_tokens += stats["response_tokens"]
-            last = self.step == self.steps
+            if interrupted():
+                self.stopped = "interrupted"
+            last = self.step == self.steps or self.stopped == "interrupted"
             if self.step % cfg.log_every == 0 or last:
                 self.log_train(stats, window_tokens / max(1e-9, time.perf_counter() - mark))
                 window_tokens, mark = 0, time.perf_counter()
@@ -333,6 +347,8 @@ class SFTRun:
                 self.save()
             if last or cfg.eval_every or cfg.save_every:
                 mark = time.perf_counter()  # evaluation and saving are not training throughput
+            if self.stopped == "interrupted":
+                break
         if self.val_loss is None:  # resumed at or past the last step: nothing ran
             self.val_loss = evaluate(self.raw, self.eval_batches, device=self.device, amp=self.amp)
         return self.finish()
@@ -388,6 +404,7 @@ class SFTRun:
         summary = {
             "step": self.step,
             "steps": self.steps,
+            "stopped": self.stopped,
             "train_loss": self.last.get("loss"),
             "initial_val_loss": self.initial_val_loss,
             "val_loss": self.val_loss,

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from codefoundry.jsonl import text_lines
 from codefoundry.models.tokenizer import EOT, IM_END, IM_START, plain_text_copy, special_id
 
 IGNORE = -100
@@ -119,18 +120,14 @@ def _raw_records(file: Path) -> Iterator[tuple[str, Any]]:
         return
     opener = gzip.open if file.suffix == ".gz" else open
     try:
-        with opener(file, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
+        with opener(file, "rb") as f:
+            for lineno, line in text_lines(f, file, SFTDataError):
                 try:
                     yield f"{file}:{lineno}", json.loads(line)
                 except json.JSONDecodeError as e:
                     raise SFTDataError(
                         f"{file}:{lineno}: not valid JSON ({e.msg}, column {e.colno})"
                     ) from None
-    except UnicodeDecodeError as e:
-        raise SFTDataError(f"{file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise SFTDataError(f"{file}: cannot read ({e.strerror or e})") from None
 

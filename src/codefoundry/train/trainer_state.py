@@ -143,6 +143,20 @@ def _check_vocabulary(path: Path, tokenizer: Tokenizer, where: str) -> None:
         )
 
 
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    """PATH/trainer_state.pt (it must hold the run's `config`), or a ValueError naming it when it is torn
+    or not one: SFT and RL resumes loaded it bare, and a damaged one was a traceback."""
+    try:
+        state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError) as e:
+        # torch's messages run to several sentences; the first says what is wrong (a KeyError's is a number)
+        why = "not a file torch.save wrote" if isinstance(e, KeyError) else str(e).split(". ")[0]
+        raise ValueError(f"{path / TRAINER_STATE}: cannot read the trainer state ({why})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+        raise ValueError(f"{path / TRAINER_STATE}: cannot read the trainer state (no run config in it)")
+    return state
+
+
 def load_checkpoint(
     path: Path,
     model: Transformer,
@@ -153,13 +167,8 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Check that `cfg` (with this run's `facts` and `tokenizer`, when given) can continue the checkpoint,
     load its weights into `model`, return its state."""
-    try:
-        state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
-        saved = state["config"]
-    except (OSError, RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError) as e:
-        # torch's messages run to several sentences; the first says what is wrong
-        why = str(e).split(". ")[0]
-        raise ValueError(f"{path / TRAINER_STATE}: cannot read the trainer state ({why})") from None
+    state = read_trainer_state(path)
+    saved = state["config"]
     for name in SHAPE_FIELDS:
         if name == "moe_top_k" and not cfg.moe_experts:
             continue

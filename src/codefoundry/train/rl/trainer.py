@@ -21,7 +21,8 @@ the ratio's old policy is the generating one (the sampler's recorded log-probs).
 Exact resume: the checkpoint holds weights, value head, optimizer, step and RNG states, and in an async run
 the batch generated ahead with its scores; problems and sampling seeds are functions of (seed, step), so
 a resumed run logs the same rewards and losses as an uninterrupted one on the same machine (timings
-aside; with the vLLM engine, as far as vLLM's seeded sampling repeats itself).
+aside; with the vLLM engine, as far as vLLM's seeded sampling repeats itself). A first Ctrl-C stops after
+the current step with a checkpoint and a summary (`stopped` is "interrupted"; the command exits 130).
 
 `engine="vllm"` samples through vLLM (`train.rl.vllm_engine`), synced to the policy's weights before each
 rollout. `safety_check` plugs a risk function into the reward (see `rollout.shaped_rewards`).
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -49,10 +51,12 @@ from codefoundry.models import tokenizer as cft
 from codefoundry.sandbox import ExecutionResult, Limits
 from codefoundry.tasks.problem import Problem, Score
 from codefoundry.tasks.registry import get_task
+from codefoundry.train.distributed import interrupts_stop_after_the_step
 from codefoundry.train.metrics import METRICS, MetricsLogger, read_metrics
 from codefoundry.train.rl.advantages import ESTIMATORS, dynamic_sampling_keep
 from codefoundry.train.rl.evaluate import evaluate_pass_at_1
 from codefoundry.train.rl.losses import AGG_MODES, KL_KINDS
+from codefoundry.train.rl.plots import plot_rl_curves
 from codefoundry.train.rl.rollout import (
     PendingRollout,
     PromptCodec,
@@ -67,9 +71,9 @@ from codefoundry.train.rl.rollout import (
 from codefoundry.train.rl.update import UpdateInputs, forward_ahead, frozen_forward, ppo_update, single_pass
 from codefoundry.train.trainer_state import (
     CHECKPOINT,
-    TRAINER_STATE,
     find_checkpoint,
     nothing_to_resume,
+    read_trainer_state,
     save_checkpoint,
     set_rng_state,
 )
@@ -78,6 +82,9 @@ __all__ = ["RLConfig", "RLRun", "rl"]
 
 SUMMARY = "summary.json"
 PLOT = "rl_curves.png"
+# Finite and >= 0: a NaN weight decay was torch's error, a NaN format or value term trained silently
+NON_NEGATIVE = ("weight_decay", "format_penalty", "overlong_penalty", "vf_coef")
+PAIRED = ("grpo_passk", "rloo")  # need G >= 2, as dynamic sampling does (it drops each group of one)
 
 
 @dataclass(frozen=True)
@@ -146,13 +153,15 @@ class RLConfig:
             "estimator": self.estimator in ESTIMATORS,
             "agg": self.agg in AGG_MODES,
             "kl_kind": self.kl_kind in KL_KINDS,
-            "group_size": self.group_size >= (2 if self.estimator in ("grpo_passk", "rloo") else 1),
+            "group_size": self.group_size >= (2 if self.estimator in PAIRED or self.dynamic_sampling else 1),
             "prompts_per_step": self.prompts_per_step >= 1,
             "max_new_tokens": self.max_new_tokens >= 1,
             "eval_max_new_tokens": self.eval_max_new_tokens is None or self.eval_max_new_tokens >= 1,
-            "temperature": self.temperature > 0,
+            "temperature": 0 < self.temperature < math.inf,
+            "eval_temperature": 0 <= self.eval_temperature < math.inf,
             "top_p": 0 < self.top_p <= 1,
-            "lr": self.lr > 0,
+            "lr": 0 < self.lr < math.inf,  # an infinite one made NaN weights and saved them
+            **{name: 0 <= getattr(self, name) < math.inf for name in NON_NEGATIVE},
             "steps": self.steps >= 1,
             "clip_low": 0 <= self.clip_low < 1,
             "clip_high": self.clip_high >= 0,
@@ -167,6 +176,9 @@ class RLConfig:
             "eval_samples": self.eval_samples >= 1,
             "save_every": self.save_every >= 0,
             "device": self.device in ("auto", "cpu", "cuda"),
+            "threads": self.threads >= 0,
+            "reward_workers": self.reward_workers >= 0,
+            "entropy_coef": math.isfinite(self.entropy_coef),
             "overlong_buffer": 0 <= self.overlong_buffer <= self.max_new_tokens,
             "engine": self.engine in ("local", "vllm"),
             "safety_penalty": self.safety_penalty >= 0 and (self.safety_check or not self.safety_penalty),
@@ -273,22 +285,20 @@ class RLRun:
             tensorboard=cfg.tensorboard,
         )  # fmt: skip
         self.last_eval: dict[str, Any] | None = None
+        self.stopped = "completed"
 
     def _resume(self) -> None:
         path = find_checkpoint(self.out)
         if path is None:
             raise ValueError(nothing_to_resume(self.out))
-        from safetensors.torch import load_file
-
-        state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
+        state = read_trainer_state(path)  # a torn one, or torn weights below, was a traceback
         saved = state["config"]
         for name in ("policy", "estimator", "group_size", "prompts_per_step", "async_rollouts"):
             if saved.get(name, getattr(RLConfig, name, None)) != getattr(self.cfg, name):
                 raise ValueError(f"{path}: cannot resume with {name}={getattr(self.cfg, name)!r}: "
                                  f"the run was started with {name}={saved.get(name)!r}")  # fmt: skip
-        ckpt.load_state(
-            self.model, load_file(str(path / ckpt.WEIGHTS), device=str(self.device)), where=str(path)
-        )
+        weights = ckpt.read_weights(path / ckpt.WEIGHTS, device=self.device)
+        ckpt.load_state(self.model, weights, where=str(path))
         self.params[: len(list(self.model.parameters()))] = list(self.model.parameters())
         if self.value_head is not None:
             self.value_head.load_state_dict(state["value_head"])
@@ -306,15 +316,17 @@ class RLRun:
         first_eval = None
         if self.step == 0 and self.eval_problems:
             first_eval = self.evaluate()
-        try:
-            while self.step < cfg.steps:
-                self.logger.log(self.step_once())
-                self.logger.progress(self.step)
-                last = self.step == cfg.steps
-                if self.eval_problems and (last or (cfg.eval_every and self.step % cfg.eval_every == 0)):
-                    self.evaluate()
-                if last or (cfg.save_every and self.step % cfg.save_every == 0):
-                    self.save()
+        try:  # a Ctrl-C stops after the step, saved: it lost every step since the last checkpoint
+            with interrupts_stop_after_the_step() as interrupted:
+                while self.step < cfg.steps and self.stopped != "interrupted":
+                    self.logger.log(self.step_once())
+                    self.logger.progress(self.step)
+                    self.stopped = "interrupted" if interrupted() else self.stopped
+                    last = self.step == cfg.steps or self.stopped == "interrupted"
+                    if self.eval_problems and (last or (cfg.eval_every and self.step % cfg.eval_every == 0)):
+                        self.evaluate()
+                    if last or (cfg.save_every and self.step % cfg.save_every == 0):
+                        self.save()
         finally:
             self.close()
         return self.finish(first_eval)
@@ -541,6 +553,7 @@ class RLRun:
         summary = {
             "step": self.step,
             "steps": self.cfg.steps,
+            "stopped": self.stopped,
             "estimator": self.cfg.estimator,
             "eval_first": first_eval or (evals[0] if evals else None),
             "eval_last": self.last_eval or (evals[-1] if evals else None),
@@ -554,35 +567,6 @@ class RLRun:
         }
         (self.out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         return summary
-
-
-def plot_rl_curves(metrics: str | Path, out_png: str | Path) -> Path:
-    """Reward mean (train) and held-out pass@1 with its CI band over steps, one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = read_metrics(metrics)
-    train = [r for r in records if "reward_mean" in r]
-    evals = [r for r in records if "pass@1" in r]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    if train:
-        ax.plot([r["step"] for r in train], [r["reward_mean"] for r in train], "C0", alpha=0.8,
-                label="train reward mean")  # fmt: skip
-    if evals:
-        steps = [r["step"] for r in evals]
-        ax.plot(steps, [r["pass@1"] for r in evals], "C1", marker="o", label="held-out pass@1")
-        ax.fill_between(steps, [r["low"] for r in evals], [r["high"] for r in evals], color="C1", alpha=0.2)
-    ax.set_xlabel("step")
-    ax.set_title("RL: reward and pass@1")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend()
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return out_png
 
 
 def rl(cfg: RLConfig) -> dict[str, Any]:
