@@ -18,7 +18,9 @@ from codefoundry.cli import main
 )
 def test_a_bad_sampling_flag_is_refused_before_the_model_is_loaded(tmp_path, capsys, flags, message):
     out = tmp_path / "run"
-    rc = main(["eval", "--task", "humaneval", "--model", f"cf:{tmp_path / 'none'}", "--out", str(out), *flags])
+    rc = main(
+        ["eval", "--task", "humaneval", "--model", f"cf:{tmp_path / 'none'}", "--out", str(out), *flags]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err == f"codefoundry eval: {message}"
     assert not out.exists()  # refused before anything was written

@@ -176,7 +176,9 @@ def test_import_refuses_a_tokenizer_larger_than_the_model_or_not_a_tokenizer(bui
     needle = f"has token id {top}, but config.json says vocab_size {built['vocab']}"
     refused(capsys, ["import", "hf", hf, tmp_path / "imported"], hf / "tokenizer.json", needle)
     (hf / "tokenizer.json").write_text('{"model": "BPE"}')
-    refused(capsys, ["import", "hf", hf, tmp_path / "imported"], hf / "tokenizer.json", "not a readable tokenizer")
+    refused(
+        capsys, ["import", "hf", hf, tmp_path / "imported"], hf / "tokenizer.json", "not a readable tokenizer"
+    )
     assert not (tmp_path / "imported" / "model.safetensors").exists()
 
 

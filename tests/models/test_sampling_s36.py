@@ -40,7 +40,7 @@ def test_a_rows_samples_do_not_depend_on_the_batch_it_is_in():
     assert generate(model, prompts[:1], seed=5, **kw)[0] == together[0]
     seeds = [child_seed(5, i) for i in range(len(prompts))]
     # Each row alone, given its stream's seed, and the batch in reverse order with the seeds reversed.
-    assert [generate(model, [p], seed=[s], **kw)[0] for p, s in zip(prompts, seeds)] == together
+    assert [generate(model, [p], seed=[s], **kw)[0] for p, s in zip(prompts, seeds, strict=True)] == together
     assert generate(model, prompts[::-1], seed=seeds[::-1], **kw) == together[::-1]
     assert len({tuple(r) for r in together}) == len(together)
 
@@ -104,7 +104,8 @@ def test_min_p_draws_only_tokens_at_least_min_p_times_as_likely_as_the_top_one()
     allowed = set((probs >= 0.3 * probs.max()).nonzero().flatten().tolist())
     assert 2 < len(allowed) < 10 and probs[list(allowed)].sum() < 0.2  # the tail holds most of the mass
     firsts = {
-        generate(model, [prompt], max_new_tokens=1, temperature=3.0, min_p=0.3, seed=s)[0][0] for s in range(300)
+        generate(model, [prompt], max_new_tokens=1, temperature=3.0, min_p=0.3, seed=s)[0][0]
+        for s in range(300)
     }
     assert firsts == allowed  # all of them drawn over 300 seeds, and nothing else
     plain = {generate(model, [prompt], max_new_tokens=1, temperature=3.0, seed=s)[0][0] for s in range(300)}
@@ -139,4 +140,7 @@ def test_a_cf_prompts_samples_do_not_depend_on_the_other_prompts_of_the_call(tmp
     whole = backend.complete(prompts, params)
     assert backend.complete(prompts[2:3], params) == whole[2:3]
     assert backend.complete(prompts[::-1], params) == whole[::-1]
-    assert backend.complete(prompts[:2], SamplingParams(n=2, temperature=1.0, max_tokens=10, seed=5)) != whole[:2]
+    assert (
+        backend.complete(prompts[:2], SamplingParams(n=2, temperature=1.0, max_tokens=10, seed=5))
+        != whole[:2]
+    )
