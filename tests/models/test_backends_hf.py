@@ -154,3 +154,26 @@ def test_min_p_reaches_transformers_and_keeps_only_the_likely_tokens(backend: An
     assert backend.complete(["def", "print"], hot) == [g * 3 for g in greedy]
     assert backend._config(hot, 3).min_p == 1.0
     assert backend._config(SamplingParams(temperature=1.0), 1).min_p == 0.0  # not the checkpoint's
+
+
+def test_no_sampling_default_of_the_checkpoint_applies_unasked(
+    tiny: tuple[Path, Any, Any], tmp_path: Path
+) -> None:
+    """A generation_config.json with no_repeat_ngram_size 1 and an epsilon cutoff (a checkpoint's defaults)
+    changed the backend's greedy and sampled texts: transformers fills every knob a call leaves unset."""
+    import json
+    import shutil
+
+    path, _, _ = tiny
+    tuned = Path(shutil.copytree(path, tmp_path / "tuned"))
+    config = json.loads((tuned / "generation_config.json").read_text())
+    config.update(no_repeat_ngram_size=1, epsilon_cutoff=0.3, top_h=0.5)
+    (tuned / "generation_config.json").write_text(json.dumps(config))
+    plain = load_backend(f"hf:{path}", device="cpu")
+    prompts = ["def", "print the", "for x in range ( 2 ) :"]
+    greedy = plain.complete(prompts, SamplingParams(max_tokens=MAX_NEW))
+    assert any(len(set(text.split())) < len(text.split()) for [text] in greedy)  # some word repeats
+    tuned_backend = load_backend(f"hf:{tuned}", device="cpu")
+    assert tuned_backend.complete(prompts, SamplingParams(max_tokens=MAX_NEW)) == greedy
+    sampled = SamplingParams(n=2, temperature=1.0, max_tokens=MAX_NEW, seed=5)
+    assert tuned_backend.complete(prompts, sampled) == plain.complete(prompts, sampled)

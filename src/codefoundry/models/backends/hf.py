@@ -52,7 +52,13 @@ class HFBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
         self.model.to(self.device).eval()
-        self._generation_config = self.model.generation_config
+        self._generation_config = own = self.model.generation_config
+        # transformers fills every knob a call leaves unset from the model's generation config: one holding
+        # only the special tokens, so that no sampling default of the checkpoint's (min_p, top_h,
+        # epsilon_cutoff, no_repeat_ngram_size, ...) applies unasked.
+        self.model.generation_config = transformers.GenerationConfig(
+            bos_token_id=own.bos_token_id, eos_token_id=own.eos_token_id, pad_token_id=own.pad_token_id
+        )
 
     def complete(self, prompts: Sequence[str], params: SamplingParams) -> list[list[str]]:
         if isinstance(prompts, str):
