@@ -188,3 +188,12 @@ def test_the_cf_backend_refuses_a_tokenizer_larger_than_the_model(built, ckpt):
     with_big_tokenizer(ckpt, built["big"])
     with pytest.raises(BackendError, match="the tokenizer is not this model's"):
         load_backend(f"cf:{ckpt}")
+
+
+def test_a_context_past_the_limit_is_one_line_naming_the_field(ckpt, capsys):
+    """A hand-edited config.json asking for 10^9 positions failed in the rotary tables' allocation."""
+    config = json.loads((ckpt / "config.json").read_text())
+    config["max_seq_len"] = 10**9
+    (ckpt / "config.json").write_text(json.dumps(config))
+    argv = ["generate", ckpt, "--prompt", "def", "--max-tokens", 2]
+    refused(capsys, argv, ckpt / "config.json", "max_seq_len must be at most 2,097,152")

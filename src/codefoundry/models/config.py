@@ -34,6 +34,11 @@ class MoEConfig:
             raise ValueError("moe.shared_expert_gate=true needs a shared expert (shared_expert_dim > 0)")
 
 
+# The longest context a config may ask for: 2^21 positions (Qwen2.5-1M's 1,010,000 fits). The rotary tables
+# hold cos and sin for every position, 2 x 4 bytes x head_dim each: 2 GiB at head_dim 128.
+MAX_SEQ_LEN = 1 << 21
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int
@@ -65,6 +70,11 @@ class ModelConfig:
     def __post_init__(self) -> None:
         positive = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len")
         _check_ranges(self, "", positive=positive, non_negative=("ffn_dim", "mtp_depth"))
+        if self.max_seq_len > MAX_SEQ_LEN:  # a hand-edited 10^9 failed later, allocating the rotary tables
+            raise ValueError(
+                f"max_seq_len must be at most {MAX_SEQ_LEN:,} (the rotary tables hold every position), got "
+                f"{self.max_seq_len:,}; an import takes a smaller one with --max-seq-len"
+            )
         if not self.rope_theta > 0:  # 0, a negative or NaN base made NaN rotary tables, so NaN logits
             raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
         if self.rope_scaling is not None:
