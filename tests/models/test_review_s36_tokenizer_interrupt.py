@@ -79,7 +79,7 @@ def test_ctrl_c_during_bpe_training_ends_the_command_at_once(tmp_path):
     assert proc.returncode == 130, rest
     assert rest.strip().splitlines()[-1] == "codefoundry tokenizer: interrupted"
     assert waited < 3, f"the interrupt took {waited:.1f} s: it waited for training to end"
-    assert not (out / "tokenizer.json").exists() and not list(out.glob("*"))
+    assert not out.exists()  # the directory it made for the tokenizer went too
 
 
 def test_ctrl_c_while_measuring_says_the_tokenizer_was_saved(tmp_path):

@@ -11,6 +11,7 @@ running interpreter.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import sysconfig
@@ -330,6 +331,7 @@ def train_command(data: str | None, vocab_size: int, out: str, min_frequency: in
     skipped: list[Path] = []
     if not any(read_texts(files, skipped=skipped)):  # stops at the first non-empty text
         raise ValueError(f"{data}: no non-empty UTF-8 source files ({len(skipped)} skipped as not UTF-8)")
+    made = not Path(out).exists()
     check_out(out)
     skipped.clear()
     texts = read_texts(files, skipped=skipped)
@@ -338,6 +340,11 @@ def train_command(data: str | None, vocab_size: int, out: str, min_frequency: in
     except OSError as e:  # from `save`: a full disk, a folder where tokenizer.json goes, ...
         where = e.filename2 or e.filename or out
         raise ValueError(f"{where}: cannot save the tokenizer ({e.strerror or e})") from None
+    except KeyboardInterrupt:  # before the save: the directory made for it goes too, if still empty
+        if made:
+            with contextlib.suppress(OSError):
+                Path(out).rmdir()
+        raise
     try:
         compression, failures = measure(tok, files)
     except KeyboardInterrupt:  # it said only "interrupted", though a usable tokenizer had been written
