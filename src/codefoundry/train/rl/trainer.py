@@ -37,6 +37,7 @@ import copy
 import json
 import math
 import random
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -52,11 +53,11 @@ from codefoundry.sandbox import ExecutionResult, Limits
 from codefoundry.tasks.problem import Problem, Score
 from codefoundry.tasks.registry import get_task
 from codefoundry.train.distributed import interrupts_stop_after_the_step
-from codefoundry.train.metrics import METRICS, MetricsLogger, read_metrics
+from codefoundry.train.metrics import METRICS, MetricsLogger
 from codefoundry.train.rl.advantages import ESTIMATORS, dynamic_sampling_keep
 from codefoundry.train.rl.evaluate import evaluate_pass_at_1
 from codefoundry.train.rl.losses import AGG_MODES, KL_KINDS
-from codefoundry.train.rl.plots import plot_rl_curves
+from codefoundry.train.rl.plots import plot_rl_curves, rl_records
 from codefoundry.train.rl.rollout import (
     PendingRollout,
     PromptCodec,
@@ -547,9 +548,11 @@ class RLRun:
         return pending
 
     def finish(self, first_eval: dict[str, Any] | None) -> dict[str, Any]:
-        records = read_metrics(self.out / METRICS)
-        train = [r for r in records if "reward_mean" in r]
-        evals = [r for r in records if "pass@1" in r]
+        # The training is done and saved: a record damaged by hand is left out with a note, not a traceback.
+        train, evals, skipped = rl_records(self.out / METRICS)
+        if skipped:
+            more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+            print(f"codefoundry rl: warning: {skipped[0]}{more}", file=sys.stderr)
         summary = {
             "step": self.step,
             "steps": self.cfg.steps,
