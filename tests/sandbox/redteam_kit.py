@@ -348,3 +348,17 @@ PY_ATTACKS: dict[str, str] = {
     "self_sigkill": "import os\nos.kill(os.getpid(), 9)\nprint('survived')\n",
     "connect_out": "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1).close()\n",
 }
+
+
+def reap_and_remove(procs, paths) -> None:
+    """A test's cleanup: each process still running killed and reaped, each (cgroup) directory removed
+    where it can be."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for path in paths:
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass

@@ -10,6 +10,7 @@ import subprocess
 import time
 
 import pytest
+from redteam_kit import reap_and_remove
 
 from codefoundry.sandbox import api
 
@@ -45,13 +46,6 @@ def test_a_pool_whose_workers_cgroups_are_busy_shuts_down_at_once_and_removes_th
         assert took < 4.0, f"the shutdown of {WORKERS} busy workers took {took:.1f} s"
     finally:
         pool.close()
+        reap_and_remove(holders, paths)
         for holder in holders:
-            if holder.poll() is None:
-                holder.kill()
-                holder.wait()
             holder.stdout.close()
-        for path in paths:
-            try:
-                os.rmdir(path)
-            except OSError:
-                pass

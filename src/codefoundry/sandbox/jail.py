@@ -403,12 +403,12 @@ def _expose(path: str) -> None:
 def _read_only_below(top: str) -> None:
     """`top` and every mount under it read-only, nosuid and nodev too. A remount changes one mount, and a
     host mount under a bound directory (a volume under /opt, Docker's /etc/hosts) kept its own flags:
-    writable, and a program wrote to the host through it. The options a remount could lose are kept as
-    each mount has them (`KEPT_OPTIONS`): a host mount under a bound directory with strictatime and
-    nodiratime, remounted relatime, stopped the worker from starting at the user_namespace level."""
-    for point, options in _mount_options().items():
-        if point == top or point.startswith(top + "/"):
-            mount("none", point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | options)
+    writable, and a program wrote to the host through it. Options a remount could lose are kept (strictatime
+    and nodiratime remounted relatime stopped a user_namespace worker from starting: `KEPT_OPTIONS`). `top`
+    is named as mountinfo names it: an `extra_readonly` "/data/" matched no point, and stayed writable."""
+    top, found = os.path.realpath(top), _mount_options()
+    for point in [top, *(p for p in found if p.startswith(top + "/"))]:  # KeyError: `top` is not a mount
+        mount("none", point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | found[point])
 
 
 def _mount_options() -> dict[str, int]:

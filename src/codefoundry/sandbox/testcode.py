@@ -24,6 +24,18 @@ PURE_MODULES = frozenset({
     "_heapq", "_functools", "_operator", "_bisect", "_struct", "_collections", "_collections_abc", "_decimal",
     "_pydecimal", "_datetime", "_pydatetime", "_random", "_json", "_string", "_statistics",
 })  # fmt: skip
+# numpy's namespaces a test may get the judge's own objects of, for the solution's names (`_numpy_object`)
+# and modules (`_numpy`): those of pure computation. Not numpy.lib (format.open_memmap), ctypeslib
+# (load_library loads a shared library), f2py (compiles), random (seed: the judge's state), nor of
+# numpy.testing anything but its assertions (runstring and measure run a string, rundocs a file's doctests,
+# extbuild compiles and imports C). A lie gets the genuine object of the very name the test wrote, called
+# with the test's arguments: `save(...)` for a problem "implement save" wrote a file in the judge.
+NUMPY_NAMESPACES = frozenset({"numpy", "numpy.linalg", "numpy.fft", "numpy.testing"})
+# numpy's own names that read or write files, print, or set the judge's state past the call
+NUMPY_UNSAFE = frozenset({
+    "save", "savez", "savez_compressed", "savetxt", "load", "loadtxt", "genfromtxt", "fromfile", "fromregex",
+    "memmap", "info", "show_config", "show_runtime", "set_printoptions", "setbufsize", "seterr", "seterrcall",
+})  # fmt: skip
 _CODE_CACHE: dict[tuple[str, str], object] = {}
 
 
@@ -112,9 +124,9 @@ class _TestScope(dict):
         values cross by value (`Fraction`, `Decimal`: a test relying on the solution's `from fractions
         import Fraction` builds its expected values with the judge's own).
         A lie can only get the test a genuine object of a module of pure computation (`PURE_MODULES`; a
-        class of `builtins`), reached through public names of classes, or numpy's public object of the
-        very name the test wrote: never os.abort, time.sleep or sys.exit, which a test's `Solution()`
-        would run in the judge."""
+        class of `builtins`), reached through public names of classes, or numpy's object of the very name
+        the test wrote, of computation only (`NUMPY_NAMESPACES`, `NUMPY_UNSAFE`): never os.abort,
+        time.sleep, sys.exit or numpy.save, which a test's `Solution()` or `save()` would run in the judge."""
         top = sys.stdlib_module_names
         if name in top:
             try:
@@ -168,6 +180,8 @@ def _numpy_public(dotted: str) -> object | None:
     """The judge's own numpy module for a dotted name `numpy[.sub...]`, reached by its public attributes
     (numpy imports its public submodules on first use) and never by importing a name the program gave: a
     lie could name `numpy.f2py.__main__`, whose import runs f2py. None unless every step is a module."""
+    if dotted not in NUMPY_NAMESPACES:
+        return None
     obj = rpc.crossing.numpy_module()
     for part in dotted.split(".")[1:]:
         if not isinstance(obj, types.ModuleType) or not part.isidentifier() or part.startswith("_"):
@@ -190,6 +204,8 @@ def _numpy_object(module: str, qualname: str) -> object | None:
             break
     namespace = _numpy_public(".".join(public))
     if namespace is None or not qualname.isidentifier() or qualname.startswith("_"):
+        return None
+    if qualname in NUMPY_UNSAFE or (public[1:] == ["testing"] and not qualname.startswith("assert")):
         return None
     obj = getattr(namespace, qualname, None)
     if isinstance(obj, types.ModuleType) or getattr(obj, "__module__", None) != module:

@@ -256,19 +256,26 @@ def close_workers(workers: list[Worker], patience: float = 5.0) -> None:
     one after another, a pool's shutdown paid each worker's waits in turn."""
     for worker in workers:
         worker._close_pipes()
+    procs = [worker.proc for worker in workers if worker.proc is not None]  # None: cut short before it
     deadline = time.monotonic() + patience
-    for worker in workers:
-        if worker.proc is None:  # its start was cut short before the zygote existed
-            continue
-        try:
-            worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            worker.proc.kill()
-            worker.proc.wait()
-    remove_cgroups([path for worker in workers for path in worker.cgroups])
-    for worker in workers:
-        if worker.scratch:
-            shutil.rmtree(worker.scratch, ignore_errors=True)
+    try:
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    finally:
+        # A Ctrl-C in the waits (a second one while an interrupted run shuts its pool down) left every
+        # worker's cgroups behind, in the caller's delegated cgroup too, and the zygotes not yet waited for
+        # running: those are killed now (reaped by Popen later), and the cgroups and scratch still go.
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+        remove_cgroups([path for worker in workers for path in worker.cgroups])
+        for worker in workers:
+            if worker.scratch:
+                shutil.rmtree(worker.scratch, ignore_errors=True)
 
 
 def remove_cgroups(paths: list[str], patience: float = 2.0) -> None:
