@@ -10,6 +10,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
+from hf_parity_kit import assert_bad_rope_refused  # noqa: E402
+
 from codefoundry.models import checkpoint, hf, hf_import  # noqa: E402
 from codefoundry.models.config import ModelConfig  # noqa: E402
 from codefoundry.models.transformer import rope_tables  # noqa: E402
@@ -162,20 +164,11 @@ def test_an_invalid_rope_scaling_is_refused_in_one_line(bad, field, tmp_path):
 
 
 def test_an_hf_config_with_a_bad_llama3_scaling_is_refused_in_one_line(saved, tmp_path):
-    kind, _, root = saved
-    config = json.loads((root / "hf" / "config.json").read_text())
-    config["rope_parameters"] = {**LLAMA3, "rope_theta": 10000.0, "high_freq_factor": 0.5}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    (tmp_path / "model.safetensors").write_bytes((root / "hf" / "model.safetensors").read_bytes())
-    with pytest.raises(ValueError, match=r"low_freq_factor=1\.0 must be below high_freq_factor=0\.5") as e:
-        hf_import.import_hf(tmp_path)
-    assert str(e.value).startswith(str(tmp_path)) and "\n" not in str(e.value)
-    del config["rope_parameters"]["factor"]
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(
-        ValueError, match=r"rope_parameters=.*not supported \(rope_type 'llama3' needs 'factor'\)"
-    ):
-        hf_import.import_hf(tmp_path)
+    _, _, root = saved
+    bad = {**LLAMA3, "rope_theta": 10000.0, "high_freq_factor": 0.5}
+    assert_bad_rope_refused(
+        root / "hf", tmp_path, bad, r"low_freq_factor=1\.0 must be below high_freq_factor=0\.5"
+    )
 
 
 @pytest.mark.parametrize("rope_type", ["dynamic", "longrope"])  # yarn imports since s36

@@ -10,6 +10,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
+from hf_parity_kit import assert_bad_rope_refused  # noqa: E402
+
 from codefoundry.models import checkpoint, hf, hf_import  # noqa: E402
 from codefoundry.models.config import ModelConfig  # noqa: E402
 from codefoundry.models.generate import generate  # noqa: E402
@@ -229,19 +231,10 @@ def test_dynamic_ntk_is_still_refused_saying_why(field, saved, tmp_path):
 
 def test_an_hf_yarn_config_with_a_bad_value_is_refused_naming_the_source(saved, tmp_path):
     _, _, _, root = saved
-    config = json.loads((root / "hf" / "config.json").read_text())
-    config["rope_parameters"] = {**YARNS["defaults"], "rope_theta": 10000.0, "beta_fast": "32"}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    (tmp_path / "model.safetensors").write_bytes((root / "hf" / "model.safetensors").read_bytes())
-    with pytest.raises(ValueError, match=r"rope_scaling\.beta_fast must be a number > 0, got '32'") as e:
-        hf_import.import_hf(tmp_path)
-    assert str(e.value).startswith(str(tmp_path)) and "\n" not in str(e.value)
-    del config["rope_parameters"]["factor"]
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(
-        ValueError, match=r"rope_parameters=.*not supported \(rope_type 'yarn' needs 'factor'\)"
-    ):
-        hf_import.import_hf(tmp_path)
+    bad = {**YARNS["defaults"], "rope_theta": 10000.0, "beta_fast": "32"}
+    assert_bad_rope_refused(
+        root / "hf", tmp_path, bad, r"rope_scaling\.beta_fast must be a number > 0, got '32'"
+    )
 
 
 @pytest.mark.parametrize(

@@ -144,3 +144,15 @@ def test_a_cf_prompts_samples_do_not_depend_on_the_other_prompts_of_the_call(tmp
         backend.complete(prompts[:2], SamplingParams(n=2, temperature=1.0, max_tokens=10, seed=5))
         != whole[:2]
     )
+
+
+def test_the_sampler_draws_each_token_at_its_probability_and_never_a_zero_one():
+    from codefoundry.models.sampling import _draw
+
+    probs = torch.tensor([[0.5, 0.0, 0.2, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]]).repeat(50_000, 1)
+    uniforms = np.random.default_rng(0).random(len(probs))
+    uniforms[:4] = [0.0, 1.0 - 2**-53, 0.5, 0.7]  # the ends: 1 - 2^-53 rounds to 1.0 in fp32
+    drawn = _draw(probs, uniforms)
+    first = torch.bincount(drawn[0::2], minlength=5) / 50_000
+    assert torch.allclose(first, probs[0], atol=0.01) and first[1] == first[4] == 0
+    assert (drawn[1::2] == 4).all()

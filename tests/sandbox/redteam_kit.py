@@ -362,3 +362,22 @@ def reap_and_remove(procs, paths) -> None:
             os.rmdir(path)
         except OSError:
             pass
+
+
+def readable_package_copy(prefix: str):
+    """For a module fixture to `yield from`: a copy of the package that uid 65534 can read, in a directory
+    it can reach, removed afterwards."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import codefoundry
+
+    root = tempfile.mkdtemp(prefix=prefix)
+    try:
+        shutil.copytree(Path(codefoundry.__file__).parent, Path(root) / "codefoundry")
+        for path in [root, *(str(p) for p in Path(root).rglob("*"))]:
+            os.chmod(path, 0o755 if os.path.isdir(path) else 0o644)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -16,13 +16,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import pytest
+from redteam_kit import readable_package_copy
 from test_sandbox_unprivileged import NOBODY, SYSTEM_PYTHON, _can_switch_user, _userns_lent
-
-import codefoundry
 
 LAYOUT = (
     "mount -t tmpfs -o size=1m tmpfs /opt && mkdir /opt/vol /opt/nx"
@@ -67,14 +64,7 @@ def _in_layout(args: list[str], env: dict[str, str]) -> list:
 @pytest.fixture(scope="module")
 def package():
     """A copy of the package that uid 65534 can read."""
-    root = tempfile.mkdtemp(prefix="cf-mount-flags-")
-    try:
-        shutil.copytree(Path(codefoundry.__file__).parent, Path(root) / "codefoundry")
-        for path in [root, *(str(p) for p in Path(root).rglob("*"))]:
-            os.chmod(path, 0o755 if os.path.isdir(path) else 0o644)
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    yield from readable_package_copy("cf-mount-flags-")
 
 
 def test_a_user_namespace_worker_starts_over_strictatime_and_nosymfollow_mounts(package):

@@ -27,9 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
-from redteam_kit import CPU_SPREAD, NO_MEMORY_CGROUP, ONE_UID
-
-import codefoundry
+from redteam_kit import CPU_SPREAD, NO_MEMORY_CGROUP, ONE_UID, readable_package_copy
 
 NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -102,14 +100,7 @@ def _as_nobody(args: list[str], env: dict[str, str] | None = None, *, cgroups: t
 @pytest.fixture(scope="module")
 def package():
     """A copy of the package that uid 65534 can read, in a directory it can reach."""
-    root = tempfile.mkdtemp(prefix="cf-unprivileged-")
-    try:
-        shutil.copytree(Path(codefoundry.__file__).parent, Path(root) / "codefoundry")
-        for path in [root, *(str(p) for p in Path(root).rglob("*"))]:
-            os.chmod(path, 0o755 if os.path.isdir(path) else 0o644)
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    yield from readable_package_copy("cf-unprivileged-")
 
 
 def _nobody_segments() -> set[str]:
