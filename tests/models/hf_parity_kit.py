@@ -17,8 +17,9 @@ def ids(seed: int = 1, shape=(2, 12)) -> torch.Tensor:
     return torch.randint(0, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
 
 
-def max_diff(ours: Transformer, theirs) -> float:
-    x = ids()
+def max_diff(ours: Transformer, theirs, x: torch.Tensor | None = None) -> float:
+    """The largest difference of the two models' logits on `x` (default: `ids()`)."""
+    x = ids() if x is None else x
     with torch.no_grad():
         expected = theirs(x).logits
         assert expected.abs().max() > 1.0  # not a degenerate near-zero comparison

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
-from hf_parity_kit import assert_bad_rope_refused  # noqa: E402
+from hf_parity_kit import assert_bad_rope_refused, max_diff  # noqa: E402
 
 from codefoundry.models import checkpoint, hf, hf_import  # noqa: E402
 from codefoundry.models.config import ModelConfig  # noqa: E402
@@ -47,14 +47,6 @@ def ids(length: int = 200) -> torch.Tensor:
     return torch.randint(0, VOCAB, (2, length), generator=torch.Generator().manual_seed(1))
 
 
-def logit_diff(ours, theirs) -> float:
-    x = ids()
-    with torch.no_grad():
-        expected = theirs(x).logits
-        assert expected.abs().max() > 1.0
-        return (ours(x).logits - expected).abs().max().item()
-
-
 @pytest.fixture(scope="module", params=sorted(SCALINGS))
 def saved(request, tmp_path_factory):
     """(kind, the HF model, its save_pretrained dir, our import of it saved as a checkpoint dir)."""
@@ -79,18 +71,18 @@ def test_import_has_transformers_logits_past_the_original_context(saved):
     ours = checkpoint.load(root / "cf")  # through our config.json, not only the import's memory
     assert ours.cfg.rope_scaling == SCALINGS[kind] and len({ours.cfg, ours.cfg}) == 1  # still hashable
     assert json.loads((root / "cf" / "config.json").read_text())["rope_scaling"] == SCALINGS[kind]
-    diff = logit_diff(ours, theirs)
+    diff = max_diff(ours, theirs, ids())
     print(f"{kind}: import max abs logit diff {diff:.2e}")
     assert diff <= TOL, f"max abs logit diff {diff:.2e}"
     # and the scaling matters at these lengths: plain RoPE gives other logits
     plain = hf_llama(None)
     plain.load_state_dict(theirs.state_dict())
-    assert logit_diff(ours, plain) > 0.1
+    assert max_diff(ours, plain, ids()) > 0.1
 
 
 def test_import_of_a_model_in_memory(saved):
     kind, theirs, _ = saved
-    assert logit_diff(hf_import.import_hf(theirs), theirs) <= TOL
+    assert max_diff(hf_import.import_hf(theirs), theirs, ids()) <= TOL
 
 
 def test_legacy_rope_scaling_spelling_imports_the_same(saved, tmp_path):
@@ -107,7 +99,7 @@ def test_legacy_rope_scaling_spelling_imports_the_same(saved, tmp_path):
     (tmp_path / "model.safetensors").write_bytes((root / "hf" / "model.safetensors").read_bytes())
     ours = hf_import.import_hf(tmp_path)
     assert ours.cfg.rope_scaling == SCALINGS[kind]
-    assert logit_diff(ours, theirs) <= TOL
+    assert max_diff(ours, theirs, ids()) <= TOL
 
 
 def test_export_round_trip_keeps_the_scaling_and_the_logits(saved):
@@ -115,10 +107,10 @@ def test_export_round_trip_keeps_the_scaling_and_the_logits(saved):
     hf.export_hf(root / "cf", root / "out")
     back = transformers.AutoModelForCausalLM.from_pretrained(str(root / "out"), dtype=torch.float32).eval()
     assert back.config.rope_parameters["rope_type"] == kind
-    diff = logit_diff(checkpoint.load(root / "cf"), back)
+    diff = max_diff(checkpoint.load(root / "cf"), back, ids())
     print(f"{kind}: export max abs logit diff {diff:.2e}")
     assert diff <= TOL
-    assert logit_diff(hf_import.import_hf(root / "out"), theirs) <= TOL
+    assert max_diff(hf_import.import_hf(root / "out"), theirs, ids()) <= TOL
 
 
 def test_a_config_without_rope_scaling_loads_as_plain_rope(tmp_path):

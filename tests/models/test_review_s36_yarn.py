@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
-from hf_parity_kit import assert_bad_rope_refused  # noqa: E402
+from hf_parity_kit import assert_bad_rope_refused, max_diff  # noqa: E402
 
 from codefoundry.models import checkpoint, hf, hf_import  # noqa: E402
 from codefoundry.models.config import ModelConfig  # noqa: E402
@@ -64,14 +64,6 @@ def ids(length: int = LENGTH) -> torch.Tensor:
     return torch.randint(0, VOCAB, (2, length), generator=torch.Generator().manual_seed(1))
 
 
-def logit_diff(ours, theirs) -> float:
-    x = ids()
-    with torch.no_grad():
-        expected = theirs(x).logits
-        assert expected.abs().max() > 1.0
-        return (ours(x).logits - expected).abs().max().item()
-
-
 @pytest.fixture(scope="module", params=[(a, k) for a in ARCHS for k in YARNS], ids=lambda p: "-".join(p))
 def saved(request, tmp_path_factory):
     """(arch, kind, the HF model, a root dir holding hf/ (its save_pretrained) and cf/ (our import))."""
@@ -98,12 +90,12 @@ def test_import_has_transformers_logits_past_the_original_context(saved):
     assert len({ours.cfg, ours.cfg}) == 1  # still hashable
     # transformers' own attention factor, whichever way the config states it
     assert scaling["attention_factor"] == pytest.approx(theirs.model.rotary_emb.attention_scaling, abs=0)
-    diff = logit_diff(ours, theirs)
+    diff = max_diff(ours, theirs, ids())
     print(f"{arch}/{kind}: import max abs logit diff {diff:.2e}")
     assert diff <= TOL, f"max abs logit diff {diff:.2e}"
     plain = hf_model(arch, None)  # and the scaling matters at these lengths
     plain.load_state_dict(theirs.state_dict())
-    assert logit_diff(ours, plain) > 0.1
+    assert max_diff(ours, plain, ids()) > 0.1
 
 
 def test_rotary_tables_are_transformers_bit_for_bit(saved):
@@ -116,7 +108,7 @@ def test_rotary_tables_are_transformers_bit_for_bit(saved):
 
 def test_import_of_a_model_in_memory(saved):
     arch, kind, theirs, _ = saved
-    assert logit_diff(hf_import.import_hf(theirs, max_seq_len=MAX_POS), theirs) <= TOL
+    assert max_diff(hf_import.import_hf(theirs, max_seq_len=MAX_POS), theirs, ids()) <= TOL
 
 
 def test_export_round_trip_keeps_the_scaling_and_the_logits(saved):
@@ -126,11 +118,11 @@ def test_export_round_trip_keeps_the_scaling_and_the_logits(saved):
     assert config["rope_scaling"]["rope_type"] == config["rope_parameters"]["rope_type"] == "yarn"
     back = transformers.AutoModelForCausalLM.from_pretrained(str(root / "out"), dtype=torch.float32).eval()
     assert type(back).__name__ == type(theirs).__name__
-    diff = logit_diff(checkpoint.load(root / "cf"), back)
+    diff = max_diff(checkpoint.load(root / "cf"), back, ids())
     print(f"{arch}/{kind}: export max abs logit diff {diff:.2e}")
     assert diff <= TOL
-    assert logit_diff(back, theirs) <= TOL  # the exported model is the source model
-    assert logit_diff(hf_import.import_hf(root / "out"), theirs) <= TOL
+    assert max_diff(back, theirs, ids()) <= TOL  # the exported model is the source model
+    assert max_diff(hf_import.import_hf(root / "out"), theirs, ids()) <= TOL
 
 
 def test_legacy_rope_scaling_spelling_imports_the_same(saved, tmp_path):
@@ -145,7 +137,7 @@ def test_legacy_rope_scaling_spelling_imports_the_same(saved, tmp_path):
     (tmp_path / "model.safetensors").write_bytes((root / "hf" / "model.safetensors").read_bytes())
     ours = hf_import.import_hf(tmp_path, max_seq_len=MAX_POS)
     assert ours.cfg.rope_scaling == checkpoint.load(root / "cf").cfg.rope_scaling
-    assert logit_diff(ours, theirs) <= TOL
+    assert max_diff(ours, theirs, ids()) <= TOL
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -255,4 +247,4 @@ def test_what_transformers_derives_is_derived_alike(arch, edit, tmp_path):
     assert ours.cfg.rope_scaling["factor"] == 4.0
     original = edit.get("original_max_position_embeddings", ORIGINAL)
     assert ours.cfg.rope_scaling["original_max_position_embeddings"] == original
-    assert logit_diff(ours, theirs) <= TOL
+    assert max_diff(ours, theirs, ids()) <= TOL
